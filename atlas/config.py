@@ -1,0 +1,47 @@
+"""Typed configuration of every job; the attribute docstrings are the CLI's --help text.
+
+Kept free of heavy imports so that `atlas --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `atlas generate`."""
+
+    seed: int = 0
+    """Seed of the first image of every prompt; image j of a prompt uses seed + j."""
+    n_per_prompt: int = 1
+    """Images per prompt (consecutive in the output)."""
+    steps: int = 0
+    """DDIM steps (0 = the model's default)."""
+    guidance: float = -1.0
+    """Classifier-free guidance scale (negative = the model's default)."""
+    batch_size: int = 32
+    """Images denoised together."""
+
+
+@dataclass
+class ShapesTrainConfig:
+    """Options of `atlas shapes train`."""
+
+    run_dir: str = "runs/shapes"
+    """Directory for the checkpoint, the loss log and the training config."""
+    minutes: float = 60.0
+    """Wall-clock budget of this invocation (resuming adds another budget)."""
+    max_steps: int = 0
+    """Stop at this total step count (0 = no limit)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    """Fraction of captions replaced by the empty prompt, so classifier-free guidance works."""
+    grad_clip: float = 1.0
+    checkpoint_minutes: float = 5.0
+    threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
+    seed: int = 0

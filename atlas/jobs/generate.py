@@ -1,0 +1,51 @@
+"""`atlas generate`: images for prompts, one PNG each, a JSONL index and a labelled grid."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from atlas.config import GenerateConfig
+from atlas.models.base import TextToImageModel
+from atlas.models.sampler import generate
+from atlas.viz import image_grid
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts (one per line expected)")
+    return prompts
+
+
+def generate_to_dir(model: TextToImageModel, prompts: list[str], out_dir: str | Path,
+                    config: GenerateConfig | None = None, progress: bool = False) -> list[dict]:
+    """Write DIR/0000.png ... in prompt order, DIR/images.jsonl and DIR/grid.png; returns the records."""
+    config = config or GenerateConfig()
+    if not prompts:
+        raise ValueError("no prompts given: pass PROMPT arguments or --prompts FILE")
+    if config.n_per_prompt < 1:
+        raise ValueError("--n-per-prompt must be at least 1")
+    steps = config.steps or model.spec.default_steps
+    guidance = model.spec.default_guidance if config.guidance < 0 else config.guidance
+    all_prompts = [p for p in prompts for _ in range(config.n_per_prompt)]
+    seeds = [config.seed + j for _ in prompts for j in range(config.n_per_prompt)]
+    images = generate(model, all_prompts, seeds, steps, guidance, batch_size=config.batch_size, progress=progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (img, prompt, seed) in enumerate(zip(images, all_prompts, seeds)):
+        name = f"{i:04d}.png"
+        Image.fromarray(img).save(out / name)
+        records.append({"file": name, "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
+                        "model": model.spec.name})
+    tmp = out / "images.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, out / "images.jsonl")
+    image_grid(images, all_prompts, cols=max(config.n_per_prompt, min(8, len(images)))).save(out / "grid.png")
+    return records

@@ -1,0 +1,120 @@
+"""A loaded text-to-image model: tokenizer, text encoder, UNet, scheduler and (for latent models) a VAE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atlas.models.spec import ModelSpec
+
+
+@dataclass
+class TextToImageModel:
+    """The diffusers/transformers parts of one model plus the `ModelSpec` that says how to use them.
+
+    Pixel-space models (the shapes model) have `vae=None`; their latents are the image in [-1, 1],
+    folded by `pixel_unshuffle`. Everything here is differentiable torch; the sampler lives in
+    `atlas.models.sampler`.
+    """
+
+    spec: ModelSpec
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+    vae: torch.nn.Module | None = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    path: Path | None = None
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        positions = self.text_encoder.config.max_position_embeddings
+        return positions if limit is None or limit > positions else int(limit)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        res = self.spec.resolution
+        if self.vae is not None:
+            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            return (self.vae.config.latent_channels, res // factor, res // factor)
+        f = self.spec.pixel_unshuffle
+        return (3 * f * f, res // f, res // f)
+
+    def hook_module_name(self, block: str) -> str:
+        """Resolve an alias (`down`, `mid`, `up`) or a module name to a module name, or raise."""
+        name = self.spec.hook_points.get(block, block)
+        modules = dict(self.unet.named_modules())
+        if name not in modules:
+            valid = ", ".join(sorted(self.spec.hook_points))
+            raise ValueError(f"unknown block {block!r} for model {self.spec.name}; use one of {valid} "
+                             "or a module name of the UNet")
+        return name
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
+                               truncation=True, return_tensors="pt")
+        return batch["input_ids"].to(self.device)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Per-token text embeddings (B, L, D) used by the UNet's cross-attention."""
+        return self.text_encoder(self.tokenize(prompts))[0].to(self.dtype)
+
+    def unet_input(self, latents: torch.Tensor) -> torch.Tensor:
+        if not self.spec.coord_channels:
+            return latents
+        b, _, h, w = latents.shape
+        ys = torch.linspace(-1, 1, h, device=latents.device, dtype=latents.dtype)
+        xs = torch.linspace(-1, 1, w, device=latents.device, dtype=latents.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
+        return torch.cat([latents, grid.expand(b, 2, h, w)], dim=1)
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor) -> torch.Tensor:
+        """One UNet evaluation: the model output (epsilon or v, per the scheduler's prediction type)."""
+        return self.unet(self.unet_input(latents), timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], (B, 3, H, W) -> latents."""
+        if self.vae is not None:
+            latent = self.vae.encode(images.to(self.dtype)).latent_dist.mean
+            return latent * self.spec.vae_scaling_factor
+        f = self.spec.pixel_unshuffle
+        return F.pixel_unshuffle(images, f) if f > 1 else images
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1], (B, 3, H, W)."""
+        if self.vae is not None:
+            return self.vae.decode(latents / self.spec.vae_scaling_factor, return_dict=False)[0]
+        f = self.spec.pixel_unshuffle
+        return F.pixel_shuffle(latents, f) if f > 1 else latents
+
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Images in [-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3)."""
+        arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+    def save_pretrained(self, directory: str | Path, half: bool = False) -> None:
+        """Write every component in diffusers layout (safetensors), plus the atlas spec."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        self.scheduler.save_pretrained(directory / "scheduler")
+        for name in ("text_encoder", "unet", "vae"):
+            module = getattr(self, name)
+            if module is None:
+                continue
+            if half:
+                module = _half_copy(module)
+            module.save_pretrained(directory / name, safe_serialization=True)
+        self.spec.save(directory)
+
+
+def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to(torch.float16)

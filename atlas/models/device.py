@@ -1,0 +1,28 @@
+"""Pick the device and dtype: CUDA with half precision when there is a GPU, CPU in fp32 otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` may be None/'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp16 on CUDA (bf16 when asked), fp32 on CPU where half precision is slower, not faster."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return table[dtype]

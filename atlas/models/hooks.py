@@ -1,0 +1,99 @@
+"""Hook points on the UNet's Transformer2DModel blocks: read or change the residual update delta.
+
+Capture reads delta = output - input of a block at chosen denoising steps; edits return a change
+that is added to the block's output. A change that is exactly zero leaves the output bit-identical,
+and with no handler active at a step the block runs untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the sampler is: step index (0 = first, pure noise), t in [0, 1] (1.0 = first step)."""
+
+    index: int
+    n_steps: int
+    timestep: int
+
+    @property
+    def t(self) -> float:
+        return step_to_t(self.index, self.n_steps)
+
+
+def step_to_t(index: int, n_steps: int) -> float:
+    """Step index -> t; the first step is t = 1.0, the last t = 0.0."""
+    return 1.0 if n_steps == 1 else 1.0 - index / (n_steps - 1)
+
+
+def t_to_step(t: float, n_steps: int) -> int:
+    """t -> step index as in PAPER.md: round((1 - t) * (n_steps - 1)), halves rounded up (0.5 -> 25 of 50)."""
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must lie in [0, 1] (1.0 is the first step), got {t}")
+    return int((1.0 - t) * (n_steps - 1) + 0.5 + 1e-9)
+
+
+# A handler sees (block alias, step, delta of shape (2B, C, H, W) in CFG order [uncond, cond]) and
+# returns None (no change) or a tensor added to the block output.
+DeltaHandler = Callable[[str, StepInfo, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass
+class _Registration:
+    block: str
+    handler: DeltaHandler
+    steps: frozenset[int] | None
+
+
+class Hooks:
+    """A set of delta handlers to attach to a model for the duration of one sampling run."""
+
+    def __init__(self) -> None:
+        self._registrations: list[_Registration] = []
+        self.step: StepInfo | None = None
+
+    def on(self, block: str, handler: DeltaHandler, steps: Iterable[int] | None = None) -> Hooks:
+        """Call `handler` at `block` (alias or module name) on the given step indices (None = all)."""
+        self._registrations.append(_Registration(block, handler, None if steps is None else frozenset(steps)))
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self._registrations)
+
+    def attach(self, model) -> list[torch.utils.hooks.RemovableHandle]:
+        """Register forward hooks on `model.unet`; remove them with `handle.remove()`."""
+        by_module: dict[str, list[_Registration]] = {}
+        for reg in self._registrations:
+            by_module.setdefault(model.hook_module_name(reg.block), []).append(reg)
+        modules = dict(model.unet.named_modules())
+        return [modules[name].register_forward_hook(self._make_hook(regs), with_kwargs=True)
+                for name, regs in by_module.items()]
+
+    def _make_hook(self, regs: list[_Registration]):
+        def hook(module, args, kwargs, output):
+            step = self.step
+            active = [r for r in regs if step is not None and (r.steps is None or step.index in r.steps)]
+            if not active:
+                return None
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            out = output[0] if isinstance(output, tuple) else output.sample
+            delta = out - hidden_in
+            change = None
+            for reg in active:
+                result = reg.handler(reg.block, step, delta)
+                if result is not None:
+                    change = result if change is None else change + result
+            if change is None:
+                return None
+            new_out = out + change.to(out.dtype)
+            if isinstance(output, tuple):
+                return (new_out, *output[1:])
+            output.sample = new_out
+            return output
+
+        return hook

@@ -1,0 +1,105 @@
+"""Load a text-to-image model by name (`shapes`, `sd14`), local directory, or Hugging Face cache id.
+
+Nothing is ever downloaded: `sd14` and hub ids are looked up in the local Hugging Face cache
+only, and a missing checkpoint raises `ModelNotFoundError` with a one-line fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from atlas.models.base import TextToImageModel
+from atlas.models.device import pick_device, pick_dtype
+from atlas.models.spec import SD14_SPEC, SPEC_FILE, ModelSpec
+
+SD14_REPO = "CompVis/stable-diffusion-v1-4"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A checkpoint that is not on this machine; the message says how to get it."""
+
+
+def shapes_model_dir() -> Path:
+    return Path(os.environ.get("ATLAS_SHAPES_MODEL", DATA_DIR / "shapes"))
+
+
+def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
+    """Find a model's directory: returns (directory, built-in spec or None to read it from the directory)."""
+    if name_or_path == "shapes":
+        path = shapes_model_dir()
+        if not (path / "unet").is_dir():
+            raise ModelNotFoundError(f"shapes model not found in {path}: run `atlas shapes train` then "
+                                     "`atlas shapes export`, or set ATLAS_SHAPES_MODEL to its directory")
+        return path, None
+    if name_or_path == "sd14":
+        local = os.environ.get("ATLAS_SD14_PATH")
+        if local:
+            return _checked_dir(Path(local), "sd14"), SD14_SPEC
+        return _from_hf_cache(SD14_REPO), SD14_SPEC
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _checked_dir(path, name_or_path), None
+    if "/" in name_or_path and not path.exists() and name_or_path.count("/") == 1:
+        return _from_hf_cache(name_or_path), None
+    raise ModelNotFoundError(f"no model {name_or_path!r}: use `shapes`, `sd14`, a diffusers model directory "
+                             "or a Hugging Face id that is in the local cache")
+
+
+def _checked_dir(path: Path, name: str) -> Path:
+    missing = [p for p in ("unet", "text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()]
+    if missing:
+        raise ModelNotFoundError(f"{path} is not a diffusers model directory for {name} (missing "
+                                 f"{', '.join(missing)}/); it needs unet/, text_encoder/, tokenizer/, scheduler/")
+    return path
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"{repo_id} is not in the local Hugging Face cache: on a machine with network run "
+            f"`huggingface-cli download {repo_id}` (then copy ~/.cache/huggingface here), or pass --model "
+            f"PATH to a diffusers directory (for sd14 you can also set ATLAS_SD14_PATH)") from err
+    return _checked_dir(path, repo_id)
+
+
+def _spec_for(path: Path, builtin: ModelSpec | None) -> ModelSpec:
+    if builtin is not None:
+        return builtin
+    if (path / SPEC_FILE).exists():
+        return ModelSpec.load(path)
+    if (path / "vae").is_dir():  # an SD-v1-like latent model: same hook points, our defaults
+        return replace(SD14_SPEC, name=path.name)
+    raise ModelNotFoundError(f"{path} has no vae/ and no {SPEC_FILE}; write a {SPEC_FILE} naming its hook points")
+
+
+def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: str | None = None) -> TextToImageModel:
+    """Load tokenizer, text encoder, UNet, DDIM scheduler and (if present) VAE, ready for sampling."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    path, builtin = resolve_model_dir(name_or_path)
+    spec = _spec_for(path, builtin)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dt)
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dt)
+    scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt) if (path / "vae").is_dir() else None
+    if vae is not None:  # latent models generate at their VAE's native size (512 for SD v1.4)
+        spec = replace(spec, resolution=int(vae.config.sample_size))
+        vae.to(dev).eval()
+        vae.requires_grad_(False)
+    for module in (text_encoder, unet):
+        module.to(dev).eval()
+        module.requires_grad_(False)
+    return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
+                            scheduler=scheduler, vae=vae, device=dev, dtype=dt, path=path)

@@ -1,0 +1,110 @@
+"""The shapes model: a tiny text-to-image diffusion model made of the same diffusers parts as SD v1.4.
+
+UNet2DConditionModel with CrossAttnDownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D, a
+CLIP text transformer, and a word-level tokenizer. It works in pixel space: a 32 x 32 image is
+folded 2 x 2 into a 12 x 16 x 16 "latent" (lossless), with x/y coordinate planes appended so that
+"left" and "top" are easy to learn. The hooked grids are 8 x 8 (down, up) and 4 x 4 (mid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from atlas.models.base import TextToImageModel
+from atlas.models.spec import ModelSpec
+from atlas.shapes.world import COLORS, POSITIONS, SHAPES, STYLES
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+MAX_LENGTH = 32
+
+
+@dataclass
+class ShapesModelConfig:
+    """Sizes of the shapes model. The defaults are those of the shipped weights."""
+
+    resolution: int = 32
+    pixel_unshuffle: int = 2
+    channels: tuple[int, int, int] = (32, 64, 128)
+    text_width: int = 128
+    text_layers: int = 3
+    attention_heads: int = 8
+
+
+SHAPES_HOOK_POINTS = {
+    "down": "down_blocks.1.attentions.0",
+    "mid": "mid_block.attentions.0",
+    "up": "up_blocks.1.attentions.0",
+}
+
+
+def vocabulary() -> list[str]:
+    words = {"a", "an", "the", "and", "on", "at", "of", "in", "with", "background", ","}
+    words |= set(SHAPES) | set(COLORS) | set(STYLES)
+    for position in POSITIONS:
+        words |= set(position.split())
+    return [PAD, UNK, BOS, EOS, *sorted(words)]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the shapes world's words; anything else becomes <unk>."""
+    vocab = {word: i for i, word in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, model_max_length=MAX_LENGTH)
+
+
+def build_text_encoder(config: ShapesModelConfig, tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
+        num_hidden_layers=config.text_layers, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+
+
+def build_unet(config: ShapesModelConfig) -> UNet2DConditionModel:
+    f = config.pixel_unshuffle
+    return UNet2DConditionModel(
+        sample_size=config.resolution // f,
+        in_channels=3 * f * f + 2,
+        out_channels=3 * f * f,
+        # Cross-attention where the hooks are (8 x 8 and the 4 x 4 mid block); the 16 x 16 level is
+        # convolution only, which keeps a training step affordable on one CPU core.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=config.channels,
+        layers_per_block=1,
+        cross_attention_dim=config.text_width,
+        attention_head_dim=config.attention_heads,
+        norm_num_groups=32,
+    )
+
+
+def scheduler_config() -> dict:
+    """v-prediction on a cosine schedule rescaled to zero terminal SNR: t = 1.0 is pure noise."""
+    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                rescale_betas_zero_snr=True, clip_sample=False, timestep_spacing="trailing")
+
+
+def training_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(**scheduler_config())
+
+
+def new_shapes_model(config: ShapesModelConfig | None = None, seed: int = 0) -> TextToImageModel:
+    """A randomly initialised shapes model (the starting point of `atlas shapes train`)."""
+    config = config or ShapesModelConfig()
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    spec = ModelSpec(name="shapes", hook_points=dict(SHAPES_HOOK_POINTS), default_steps=20, default_guidance=3.0,
+                     resolution=config.resolution, pixel_unshuffle=config.pixel_unshuffle, coord_channels=True)
+    return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=build_text_encoder(config, tokenizer),
+                            unet=build_unet(config), scheduler=DDIMScheduler(**scheduler_config()))

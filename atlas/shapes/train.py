@@ -1,0 +1,171 @@
+"""Train the shapes model from scratch: resumable, time-boxed, with EMA weights and caption dropout.
+
+Every `checkpoint_minutes` (and on Ctrl-C / SIGTERM) the whole training state is written
+atomically to `run_dir/checkpoint.pt`; running again with the same `run_dir` resumes from it.
+`export` writes the EMA weights in diffusers layout (fp16 safetensors) for shipping in `data/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from atlas.config import ShapesTrainConfig
+from atlas.models.base import TextToImageModel
+from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
+from atlas.shapes.world import WorldConfig, random_scene, render
+
+
+def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def training_batch(rng: random.Random, n: int, world: WorldConfig) -> tuple[list[str], torch.Tensor]:
+    scenes = [random_scene(rng, world, split="train") for _ in range(n)]
+    images = np.stack([render(s)[0] for s in scenes])
+    return [s.caption for s in scenes], _images_to_tensor(images)
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _trainable(model: TextToImageModel) -> list[torch.nn.Parameter]:
+    return list(model.unet.parameters()) + list(model.text_encoder.parameters())
+
+
+def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = None, progress: bool = True) -> Path:
+    """Train (or resume) until the time budget or `max_steps`; returns the checkpoint path."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    model = new_shapes_model(model_config, seed=config.seed)
+    params = _trainable(model)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in params]
+    state = {"step": 0, "seconds": 0.0, "losses": [], "rng": random.Random(config.seed).getstate()}
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.unet.load_state_dict(ckpt["unet"])
+        model.text_encoder.load_state_dict(ckpt["text_encoder"])
+        opt.load_state_dict(ckpt["optimizer"])
+        for e, saved in zip(ema, ckpt["ema"]):
+            e.copy_(saved)
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = ckpt["state"]
+    (run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    rng = random.Random()
+    rng.setstate(state["rng"])
+    scheduler = training_scheduler()
+    world = WorldConfig()
+    stop = _Stop()
+    old_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def save() -> None:
+        state["rng"] = rng.getstate()
+        _atomic_save({"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
+                      "optimizer": opt.state_dict(), "ema": ema, "torch_rng": torch.get_rng_state(),
+                      "state": state, "model_config": asdict(model_config or ShapesModelConfig())}, ckpt_path)
+        _write_loss_log(run_dir, state["losses"])
+
+    start = time.time()
+    last_save = start
+    running = None
+    bar = tqdm(desc="train shapes", unit="step", initial=state["step"],
+               total=config.max_steps or None, disable=not progress)
+    model.unet.train()
+    model.text_encoder.train()
+    try:
+        while not stop.requested:
+            elapsed = time.time() - start
+            if elapsed > config.minutes * 60 or (config.max_steps and state["step"] >= config.max_steps):
+                break
+            captions, images = training_batch(rng, config.batch_size, world)
+            captions = ["" if rng.random() < config.caption_dropout else c for c in captions]
+            latents = model.encode_images(images)
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),))
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            target = scheduler.get_velocity(latents, noise, timesteps)
+            pred = model.predict(noisy, timesteps, model.encode_text(captions))
+            loss = F.mse_loss(pred, target)
+            for group in opt.param_groups:
+                group["lr"] = config.lr * min(1.0, (state["step"] + 1) / config.warmup_steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - config.ema_decay)
+            state["step"] += 1
+            value = loss.item()
+            running = value if running is None else 0.98 * running + 0.02 * value
+            if state["step"] % 50 == 0:
+                state["losses"].append((state["step"], running))
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            if time.time() - last_save > config.checkpoint_minutes * 60:
+                state["seconds"] += time.time() - last_save
+                last_save = time.time()
+                save()
+    finally:
+        state["seconds"] += time.time() - last_save
+        save()
+        bar.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    return ckpt_path
+
+
+def _write_loss_log(run_dir: Path, losses: list[tuple[int, float]]) -> None:
+    lines = ["step,loss"] + [f"{s},{v:.6f}" for s, v in losses]
+    (run_dir / "loss.csv").write_text("\n".join(lines) + "\n")
+
+
+def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextToImageModel:
+    """The model stored in a training checkpoint (EMA weights by default), in eval mode."""
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    config = ShapesModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+    model = new_shapes_model(config)
+    model.unet.load_state_dict(ckpt["unet"])
+    model.text_encoder.load_state_dict(ckpt["text_encoder"])
+    if use_ema:
+        with torch.no_grad():
+            for p, e in zip(_trainable(model), ckpt["ema"]):
+                p.copy_(e)
+    model.unet.eval()
+    model.text_encoder.eval()
+    return model
+
+
+def export(ckpt_path: str | Path, out_dir: str | Path) -> dict:
+    """Write the EMA weights of a checkpoint to `out_dir` in diffusers layout; returns training facts."""
+    model = load_checkpoint_model(ckpt_path)
+    model.save_pretrained(out_dir, half=True)
+    state = torch.load(ckpt_path, weights_only=False)["state"]
+    _write_loss_log(Path(out_dir), state["losses"])
+    return {"steps": state["step"], "hours": state["seconds"] / 3600, "final_loss": state["losses"][-1][1]
+            if state["losses"] else math.nan}

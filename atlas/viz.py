@@ -1,0 +1,33 @@
+"""Pictures people can look at: labelled image grids and heatmap overlays (PNG)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def image_grid(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] | None = None, cols: int = 8,
+               cell: int = 128, label_lines: int = 3) -> Image.Image:
+    """Tile uint8 (H, W, 3) images into one picture, each upscaled to `cell` px with its label below."""
+    images = list(images)
+    if not images:
+        raise ValueError("no images to put in a grid")
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    font = ImageFont.load_default()
+    line_h = 11
+    chars = max(8, cell // 6)
+    label_h = label_lines * line_h + 4 if labels else 0
+    canvas = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images):
+        x, y = (i % cols) * cell, (i // cols) * (cell + label_h)
+        canvas.paste(Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((cell, cell), Image.NEAREST), (x, y))
+        if labels:
+            lines = textwrap.wrap(labels[i], chars)[:label_lines]
+            for j, line in enumerate(lines):
+                draw.text((x + 2, y + cell + 2 + j * line_h), line, fill="black", font=font)
+    return canvas

@@ -1,0 +1,153 @@
+"""The `atlas` command: a thin Click layer over the `atlas` Python package."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from atlas.config import GenerateConfig, ShapesTrainConfig
+from cli.options import build_config, config_options
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
+
+
+def one_line_errors(func):
+    """Turn the library's expected errors into a one-line `Error: ...` and exit code 1, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except EXPECTED_ERRORS as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise click.ClickException(str(message).splitlines()[0] if message else type(err).__name__) from None
+
+    return wrapper
+
+
+def device_option(func):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")(func)
+
+
+def model_option(func):
+    return click.option("--model", "model_name", default="shapes", show_default=True,
+                        help="shapes (embedded), sd14 (CompVis/stable-diffusion-v1-4 from ATLAS_SD14_PATH or "
+                             "the Hugging Face cache), a diffusers directory, or a cached hub id.")(func)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="concept-atlas")
+def main() -> None:
+    """Concept Atlas: sparse-autoencoder concepts of text-to-image diffusion models.
+
+    Start with `atlas demo`, which generates images with the embedded shapes model.
+    """
+
+
+@main.command()
+@click.argument("prompt", nargs=-1)
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File with one prompt per line.")
+@model_option
+@device_option
+@click.option("--out", "out_dir", default="generated", show_default=True, help="Output directory.")
+@config_options(GenerateConfig)
+@one_line_errors
+def generate(prompt, prompts_file, model_name, device, out_dir, **options) -> None:
+    """Generate images: DIR/0000.png ... (prompt order), DIR/images.jsonl and a labelled DIR/grid.png.
+
+    Example: atlas generate "a red circle on the left" "a blue square" --n-per-prompt 4 --out out
+    """
+    from atlas.jobs.generate import generate_to_dir, read_prompts
+    from atlas.models import load_model
+
+    prompts = list(prompt) + (read_prompts(prompts_file) if prompts_file else [])
+    if not prompts:
+        raise click.UsageError("give prompts as arguments or with --prompts FILE")
+    config = build_config(GenerateConfig, options)
+    model = load_model(model_name, device=device)
+    records = generate_to_dir(model, prompts, out_dir, config, progress=True)
+    click.echo(f"wrote {len(records)} images, images.jsonl and grid.png to {out_dir}")
+
+
+@main.command()
+@click.option("--out", "out_dir", default="demo", show_default=True, help="Output directory.")
+@device_option
+@one_line_errors
+def demo(out_dir, device) -> None:
+    """Run the main job on the embedded shapes model and show where its outputs are."""
+    from atlas.jobs.generate import generate_to_dir
+    from atlas.models import load_model
+
+    prompts = ["a red circle on the left", "a blue square at the top right", "a green triangle at the bottom",
+               "a yellow circle and a red triangle on a striped background",
+               "a blue circle at the top left, a green square at the bottom right and a red triangle at the top right",
+               "a yellow square on a plain background"]
+    model = load_model("shapes", device=device)
+    generate_to_dir(model, prompts, out_dir, GenerateConfig(n_per_prompt=4), progress=True)
+    click.echo(f"demo: {len(prompts) * 4} images of the shapes model; look at {Path(out_dir) / 'grid.png'}")
+
+
+@main.group()
+def shapes() -> None:
+    """The shapes world: train, export and evaluate the embedded model; render ground truth."""
+
+
+@shapes.command("train")
+@config_options(ShapesTrainConfig)
+@one_line_errors
+def shapes_train(**options) -> None:
+    """Train the shapes model from scratch, or resume the run in --run-dir (Ctrl-C saves a checkpoint)."""
+    from atlas.shapes.train import train
+
+    path = train(build_config(ShapesTrainConfig, options))
+    click.echo(f"checkpoint: {path}")
+
+
+@shapes.command("export")
+@click.option("--run-dir", default="runs/shapes", show_default=True, help="Training run to export.")
+@click.option("--out", "out_dir", default=None, help="Model directory [default: data/shapes].")
+@one_line_errors
+def shapes_export(run_dir, out_dir) -> None:
+    """Write a run's EMA weights to the shipped model directory (diffusers layout, fp16 safetensors)."""
+    from atlas.models.loader import shapes_model_dir
+    from atlas.shapes.train import export
+
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    if not ckpt.exists():
+        raise click.ClickException(f"no checkpoint in {run_dir}: run `atlas shapes train --run-dir {run_dir}`")
+    out = Path(out_dir) if out_dir else shapes_model_dir()
+    facts = export(ckpt, out)
+    click.echo(f"exported step {facts['steps']} ({facts['hours']:.2f} h of training) to {out}")
+
+
+@shapes.command("eval")
+@model_option
+@device_option
+@click.option("--n", default=256, show_default=True, help="Held-out captions to generate and score.")
+@click.option("--steps", default=0, help="DDIM steps (0 = model default).")
+@click.option("--guidance", default=-1.0, help="CFG scale (negative = model default).")
+@click.option("--out", "out_dir", default=None, help="Also write eval.json and a grid of the images here.")
+@click.option("--strict", is_flag=True, help="Exit with code 1 when any figure is under its bar.")
+@one_line_errors
+def shapes_eval(model_name, device, n, steps, guidance, out_dir, strict) -> None:
+    """Score a model on held-out captions with the classical annotator and print the quality table."""
+    from atlas.models import load_model
+    from atlas.shapes.evaluate import evaluate, write_eval
+
+    model = load_model(model_name, device=device)
+    result, images, scenes = evaluate(model, n, steps or None, None if guidance < 0 else guidance, progress=True)
+    click.echo(result.table())
+    if out_dir:
+        write_eval(result, images, scenes, out_dir)
+        click.echo(f"wrote {out_dir}/eval.json and {out_dir}/eval_grid.png")
+    if strict and not result.passes():
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

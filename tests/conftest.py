@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny randomly initialised models saved in diffusers layout, loaded like real ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_dir(tmp_path_factory):
+    """A shapes-architecture model with random weights, saved exactly as `atlas shapes export` saves one."""
+    from atlas.shapes.model import ShapesModelConfig, new_shapes_model
+
+    path = tmp_path_factory.mktemp("tiny-shapes")
+    model = new_shapes_model(ShapesModelConfig(channels=(32, 32, 64), text_width=32, text_layers=1, attention_heads=2))
+    model.save_pretrained(path, half=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A tiny Stable-Diffusion-v1.4-shaped pipeline (same block types, hook names, layout on disk)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 32, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=16)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2, "a</w>": 3, "d": 4, "o": 5, "g</w>": 6, "c": 7,
+             "a": 8, "t</w>": 9}
+    path = tmp_path_factory.mktemp("tiny-sd14")
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4,
+                                                max_position_embeddings=16))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    model_dir = path / "model"
+    pipe.save_pretrained(model_dir)
+    assert DDIMScheduler.from_pretrained(model_dir / "scheduler").config.steps_offset == 1
+    return model_dir

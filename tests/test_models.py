@@ -1,0 +1,77 @@
+"""Model loading: the sd14 code path on a tiny SD-v1.4-shaped model, the shapes layout, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.models import Hooks, ModelNotFoundError, generate, load_model, pick_device, pick_dtype, t_to_step
+
+
+def test_sd14_loads_from_path_like_a_real_checkpoint(tiny_sd_dir, monkeypatch):
+    monkeypatch.setenv("ATLAS_SD14_PATH", str(tiny_sd_dir))
+    model = load_model("sd14", device="cpu")
+    assert model.vae is not None
+    assert model.spec.name == "sd14"
+    assert model.hook_module_name("down") == "down_blocks.2.attentions.1"
+    assert model.hook_module_name("mid") == "mid_block.attentions.0"
+    assert model.hook_module_name("up") == "up_blocks.1.attentions.0"
+    assert model.latent_shape == (4, 8, 8)
+    assert len(model.tokenize(["a dog"])[0]) == 16
+    images = generate(model, ["a dog"], [0], steps=2, guidance=7.5)
+    assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_sd14_timesteps_match_the_paper(tiny_sd_dir):
+    """With SD v1.4's scheduler (steps_offset 1), t = 1.0 / 0.5 / 0.0 are timesteps 981 / 481 / 1."""
+    model = load_model(str(tiny_sd_dir), device="cpu")
+    model.scheduler.set_timesteps(50)
+    steps = [t_to_step(t, 50) for t in (1.0, 0.5, 0.0)]
+    assert steps == [0, 25, 49]
+    assert [int(model.scheduler.timesteps[i]) for i in steps] == [981, 481, 1]
+
+
+def test_sd14_missing_checkpoint_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("ATLAS_SD14_PATH", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="huggingface-cli download CompVis/stable-diffusion-v1-4"):
+        load_model("sd14")
+
+
+def test_unknown_model_and_incomplete_directory(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no model"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelNotFoundError, match="missing text_encoder, tokenizer, scheduler"):
+        load_model(str(tmp_path))
+
+
+def test_unknown_block_lists_the_valid_ones(tiny_shapes_dir):
+    model = load_model(str(tiny_shapes_dir), device="cpu")
+    with pytest.raises(ValueError, match="use one of down, mid, up"):
+        model.hook_module_name("middle")
+
+
+def test_shapes_grids_are_fine_enough_for_spatial_experiments(tiny_shapes_dir):
+    model = load_model(str(tiny_shapes_dir), device="cpu")
+    seen = {}
+    hooks = Hooks()
+    for block in ("down", "mid", "up"):
+        hooks.on(block, lambda b, step, delta: seen.setdefault(b, tuple(delta.shape)) and None, steps=[0])
+    generate(model, ["a red circle"], [0], steps=2, hooks=hooks)
+    assert seen["down"][2:] == (8, 8) and seen["up"][2:] == (8, 8) and seen["mid"][2:] == (4, 4)
+    assert seen["mid"][0] == 2  # the CFG batch [uncond, cond]
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.float16
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        pick_dtype(torch.device("cpu"), "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            pick_device("cuda")
