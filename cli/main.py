@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from atlas.config import GenerateConfig, ShapesTrainConfig
+from atlas.config import CaptureConfig, GenerateConfig, ShapesTrainConfig
 from cli.options import build_config, config_options
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -90,6 +90,37 @@ def demo(out_dir, device) -> None:
     model = load_model("shapes", device=device)
     generate_to_dir(model, prompts, out_dir, GenerateConfig(n_per_prompt=4), progress=True)
     click.echo(f"demo: {len(prompts) * 4} images of the shapes model; look at {Path(out_dir) / 'grid.png'}")
+
+
+@main.command()
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File with one prompt per line.")
+@click.option("--n-prompts", type=int, default=0,
+              help="Instead of a file: this many captions from the shapes world's generator (all splits).")
+@model_option
+@device_option
+@click.option("--out", "out_dir", required=True, help="Activation directory (re-run the same command to resume).")
+@config_options(CaptureConfig)
+@one_line_errors
+def capture(prompts_file, n_prompts, model_name, device, out_dir, **options) -> None:
+    """Generate images and record delta = output - input of the hooked blocks (dense fp16 shards).
+
+    Every prompt gets a split (train / dictionary / test, from a stable hash of its text), recorded
+    in DIR/prompts.jsonl. Interrupt at any time; the same command resumes without duplicating work.
+
+    Example: atlas capture --model shapes --n-prompts 1000 --blocks down,mid,up --t 1.0,0.5,0.0 --out acts
+    """
+    from atlas.capture import capture as run_capture
+    from atlas.jobs.generate import read_prompts
+    from atlas.models import load_model
+    from atlas.shapes.world import captions
+
+    if bool(prompts_file) == bool(n_prompts):
+        raise click.UsageError("give exactly one of --prompts FILE or --n-prompts N")
+    prompts = read_prompts(prompts_file) if prompts_file else captions(n_prompts, split=None, seed=options["seed"])
+    config = build_config(CaptureConfig, options)
+    model = load_model(model_name, device=device)
+    out = run_capture(model, prompts, out_dir, config)
+    click.echo(f"captured {len(prompts)} images into {out}")
 
 
 @main.group()

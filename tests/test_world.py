@@ -8,14 +8,25 @@ import numpy as np
 import pytest
 
 from atlas.shapes.world import (
-    COLORS, POSITIONS, STYLES, Scene, ShapeObject, WorldConfig, background, caption_of, captions, random_scene, render,
-    shape_mask, split_of,
+    COLORS,
+    POSITIONS,
+    STYLES,
+    Scene,
+    ShapeObject,
+    WorldConfig,
+    background,
+    caption_of,
+    captions,
+    random_scene,
+    render,
+    shape_mask,
+    split_of,
 )
 
 
 def test_captions_read_as_plain_english():
-    scene = Scene((ShapeObject("circle", "red", 8, 16, 5, "left"), ShapeObject("square", "blue", 24, 8, 5, "top right")),
-                  "striped", True)
+    objects = (ShapeObject("circle", "red", 8, 16, 5, "left"), ShapeObject("square", "blue", 24, 8, 5, "top right"))
+    scene = Scene(objects, "striped", True)
     assert caption_of(scene) == "a red circle on the left and a blue square at the top right on a striped background"
     three = Scene(tuple(ShapeObject(s, c, 0, 0, 5) for s, c in [("circle", "red"), ("square", "blue"),
                                                                 ("triangle", "green")]), "plain", False)

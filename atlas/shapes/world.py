@@ -183,7 +183,7 @@ def render(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
     return img, masks
 
 
-def captions(n: int, split: str = "train", seed: int = 0, config: WorldConfig | None = None) -> list[str]:
-    """`n` random captions of one split, reproducible from `seed`."""
+def captions(n: int, split: str | None = "train", seed: int = 0, config: WorldConfig | None = None) -> list[str]:
+    """`n` random captions of one split (None: of all splits, in their natural 80/10/10 mix), from `seed`."""
     rng = random.Random(f"{split}-{seed}")
     return [random_scene(rng, config, split).caption for _ in range(n)]

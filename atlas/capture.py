@@ -1,0 +1,214 @@
+"""Capture the residual updates delta = output - input of hooked blocks while images are generated.
+
+An activation directory holds:
+    prompts.jsonl                       image_id, prompt, split, seed (fixed before any work starts)
+    manifest.json                       model, blocks, t, branches, steps, guidance, grids and widths
+    images/000123.png                   the generated images
+    shards/<block>/t<t>/<branch>/batch-000004.safetensors
+                                        x (positions, d) fp16, image_id int32, row int16, col int16
+    done/batch-000004.json              written last: a batch is complete when its marker exists
+
+Shards and markers are written to a temporary name and renamed, so an interrupted run leaves no
+half-written file that counts; running again skips complete batches and redoes the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from atlas.config import CaptureConfig
+from atlas.models.base import TextToImageModel
+from atlas.models.hooks import Hooks, StepInfo, t_to_step
+from atlas.models.sampler import sample_latents
+from atlas.shapes.world import split_of
+
+BRANCHES = ("uncond", "cond")  # the order of the CFG batch
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    image_id: int
+    prompt: str
+    split: str
+    seed: int
+
+
+def parse_list(text: str, kind: type = str) -> list:
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise ValueError(f"empty list {text!r}")
+    return [kind(s) for s in items]
+
+
+def shard_dir(root: Path, block: str, t: float, branch: str) -> Path:
+    return root / "shards" / block / f"t{float(t)}" / branch
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def plan_prompts(prompts: list[str], seed: int) -> list[PromptRecord]:
+    """Give every prompt an image id, a seed and its split (a stable hash of the text)."""
+    return [PromptRecord(i, p, split_of(p), seed + i) for i, p in enumerate(prompts)]
+
+
+class _Recorder:
+    """A delta handler that keeps this batch's activations per (block, t, branch)."""
+
+    def __init__(self, steps_to_t: dict[int, float], branches: list[str]) -> None:
+        self.steps_to_t = steps_to_t
+        self.branches = branches
+        self.buffers: dict[tuple[str, float, str], torch.Tensor] = {}
+
+    def __call__(self, block: str, step: StepInfo, delta: torch.Tensor) -> None:
+        t = self.steps_to_t[step.index]
+        halves = dict(zip(BRANCHES, delta.chunk(2)))
+        for branch in self.branches:
+            d = halves[branch]
+            self.buffers[(block, t, branch)] = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).to(
+                torch.float16).cpu()
+        return None
+
+
+def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, config: CaptureConfig | None = None,
+            progress: bool = True) -> Path:
+    """Generate images for `prompts` and record delta at the chosen blocks, timesteps and branches.
+
+    Resumable: re-running with the same prompts and config continues; a different config is refused.
+    """
+    config = config or CaptureConfig()
+    if not prompts:
+        raise ValueError("no prompts to capture")
+    out = Path(out_dir)
+    blocks = parse_list(config.blocks)
+    ts = parse_list(config.t, float)
+    branches = parse_list(config.branches)
+    for branch in branches:
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown branch {branch!r}; use cond, uncond or both")
+    for block in blocks:
+        model.hook_module_name(block)
+    steps = config.steps or model.spec.default_steps
+    guidance = model.spec.default_guidance if config.guidance < 0 else config.guidance
+    steps_to_t = {t_to_step(t, steps): t for t in ts}
+    if len(steps_to_t) != len(ts):
+        raise ValueError(f"timesteps {config.t} fall on the same step of {steps}; use more --steps")
+    records = plan_prompts(prompts, config.seed)
+    manifest = {"model": model.spec.name, "config": asdict(config), "steps": steps, "guidance": guidance,
+                "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
+                "batch_size": config.batch_size, "resolution": model.spec.resolution}
+    _prepare_dir(out, manifest, records)
+    (out / "images").mkdir(exist_ok=True)
+    (out / "done").mkdir(exist_ok=True)
+    batches = [records[i:i + config.batch_size] for i in range(0, len(records), config.batch_size)]
+    todo = [b for b, batch in enumerate(batches) if not (out / "done" / f"batch-{b:06d}.json").exists()]
+    bar = tqdm(total=len(records), initial=len(records) - sum(len(batches[b]) for b in todo), unit="img",
+               desc="capture", disable=not progress)
+    grids: dict[str, list[int]] = {}
+    for b in todo:
+        batch = batches[b]
+        recorder = _Recorder(steps_to_t, branches)
+        hooks = Hooks()
+        for block in blocks:
+            hooks.on(block, recorder, steps=steps_to_t)
+        latents = sample_latents(model, [r.prompt for r in batch], [r.seed for r in batch], steps, guidance, hooks)
+        images = model.to_uint8(model.decode(latents))
+        for record, image in zip(batch, images):
+            path = out / "images" / f"{record.image_id:06d}.png"
+            _atomic_write_bytes(path, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
+        for (block, t, branch), x in recorder.buffers.items():
+            n_pos = x.shape[0] // len(batch)
+            side = int(round(n_pos ** 0.5))
+            grids[block] = [side, side, int(x.shape[1])]
+            ids = torch.tensor([r.image_id for r in batch], dtype=torch.int32).repeat_interleave(n_pos)
+            pos = torch.arange(n_pos).repeat(len(batch))
+            directory = shard_dir(out, block, t, branch)
+            directory.mkdir(parents=True, exist_ok=True)
+            tensors = {"x": x.contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
+                       "col": (pos % side).to(torch.int16)}
+            meta = {"block": block, "t": str(t), "branch": branch, "module": model.hook_module_name(block)}
+            _atomic_write_bytes(directory / f"batch-{b:06d}.safetensors",
+                                lambda tmp, tensors=tensors, meta=meta: save_file(tensors, str(tmp), metadata=meta))
+        marker = {"batch": b, "image_ids": [r.image_id for r in batch], "grids": grids}
+        _atomic_write_bytes(out / "done" / f"batch-{b:06d}.json",
+                            lambda tmp, marker=marker: tmp.write_text(json.dumps(marker)))
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def _prepare_dir(out: Path, manifest: dict, records: list[PromptRecord]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(asdict(r)) + "\n" for r in records)
+    manifest_path, prompts_path = out / "manifest.json", out / "prompts.jsonl"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old != manifest or prompts_path.read_text() != lines:
+            raise ValueError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
+                             "or the same options to resume")
+        return
+    _atomic_write_bytes(prompts_path, lambda tmp: tmp.write_text(lines))
+    _atomic_write_bytes(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+
+
+class ActivationSet:
+    """Read side of an activation directory: which (block, t, branch) exist, and their vectors."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{self.path} is not an activation directory (no manifest.json); "
+                                    "make one with `atlas capture --out DIR`")
+        self.manifest = json.loads(manifest.read_text())
+        self.prompts = [PromptRecord(**json.loads(line)) for line in (self.path / "prompts.jsonl").open()]
+        self.done = sorted(int(p.stem.split("-")[1]) for p in (self.path / "done").glob("batch-*.json"))
+
+    def keys(self) -> list[tuple[str, float, str]]:
+        m = self.manifest
+        return [(b, t, br) for b in m["blocks"] for t in m["t"] for br in m["branches"]]
+
+    def check_key(self, block: str, t: float, branch: str) -> None:
+        m = self.manifest
+        if block not in m["blocks"]:
+            raise ValueError(f"block {block!r} was not captured in {self.path}; captured: {', '.join(m['blocks'])}")
+        if float(t) not in [float(x) for x in m["t"]]:
+            raise ValueError(f"t={t} was not captured in {self.path}; captured: {', '.join(map(str, m['t']))}")
+        if branch not in m["branches"]:
+            raise ValueError(f"branch {branch!r} was not captured; captured: {', '.join(m['branches'])}")
+
+    def shards(self, block: str, t: float, branch: str) -> Iterator[dict[str, torch.Tensor]]:
+        self.check_key(block, t, branch)
+        directory = shard_dir(self.path, block, float(t), branch)
+        for b in self.done:
+            path = directory / f"batch-{b:06d}.safetensors"
+            try:
+                yield load_file(str(path))
+            except Exception as err:  # safetensors raises several types for a damaged file
+                raise ValueError(f"corrupt or missing activation shard {path}: delete its done/batch-{b:06d}.json "
+                                 "and re-run the same `atlas capture` to redo it") from err
+
+    def load(self, block: str, t: float, branch: str, split: str | None = None) -> dict[str, torch.Tensor]:
+        """All vectors of one (block, t, branch), optionally only of images in one split."""
+        keep = None if split is None else {r.image_id for r in self.prompts if r.split == split}
+        parts: dict[str, list[torch.Tensor]] = {"x": [], "image_id": [], "row": [], "col": []}
+        for shard in self.shards(block, t, branch):
+            mask = None if keep is None else torch.from_numpy(np.isin(shard["image_id"].numpy(), list(keep)))
+            for key in parts:
+                parts[key].append(shard[key] if mask is None else shard[key][mask])
+        if not parts["x"]:
+            raise ValueError(f"no finished batches in {self.path}; run `atlas capture` first")
+        return {k: torch.cat(v) for k, v in parts.items()}
