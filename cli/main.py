@@ -142,10 +142,19 @@ def shapes_train(**options) -> None:
 @shapes.command("export")
 @click.option("--run-dir", default="runs/shapes", show_default=True, help="Training run to export.")
 @click.option("--out", "out_dir", default=None, help="Model directory [default: data/shapes].")
+@click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
+              help="Score the exported model on 256 held-out captions and put the table in the model card.")
+@click.option("--command", "train_command", default="atlas shapes train --run-dir runs/shapes", show_default=True,
+              help="The training command to record in the model card.")
 @one_line_errors
-def shapes_export(run_dir, out_dir) -> None:
-    """Write a run's EMA weights to the shipped model directory (diffusers layout, fp16 safetensors)."""
+def shapes_export(run_dir, out_dir, run_eval, train_command) -> None:
+    """Write a run's EMA weights (diffusers layout, fp16 safetensors) and its model card with the quality table."""
+    import json
+
+    from atlas.models import load_model
     from atlas.models.loader import shapes_model_dir
+    from atlas.shapes.card import write_model_card
+    from atlas.shapes.evaluate import evaluate, write_eval
     from atlas.shapes.train import export
 
     ckpt = Path(run_dir) / "checkpoint.pt"
@@ -154,6 +163,14 @@ def shapes_export(run_dir, out_dir) -> None:
     out = Path(out_dir) if out_dir else shapes_model_dir()
     facts = export(ckpt, out)
     click.echo(f"exported step {facts['steps']} ({facts['hours']:.2f} h of training) to {out}")
+    result = None
+    if run_eval:
+        result, images, scenes = evaluate(load_model(str(out)), 256, progress=True)
+        write_eval(result, images, scenes, out)
+        click.echo(result.table())
+    train_config = json.loads((Path(run_dir) / "train_config.json").read_text())
+    card = write_model_card(out, facts, train_config, train_command, result, f"atlas shapes eval --model {out}")
+    click.echo(f"model card: {card}")
 
 
 @shapes.command("eval")

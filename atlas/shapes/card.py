@@ -1,0 +1,69 @@
+"""The model card shipped next to the shapes model's weights: how they were made and how good they are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from atlas.shapes.evaluate import EvalResult
+
+
+def plot_loss(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:] if line]
+    steps, losses = [int(r[0]) for r in rows], [float(r[1]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("v-prediction MSE (running mean)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title("shapes model training loss")
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+
+
+def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, command: str,
+                     result: EvalResult | None = None, eval_command: str = "") -> Path:
+    """MODEL_CARD.md + loss.png in `model_dir`."""
+    model_dir = Path(model_dir)
+    plot_loss(model_dir / "loss.csv", model_dir / "loss.png")
+    spec = json.loads((model_dir / "atlas_model.json").read_text())
+    size_mb = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors")) / 1e6
+    lines = [
+        "# The shapes model",
+        "",
+        "A tiny text-to-image diffusion model of the shapes world (coloured circles, squares and triangles",
+        "on a plain or striped background), built from the same diffusers parts as Stable Diffusion v1.4",
+        "(UNet2DConditionModel with CrossAttnDownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D,",
+        "a CLIP text transformer) and trained from scratch on CPU by `atlas shapes train`.",
+        "",
+        "## Architecture",
+        f"- pixel space {spec['resolution']}x{spec['resolution']}, folded {spec['pixel_unshuffle']}x"
+        f"{spec['pixel_unshuffle']} into channels, x/y coordinate planes appended to the UNet input",
+        "- v-prediction, cosine schedule rescaled to zero terminal SNR, DDIM with trailing timesteps",
+        f"- hook points: {', '.join(f'`{k}` = `{v}`' for k, v in spec['hook_points'].items())}",
+        "  (grids 8x8, 4x4, 8x8)",
+        f"- defaults: {spec['default_steps']} DDIM steps, guidance {spec['default_guidance']}",
+        f"- weights: {size_mb:.1f} MB (fp16 safetensors)",
+        "",
+        "## Training",
+        f"- command: `{command}` (resumed across sessions from the same run directory)",
+        f"- steps: {facts['steps']}, wall time: {facts['hours']:.2f} h on 2 CPU cores, "
+        f"final loss (running mean): {facts['final_loss']:.4f}",
+        f"- settings: {json.dumps({k: v for k, v in train_config.items() if k != 'run_dir'})}",
+        "- data: scenes drawn on the fly from the shapes world, captions of the `train` split only",
+        "- loss curve: `loss.csv`, `loss.png`",
+        "",
+    ]
+    if result is not None:
+        lines += ["## Quality on held-out captions", "", f"Command: `{eval_command}`", "", "```", result.table(), "```",
+                  ""]
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
