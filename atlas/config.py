@@ -45,6 +45,9 @@ class ShapesTrainConfig:
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
     seed: int = 0
+    init_from: str = ""
+    """When the run has no checkpoint yet: start from an exported model directory (e.g. data/shapes),
+    continuing its step count, instead of random weights."""
 
 
 @dataclass

@@ -40,3 +40,9 @@ def test_training_resumes_and_exports(tmp_path):
     assert images.shape == (1, 32, 32, 3)
     ema = torch.load(ckpt, weights_only=False)["ema"][0]
     np.testing.assert_allclose(model.unet.conv_in.weight.numpy(), ema.half().float().numpy())
+
+    # A later session without the checkpoint continues from the exported weights and step count.
+    resumed = ShapesTrainConfig(run_dir=str(tmp_path / "run2"), max_steps=6, batch_size=4, threads=1,
+                                init_from=str(out))
+    state = torch.load(train(resumed, TINY, progress=False), weights_only=False)["state"]
+    assert state["step"] == 6 and len(state["losses"]) == len(json.loads((out / "training.json").read_text())["losses"])

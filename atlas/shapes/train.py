@@ -76,6 +76,10 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
             e.copy_(saved)
         torch.set_rng_state(ckpt["torch_rng"])
         state = ckpt["state"]
+    elif config.init_from:
+        state.update(_init_from_export(model, Path(config.init_from)))
+        for e, p in zip(ema, params):
+            e.copy_(p.detach())
     (run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     rng = random.Random()
     rng.setstate(state["rng"])
@@ -140,6 +144,22 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     return ckpt_path
 
 
+def _init_from_export(model: TextToImageModel, directory: Path) -> dict:
+    """Load exported (fp16) weights into `model`; returns the training state recorded at export."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    facts_path = directory / "training.json"
+    if not facts_path.exists():
+        raise FileNotFoundError(f"{directory} has no training.json: export it with `atlas shapes export` first")
+    unet = UNet2DConditionModel.from_pretrained(directory / "unet", torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(directory / "text_encoder", torch_dtype=torch.float32)
+    model.unet.load_state_dict(unet.state_dict())
+    model.text_encoder.load_state_dict(text.state_dict())
+    facts = json.loads(facts_path.read_text())
+    return {"step": facts["steps"], "seconds": facts["hours"] * 3600, "losses": [tuple(x) for x in facts["losses"]]}
+
+
 def _write_loss_log(run_dir: Path, losses: list[tuple[int, float]]) -> None:
     lines = ["step,loss"] + [f"{s},{v:.6f}" for s, v in losses]
     (run_dir / "loss.csv").write_text("\n".join(lines) + "\n")
@@ -167,5 +187,7 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> dict:
     model.save_pretrained(out_dir, half=True)
     state = torch.load(ckpt_path, weights_only=False)["state"]
     _write_loss_log(Path(out_dir), state["losses"])
-    return {"steps": state["step"], "hours": state["seconds"] / 3600, "final_loss": state["losses"][-1][1]
-            if state["losses"] else math.nan}
+    facts = {"steps": state["step"], "hours": state["seconds"] / 3600,
+             "final_loss": state["losses"][-1][1] if state["losses"] else math.nan}
+    Path(out_dir, "training.json").write_text(json.dumps({**facts, "losses": state["losses"]}))
+    return facts
