@@ -1,0 +1,128 @@
+"""The writer's side of the catalog: short transactions on catalog.duckdb, each followed by a snapshot.
+
+A write opens the DuckDB file (NullPool: nothing stays open between writes, so a second writing
+process -- say the web atlas renaming a concept while a build runs -- only waits for one transaction,
+and retries while DuckDB reports the file locked). Inside a transaction the ORM session handles small
+rows and the raw DuckDB connection bulk rows (Arrow tables inserted with one statement, since
+executemany through a DB-API driver costs milliseconds per row). After the commit, still holding the
+file, the writer publishes the tables it changed as a new snapshot generation (atlas.store.snapshot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from atlas.store import migrate, snapshot
+from atlas.store.errors import CatalogBusyError
+from atlas.store.schema import TABLES
+
+CATALOG_FILE = "catalog.duckdb"
+
+
+class Transaction:
+    """What a write sees: an ORM session and the raw DuckDB connection, on one database transaction."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.session = Session(bind=connection)
+        self.raw = connection.connection.driver_connection
+
+    def next_id(self, table: str) -> int:
+        self.session.flush()
+        return int(self.raw.execute(f"SELECT coalesce(max(id), -1) + 1 FROM {table}").fetchall()[0][0])
+
+    def insert_arrow(self, table: str, rows: pa.Table, conflict: str = "") -> None:
+        """INSERT all rows of an Arrow table (columns named like the table's) in one statement."""
+        self.session.flush()
+        if rows.num_rows == 0:
+            return
+        columns = ", ".join(rows.column_names)
+        self.raw.register("_incoming", rows)
+        try:
+            self.raw.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _incoming {conflict}")
+        finally:
+            self.raw.unregister("_incoming")
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        self.session.flush()
+        return self.raw.execute(sql, list(params)).fetchall()
+
+
+class Catalog:
+    def __init__(self, root: Path, threads: int | None = None, busy_timeout: float = 60.0) -> None:
+        self.root = root
+        self.path = root / CATALOG_FILE
+        self.busy_timeout = busy_timeout
+        config = {"threads": threads} if threads else {}
+        self.engine = create_engine(f"duckdb:///{self.path}", poolclass=NullPool,
+                                    connect_args={"config": config})
+
+    def _connect(self) -> Connection:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.01
+        while True:
+            try:
+                return self.engine.connect()
+            except Exception as err:  # DuckDB reports a held lock as an IOException wrapped by SQLAlchemy
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    if "lock" in str(err).lower():
+                        raise CatalogBusyError(self.path, self.busy_timeout) from None
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    @contextmanager
+    def write(self, *changed: str) -> Iterator[Transaction]:
+        """One transaction; after it commits, the `changed` tables are published for readers."""
+        connection = self._connect()
+        try:
+            with connection.begin():
+                tx = Transaction(connection)
+                yield tx
+                tx.session.flush()
+                tx.session.close()
+            self._publish(connection, changed)
+        finally:
+            connection.close()
+
+    def _publish(self, connection: Connection, changed: tuple[str, ...] | list[str]) -> None:
+        raw = connection.connection.driver_connection
+
+        def export(table: str, path: Path) -> None:
+            raw.execute(f"COPY (SELECT * FROM {table}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+
+        with connection.begin():
+            present = {row[0] for row in raw.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            tables = [t for t in TABLES if t in present]
+            snapshot.publish(self.root, tables, changed, migrate.current(connection), export)
+
+    def revision(self) -> str | None:
+        connection = self._connect()
+        try:
+            return migrate.current(connection)
+        finally:
+            connection.close()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate in one transaction and publish every table (their columns may have changed)."""
+        connection = self._connect()
+        try:
+            with connection.begin():
+                migrate.upgrade(connection, revision)
+            self._publish(connection, TABLES)
+        finally:
+            connection.close()
+
+    def republish(self) -> None:
+        connection = self._connect()
+        try:
+            self._publish(connection, TABLES)
+        finally:
+            connection.close()

@@ -1,0 +1,62 @@
+"""Alembic glue: run the migrations in `migrations/` on a catalog connection, without an alembic.ini.
+
+Alembic knows no DuckDB; the `DuckDBImpl` below (a `DefaultImpl` with the dialect name) is all it
+needs. DDL is transactional in DuckDB, so an upgrade runs inside the caller's transaction and either
+finishes or leaves the catalog as it was. Revisions are numbered "0001", "0002", ...: a catalog whose
+revision this code does not know was made by a newer version.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.ddl.impl import DefaultImpl
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+
+class DuckDBImpl(DefaultImpl):
+    __dialect__ = "duckdb"
+    transactional_ddl = True
+
+
+@cache
+def migrations_dir() -> Path:
+    """The `migrations` package: installed beside `atlas`, or in the source checkout that holds `atlas`."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is not None and spec.origin and Path(spec.origin).with_name("env.py").exists():
+        return Path(spec.origin).parent
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    return config
+
+
+@cache
+def revisions() -> tuple[str, ...]:
+    """Known revisions, oldest first."""
+    script = ScriptDirectory.from_config(_config())
+    return tuple(reversed([rev.revision for rev in script.walk_revisions()]))
+
+
+def head() -> str:
+    return revisions()[-1]
+
+
+def current(connection: Connection) -> str | None:
+    """The catalog's revision (None for an empty database)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(connection: Connection, revision: str = "head") -> None:
+    """Migrate the catalog to `revision` inside the connection's current transaction."""
+    command.upgrade(_config(connection), revision)

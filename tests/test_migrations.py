@@ -1,0 +1,95 @@
+"""Alembic migrations of the catalog: a real upgrade from 0001 keeps data; newer atlases are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import duckdb
+import pytest
+
+from atlas.store import Atlas, SchemaTooNewError, SchemaTooOldError, migrate, open_atlas, snapshot
+from atlas.store.catalog import CATALOG_FILE, Catalog
+from atlas.store.schema import Base
+
+
+def checksum(path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def make_0001_atlas(root):
+    """An atlas as the first schema version wrote it, with a few rows."""
+    root.mkdir()
+    catalog = Catalog(root, threads=1)
+    catalog.upgrade("0001")
+    with catalog.write("prompts", "images", "saes", "concepts") as tx:
+        tx.query("INSERT INTO prompts VALUES (0, 'a red circle', 'train'), (1, 'a blue square', 'test')")
+        tx.query("INSERT INTO images VALUES (0, 0, 3, 7.5, 20, 'images/000000.png')")
+        tx.query("INSERT INTO saes (id, block, t, branch, k, n_latents, d_in, grid_h, grid_w, metrics, n_codes) "
+                 "VALUES (0, 'mid', 1.0, 'cond', 4, 8, 16, 4, 4, '{\"fvu\": 0.2}', 0)")
+        tx.query("INSERT INTO concepts VALUES (0, 3, 0.25, 1.5, 0.9, 'circle')")
+
+
+def test_revisions_are_numbered_and_head_matches_the_models(tmp_path):
+    assert migrate.revisions() == ("0001", "0002") and migrate.head() == "0002"
+    catalog = Catalog(tmp_path, threads=1)
+    catalog.upgrade()
+    con = duckdb.connect(str(tmp_path / CATALOG_FILE), read_only=True)
+    try:
+        for table in Base.metadata.sorted_tables:
+            columns = [r[0] for r in con.execute(f"DESCRIBE {table.name}").fetchall()]
+            assert columns == [c.name for c in table.columns], table.name
+    finally:
+        con.close()
+
+
+def test_upgrade_from_0001_keeps_the_data(tmp_path):
+    root = tmp_path / "old"
+    make_0001_atlas(root)
+    assert snapshot.meta(snapshot.current(root))["schema"] == "0001"
+    before = checksum(root)
+    with pytest.raises(SchemaTooOldError, match="has schema 0001, this version needs 0002: .*atlas upgrade"):
+        open_atlas(root)
+    assert checksum(root) == before
+    with open_atlas(root, readonly=False, threads=1) as atlas:
+        assert atlas.sql("SELECT id, text, split FROM prompts ORDER BY id").rows == [
+            (0, "a red circle", "train"), (1, "a blue square", "test")]
+        assert atlas.sql("SELECT seed, guidance, path FROM images").rows == [(3, 7.5, "images/000000.png")]
+        concept = atlas.concept("mid/1.0/3")
+        assert (concept.frequency, concept.best_label, concept.name, concept.note) == (0.25, "circle", None, None)
+        assert atlas.saes()[0].metrics == {"fvu": 0.2}
+        atlas.rename_concept("mid/1.0/3", "roundness", "added by 0002")
+        atlas.log_intervention("mid/1.0/3", "global", 1.5)
+    with open_atlas(root) as atlas:
+        assert atlas.concept("mid/1.0/3").name == "roundness"
+        assert atlas.sql("SELECT kind, strength FROM interventions").rows == [("global", 1.5)]
+    assert snapshot.meta(snapshot.current(root))["schema"] == "0002"
+
+
+def test_an_atlas_from_a_newer_version_is_refused_unchanged(tmp_path):
+    root = tmp_path / "new"
+    Atlas.create(root, threads=1).close()
+    generation = snapshot.current(root)
+    (generation / "meta.json").write_text(json.dumps({"schema": "0099", "generation": 1}))
+    before = checksum(root)
+    for opener in (lambda: open_atlas(root), lambda: open_atlas(root, readonly=False),
+                   lambda: Atlas.create(root)):
+        with pytest.raises(SchemaTooNewError, match="newer Concept Atlas \\(schema 0099; this version knows up to "
+                                                    "0002\\): upgrade with `pip install -U concept-atlas`"):
+            opener()
+    assert checksum(root) == before
+
+
+def test_a_catalog_stamped_newer_is_refused_by_writers(tmp_path):
+    root = tmp_path / "stamped"
+    Atlas.create(root, threads=1).close()
+    con = duckdb.connect(str(root / CATALOG_FILE))
+    con.execute("UPDATE alembic_version SET version_num = '0099'")
+    con.close()
+    catalog = Catalog(root, threads=1)
+    assert catalog.revision() == "0099"
+    with pytest.raises(SchemaTooNewError, match="schema 0099"):
+        open_atlas(root, readonly=False)

@@ -1,0 +1,274 @@
+"""The atlas store end to end on a small synthetic atlas: round trips against brute-force numpy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from atlas.store import (
+    Atlas,
+    AtlasNotFoundError,
+    BadConceptIdError,
+    CatalogBusyError,
+    InvalidInputError,
+    NoLabelsError,
+    ReadOnlyAtlasError,
+    UnknownLabelError,
+    UnknownSaeError,
+    open_atlas,
+    parse_concept_id,
+    synthetic,
+)
+from atlas.store.codes import dequantize, quantize
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store") / "atlas"
+    atlas, truth = synthetic.build(root, n_images=50, threads=1)
+    atlas.close()
+    return root, truth
+
+
+@pytest.fixture
+def atlas(built):
+    with open_atlas(built[0], threads=1) as opened:
+        yield opened
+
+
+@pytest.fixture
+def writable(built, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(built[0], root)
+    with open_atlas(root, readonly=False, threads=1) as opened:
+        yield opened
+
+
+def sae_of(atlas, block, t):
+    return next(s for s in atlas.saes() if s.block == block and s.t == t)
+
+
+def expected_top(truth_codes, latent, qbase, n):
+    image, _, _, lat, value = truth_codes
+    q = quantize(value, qbase)
+    best = {}
+    for i in np.unique(image[lat == latent]):
+        sel = (image == i) & (lat == latent)
+        best[int(i)] = (int(q[sel].max()), int(sel.sum()))
+    ranked = sorted(best, key=lambda i: (-best[i][0], -best[i][1], i))[:n]
+    return ranked, [float(dequantize(best[i][0], qbase)) for i in ranked]
+
+
+def test_catalog_round_trip(atlas, built):
+    _, truth = built
+    assert [(s.block, s.t, s.branch) for s in atlas.saes()] == [("mid", 1.0, "cond"), ("mid", 0.0, "cond"),
+                                                                ("up", 1.0, "cond"), ("up", 0.0, "cond")]
+    total = sum(len(c[0]) for c in truth.codes.values())
+    assert atlas.sql("SELECT count(*) FROM codes").rows == [(total,)]
+    assert atlas.sql("SELECT count(*) FROM codes_by_image").rows == [(total,)]
+    assert atlas.sql("SELECT count(*), count(DISTINCT split) FROM images").rows == [(50, 2)]
+    sae = sae_of(atlas, "mid", 1.0)
+    assert (sae.grid_h, sae.grid_w, sae.n_codes, sae.metrics) == (4, 4, len(truth.codes[sae.id][0]), {"fvu": 0.1})
+    frequency = np.bincount(truth.codes[sae.id][3], minlength=64) / (50 * 16)
+    rows = atlas.sql(f"SELECT latent, frequency FROM concepts WHERE sae_id = {sae.id} ORDER BY latent").rows
+    np.testing.assert_allclose([f for _, f in rows], frequency)
+
+
+def test_values_are_quantised_within_the_step(atlas, built):
+    _, truth = built
+    sae = sae_of(atlas, "up", 0.0)
+    image, row, col, latent, value = truth.codes[sae.id]
+    got = atlas.sql(f"SELECT image_id, row, col, latent, value FROM codes WHERE sae_id = {sae.id} "
+                    "ORDER BY image_id, row, col, latent", max_rows=10**6).table
+    order = np.lexsort((latent, col, row, image))
+    for name, want in (("image_id", image), ("row", row), ("col", col), ("latent", latent)):
+        np.testing.assert_array_equal(got[name].to_numpy(), want[order])
+    relative = np.abs(got["value"].to_numpy() / value[order] - 1)
+    assert relative.max() <= 2 ** (1 / 32) - 1 + 1e-6
+
+
+def test_top_images_match_brute_force(atlas, built):
+    _, truth = built
+    for block, t in (("mid", 1.0), ("up", 0.0)):
+        sae = sae_of(atlas, block, t)
+        for latent in (0, 5, 63):
+            hits = atlas.top_images(f"{block}/{t}/{latent}", n=7)
+            ids, values = expected_top(truth.codes[sae.id], latent, sae.value_qbase, 7)
+            assert [h.image_id for h in hits] == ids
+            np.testing.assert_allclose([h.activation for h in hits], values, rtol=1e-6)
+            for hit in hits:
+                assert hit.path == f"images/{hit.image_id:06d}.png" and hit.prompt == f"prompt {hit.image_id}"
+
+
+def test_image_codes_and_activation_map_match_brute_force(atlas, built):
+    _, truth = built
+    table = atlas.image_codes(17)
+    assert table.num_rows == sum(int((c[0] == 17).sum()) for c in truth.codes.values())
+    sae = sae_of(atlas, "up", 1.0)
+    image, row, col, latent, value = truth.codes[sae.id]
+    only = atlas.image_codes(17, block="up", t=1.0)
+    sel = image == 17
+    assert set(zip(only["row"].to_pylist(), only["col"].to_pylist(), only["latent"].to_pylist())) == \
+        set(zip(row[sel].tolist(), col[sel].tolist(), latent[sel].tolist()))
+    assert set(only["concept_id"].to_pylist()) == {f"up/1.0/{int(x)}" for x in latent[sel]}
+    view = atlas.sql("SELECT * FROM codes_by_image WHERE image_id = 17 AND block = 'up' AND t = 1.0 "
+                     "ORDER BY sae_id, row, col, latent").table
+    assert view.to_pylist() == only.to_pylist()
+    concept = int(latent[sel][0])
+    expected = np.zeros((4, 4), np.float32)
+    hit = sel & (latent == concept)
+    expected[row[hit], col[hit]] = dequantize(quantize(value[hit], sae.value_qbase), sae.value_qbase)
+    np.testing.assert_array_equal(atlas.activation_map(17, f"up/1.0/{concept}"), expected)
+    assert atlas.activation_map(17, "up/1.0/63").shape == (4, 4)
+
+
+def test_concept_ids_are_the_same_everywhere(atlas):
+    rows = atlas.sql("SELECT DISTINCT concept_id, block, t, latent FROM codes WHERE latent = 3").rows
+    for cid, block, t, latent in rows:
+        ref = parse_concept_id(cid)
+        assert (ref.block, ref.t, ref.latent, str(ref)) == (block, t, latent, cid)
+    assert str(parse_concept_id("mid/1/uncond/7")) == "mid/1.0/uncond/7"
+    with pytest.raises(BadConceptIdError, match="mid/1.0/412"):
+        parse_concept_id("mid/one/4")
+
+
+def test_unknown_names_list_the_valid_ones(atlas):
+    with pytest.raises(UnknownSaeError, match=r"unknown block 'middle': this atlas has block mid, up"):
+        atlas.top_images("middle/1.0/3")
+    with pytest.raises(UnknownSaeError, match=r"unknown t 0.5: this atlas has t 1.0, 0.0"):
+        atlas.concepts(t=0.5, block="mid")
+    with pytest.raises(InvalidInputError, match="latents 0..63"):
+        atlas.top_images("mid/1.0/64")
+    with pytest.raises(NoLabelsError, match="atlas link"):
+        atlas.concepts(label="dog")
+    with pytest.raises(AtlasNotFoundError, match="atlas build"):
+        open_atlas(atlas.root / "nowhere")
+    with pytest.raises(ReadOnlyAtlasError):
+        atlas.rename_concept("mid/1.0/3", "x")
+
+
+def test_labels_rank_concepts_and_suggest_close_names(writable):
+    writable.set_concept_labels([
+        dict(concept="mid/1.0/3", label="red circle", mean_iou=0.4, hit_rate=0.3, precision=0.5, recall=0.2,
+             support=10),
+        dict(concept="mid/1.0/9", label="red circle", mean_iou=0.7, hit_rate=0.8, precision=0.6, recall=0.5,
+             support=12),
+        dict(concept="mid/0.0/9", label="red circle", mean_iou=0.9, hit_rate=0.9, precision=0.9, recall=0.9,
+             support=12),
+        dict(concept="mid/1.0/3", label="blue square", mean_iou=0.6, hit_rate=0.5, precision=0.5, recall=0.5,
+             support=8),
+    ])
+    found = writable.concepts(label="red circle", t=1.0, block="mid")
+    assert [c.concept_id for c in found] == ["mid/1.0/9", "mid/1.0/3"]
+    assert found[0].mean_iou == 0.7 and found[0].frequency is not None
+    assert writable.concept("mid/1.0/3").best_label == "blue square"
+    assert writable.sql("SELECT concept_id FROM concept_labels WHERE label = 'red circle' AND t = 1.0 "
+                        "AND block = 'mid' ORDER BY mean_iou DESC").rows == [("mid/1.0/9",), ("mid/1.0/3",)]
+    with pytest.raises(UnknownLabelError, match="did you mean 'red circle'"):
+        writable.concepts(label="red circel")
+
+
+def test_rewriting_is_idempotent(writable, built):
+    _, truth = built
+    before = writable.sql("SELECT count(*) FROM prompts").rows
+    assert writable.add_prompts([("prompt 3", "train")]) == [3]
+    assert writable.add_images([dict(prompt_id=3, seed=3, guidance=7.5, steps=20, path="images/000003.png")]) == [3]
+    assert writable.sql("SELECT count(*) FROM prompts").rows == before
+    assert writable.sql("SELECT count(*) FROM images").rows == [(50,)]
+    sae = sae_of(writable, "mid", 1.0)
+    total = writable.sql("SELECT count(*) FROM codes").rows[0][0]
+    rng = np.random.default_rng(7)
+    p = synthetic.zipf_probabilities(rng, 64)
+    redo = synthetic.synth_codes(rng, p, np.full(64, 50.0), 0, 10, (4, 4), 4)
+    writable.write_codes(sae.id, *redo)
+    writable.write_codes(sae.id, *redo)
+    assert writable.finalize_codes() == {sae.id: len(truth.codes[sae.id][0])}
+    assert writable.sql("SELECT count(*) FROM codes").rows == [(total,)]
+    assert writable.sql("SELECT count(*) FROM codes_by_image").rows == [(total,)]
+    new = writable.saes()[[s.id for s in writable.saes()].index(sae.id)]
+    assert new.value_qbase > sae.value_qbase  # the new values are larger: old codes were shifted exactly
+    untouched = writable.image_codes(30, block="mid", t=1.0)
+    image, _, _, latent, value = truth.codes[sae.id]
+    sel = image == 30
+    np.testing.assert_allclose(sorted(untouched["value"].to_numpy()),
+                               sorted(dequantize(quantize(value[sel], new.value_qbase), new.value_qbase)))
+    replaced = writable.image_codes(4, block="mid", t=1.0)
+    sel = redo[0] == 4
+    assert sorted(replaced["latent"].to_pylist()) == sorted(redo[3][sel].tolist())
+    assert writable.top_images("mid/1.0/0", 3)[0].activation > 10
+
+
+def test_bad_writes_change_nothing(writable):
+    before = sorted((p.relative_to(writable.root), p.stat().st_size) for p in writable.root.rglob("*") if p.is_file())
+    sae = sae_of(writable, "mid", 1.0)
+    one = np.zeros(2, np.int32)
+    with pytest.raises(InvalidInputError, match="latent ids must lie in 0..63"):
+        writable.write_codes(sae.id, one, one, one, np.array([1, 64]), np.ones(2))
+    with pytest.raises(InvalidInputError, match="appears twice"):
+        writable.write_codes(sae.id, one, one, one, np.array([1, 1]), np.ones(2))
+    with pytest.raises(InvalidInputError, match="outside the SAE's 4x4 grid"):
+        writable.write_codes(sae.id, one, np.array([0, 4]), one, np.array([1, 2]), np.ones(2))
+    with pytest.raises(InvalidInputError, match="unknown prompt ids"):
+        writable.add_images([dict(prompt_id=999, seed=0, guidance=1.0, steps=1)])
+    with pytest.raises(InvalidInputError, match="expected \\(64,\\)"):
+        writable.add_concepts(sae.id, np.ones(3), np.ones(3), np.ones(3))
+    with pytest.raises(InvalidInputError, match="unknown image ids"):
+        writable.add_objects([dict(image_id=999, label="dog")])
+    after = sorted((p.relative_to(writable.root), p.stat().st_size) for p in writable.root.rglob("*") if p.is_file())
+    assert after == before
+
+
+def test_edits_objects_interventions_and_stages(writable):
+    writable.rename_concept("up/0.0/5", "stripes", "looks like texture")
+    assert writable.concept("up/0.0/5").name == "stripes"
+    log_id = writable.log_intervention("up/0.0/5", "spatial", 2.0, {"cells": [[1, 2]]}, note="try")
+    assert writable.sql(f"SELECT concept_id, kind, strength FROM interventions WHERE id = {log_id}").rows == \
+        [("up/0.0/5", "spatial", 2.0)]
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3:6] = True
+    ids = writable.add_objects([dict(image_id=1, label="dog", score=0.9, box=(0, 0, 4, 4), mask=mask),
+                                dict(image_id=1, label="cat", score=0.5)], source="test")
+    again = writable.add_objects([dict(image_id=1, label="dog", score=0.8, box=(0, 0, 4, 4), mask=mask)],
+                                 source="test")
+    assert len(ids) == 2 and len(again) == 1
+    rows = writable.sql("SELECT label, score, mask_path FROM objects WHERE image_id = 1").rows
+    assert [(label, score) for label, score, _ in rows] == [("dog", 0.8)]
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(writable.root / rows[0][2])) > 0, mask)
+    assert sorted(writable.labels()) == ["cat", "dog"]
+    assert not writable.stage_done("encode")
+    writable.mark_stage("encode", {"images": 50})
+    assert writable.stage_done("encode")
+
+
+def test_readers_work_while_a_writer_holds_the_catalog(writable):
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time\n"
+                               f"con = duckdb.connect({str(writable.root / 'catalog.duckdb')!r})\n"
+                               "print('held', flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with open_atlas(writable.root, threads=1) as reader:
+            assert reader.sql("SELECT count(*) FROM images").rows == [(50,)]
+            assert len(reader.top_images("mid/1.0/0", 3)) == 3
+        writable._catalog.busy_timeout = 0.3
+        start = time.monotonic()
+        with pytest.raises(CatalogBusyError, match="locked by another writing process"):
+            writable.rename_concept("mid/1.0/1", "x")
+        assert time.monotonic() - start < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    writable.rename_concept("mid/1.0/1", "x")
+    assert writable.concept("mid/1.0/1").name == "x"
+
+
+def test_create_is_idempotent_and_keeps_data(built, tmp_path):
+    root = tmp_path / "again"
+    shutil.copytree(built[0], root)
+    with Atlas.create(root, threads=1) as atlas:
+        assert atlas.sql("SELECT count(*) FROM images").rows == [(50,)]
