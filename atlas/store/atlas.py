@@ -21,6 +21,7 @@ from pathlib import Path
 from atlas.store import migrate, snapshot
 from atlas.store.catalog import CATALOG_FILE, Catalog
 from atlas.store.errors import AtlasNotFoundError, CorruptFileError, SchemaTooNewError
+from atlas.store.lookup import SortedFiles
 from atlas.store.reads import Reads
 from atlas.store.views import Views
 from atlas.store.writes import Writes
@@ -43,6 +44,7 @@ class Atlas(Reads, Writes):
         self.threads = threads = threads or int(os.environ.get("ATLAS_THREADS") or 0) or None
         self._catalog = Catalog(self.root, threads=threads)
         self._views = Views(self.root, threads=threads)
+        self._lookup = SortedFiles(self.root)
         self._indexes: dict = {}
 
     @classmethod

@@ -11,21 +11,25 @@ arrangements of the same rows answer the two hot questions by reading one small 
         image_id int32, sae_id uint16, row uint16, col uint16, latent uint16, q uint8
         sorted by (image_id, sae_id, row, col, latent): one image of every SAE in one place.
 
-Sizes were measured (bench/store_scale.py, Zipf-distributed latents): the latent column of the first
-arrangement is nearly free (delta-encoded runs), image_id costs ~4 bits (delta), row+col ~8 bits
-(dictionary); in the second, positions and image ids are nearly free and the latent costs ~12 bits
-with BYTE_STREAM_SPLIT + zstd (its two bytes compress apart). sae_id, block, t and branch are
-constant per file or run and cost nothing. Values are quantised to one byte on a log scale,
-value = 2 ** ((q + qbase) / 16): 1/16 octave steps (at most 2.2 % relative error), 16 octaves of
-range below the SAE's largest value (`saes.value_qbase`, also in each file's metadata). Because the
-step is fixed, raising qbase when new codes exceed the range shifts old q exactly.
+Sizes were measured (bench/store_scale.py, Zipf-distributed latents, bits per row): by_latent has
+latent 0.1 (delta-encoded runs), image_id 3.8 (delta), row + col 8.1 (dictionary), q 7.0; by_image
+has image_id, sae_id, row and col 0.2 together (delta / dictionary runs), latent 11.7
+(BYTE_STREAM_SPLIT + zstd: its two bytes compress apart, close to the 11.45-bit entropy), q 7.0.
+Both arrangements together: 4.64 bytes per stored nonzero at 80M rows. Block, t and branch live in
+the catalog only.
 
-Writes are staged: `write_part` puts one call's rows (float values) in codes/parts/sae_id=<s>/ under a
-time-ordered name; `compact` merges the parts of an SAE with its existing codes (for an image present
-in several places the newest part wins, so writing the same images again replaces them) and writes
-new by_latent files; `rebuild_by_image` re-sorts the image buckets that changed. Every file is written
-under a temporary name and renamed; the catalog lists it only afterwards. Row groups hold 100k rows
-and pages 64 KiB, so a lookup decodes little beyond what it returns.
+Values are quantised to one byte on a log scale, value = 2 ** ((q + qbase) / 16): 1/16 octave steps
+(at most 2.2 % relative error) over 16 octaves below the SAE's largest value (`saes.value_qbase`,
+also in the by_latent files' metadata). Because the step is fixed, raising qbase when new codes
+exceed the range shifts old q exactly.
+
+Writes are staged: `prepare_part` and `stage_part` put one call's rows (float values) in
+codes/parts/sae_id=<s>/ under a time-ordered name; `compact` merges the parts of an SAE with its
+existing codes (for an image present in several places the newest part wins, so writing the same
+images again replaces them) and writes new by_latent files; `rebuild_by_image` re-sorts the image
+buckets that changed. Every file is written under a temporary name and renamed; the catalog lists it
+only afterwards. Row groups hold 100k rows and pages 64 KiB, so a lookup decodes little beyond what
+it returns.
 """
 
 from __future__ import annotations
@@ -136,9 +140,9 @@ def pending_parts(root: Path) -> dict[int, list[Path]]:
     return found
 
 
-def write_part(root: Path, sae_id: int, n_latents: int, image_id: np.ndarray, row: np.ndarray, col: np.ndarray,
-               latent: np.ndarray, value: np.ndarray) -> Path | None:
-    """Validate one call's codes and stage them; rows with value <= 0 are not stored (they are not codes)."""
+def prepare_part(sae_id: int, n_latents: int, image_id: np.ndarray, row: np.ndarray, col: np.ndarray,
+                 latent: np.ndarray, value: np.ndarray) -> pa.Table | None:
+    """Validate one call's codes as a table to stage; rows with value <= 0 are dropped (they are not codes)."""
     arrays = [np.asarray(a) for a in (image_id, row, col, latent, value)]
     if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
         raise InvalidInputError(f"write_codes needs five 1-d arrays of one length, got shapes "
@@ -158,11 +162,16 @@ def write_part(root: Path, sae_id: int, n_latents: int, image_id: np.ndarray, ro
                                 f"got {latent.min()}..{latent.max()}")
     if min(row.min(), col.min(), image_id.min()) < 0 or max(row.max(), col.max()) > 65535:
         raise InvalidInputError("write_codes: image_id, row and col must be >= 0 (row, col < 65536)")
-    key = np.stack([image_id.astype(np.int64), row, col, latent], axis=1)
-    if len(np.unique(key, axis=0)) != len(key):
+    cell = (row.astype(np.int64) << 32) | (col.astype(np.int64) << 16) | latent
+    order = np.lexsort((cell, image_id))
+    if np.any((np.diff(image_id[order]) == 0) & (np.diff(cell[order]) == 0)):
         raise InvalidInputError("write_codes: a (image_id, row, col, latent) appears twice in one call")
-    table = pa.table([image_id.astype(np.int32), row.astype(np.uint16), col.astype(np.uint16),
-                      latent.astype(np.uint16), value.astype(np.float32)], schema=PART_SCHEMA)
+    return pa.table([image_id.astype(np.int32), row.astype(np.uint16), col.astype(np.uint16),
+                     latent.astype(np.uint16), value.astype(np.float32)], schema=PART_SCHEMA)
+
+
+def stage_part(root: Path, sae_id: int, table: pa.Table) -> Path:
+    """Write a prepared part under a time-ordered name (atomic)."""
     path = parts_dir(root, sae_id) / f"part-{token()}.parquet"
     _atomic_parquet(path, table, PART_SCHEMA, {"compression": "zstd", "compression_level": 1}, {})
     return path
@@ -274,8 +283,11 @@ def _split(reader: pa.RecordBatchReader, column: str, size: int) -> Iterator[tup
 
 
 def remove_orphans(root: Path, listed: set[str]) -> None:
-    """Delete codes files no snapshot lists (left by a crash) and stale temporary files."""
+    """Delete codes files no snapshot lists and temporary files (both left by a crash); the caller holds
+    the codes lock, so no other finalize is writing."""
     for arrangement in ("by_latent", "by_image"):
         for path in (root / "codes" / arrangement).rglob("*.parquet*"):
             if str(path.relative_to(root)) not in listed:
                 path.unlink(missing_ok=True)
+    for path in (root / "codes" / "parts").rglob("*.tmp"):
+        path.unlink(missing_ok=True)

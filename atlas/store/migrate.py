@@ -27,11 +27,12 @@ class DuckDBImpl(DefaultImpl):
 
 @cache
 def migrations_dir() -> Path:
-    """The `migrations` package: installed beside `atlas`, or in the source checkout that holds `atlas`."""
+    """The `migrations` package beside the `atlas` package (a source checkout or site-packages)."""
+    beside = Path(__file__).resolve().parents[2] / "migrations"
+    if (beside / "env.py").exists():
+        return beside
     spec = importlib.util.find_spec("migrations")
-    if spec is not None and spec.origin and Path(spec.origin).with_name("env.py").exists():
-        return Path(spec.origin).parent
-    return Path(__file__).resolve().parents[2] / "migrations"
+    return Path(spec.origin).parent if spec and spec.origin else beside
 
 
 def _config(connection: Connection | None = None) -> Config:

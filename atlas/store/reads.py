@@ -1,8 +1,8 @@
 """Typed read methods of an atlas (mixed into `Atlas`): concepts, top images, maps, SQL, neighbours.
 
 Hot paths read the one Parquet file that holds the answer (the by_latent bucket of a concept, the
-by_image bucket of an image) instead of going through the all-files `codes` view; FAISS indexes are
-loaded once per file and kept.
+by_image bucket of an image) through atlas.store.lookup instead of the all-files `codes` view; FAISS
+indexes are loaded once per file and kept.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from atlas import index as faiss_index
-from atlas.store import codes
+from atlas.store import codes, snapshot
 from atlas.store.errors import (
+    CorruptFileError,
     InvalidInputError,
     NoIndexError,
     NoLabelsError,
@@ -24,7 +25,8 @@ from atlas.store.errors import (
     UnknownSaeError,
 )
 from atlas.store.ids import DEFAULT_BRANCH, ConceptRef, concept_id, concept_prefix, parse_concept_id
-from atlas.store.views import QueryResult, SaeInfo, Views, parquet_scan
+from atlas.store.lookup import SortedFiles
+from atlas.store.views import QueryResult, SaeInfo, Views
 
 _TOL = 1e-9
 
@@ -80,6 +82,7 @@ class Neighbor:
 class Reads:
     root: Path
     _views: Views
+    _lookup: SortedFiles
     _indexes: dict
 
     def saes(self) -> list[SaeInfo]:
@@ -113,12 +116,9 @@ class Reads:
                 raise UnknownSaeError("t", float(t), valid)
         return chosen
 
-    def _sae_of(self, ref: ConceptRef) -> SaeInfo:
-        return self._check_filters(ref.block, ref.t, ref.branch)[0]
-
     def _resolve(self, concept: str | ConceptRef) -> tuple[SaeInfo, int]:
         ref = concept if isinstance(concept, ConceptRef) else parse_concept_id(concept)
-        sae = self._sae_of(ref)
+        sae = self._check_filters(ref.block, ref.t, ref.branch)[0]
         if ref.latent >= sae.n_latents:
             raise InvalidInputError(f"{ref} does not exist: the SAE {ref.block}/{ref.t!r} has latents "
                                     f"0..{sae.n_latents - 1}")
@@ -131,61 +131,78 @@ class Reads:
                 and (sae_id is None or f["sae_id"] == sae_id) and (bucket is None or f["bucket"] == bucket)
                 and (key is None or f["key"] == key)]
 
+    def _rows(self, kind: str, key: str, value: int, columns: list[str], **where: int) -> pa.Table | None:
+        """Rows of the file of `kind` holding key == value; None when there is no such file. Retried once
+        when the file vanished because newer snapshots superseded it while this reader looked."""
+        for attempt in (0, 1):
+            files = self._files(kind, **where)
+            generation = self._views.generation
+            if not files:
+                return None
+            try:
+                return self._lookup.rows(files, key, value, columns)
+            except CorruptFileError:
+                if attempt or snapshot.current(self.root) == generation:
+                    raise
+        raise AssertionError("unreachable")
+
     # -- concepts ----------------------------------------------------------------------------------------------
 
     def concepts(self, label: str | None = None, t: float | None = None, block: str | None = None,
                  branch: str | None = DEFAULT_BRANCH, limit: int = 50) -> list[ConceptInfo]:
         """Concepts ranked by frequency, or with `label` by how well they predict it (IoU, hit rate, support)."""
-        sae_ids = [s.id for s in self._check_filters(block, t, branch)]
-        if not sae_ids:
+        saes = {s.id: s for s in self._check_filters(block, t, branch)}
+        if not saes:
             return []
-        in_saes = f"c.sae_id IN ({', '.join(map(str, sae_ids))})"
+        in_saes = f"sae_id IN ({', '.join(map(str, saes))})"
         if label is None:
-            table = self._views.query(
-                f"SELECT * FROM concepts c WHERE {in_saes} ORDER BY frequency DESC NULLS LAST, concept_id LIMIT ?",
-                [int(limit)])
+            query, params = (f"SELECT * FROM snapshot.concepts WHERE {in_saes} "
+                             f"ORDER BY frequency DESC NULLS LAST, sae_id, latent LIMIT {int(limit)}"), []
         else:
             if not self._views.linked_labels:
                 raise NoLabelsError()
             if label not in self._views.linked_labels:
                 raise UnknownLabelError(label, self._views.linked_labels)
-            table = self._views.query(
-                "SELECT c.concept_id, c.sae_id, c.block, c.t, c.branch, c.latent, k.frequency, k.mean_activation, "
-                "k.decoder_norm, k.best_label, k.name, k.note, c.label, c.mean_iou, c.hit_rate, c.precision, "
-                "c.recall, c.support FROM concept_labels c LEFT JOIN concepts k USING (sae_id, latent) "
-                f"WHERE c.label = ? AND {in_saes} ORDER BY c.mean_iou DESC NULLS LAST, c.hit_rate DESC NULLS LAST, "
-                "c.support DESC NULLS LAST, c.concept_id LIMIT ?", [label, int(limit)])
-        fields = ConceptInfo.__dataclass_fields__
-        return [ConceptInfo(**{k: v for k, v in row.items() if k in fields}) for row in table.to_pylist()]
+            rank = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, sae_id, latent"
+            query = ("WITH ranked AS (SELECT * FROM snapshot.concept_labels WHERE label_id = (SELECT id FROM "
+                     f"snapshot.labels WHERE name = $label) AND {in_saes} ORDER BY {rank} LIMIT {int(limit)}) "
+                     "SELECT r.*, $label AS label, k.frequency, k.mean_activation, k.decoder_norm, k.best_label, "
+                     "k.name, k.note FROM ranked r LEFT JOIN snapshot.concepts k USING (sae_id, latent) "
+                     f"ORDER BY {rank}")
+            params = {"label": label}
+        return [_concept_info(saes[row["sae_id"]], row) for row in self._views.query(query, params).to_pylist()]
 
     def concept(self, concept: str) -> ConceptInfo:
         """One concept by id (statistics empty until add_concepts)."""
         sae, latent = self._resolve(concept)
-        rows = self._views.query("SELECT * FROM concepts WHERE sae_id = ? AND latent = ?", [sae.id, latent])
-        if rows.num_rows:
-            fields = ConceptInfo.__dataclass_fields__
-            return ConceptInfo(**{k: v for k, v in rows.to_pylist()[0].items() if k in fields})
-        return ConceptInfo(concept_id(sae.block, sae.t, sae.branch, latent), sae.id, sae.block, sae.t, sae.branch,
-                           latent)
+        rows = self._views.query(f"SELECT * FROM snapshot.concepts WHERE sae_id = {sae.id} AND latent = {latent}")
+        return _concept_info(sae, rows.to_pylist()[0] if rows.num_rows else {"latent": latent})
 
     # -- codes ---------------------------------------------------------------------------------------------------
 
     def top_images(self, concept: str, n: int = 20) -> list[ImageHit]:
         """Images where the concept fires most strongly (largest value; ties: more cells, lower id)."""
         sae, latent = self._resolve(concept)
-        files = self._files(codes.BY_LATENT, sae.id, latent // codes.LATENTS_PER_BUCKET)
-        if not files:
+        rows = self._rows(codes.BY_LATENT, "latent", latent, ["image_id", "row", "col", "q"], sae_id=sae.id,
+                          bucket=latent // codes.LATENTS_PER_BUCKET)
+        if rows is None or rows.num_rows == 0:
             return []
-        table = self._views.query(
-            "WITH top AS (SELECT image_id, max(q) AS q, count(*) AS n_positions, "
-            "arg_max(row::INTEGER * 65536 + col, q) AS cell "
-            f"FROM {parquet_scan(files)} WHERE latent = ? GROUP BY image_id "
-            "ORDER BY q DESC, n_positions DESC, image_id LIMIT ?) "
-            f"SELECT top.image_id, {codes.value_sql('top.q', str(sae.value_qbase))} AS activation, "
-            "top.n_positions, top.cell // 65536 AS row, top.cell % 65536 AS col, i.path, i.prompt "
-            "FROM top LEFT JOIN images i ON i.id = top.image_id "
-            "ORDER BY top.q DESC, top.n_positions DESC, top.image_id", [latent, int(n)])
-        return [ImageHit(**row) for row in table.to_pylist()]
+        image, q = rows["image_id"].to_numpy(), rows["q"].to_numpy().astype(np.int64)
+        cell = rows["row"].to_numpy().astype(np.int64) * 65536 + rows["col"].to_numpy()
+        order = np.lexsort((cell, -q, image))  # per image: strongest cell first
+        image, q, cell = image[order], q[order], cell[order]
+        starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
+        counts = np.diff(np.r_[starts, len(image)])
+        best = np.lexsort((image[starts], -counts, -q[starts]))[:n]
+        chosen = starts[best]
+        ids = image[chosen].tolist()
+        info = {r["id"]: r for r in self._views.query(
+            "SELECT i.id, i.path, p.text AS prompt FROM snapshot.images i LEFT JOIN snapshot.prompts p "
+            f"ON p.id = i.prompt_id WHERE i.id IN ({', '.join(map(str, ids))})").to_pylist()}
+        values = codes.dequantize(q[chosen], sae.value_qbase)
+        return [ImageHit(int(i), float(v), int(c), int(x // 65536), int(x % 65536), info.get(i, {}).get("path"),
+                         info.get(i, {}).get("prompt"))
+                for i, v, c, x in zip(ids, values, counts[best], cell[chosen])]
 
     def image_codes(self, image_id: int, block: str | None = None, t: float | None = None,
                     branch: str | None = None) -> pa.Table:
@@ -193,11 +210,11 @@ class Reads:
         by sae_id, row, col, latent (the file's order). The SAE columns are joined here, not in SQL: that
         halves the time of this hot lookup."""
         saes = {s.id: s for s in self._check_filters(block, t, branch)}
-        files = self._files(codes.BY_IMAGE, bucket=int(image_id) // codes.IMAGES_PER_BUCKET)
-        if not files or not saes:
+        raw = self._rows(codes.BY_IMAGE, "image_id", int(image_id), ["sae_id", "row", "col", "latent", "q"],
+                         bucket=int(image_id) // codes.IMAGES_PER_BUCKET) if saes else None
+        if raw is None:
             return self._views.query("SELECT * FROM codes_by_image WHERE false")
-        raw = self._views.query(f"SELECT sae_id, row, col, latent, q FROM {parquet_scan(files)} WHERE image_id = ? "
-                                f"AND sae_id IN ({', '.join(map(str, saes))})", [int(image_id)])
+        raw = raw.filter(pc.is_in(raw["sae_id"], pa.array(list(saes), raw["sae_id"].type)))
         order = sorted(saes)
         slot = np.zeros(max(order) + 1, np.int64)
         slot[order] = np.arange(len(order))
@@ -224,11 +241,10 @@ class Reads:
         if not sae.grid_h or not sae.grid_w:
             raise InvalidInputError(f"the SAE of {concept} has no codes yet (no grid known): run `atlas encode`")
         out = np.zeros((sae.grid_h, sae.grid_w), np.float32)
-        files = self._files(codes.BY_IMAGE, bucket=int(image_id) // codes.IMAGES_PER_BUCKET)
-        if files:
-            cells = self._views.query(f"SELECT row, col, q FROM {parquet_scan(files)} "
-                                      "WHERE image_id = ? AND sae_id = ? AND latent = ?",
-                                      [int(image_id), sae.id, latent])
+        cells = self._rows(codes.BY_IMAGE, "image_id", int(image_id), ["sae_id", "latent", "row", "col", "q"],
+                           bucket=int(image_id) // codes.IMAGES_PER_BUCKET)
+        if cells is not None:
+            cells = cells.filter(pc.and_(pc.equal(cells["sae_id"], sae.id), pc.equal(cells["latent"], latent)))
             rows, cols = cells["row"].to_numpy(), cells["col"].to_numpy()
             out[rows, cols] = codes.dequantize(cells["q"].to_numpy(), sae.value_qbase)
         return out
@@ -285,3 +301,10 @@ class Reads:
         key = f"{block}/{branch}"
         return self._neighbors(*faiss_index.search(self._index("faiss_block", f"block {key}", key=key), vector, k),
                                None, None, k)
+
+
+def _concept_info(sae: SaeInfo, row: dict) -> ConceptInfo:
+    fields = ConceptInfo.__dataclass_fields__
+    known = {k: v for k, v in row.items() if k in fields and k not in ("block", "t", "branch", "sae_id")}
+    return ConceptInfo(**known | {"concept_id": concept_id(sae.block, sae.t, sae.branch, row["latent"]),
+                                  "sae_id": sae.id, "block": sae.block, "t": sae.t, "branch": sae.branch})

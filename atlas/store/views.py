@@ -194,12 +194,13 @@ class Views:
         self.refresh()
         return self._con.cursor()
 
-    def query(self, sql: str, params: list | tuple = ()) -> pa.Table:
+    def query(self, sql: str, params: list | tuple | dict = ()) -> pa.Table:
         """Trusted SQL of the API (no statement check), errors translated; retried once on a vanished file."""
         for attempt in (0, 1):
             cur = self.cursor()
             try:
-                return cur.sql(sql, params=list(params) or None).to_arrow_table()
+                return cur.sql(sql, params=(params if isinstance(params, dict) else list(params)) or None
+                               ).to_arrow_table()
             except duckdb.Error as err:
                 if attempt == 0 and _vanished(err):
                     self.generation = None

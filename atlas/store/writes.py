@@ -174,15 +174,20 @@ class Writes:
         sae = self._sae_by_id(sae_id)
         if sae.grid_h and len(row) and (np.max(row) >= sae.grid_h or np.max(col) >= sae.grid_w):
             raise InvalidInputError(f"write_codes: row/col outside the SAE's {sae.grid_h}x{sae.grid_w} grid")
-        path = codes.write_part(self.root, sae.id, sae.n_latents, image_id, row, col, latent, value)
-        return 0 if path is None else int(np.count_nonzero(np.asarray(value) > 0))
+        table = codes.prepare_part(sae.id, sae.n_latents, image_id, row, col, latent, value)
+        if table is None:
+            return 0
+        with self._codes_lock(shared=True):
+            codes.stage_part(self.root, sae.id, table)
+        return table.num_rows
 
     @contextmanager
-    def _codes_lock(self) -> Iterator[None]:
+    def _codes_lock(self, shared: bool = False) -> Iterator[None]:
+        """Staging writes share it; finalize_codes holds it alone (across processes)."""
         lock = self.root / "codes" / ".lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -296,10 +301,12 @@ class Writes:
             (self.root / stale).unlink(missing_ok=True)
         return [r[0] for r in rows]
 
-    def set_concept_labels(self, rows: list[dict], replace: bool = False) -> int:
-        """Store how concepts predict labels: dicts with `concept` (id) or sae_id + latent, `label`, and
-        mean_iou, hit_rate (share of images with IoU > 0.5), precision, recall, support. With `replace`,
-        earlier rows of the same SAEs go first. Also sets each concept's best_label (highest mean IoU)."""
+    def set_concept_labels(self, rows: list[dict] | pa.Table, replace: bool = False) -> int:
+        """Store how concepts predict labels: dicts (or an Arrow table) with `concept` (id) or sae_id + latent,
+        `label`, and mean_iou, hit_rate (share of images with IoU > 0.5), precision, recall, support. With
+        `replace`, earlier rows of the same SAEs go first. Also sets each concept's best_label (highest mean
+        IoU). Other keys (e.g. `atlas.concepts.link`'s hits, passes) are ignored."""
+        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
         saes = {s.id: s for s in self.saes()}
         by_name = {(s.block, s.t, s.branch): s for s in saes.values()}
         resolved = []
