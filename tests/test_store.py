@@ -272,3 +272,24 @@ def test_create_is_idempotent_and_keeps_data(built, tmp_path):
     shutil.copytree(built[0], root)
     with Atlas.create(root, threads=1) as atlas:
         assert atlas.sql("SELECT count(*) FROM images").rows == [(50,)]
+
+
+def test_a_reader_follows_rewrites_and_old_files_are_collected(writable):
+    reader = open_atlas(writable.root, threads=1)
+    sae = sae_of(writable, "up", 1.0)
+    old_files = {writable.root / p for (p,) in writable.sql("SELECT path FROM files WHERE kind LIKE 'codes%'").rows}
+    assert reader.top_images("up/1.0/0", 1)
+    rng = np.random.default_rng(11)
+    redo = synthetic.synth_codes(rng, synthetic.zipf_probabilities(rng, 64), np.full(64, 1.0), 0, 50, (4, 4), 4)
+    writable.write_codes(sae.id, *redo)
+    writable.finalize_codes()
+    sel = redo[3] == 0
+    assert {h.image_id for h in reader.top_images("up/1.0/0", 100)} == set(redo[0][sel].tolist())
+    for i in range(3):  # later snapshots push the old generation out; its files go with it
+        writable.rename_concept("up/1.0/0", f"name {i}")
+    replaced = {p for p in old_files if f"sae_id={sae.id}/" in str(p) or "by_image" in str(p)}
+    assert replaced and not any(p.exists() for p in replaced)
+    assert old_files - replaced and all(p.exists() for p in old_files - replaced)
+    assert reader.sql(f"SELECT count(*) FROM codes WHERE sae_id = {sae.id}").rows == [(len(redo[0]),)]
+    assert len(list((writable.root / "tables").glob("g*"))) == 3
+    reader.close()
