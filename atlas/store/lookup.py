@@ -9,6 +9,7 @@ modified (a rewrite gets a new name), so a parsed footer stays valid for the fil
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -27,9 +28,14 @@ class SortedFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock = threading.Lock()  # web servers call from several threads
         self._open: OrderedDict[tuple[Path, str], tuple[pq.ParquetFile, np.ndarray, np.ndarray]] = OrderedDict()
 
     def _footer(self, path: Path, key: str) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._footer_locked(path, key)
+
+    def _footer_locked(self, path: Path, key: str) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
         entry = self._open.get((path, key))
         if entry is None:
             try:
