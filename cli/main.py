@@ -197,5 +197,11 @@ def shapes_eval(model_name, device, n, steps, guidance, out_dir, strict) -> None
         sys.exit(1)
 
 
+from cli.store import search, sql, upgrade  # noqa: E402
+
+main.add_command(sql)
+main.add_command(search)
+main.add_command(upgrade)
+
 if __name__ == "__main__":
     main()
