@@ -1,0 +1,85 @@
+"""Configuration of a TopK sparse autoencoder and of its training; the attribute docstrings are the CLI's --help text.
+
+Kept free of torch imports so that `atlas --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+
+@dataclass
+class SaeConfig:
+    """Shape and loss of one TopK SAE (arXiv 2504.15473: n_latents = 4 d, k in {10, 20}, AuxK 1/32 with k_aux 256)."""
+
+    d_in: int = 1280
+    """Width of the activations (1280 for SD v1.4's down/mid/up cross-attention blocks)."""
+    n_latents: int = 0
+    """Number of latents (concepts); 0 = expansion_factor * d_in."""
+    expansion_factor: int = 4
+    """Latents per input dimension, used when n_latents is 0 (the paper: 4)."""
+    k: int = 20
+    """Active latents per token (TopK)."""
+    k_aux: int = 256
+    """Dead latents that reconstruct the residual in the AuxK loss (capped at the number of dead latents)."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it (and dead-latent revival with it)."""
+    dead_tokens: int = 10_000_000
+    """A latent that has not fired for this many training tokens is dead and joins the AuxK loss."""
+    b_init: Literal["geometric_median", "mean"] = "geometric_median"
+    """How the shared bias b starts: geometric median (robust to outlier tokens) or mean of the first batch."""
+
+    def __post_init__(self) -> None:
+        if self.b_init not in ("geometric_median", "mean"):
+            raise ValueError(f"b_init must be 'geometric_median' or 'mean', got {self.b_init!r}")
+        if not 0 < self.k <= self.num_latents:
+            raise ValueError(f"k must be in [1, {self.num_latents}], got {self.k}")
+        if self.k_aux < 1 or self.auxk_alpha < 0 or self.dead_tokens < 1:
+            raise ValueError("k_aux and dead_tokens must be positive and auxk_alpha non-negative")
+
+    @property
+    def num_latents(self) -> int:
+        """The resolved number of latents."""
+        return self.n_latents or self.expansion_factor * self.d_in
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "n_latents": self.num_latents}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SaeConfig:
+        """Build from a config.json dict, ignoring keys written by other versions."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in d.items() if key in names})
+
+
+@dataclass
+class SaeTrainConfig:
+    """Options of SAE training (Adam, AuxK, decoder kept at unit norm)."""
+
+    lr: float = 4e-4
+    """Adam learning rate. The paper uses 1e-4 for 13-51M tokens; runs of a few million tokens or fewer need
+    more steps' worth of movement per step, and 4e-4 (about sparsify's rule 2e-4 / sqrt(n_latents / 2^14) at
+    5120 latents) trains stably here."""
+    lr_warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up from 0."""
+    lr_decay_fraction: float = 0.2
+    """Final fraction of the steps over which the learning rate decays linearly to 0 (needs a known length)."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    batch_size: int = 4096
+    """Tokens per optimiser step (the paper: 4096)."""
+    n_tokens: int = 0
+    """Training tokens; 0 = epochs * number of tokens in the data."""
+    epochs: float = 1.0
+    """Passes over the data when n_tokens is 0 (the paper: 1)."""
+    seed: int = 0
+    """Seed of the initialisation and of the shuffling."""
+    device: str = "auto"
+    """Torch device; "auto" = CUDA when available, else CPU."""
+    autocast: bool = True
+    """bf16 autocast on CUDA (master weights stay fp32); the CPU always computes in fp32."""
+    threads: int = 0
+    """Torch CPU threads (0 = leave torch's setting)."""
+    log_every: int = 50
+    """Steps between history entries (averaged over the steps in between)."""
