@@ -142,7 +142,7 @@ def main() -> None:
     args.tokens = min(args.tokens, train.shape[0]) if args.activations else args.tokens
     args.dead_tokens = args.dead_tokens or max(args.batch_size, args.tokens // 8)
     train_cfg = SaeTrainConfig(lr=args.lr, lr_decay_fraction=args.lr_decay_fraction, batch_size=args.batch_size,
-                               n_tokens=args.tokens, seed=args.seed, device="cpu", log_every=10**9)
+                               n_tokens=args.tokens, seed=args.seed, device="cpu", log_every=1)
     sae_cfg = SaeConfig(d_in=d, n_latents=args.latents, k=args.k, k_aux=d // 2, auxk_alpha=args.auxk_alpha,
                         dead_tokens=args.dead_tokens, b_init="mean")
     print(f"data: {source}; train {args.tokens} tokens, held-out {held_out.shape[0]}; d={d} latents={args.latents} "
@@ -155,7 +155,7 @@ def main() -> None:
         fvu_ours = held_out_fvu(lambda b: res.sae(b).x_hat, held_out, args.batch_size)
         results["ours"] = (res.metrics["tokens_per_s"], fvu_ours)
         print(f"ours:     {res.metrics['tokens_per_s']:9.0f} tokens/s  held-out FVU {fvu_ours:.4f}  "
-              f"(last-batch train FVU {res.metrics['fvu']:.4f}, dead {res.metrics['dead_fraction']:.3f})")
+              f"(last-batch train FVU {res.history[-1]['fvu']:.4f}, dead {res.metrics['dead_fraction']:.3f})")
     if args.only != "ours":
         sae, tps, last_fvu, dead = train_sparsify(train, args, train_cfg, d)
         fvu_theirs = held_out_fvu(lambda b: sae(b).sae_out, held_out, args.batch_size)

@@ -1,8 +1,8 @@
 """TopK sparse autoencoder: z = TopK(ReLU(W_enc (x - b) + b_enc)), x_hat = W_dec^T z + b (shared bias b = b_dec).
 
-Only the encoder's forward is dense. Its backward, the decoder and the AuxK pass touch only the selected
-latents: gathers, `embedding_bag` and a sparse (CSR) product, so the cost beyond the one big matmul grows
-with k, not with n_latents.
+Only the encoder's forward is dense over all latents. Its backward and the decoder touch only the selected
+latents (gathers, `embedding_bag`, one sparse CSR product), so the cost beyond the one big matmul grows with
+k, not with n_latents; AuxK touches only the dead latents.
 """
 
 from __future__ import annotations
@@ -52,16 +52,15 @@ class _GatherLinear(torch.autograd.Function):
     """values[t, j] = x[t] . W[idx[t, j]] + b[idx[t, j]], read from already computed dense pre-activations.
 
     The forward is a gather; the backward touches only the gathered rows, so no (N, n_latents) gradient exists.
+    Backward runs outside autocast (no custom_bwd) and in the weights' dtype: fp32 master weights under bf16.
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight, idx)
         return pre.gather(1, idx)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, idx = ctx.saved_tensors
         grad = grad.to(weight.dtype).contiguous()
@@ -80,13 +79,11 @@ class _DenseFromPre(torch.autograd.Function):
     """pre = x @ W^T + b returned from an already computed (no-grad) product, with the usual dense backward."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, pre: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         return pre.clone()
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         grad = grad.to(weight.dtype)
@@ -101,7 +98,7 @@ def sparse_rows_matmul(idx: Tensor, values: Tensor, x: Tensor, n_rows: int) -> T
 
     This is the weight gradient of a TopK layer. Materialising the (N * k, d) products and `index_add_`-ing
     them (sparsify's way) moves k times the batch through memory; sorting N * k indices and a CSR matmul
-    is about 4x faster on CPU.
+    is 4-5x faster on CPU (d 128-1280, k 10-16).
     """
     n, m = idx.shape
     flat = idx.flatten()
