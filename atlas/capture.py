@@ -15,7 +15,6 @@ half-written file that counts; running again skips complete batches and redoes t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from atlas.config import CaptureConfig
+from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo, t_to_step
 from atlas.models.sampler import sample_latents
@@ -52,12 +52,6 @@ def parse_list(text: str, kind: type = str) -> list:
 
 def shard_dir(root: Path, block: str, t: float, branch: str) -> Path:
     return root / "shards" / block / f"t{float(t)}" / branch
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def plan_prompts(prompts: list[str], seed: int) -> list[PromptRecord]:
@@ -128,7 +122,7 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
         images = model.to_uint8(model.decode(latents))
         for record, image in zip(batch, images):
             path = out / "images" / f"{record.image_id:06d}.png"
-            _atomic_write_bytes(path, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
+            atomic_write(path, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
         for (block, t, branch), x in recorder.buffers.items():
             n_pos = x.shape[0] // len(batch)
             side = int(round(n_pos ** 0.5))
@@ -140,10 +134,10 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
             tensors = {"x": x.contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
                        "col": (pos % side).to(torch.int16)}
             meta = {"block": block, "t": str(t), "branch": branch, "module": model.hook_module_name(block)}
-            _atomic_write_bytes(directory / f"batch-{b:06d}.safetensors",
+            atomic_write(directory / f"batch-{b:06d}.safetensors",
                                 lambda tmp, tensors=tensors, meta=meta: save_file(tensors, str(tmp), metadata=meta))
         marker = {"batch": b, "image_ids": [r.image_id for r in batch], "grids": grids}
-        _atomic_write_bytes(out / "done" / f"batch-{b:06d}.json",
+        atomic_write(out / "done" / f"batch-{b:06d}.json",
                             lambda tmp, marker=marker: tmp.write_text(json.dumps(marker)))
         bar.update(len(batch))
     bar.close()
@@ -160,8 +154,8 @@ def _prepare_dir(out: Path, manifest: dict, records: list[PromptRecord]) -> None
             raise ValueError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
                              "or the same options to resume")
         return
-    _atomic_write_bytes(prompts_path, lambda tmp: tmp.write_text(lines))
-    _atomic_write_bytes(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    atomic_write(prompts_path, lambda tmp: tmp.write_text(lines))
+    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
 
 
 class ActivationSet:

@@ -10,12 +10,12 @@ renamed; the atlas records them in its `files` table only afterwards.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from atlas.files import atomic_write
 from atlas.store.errors import CorruptFileError, InvalidInputError
 
 LATENT_BITS = 20
@@ -61,9 +61,7 @@ def block_index(members: list[tuple[int, faiss.Index]]) -> faiss.IndexIDMap2:
 def write(index: faiss.Index, path: Path) -> int:
     """Atomic write; returns the file size."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
     return path.stat().st_size
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from PIL import Image
 
 from atlas.config import GenerateConfig
+from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.sampler import generate
 from atlas.viz import image_grid
@@ -44,8 +44,7 @@ def generate_to_dir(model: TextToImageModel, prompts: list[str], out_dir: str | 
         Image.fromarray(img).save(out / name)
         records.append({"file": name, "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
                         "model": model.spec.name})
-    tmp = out / "images.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out / "images.jsonl")
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(out / "images.jsonl", lambda tmp: tmp.write_text(lines))
     image_grid(images, all_prompts, cols=max(config.n_per_prompt, min(8, len(images)))).save(out / "grid.png")
     return records

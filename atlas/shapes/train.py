@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import time
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from atlas.config import ShapesTrainConfig
+from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
 from atlas.shapes.world import WorldConfig, random_scene, render
@@ -43,12 +43,6 @@ class _Stop:
 
     def __call__(self, signum, frame) -> None:
         self.requested = True
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _trainable(model: TextToImageModel) -> list[torch.nn.Parameter]:
@@ -90,9 +84,10 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
 
     def save() -> None:
         state["rng"] = rng.getstate()
-        _atomic_save({"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
+        checkpoint = {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
                       "optimizer": opt.state_dict(), "ema": ema, "torch_rng": torch.get_rng_state(),
-                      "state": state, "model_config": asdict(model_config or ShapesModelConfig())}, ckpt_path)
+                      "state": state, "model_config": asdict(model_config or ShapesModelConfig())}
+        atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
         _write_loss_log(run_dir, state["losses"])
 
     start = time.time()
