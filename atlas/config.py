@@ -68,3 +68,28 @@ class CaptureConfig:
     """Image i is generated with seed + i."""
     batch_size: int = 32
     """Images per batch; one shard per (block, t, branch) and batch, so memory stays bounded."""
+
+
+@dataclass
+class SaeJobConfig:
+    """Options of `atlas train`: one TopK SAE per (block, t, branch) of an activation directory."""
+
+    k: int = 10
+    """Active latents per position (TopK); the paper uses 10 and 20."""
+    latents: str = "4x"
+    """Number of latents: a count (512) or a multiple of the activation width (4x, as in the paper)."""
+    lr: float = 1e-3
+    """Adam learning rate (small activation sets need a larger one than the paper's 1e-4)."""
+    batch_size: int = 1024
+    """Positions per optimiser step."""
+    epochs: float = 20.0
+    """Passes over the training split."""
+    min_tokens: int = 1_000_000
+    """Train on at least this many positions (more passes when the split is small)."""
+    dead_tokens: int = 200_000
+    """A latent that has not fired for this many positions joins the AuxK loss."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
+    retrain: bool = False
+    """Train again even when a checkpoint exists (otherwise finished SAEs are kept, so a rerun resumes)."""

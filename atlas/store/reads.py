@@ -92,6 +92,19 @@ class Reads:
     def labels(self) -> list[str]:
         return self._views.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
 
+    def images(self, split: str | None = None) -> pa.Table:
+        """Every image (id, prompt_id, seed, guidance, steps, path, prompt, split) in id order, or one split's."""
+        where, params = ("WHERE split = ?", [split]) if split else ("", [])
+        return self._views.query(f"SELECT * FROM images {where} ORDER BY id", params)
+
+    def sae_codes(self, sae_id: int, splits: tuple[str, ...] | None = None) -> pa.Table:
+        """All codes (image_id, row, col, latent, value) of one SAE, optionally only on images of `splits`."""
+        where, params = "sae_id = ?", [int(sae_id)]
+        if splits:
+            where += f" AND image_id IN (SELECT id FROM images WHERE split IN ({', '.join('?' * len(splits))}))"
+            params += list(splits)
+        return self._views.query(f"SELECT image_id, row, col, latent, value FROM codes WHERE {where}", params)
+
     def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
         """Read-only SQL over the atlas views (see atlas.store.views for what is allowed)."""
         return self._views.sql(query, timeout=timeout, max_rows=max_rows)

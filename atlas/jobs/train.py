@@ -1,0 +1,112 @@
+"""Train one TopK SAE per captured (block, t, branch) and tabulate their explained variance (the paper's Table 1).
+
+Each SAE trains on the `train` split of an activation directory and is scored on held-out images (the
+`test` split, else `dictionary`, else the training data itself, which the table then says). Checkpoints go
+to `<out>/<block>/t<t>/<branch>/` in `Sae.save_pretrained` layout, with metrics.json and stats.parquet
+(per-latent firing frequency and mean activation, which edits use to scale their strength).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlas.capture import ActivationSet
+from atlas.config import SaeJobConfig
+from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae
+
+HELD_OUT_SPLITS = ("test", "dictionary")
+
+
+@dataclass(frozen=True)
+class SaeReport:
+    """One trained SAE: where it is and how well it reconstructs held-out activations."""
+
+    block: str
+    t: float
+    branch: str
+    path: Path
+    metrics: dict
+    scored_on: str
+
+
+def sae_dir(root: str | Path, block: str, t: float, branch: str) -> Path:
+    return Path(root) / block / f"t{float(t)}" / branch
+
+
+def parse_latents(text: str, d_in: int) -> int:
+    """'4x' -> 4 * d_in; '512' -> 512."""
+    text = str(text).strip().lower()
+    try:
+        return int(float(text[:-1]) * d_in) if text.endswith("x") else int(text)
+    except ValueError:
+        raise ValueError(f"--latents {text!r}: give a count (512) or a multiple of the width (4x)") from None
+
+
+def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str | Path,
+              config: SaeJobConfig | None = None, progress: bool = True) -> SaeReport:
+    """Train, score and save the SAE of one (block, t, branch); an existing checkpoint is kept unless `retrain`."""
+    config = config or SaeJobConfig()
+    acts.check_key(block, t, branch)
+    path = sae_dir(out, block, t, branch)
+    held_out = next((s for s in HELD_OUT_SPLITS if any(r.split == s for r in acts.prompts)), None)
+    if (path / "metrics.json").exists() and not config.retrain:
+        metrics = json.loads((path / "metrics.json").read_text())
+        return SaeReport(block, float(t), branch, path, metrics, metrics.get("scored_on", held_out or "train"))
+    train = _split_or_all(acts, block, t, branch, "train")
+    x = train["x"].float()
+    d_in = x.shape[1]
+    n_latents = parse_latents(config.latents, d_in)
+    sae_config = SaeConfig(d_in=d_in, n_latents=n_latents, k=min(config.k, n_latents),
+                           dead_tokens=config.dead_tokens, k_aux=min(256, n_latents // 2))
+    n_tokens = max(config.min_tokens, int(config.epochs * x.shape[0]))
+    train_config = SaeTrainConfig(lr=config.lr, batch_size=min(config.batch_size, x.shape[0]), n_tokens=n_tokens,
+                                  seed=config.seed, device=config.device)
+    result = train_sae(x, sae_config, train_config, progress=progress)
+    scored_on = held_out or "train"
+    test = acts.load(block, t, branch, split=held_out)["x"].float() if held_out else x
+    metrics, stats = evaluate_with_stats(result.sae, test)
+    metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": int(x.shape[0])}
+    result.sae.save_pretrained(path, metrics=metrics, stats=stats)
+    return SaeReport(block, float(t), branch, path, metrics, scored_on)
+
+
+def _split_or_all(acts: ActivationSet, block: str, t: float, branch: str, split: str) -> dict:
+    if any(r.split == split for r in acts.prompts):
+        return acts.load(block, t, branch, split=split)
+    return acts.load(block, t, branch)
+
+
+def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None = None, branch: str | None = None,
+              progress: bool = True) -> list[SaeReport]:
+    """One SAE per captured (block, t, branch), optionally only one branch."""
+    keys = [k for k in acts.keys() if branch is None or k[2] == branch]
+    if not keys:
+        raise ValueError(f"no captured activations of branch {branch!r} in {acts.path}")
+    return [train_one(acts, b, t, br, out, config, progress) for b, t, br in keys]
+
+
+def load_sae(out: str | Path, block: str, t: float, branch: str) -> Sae:
+    path = sae_dir(out, block, t, branch)
+    if not (path / "sae.safetensors").exists():
+        raise FileNotFoundError(f"no SAE for {block} t={t} {branch} in {out}; train it with `atlas train`")
+    return Sae.from_pretrained(path)
+
+
+def ev_table(reports: list[SaeReport]) -> str:
+    """Explained variance per block (rows) and t (columns), one table per branch, as markdown."""
+    lines = []
+    for branch in dict.fromkeys(r.branch for r in reports):
+        mine = [r for r in reports if r.branch == branch]
+        ts = sorted({r.t for r in mine}, reverse=True)
+        blocks = list(dict.fromkeys(r.block for r in mine))
+        cell = {(r.block, r.t): r.metrics["explained_variance"] for r in mine}
+        scored = ", ".join(sorted({r.scored_on for r in mine}))
+        lines += [f"Explained variance ({branch} branch, held-out split: {scored})", "",
+                  "| block | " + " | ".join(f"t={t}" for t in ts) + " |",
+                  "|---|" + "---|" * len(ts)]
+        lines += ["| " + b + " | " + " | ".join(f"{cell[(b, t)]:.3f}" if (b, t) in cell else "-" for t in ts) + " |"
+                  for b in blocks]
+        lines.append("")
+    return "\n".join(lines)
