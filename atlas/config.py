@@ -93,3 +93,38 @@ class SaeJobConfig:
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
     retrain: bool = False
     """Train again even when a checkpoint exists (otherwise finished SAEs are kept, so a rerun resumes)."""
+
+
+@dataclass
+class BuildConfig:
+    """Options of `atlas build`: every stage from prompts to a queryable atlas."""
+
+    atlas: str = "atlas"
+    """Atlas directory to build (re-run the same command to resume)."""
+    preset: str = "shapes"
+    """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's settings; GPU)."""
+    model: str = ""
+    """Model to load (empty = the preset's)."""
+    prompts: str = ""
+    """File with one prompt per line (empty = shapes-world captions, all splits)."""
+    n_images: int = 0
+    """Images to generate (0 = the preset's: 640 for shapes)."""
+    branches: str = "cond"
+    """CFG halves to capture and train SAEs on: cond, uncond or both."""
+    steps: int = 0
+    """DDIM steps (0 = the model's default)."""
+    guidance: float = -1.0
+    """Classifier-free guidance scale (negative = the model's default)."""
+    k: int = 10
+    """Active latents per position of every SAE."""
+    latents: str = "4x"
+    """Latents per SAE: a count or a multiple of the activation width."""
+    sae_tokens: int = 1_000_000
+    """Positions each SAE trains on (several passes over a small capture)."""
+    annotator: str = ""
+    """Annotator backend (empty = the preset's: shapes, or grounded-sam for sd14)."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
+    threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""

@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
 from atlas.config import CaptureConfig, GenerateConfig, ShapesTrainConfig
+from cli.common import CONTEXT, device_option, model_option, one_line_errors
 from cli.options import build_config, config_options
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
-
-
-def one_line_errors(func):
-    """Turn the library's expected errors into a one-line `Error: ...` and exit code 1, not a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except EXPECTED_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            raise click.ClickException(str(message).splitlines()[0] if message else type(err).__name__) from None
-
-    return wrapper
-
-
-def device_option(func):
-    return click.option("--device", default="auto", show_default=True,
-                        help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")(func)
-
-
-def model_option(func):
-    return click.option("--model", "model_name", default="shapes", show_default=True,
-                        help="shapes (embedded), sd14 (CompVis/stable-diffusion-v1-4 from ATLAS_SD14_PATH or "
-                             "the Hugging Face cache), a diffusers directory, or a cached hub id.")(func)
 
 
 @click.group(context_settings=CONTEXT)
@@ -45,7 +17,7 @@ def model_option(func):
 def main() -> None:
     """Concept Atlas: sparse-autoencoder concepts of text-to-image diffusion models.
 
-    Start with `atlas demo`, which generates images with the embedded shapes model.
+    Start with `atlas demo`: it builds an atlas of the embedded shapes model and queries it.
     """
 
 
@@ -72,24 +44,6 @@ def generate(prompt, prompts_file, model_name, device, out_dir, **options) -> No
     model = load_model(model_name, device=device)
     records = generate_to_dir(model, prompts, out_dir, config, progress=True)
     click.echo(f"wrote {len(records)} images, images.jsonl and grid.png to {out_dir}")
-
-
-@main.command()
-@click.option("--out", "out_dir", default="demo", show_default=True, help="Output directory.")
-@device_option
-@one_line_errors
-def demo(out_dir, device) -> None:
-    """Run the main job on the embedded shapes model and show where its outputs are."""
-    from atlas.jobs.generate import generate_to_dir
-    from atlas.models import load_model
-
-    prompts = ["a red circle on the left", "a blue square at the top right", "a green triangle at the bottom",
-               "a yellow circle and a red triangle on a striped background",
-               "a blue circle at the top left, a green square at the bottom right and a red triangle at the top right",
-               "a yellow square on a plain background"]
-    model = load_model("shapes", device=device)
-    generate_to_dir(model, prompts, out_dir, GenerateConfig(n_per_prompt=4), progress=True)
-    click.echo(f"demo: {len(prompts) * 4} images of the shapes model; look at {Path(out_dir) / 'grid.png'}")
 
 
 @main.command()
@@ -197,11 +151,11 @@ def shapes_eval(model_name, device, n, steps, guidance, out_dir, strict) -> None
         sys.exit(1)
 
 
+from cli.pipeline import annotate, build, demo, encode, link, train  # noqa: E402
 from cli.store import search, sql, upgrade  # noqa: E402
 
-main.add_command(sql)
-main.add_command(search)
-main.add_command(upgrade)
+for command in (demo, build, train, encode, annotate, link, sql, search, upgrade):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

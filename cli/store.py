@@ -7,7 +7,6 @@ They only parse options, call the Python API and print; every expected error bec
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import sys
@@ -15,27 +14,9 @@ from dataclasses import asdict
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from cli.common import CONTEXT, atlas_option, one_line_errors
+
 CELL_WIDTH = 60
-
-
-def one_line_errors(func):
-    """The store's errors (ValueErrors) and missing files as `Error: <first line>`, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except (ValueError, FileNotFoundError, PermissionError) as err:
-            message = str(err).strip().splitlines()
-            raise click.ClickException(message[0] if message else type(err).__name__) from None
-
-    return wrapper
-
-
-def atlas_option(func):
-    return click.option("--atlas", "atlas_dir", type=click.Path(file_okay=False), default=None,
-                        help="Atlas directory  [default: $ATLAS_DIR, else ./atlas]")(func)
 
 
 def _open(atlas_dir: str | None):

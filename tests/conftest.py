@@ -50,3 +50,15 @@ def tiny_sd_dir(tmp_path_factory):
     pipe.save_pretrained(model_dir)
     assert DDIMScheduler.from_pretrained(model_dir / "scheduler").config.steps_offset == 1
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def shapes_atlas(tmp_path_factory):
+    """A small real atlas of the shipped shapes model (48 images, 9 cond SAEs, codes, objects, concept labels),
+    built once per test session by the same `build_atlas` that `atlas build` runs. Treat it as read-only."""
+    from atlas.config import BuildConfig
+    from atlas.jobs.build import build_atlas
+
+    path = tmp_path_factory.mktemp("shapes-atlas") / "atlas"
+    build_atlas(BuildConfig(atlas=str(path), n_images=48, sae_tokens=100_000), progress=False, say=lambda line: None)
+    return path

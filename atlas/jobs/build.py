@@ -1,0 +1,127 @@
+"""`atlas build`: every stage from prompts to a queryable atlas, resumable stage by stage.
+
+    capture   generate images, record delta at the hooked blocks and timesteps   <atlas>/activations/
+    train     one TopK SAE per (block, t, branch)                                  <atlas>/saes/
+    encode    sparse codes, SAEs, concept statistics, FAISS                        codes/, index/
+    annotate  objects and their grid masks                                         masks/, annotations/
+    link      the concept dictionary (concept_labels, best labels)                 catalog
+
+Each stage skips the work it finds done, so re-running the same command after an interruption
+continues where it stopped and a finished atlas is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from atlas.capture import ActivationSet, capture
+from atlas.concepts import LinkConfig
+from atlas.config import BuildConfig, CaptureConfig, SaeJobConfig
+from atlas.jobs.annotate import annotate_atlas
+from atlas.jobs.encode import encode_atlas
+from atlas.jobs.link import link_atlas
+from atlas.jobs.train import SaeReport, ev_table, train_all
+from atlas.store import Atlas
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of one kind of atlas; BuildConfig fields left at 0 / "" take these."""
+
+    model: str
+    n_images: int
+    annotator: str
+    blocks: str = "down,mid,up"
+    t: str = "1.0,0.5,0.0"
+    prompts_needed: bool = False
+
+
+PRESETS = {
+    "shapes": Preset(model="shapes", n_images=640, annotator="shapes"),
+    "sd14": Preset(model="sd14", n_images=1000, annotator="grounded-sam", prompts_needed=True),
+}
+STAGES = ("capture", "train", "encode", "annotate", "link")
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    seconds: dict[str, float]
+    sae_reports: list[SaeReport]
+
+
+def resolve(config: BuildConfig) -> tuple[BuildConfig, Preset]:
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
+    preset = PRESETS[config.preset]
+    config = replace(config, model=config.model or preset.model, n_images=config.n_images or preset.n_images,
+                     annotator=config.annotator or preset.annotator)
+    if preset.prompts_needed and not config.prompts:
+        raise ValueError(f"--preset {config.preset} needs --prompts FILE (one prompt per line)")
+    return config, preset
+
+
+def build_prompts(config: BuildConfig) -> list[str]:
+    from atlas.jobs.generate import read_prompts
+    from atlas.shapes.world import captions
+
+    if config.prompts:
+        return read_prompts(config.prompts)[: config.n_images]
+    return captions(config.n_images, split=None, seed=config.seed)
+
+
+def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print) -> BuildResult:
+    """Run (or resume) every stage; `say` receives one line per stage."""
+    config, preset = resolve(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    root = Path(config.atlas)
+    acts_dir, saes_dir = root / "activations", root / "saes"
+    atlas = Atlas.create(root)
+    seconds: dict[str, float] = {}
+    reports: list[SaeReport] = []
+
+    def stage(name: str, run: Callable[[], str]) -> None:
+        start = time.perf_counter()
+        say(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name} ...")
+        summary = run()
+        seconds[name] = time.perf_counter() - start
+        say(f"      {summary} ({seconds[name]:.0f} s)")
+
+    def run_capture() -> str:
+        from atlas.models import load_model
+
+        model = load_model(config.model, device=config.device)
+        capture_config = CaptureConfig(blocks=preset.blocks, t=preset.t, branches=config.branches,
+                                       steps=config.steps, guidance=config.guidance, seed=config.seed)
+        capture(model, build_prompts(config), acts_dir, capture_config, progress=progress)
+        return f"{len(ActivationSet(acts_dir).prompts)} images -> {acts_dir}"
+
+    def run_train() -> str:
+        job = SaeJobConfig(k=config.k, latents=config.latents, min_tokens=config.sae_tokens, device=config.device)
+        reports.extend(train_all(ActivationSet(acts_dir), saes_dir, job, progress=progress))
+        return f"{len(reports)} SAEs -> {saes_dir}\n" + ev_table(reports)
+
+    def run_encode() -> str:
+        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, progress=progress)
+        return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
+
+    def run_annotate() -> str:
+        from atlas.annotate import get_annotator
+
+        return f"{annotate_atlas(atlas, get_annotator(config.annotator), progress=progress)} objects found"
+
+    def run_link() -> str:
+        stored = link_atlas(atlas, LinkConfig(), progress=progress)
+        return f"{sum(stored.values())} (concept, label) pairs pass the IoU rule"
+
+    for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link)):
+        stage(name, run)
+    atlas.mark_stage("build", {"preset": config.preset, "model": config.model, "n_images": config.n_images})
+    atlas.close()
+    return BuildResult(root, seconds, reports)

@@ -1,0 +1,192 @@
+"""`atlas train`, `encode`, `annotate`, `link`, `build` and `demo`: the pipeline stages over atlas.jobs."""
+
+from __future__ import annotations
+
+import click
+
+from atlas.concepts import LinkConfig
+from atlas.config import BuildConfig, SaeJobConfig
+from cli.common import CONTEXT, atlas_option, one_line_errors
+from cli.options import build_config, config_options
+from cli.store import format_table
+
+
+def _atlas_dir(atlas_dir: str | None) -> str:
+    from atlas.store import default_path
+
+    return str(atlas_dir or default_path())
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--activations", "acts_dir", required=True, type=click.Path(file_okay=False),
+              help="Activation directory written by `atlas capture`.")
+@click.option("--out", "out_dir", default="saes", show_default=True, help="Where the SAE checkpoints go.")
+@click.option("--block", help="Block of the one SAE to train (down, mid, up or a module name).")
+@click.option("--t", "t", type=float, help="Timestep of the one SAE to train (e.g. 1.0).")
+@click.option("--branch", default="cond", show_default=True, help="CFG branch: cond or uncond.")
+@click.option("--all", "train_everything", is_flag=True,
+              help="Train one SAE per captured (block, t) of --branch and print the explained-variance table.")
+@config_options(SaeJobConfig)
+@one_line_errors
+def train(acts_dir, out_dir, block, t, branch, train_everything, **options) -> None:
+    """Train TopK sparse autoencoders on captured activations.
+
+    Each SAE trains on the train split and is scored on held-out images; checkpoints are written as
+    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). Finished
+    SAEs are kept when the command runs again (--retrain to redo them).
+
+    \b
+    Examples:
+      atlas train --activations acts --block mid --t 1.0 --k 10 --latents 4x
+      atlas train --activations acts --all
+    """
+    from atlas.capture import ActivationSet
+    from atlas.jobs.train import ev_table, train_all, train_one
+
+    config = build_config(SaeJobConfig, options)
+    acts = ActivationSet(acts_dir)
+    if train_everything:
+        if block or t is not None:
+            raise click.UsageError("--all trains every captured (block, t); leave out --block and --t")
+        reports = train_all(acts, out_dir, config, branch=branch)
+        click.echo(ev_table(reports))
+        return
+    if not block or t is None:
+        raise click.UsageError("give --block and --t (or --all)")
+    report = train_one(acts, block, t, branch, out_dir, config)
+    m = report.metrics
+    click.echo(f"{block} t={t} {branch}: explained variance {m['explained_variance']:.3f}, FVU {m['fvu']:.3f}, "
+               f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} split) -> {report.path}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--activations", "acts_dir", required=True, type=click.Path(file_okay=False),
+              help="Activation directory written by `atlas capture`.")
+@click.option("--saes", "saes_dir", default="saes", show_default=True, help="SAE checkpoints from `atlas train`.")
+@click.option("--branch", help="Only SAEs of this branch (default: every trained one).")
+@atlas_option
+@one_line_errors
+def encode(acts_dir, saes_dir, branch, atlas_dir) -> None:
+    """Run the trained SAEs over captured activations and store their top-k codes in an atlas.
+
+    Creates the atlas if needed; adds the model, prompts, images, SAEs (with FAISS indexes) and
+    per-concept statistics. Re-running skips SAEs already encoded.
+
+    \b
+    Example:
+      atlas encode --activations acts --saes saes --atlas atlas
+    """
+    from atlas.capture import ActivationSet
+    from atlas.jobs.encode import encode_atlas
+    from atlas.store import Atlas
+
+    with Atlas.create(_atlas_dir(atlas_dir)) as atlas:
+        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, branch=branch)
+    click.echo(f"encoded {len(written)} SAEs ({sum(written.values()):,} codes) into {_atlas_dir(atlas_dir)}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--annotator", default="shapes", show_default=True, type=click.Choice(["shapes", "grounded-sam"]),
+              help="shapes: the shapes world's classical annotator; grounded-sam: tagger -> Grounding DINO -> SAM.")
+@click.option("--grounding-dino", default=None, help="grounded-sam: Grounding DINO checkpoint (path or HF id).")
+@click.option("--sam", default=None, help="grounded-sam: SAM checkpoint (path or HF id).")
+@click.option("--tagger", default="prompt-nouns", show_default=True,
+              help="grounded-sam: where object names come from: prompt-nouns, open-clip or ram.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@atlas_option
+@one_line_errors
+def annotate(annotator, grounding_dino, sam, tagger, batch_size, atlas_dir) -> None:
+    """Find the objects in the atlas's images and store them with their masks.
+
+    Masks are kept at image resolution (masks/) and at every SAE grid (annotations/<annotator>/), which
+    `atlas link` compares with the concepts' activation maps. Interrupt at any time; re-running resumes.
+
+    \b
+    Examples:
+      atlas annotate --atlas atlas
+      atlas annotate --annotator grounded-sam --grounding-dino IDEA-Research/grounding-dino-tiny \\
+                     --sam facebook/sam-vit-base --atlas sd-atlas
+    """
+    from atlas.annotate import get_annotator
+    from atlas.jobs.annotate import annotate_atlas
+    from atlas.store import open_atlas
+
+    options = {}
+    if annotator == "grounded-sam":
+        options = {"tagger": tagger, **({"grounding_dino": grounding_dino} if grounding_dino else {}),
+                   **({"sam": sam} if sam else {})}
+    backend = get_annotator(annotator, **options)
+    with open_atlas(atlas_dir, readonly=False) as atlas:
+        n = annotate_atlas(atlas, backend, batch_size=batch_size)
+    click.echo(f"stored {n} objects found by {annotator}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--source", default=None, help="Annotator whose objects to use (default: the only one present).")
+@config_options(LinkConfig)
+@atlas_option
+@one_line_errors
+def link(source, atlas_dir, **options) -> None:
+    """Build the concept dictionary: which concepts' activation maps match which objects' masks.
+
+    For every SAE latent and annotated object (dictionary images: every split but test) the latent's
+    map is normalised to [0, 1], binarised at --threshold and compared with the object's mask (IoU);
+    a concept earns a label when at least --min-hits objects of it match with IoU > --iou.
+
+    \b
+    Example:
+      atlas link --atlas atlas && atlas search "red circle" --t 1.0 --block mid
+    """
+    from atlas.jobs.link import link_atlas
+    from atlas.store import open_atlas
+
+    config = build_config(LinkConfig, options)
+    with open_atlas(atlas_dir, readonly=False) as atlas:
+        stored = link_atlas(atlas, config, source=source)
+    rows = [(name, n) for name, n in stored.items()]
+    click.echo(format_table(["sae", "labelled concepts"], rows))
+
+
+@click.command(context_settings=CONTEXT)
+@config_options(BuildConfig)
+@one_line_errors
+def build(**options) -> None:
+    """Build an atlas end to end: capture, train SAEs, encode, annotate, link.
+
+    Every stage skips what it finds done, so the same command resumes after an interruption.
+
+    \b
+    Examples:
+      atlas build --preset shapes --atlas atlas            # the embedded model, minutes on a CPU
+      atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas   # GPU and local SD v1.4 weights
+    """
+    from atlas.jobs.build import build_atlas
+
+    result = build_atlas(build_config(BuildConfig, options))
+    click.echo(f"atlas ready at {result.path} ({sum(result.seconds.values()):.0f} s); try "
+               f"`atlas sql --atlas {result.path} \"SELECT * FROM saes\"`")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--atlas", "atlas_dir", default="atlas", show_default=True, help="Where to build the demo atlas.")
+@click.option("--n-images", default=0, show_default=True, help="Images to generate (0 = the shapes preset's).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
+@one_line_errors
+def demo(atlas_dir, n_images, device) -> None:
+    """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
+    from atlas.jobs.build import build_atlas
+    from atlas.jobs.demo import answer_queries, top_images_grid
+    from atlas.store import open_atlas
+
+    result = build_atlas(BuildConfig(atlas=atlas_dir, n_images=n_images, device=device))
+    with open_atlas(atlas_dir) as atlas:
+        answers = answer_queries(atlas)
+        for i, answer in enumerate(answers, 1):
+            click.echo(f"\n{i}. {answer.title}\n   atlas sql --atlas {atlas_dir} \"{' '.join(answer.sql.split())}\"\n")
+            click.echo(format_table(answer.result.columns, answer.result.rows))
+        best = answers[0].result.rows
+        if best:
+            grid = top_images_grid(atlas, best[0][0], result.path / "demo_top_images.png")
+            click.echo(f"\ntop images of {best[0][0]} with its activation maps: {grid}")
+    click.echo(f"\natlas built in {sum(result.seconds.values()):.0f} s at {result.path}; explore it with "
+               f"`atlas search \"red circle\" --atlas {atlas_dir}` or `atlas sql --atlas {atlas_dir} ...`")

@@ -1,0 +1,165 @@
+"""The pipeline stages on the real shapes model: build, resume, and the CLI commands over them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from atlas.capture import ActivationSet
+from atlas.config import BuildConfig, SaeJobConfig
+from atlas.jobs.build import STAGES, build_atlas
+from atlas.jobs.demo import answer_queries, top_images_grid
+from atlas.jobs.train import ev_table, parse_latents, train_one
+from atlas.store import open_atlas
+from cli.main import main
+
+
+def test_build_fills_every_part_of_the_atlas(shapes_atlas):
+    with open_atlas(shapes_atlas) as atlas:
+        saes = atlas.saes()
+        assert sorted((s.block, s.t) for s in saes) == sorted(
+            (b, t) for b in ("down", "mid", "up") for t in (1.0, 0.5, 0.0))
+        images = atlas.images()
+        assert images.num_rows == 48 and set(images["split"].to_pylist()) <= {"train", "dictionary", "test"}
+        for sae in saes:
+            assert sae.k == 10 and sae.n_latents == 4 * sae.d_in
+            assert 0.0 < sae.metrics["explained_variance"] <= 1.0
+            # every position of every image keeps at most k codes
+            counts = atlas.sql(f"SELECT count(*) AS n, count(DISTINCT image_id) AS images FROM codes "
+                               f"WHERE sae_id = {sae.id}").rows[0]
+            assert counts[1] == 48 and 0 < counts[0] <= 48 * sae.grid_h * sae.grid_w * sae.k
+        objects = atlas.sql("SELECT label, count(*) FROM objects GROUP BY label").rows
+        assert any(label.endswith("background") for label, _ in objects)
+        assert any(label.split()[-1] in ("circle", "square", "triangle") for label, _ in objects)
+        labelled = atlas.sql("SELECT count(*) FROM concept_labels").rows[0][0]
+        assert labelled > 0
+        assert atlas.sql("SELECT count(*) FROM concepts WHERE best_label IS NOT NULL").rows[0][0] > 0
+        for stage in ("link", "build"):
+            assert atlas.stage_done(stage)
+        # the dictionary is built without test images
+        cells = pq.read_table(next((shapes_atlas / "annotations" / "shapes").glob("batch-*.parquet")))
+        assert set(cells.column_names) >= {"object_id", "image_id", "label", "grid_h", "grid_w", "row", "col"}
+
+
+def test_concept_labels_point_at_objects_the_concept_overlaps(shapes_atlas):
+    """A linked concept's map on an image that holds its label overlaps that object's mask there."""
+    with open_atlas(shapes_atlas) as atlas:
+        row = atlas.sql("SELECT concept_id, label, sae_id FROM concept_labels ORDER BY mean_iou DESC LIMIT 1").rows[0]
+        concept, label, _ = row
+        hits = atlas.sql(f"SELECT DISTINCT o.image_id FROM objects o JOIN images i ON i.id = o.image_id "
+                         f"WHERE o.label = '{label}' AND i.split <> 'test'").rows
+        overlaps = 0
+        for (image_id,) in hits:
+            heat = atlas.activation_map(image_id, concept)
+            overlaps += heat.max() > 0
+        assert overlaps >= 2
+
+
+def test_rebuild_skips_finished_stages_and_changes_nothing(shapes_atlas, tmp_path):
+    copy = tmp_path / "atlas"
+    shutil.copytree(shapes_atlas, copy)
+    with open_atlas(copy) as atlas:
+        before = atlas.sql("SELECT (SELECT count(*) FROM codes), (SELECT count(*) FROM objects), "
+                           "(SELECT count(*) FROM concept_labels), (SELECT count(*) FROM images)").rows
+    lines: list[str] = []
+    result = build_atlas(BuildConfig(atlas=str(copy), n_images=48, sae_tokens=100_000), progress=False,
+                         say=lines.append)
+    assert [line.split()[1] for line in lines if line.startswith("[")] == list(STAGES)
+    assert result.seconds["capture"] < 30 and result.seconds["train"] < 10
+    with open_atlas(copy) as atlas:
+        after = atlas.sql("SELECT (SELECT count(*) FROM codes), (SELECT count(*) FROM objects), "
+                          "(SELECT count(*) FROM concept_labels), (SELECT count(*) FROM images)").rows
+    assert after == before
+
+
+def test_interrupted_annotation_resumes_without_duplicates(shapes_atlas, tmp_path):
+    copy = tmp_path / "atlas"
+    shutil.copytree(shapes_atlas, copy)
+    with open_atlas(copy) as atlas:
+        n_objects = atlas.sql("SELECT count(*) FROM objects").rows[0][0]
+    batch = sorted((copy / "annotations" / "shapes").glob("batch-*.parquet"))[0]
+    batch.unlink()  # as if the run stopped after storing the objects but before the cells file
+    result = CliRunner().invoke(main, ["annotate", "--atlas", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert batch.exists()
+    with open_atlas(copy) as atlas:
+        assert atlas.sql("SELECT count(*) FROM objects").rows[0][0] == n_objects
+
+
+def test_demo_queries_answer_on_a_built_atlas(shapes_atlas, tmp_path):
+    with open_atlas(shapes_atlas) as atlas:
+        answers = answer_queries(atlas)
+        assert [len(a.result.columns) for a in answers] == [4, 5, 4]
+        assert answers[2].result.rows, "mid-block circle concepts exist"
+        concept = atlas.sql("SELECT concept_id FROM concept_labels ORDER BY mean_iou DESC LIMIT 1").rows[0][0]
+        path = top_images_grid(atlas, concept, tmp_path / "grid.png")
+    assert path.stat().st_size > 1000
+
+
+def test_train_cli_one_sae_and_all(shapes_atlas, tmp_path):
+    acts = shapes_atlas / "activations"
+    runner = CliRunner()
+    out = tmp_path / "saes"
+    result = runner.invoke(main, ["train", "--activations", str(acts), "--block", "mid", "--t", "1.0",
+                                  "--min-tokens", "20000", "--epochs", "2", "--latents", "2x", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "explained variance" in result.output
+    config = json.loads((out / "mid" / "t1.0" / "cond" / "config.json").read_text())
+    assert config["n_latents"] == 2 * 128 and config["k"] == 10
+    metrics = json.loads((out / "mid" / "t1.0" / "cond" / "metrics.json").read_text())
+    assert metrics["scored_on"] in ("test", "dictionary")
+    result = runner.invoke(main, ["train", "--activations", str(acts), "--all", "--min-tokens", "20000", "--epochs", "2",
+                                  "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table] == ["block", "down", "mid", "up"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block", "middle", "--t", "1.0"], "block 'middle' was not captured"),
+    (["--block", "mid", "--t", "0.3"], "t=0.3 was not captured"),
+    (["--block", "mid"], "give --block and --t"),
+])
+def test_train_cli_bad_input_is_one_line(shapes_atlas, tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", "--activations", str(shapes_atlas / "activations"),
+                                       "--out", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_train_one_keeps_a_finished_sae_and_table_lists_it(shapes_atlas, tmp_path):
+    acts = ActivationSet(shapes_atlas / "activations")
+    config = SaeJobConfig(min_tokens=10_000, epochs=2)
+    first = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
+    mtime = (first.path / "sae.safetensors").stat().st_mtime_ns
+    again = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
+    assert (again.path / "sae.safetensors").stat().st_mtime_ns == mtime
+    assert again.metrics["explained_variance"] == first.metrics["explained_variance"]
+    assert "| up | " in ev_table([first])
+
+
+def test_parse_latents():
+    assert parse_latents("4x", 64) == 256
+    assert parse_latents("300", 64) == 300
+    with pytest.raises(ValueError, match="--latents"):
+        parse_latents("lots", 64)
+
+
+def test_encode_and_link_cli_on_a_fresh_atlas(shapes_atlas, tmp_path):
+    runner = CliRunner()
+    fresh = tmp_path / "fresh"
+    result = runner.invoke(main, ["encode", "--activations", str(shapes_atlas / "activations"),
+                                  "--saes", str(shapes_atlas / "saes"), "--atlas", str(fresh)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["link", "--atlas", str(fresh)])
+    assert result.exit_code != 0 and "run `atlas annotate` first" in result.output
+    assert runner.invoke(main, ["annotate", "--atlas", str(fresh)]).exit_code == 0
+    result = runner.invoke(main, ["link", "--atlas", str(fresh)])
+    assert result.exit_code == 0, result.output
+    with open_atlas(fresh) as a, open_atlas(shapes_atlas) as b:
+        query = "SELECT concept_id, label, round(mean_iou, 9) FROM concept_labels ORDER BY ALL"
+        assert a.sql(query, max_rows=100_000).rows == b.sql(query, max_rows=100_000).rows
