@@ -99,8 +99,9 @@ class SaeJobConfig:
 class BuildConfig:
     """Options of `atlas build`: every stage from prompts to a queryable atlas."""
 
-    atlas: str = "atlas"
-    """Atlas directory to build (re-run the same command to resume)."""
+    atlas: str = ""
+    """Atlas directory to build; re-run the same command to resume (empty = $ATLAS_DIR, else ./atlas, or
+    demo/atlas in a source checkout)."""
     preset: str = "shapes"
     """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's settings; GPU)."""
     model: str = ""

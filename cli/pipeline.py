@@ -168,7 +168,9 @@ def build(**options) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--atlas", "atlas_dir", default="atlas", show_default=True, help="Where to build the demo atlas.")
+@click.option("--atlas", "atlas_dir", default=None,
+              help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas, or demo/atlas in a "
+                   "source checkout]")
 @click.option("--n-images", default=0, show_default=True, help="Images to generate (0 = the shapes preset's).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
@@ -178,6 +180,7 @@ def demo(atlas_dir, n_images, device) -> None:
     from atlas.jobs.demo import answer_queries, top_images_grid
     from atlas.store import open_atlas
 
+    atlas_dir = _atlas_dir(atlas_dir)
     result = build_atlas(BuildConfig(atlas=atlas_dir, n_images=n_images, device=device))
     with open_atlas(atlas_dir) as atlas:
         answers = answer_queries(atlas)

@@ -112,8 +112,8 @@ def test_train_cli_one_sae_and_all(shapes_atlas, tmp_path):
     assert config["n_latents"] == 2 * 128 and config["k"] == 10
     metrics = json.loads((out / "mid" / "t1.0" / "cond" / "metrics.json").read_text())
     assert metrics["scored_on"] in ("test", "dictionary")
-    result = runner.invoke(main, ["train", "--activations", str(acts), "--all", "--min-tokens", "20000", "--epochs", "2",
-                                  "--out", str(out)])
+    result = runner.invoke(main, ["train", "--activations", str(acts), "--all", "--min-tokens", "20000",
+                                  "--epochs", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = [line for line in result.output.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in table] == ["block", "down", "mid", "up"]
@@ -163,3 +163,17 @@ def test_encode_and_link_cli_on_a_fresh_atlas(shapes_atlas, tmp_path):
     with open_atlas(fresh) as a, open_atlas(shapes_atlas) as b:
         query = "SELECT concept_id, label, round(mean_iou, 9) FROM concept_labels ORDER BY ALL"
         assert a.sql(query, max_rows=100_000).rows == b.sql(query, max_rows=100_000).rows
+
+
+def test_default_atlas_in_a_source_checkout_is_not_the_library(tmp_path, monkeypatch):
+    from atlas.store import Atlas, InvalidInputError, default_path
+
+    monkeypatch.delenv("ATLAS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert str(default_path()) == "atlas"
+    (tmp_path / "atlas").mkdir()
+    (tmp_path / "atlas" / "__init__.py").write_text("")
+    assert str(default_path()) == "demo/atlas"
+    with pytest.raises(InvalidInputError, match="is a Python package"):
+        Atlas.create(tmp_path / "atlas")
+    assert sorted(p.name for p in (tmp_path / "atlas").iterdir()) == ["__init__.py"]

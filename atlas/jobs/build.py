@@ -26,7 +26,7 @@ from atlas.jobs.annotate import annotate_atlas
 from atlas.jobs.encode import encode_atlas
 from atlas.jobs.link import link_atlas
 from atlas.jobs.train import SaeReport, ev_table, train_all
-from atlas.store import Atlas
+from atlas.store import Atlas, default_path
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
     config, preset = resolve(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    root = Path(config.atlas)
+    root = Path(config.atlas) if config.atlas else default_path()
     acts_dir, saes_dir = root / "activations", root / "saes"
     atlas = Atlas.create(root)
     seconds: dict[str, float] = {}

@@ -20,16 +20,20 @@ from pathlib import Path
 
 from atlas.store import migrate, snapshot
 from atlas.store.catalog import CATALOG_FILE, Catalog
-from atlas.store.errors import AtlasNotFoundError, CorruptFileError, SchemaTooNewError
+from atlas.store.errors import AtlasNotFoundError, CorruptFileError, InvalidInputError, SchemaTooNewError
 from atlas.store.lookup import SortedFiles
 from atlas.store.reads import Reads
 from atlas.store.views import Views
 from atlas.store.writes import Writes
 
+SOURCE_CHECKOUT_DEFAULT = Path("demo") / "atlas"
+
 
 def default_path() -> Path:
-    """--atlas default: $ATLAS_DIR, else ./atlas."""
-    return Path(os.environ.get("ATLAS_DIR") or "atlas")
+    """--atlas default: $ATLAS_DIR, else ./atlas; in a source checkout, where ./atlas is the library, demo/atlas."""
+    if os.environ.get("ATLAS_DIR"):
+        return Path(os.environ["ATLAS_DIR"])
+    return SOURCE_CHECKOUT_DEFAULT if (Path("atlas") / "__init__.py").exists() else Path("atlas")
 
 
 class Atlas(Reads, Writes):
@@ -51,6 +55,8 @@ class Atlas(Reads, Writes):
     def create(cls, path: str | Path, model_name: str | None = None, threads: int | None = None) -> Atlas:
         """Make a new atlas directory (or open an existing one writable) with the newest schema."""
         root = Path(path)
+        if (root / "__init__.py").exists():
+            raise InvalidInputError(f"{root} is a Python package, not an atlas; choose another --atlas directory")
         _refuse_newer(root)
         root.mkdir(parents=True, exist_ok=True)
         catalog = Catalog(root, threads=threads)
