@@ -1,0 +1,111 @@
+"""What every view shares: one read-only `Atlas` for all threads, the write switch, label embeddings.
+
+Reads go through a single read-only open (the store locks what threads share). A write opens the
+atlas writable only for its duration, so the served atlas stays readable by other processes and a
+running build is never blocked for longer than one write; the read-only open sees the change at its
+next query because every write publishes a new snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request
+
+from atlas.server.errors import NotFoundError, ReadOnlyServerError
+from atlas.store import Atlas, SaeInfo, UnknownSaeError, open_atlas
+from atlas.store.ids import DEFAULT_BRANCH
+
+
+def sql_text(value: str) -> str:
+    """A string as an SQL literal (the views are read-only anyway; this keeps odd names from breaking SQL)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class ServerState:
+    def __init__(self, root: str | Path, read_only: bool = False, threads: int | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.read_only = read_only
+        self.threads = threads
+        self.atlas: Atlas = open_atlas(self.root, readonly=True, threads=threads)
+        self._write_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._embedder = None
+        self._vectors: dict[tuple[str, ...], np.ndarray] = {}
+
+    @contextmanager
+    def writable(self, what: str) -> Iterator[Atlas]:
+        """A writable open of the atlas for one write (one at a time within this server)."""
+        if self.read_only:
+            raise ReadOnlyServerError(what)
+        with self._write_lock, open_atlas(self.root, readonly=False, threads=self.threads) as atlas:
+            yield atlas
+
+    def close(self) -> None:
+        self.atlas.close()
+
+    # -- lookups the views share --------------------------------------------------------------------------------
+
+    def check(self, block: str | None = None, t: float | None = None, branch: str | None = None) -> list[SaeInfo]:
+        """The SAEs matching the filters given; an unknown block, branch or t lists the valid ones (404)."""
+        chosen = self.atlas.saes()
+        for what, value in (("block", block), ("branch", branch), ("t", t)):
+            if value is None:
+                continue
+            valid = sorted({getattr(s, what) for s in chosen}, reverse=what == "t")
+            chosen = [s for s in chosen
+                      if (abs(s.t - float(value)) < 1e-9 if what == "t" else getattr(s, what) == value)]
+            if not chosen:
+                raise UnknownSaeError(what, value, valid)
+        return chosen
+
+    def sae(self, block: str, t: float, branch: str = DEFAULT_BRANCH) -> SaeInfo:
+        """The SAE of (block, t, branch)."""
+        return self.check(block, t, branch)[0]
+
+    def image(self, image_id: int) -> dict:
+        """One image's row of the `images` view (id, path, prompt, split, seed, ...); 404 when unknown."""
+        rows = self.atlas.sql(f"SELECT * FROM images WHERE id = {int(image_id)}").to_dicts()
+        if not rows:
+            raise NotFoundError(f"unknown image {image_id}: browse the images at /images")
+        return rows[0]
+
+    def image_file(self, relative: str | None, what: str) -> Path:
+        """An atlas file named by the catalog, refused when it is missing or outside the atlas directory."""
+        path = (self.root / str(relative or "")).resolve()
+        if not relative or not path.is_relative_to(self.root) or not path.is_file():
+            raise NotFoundError(f"the file of {what} is missing from the atlas ({relative})")
+        return path
+
+    # -- search by meaning --------------------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], keep: bool = False) -> np.ndarray:
+        """Unit-norm MiniLM embeddings (the model loads on first use); `keep` caches a list that comes back
+        on every search (the labels, the concept names)."""
+        key = tuple(texts)
+        with self._embed_lock:
+            if key in self._vectors:
+                return self._vectors[key]
+            if self._embedder is None:
+                from atlas.concepts import TextEmbedder
+
+                self._embedder = TextEmbedder()
+            vectors = self._embedder.embed(list(texts)) if texts else np.zeros((0, 384), np.float32)
+            if keep:
+                if len(self._vectors) >= 8:
+                    self._vectors.pop(next(iter(self._vectors)))
+                self._vectors[key] = vectors
+            return vectors
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.atlas
+
+
+State = Annotated[ServerState, Depends(get_state)]
+"""The parameter type of every view: FastAPI passes the app's ServerState."""

@@ -1,0 +1,78 @@
+"""Labels: the list, and one label's page (which concepts predict it at each block and t, and the
+annotated objects that carry it, drawn with their masks)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Query
+from pydantic import BaseModel
+
+from atlas.server.pages import Envelope, Page
+from atlas.server.state import State, sql_text
+from atlas.server.views.home import Table
+from atlas.store import UnknownLabelError
+
+PAGE = Page("labels")
+RANK = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, latent"  # as Atlas.concepts
+
+
+class LabelsData(Envelope):
+    table: Table
+    next: str | None
+
+
+@PAGE.add("/labels", "labels.html", LabelsData, table="table")
+def labels(state: State, after: Annotated[str | None, Query(max_length=500, description="Keyset: names after this")]
+           = None, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict:
+    """Every label with its objects, images and best concept (keyset pagination by name)."""
+    where = f"WHERE l.name > {sql_text(after)}" if after else ""
+    result = state.atlas.sql(
+        "WITH best AS (SELECT label, arg_max(concept_id, mean_iou) AS best_concept, max(mean_iou) AS best_iou, "
+        "count(*) AS concepts FROM concept_labels GROUP BY label), "
+        "seen AS (SELECT label_id, count(*) AS objects, count(DISTINCT image_id) AS images FROM objects GROUP BY ALL) "
+        "SELECT l.name AS label, coalesce(s.objects, 0) AS objects, coalesce(s.images, 0) AS images, "
+        "coalesce(b.concepts, 0) AS concepts, b.best_concept, b.best_iou FROM labels l "
+        f"LEFT JOIN seen s ON s.label_id = l.id LEFT JOIN best b ON b.label = l.name {where} ORDER BY l.name "
+        f"LIMIT {int(limit) + 1}", max_rows=limit + 1)
+    rows = [list(r) for r in result.rows]
+    more, rows = len(rows) > limit, rows[:limit]
+    return {"table": Table(columns=result.columns, rows=rows), "next": rows[-1][0] if more else None}
+
+
+class Example(BaseModel):
+    object_id: int
+    image_id: int
+    prompt: str | None
+    score: float | None
+    has_mask: bool
+
+
+class LabelData(Envelope):
+    label: str
+    concepts: Table
+    examples: list[Example]
+    next: str | None
+
+
+@PAGE.add("/label/{name:path}", "label.html", LabelData, table="concepts")
+def label(name: Annotated[str, Path(description="A label, e.g. red circle")], state: State,
+          per_sae: Annotated[int, Query(ge=1, le=100, description="Concepts shown per block and t")] = 5,
+          after: Annotated[int, Query(ge=-1, description="Keyset: examples with object id greater than this")] = -1,
+          limit: Annotated[int, Query(ge=1, le=200)] = 24) -> dict:
+    """One label: the concepts that predict it best per block and t (mean IoU, hit rate, support), and examples."""
+    known = state.atlas.labels()
+    if name not in known:
+        raise UnknownLabelError(name, known)
+    ranked = state.atlas.sql(
+        "SELECT block, t, branch, rank, concept_id, mean_iou, hit_rate, precision, recall, support FROM ("
+        f"SELECT *, row_number() OVER (PARTITION BY sae_id ORDER BY {RANK}) AS rank FROM concept_labels "
+        f"WHERE label = {sql_text(name)}) WHERE rank <= {int(per_sae)} ORDER BY block, branch, t DESC, rank",
+        max_rows=100_000)
+    examples = state.atlas.sql(
+        "SELECT o.id AS object_id, o.image_id, i.prompt, o.score, o.mask_path IS NOT NULL AS has_mask "
+        f"FROM objects o JOIN images i ON i.id = o.image_id WHERE o.label = {sql_text(name)} AND o.id > {int(after)} "
+        f"ORDER BY o.id LIMIT {int(limit) + 1}", max_rows=limit + 1).to_dicts()
+    more, examples = len(examples) > limit, examples[:limit]
+    return {"label": name, "concepts": Table(columns=ranked.columns, rows=[list(r) for r in ranked.rows]),
+            "examples": examples, "next": str(examples[-1]["object_id"]) if more else None}
