@@ -5,6 +5,7 @@
     encode    sparse codes, SAEs, concept statistics, FAISS                        codes/, index/
     annotate  objects and their grid masks                                         masks/, annotations/
     link      the concept dictionary (concept_labels, best labels)                 catalog
+    report    the paper's tables and plots                                         report/
 
 Each stage skips the work it finds done, so re-running the same command after an interruption
 continues where it stopped and a finished atlas is not rebuilt.
@@ -45,7 +46,7 @@ PRESETS = {
     "shapes": Preset(model="shapes", n_images=640, annotator="shapes"),
     "sd14": Preset(model="sd14", n_images=1000, annotator="grounded-sam", prompts_needed=True),
 }
-STAGES = ("capture", "train", "encode", "annotate", "link")
+STAGES = ("capture", "train", "encode", "annotate", "link", "report")
 
 
 @dataclass
@@ -120,7 +121,15 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         stored = link_atlas(atlas, LinkConfig(), progress=progress)
         return f"{sum(stored.values())} (concept, label) pairs pass the IoU rule"
 
-    for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link)):
+    def run_report() -> str:
+        from atlas.jobs.report import build_report
+
+        figures = build_report(atlas, root / "report")
+        mid = [x for x in figures["layout"] if x["block"] == "mid" and x["t"] == 1.0]
+        first = f"; layout IoU mid t=1.0: {mid[0]['iou']:.3f} (baseline {mid[0]['baseline_iou']:.3f})" if mid else ""
+        return f"{root / 'report' / 'index.html'}{first}"
+
+    for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_report)):
         stage(name, run)
     atlas.mark_stage("build", {"preset": config.preset, "model": config.model, "n_images": config.n_images})
     atlas.close()

@@ -1,0 +1,185 @@
+"""Layout prediction (PAPER.md, composition prediction): where will an object be, read off an early step?
+
+At each grid position the most active labelled concept votes with its concept embedding (the mean
+of its labels' text embeddings); positions whose embedding is close to the target label's form the
+predicted mask. `layout_iou` scores this on the atlas's test images against the objects the
+annotator found in the final images, beside a baseline that never looks at the model: the label's
+average mask over the dictionary images, thresholded where that baseline scores best.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from atlas.concepts import TextEmbedder, iou, predict_layout
+from atlas.jobs.link import DICTIONARY_SPLITS, annotation_source, dictionary_cells
+from atlas.store import Atlas, SaeInfo
+
+
+@dataclass
+class LayoutConfig:
+    """Options of layout prediction."""
+
+    similarity: float = 0.85
+    """A position is predicted when its concept's embedding has at least this cosine similarity to the label's."""
+    include_backgrounds: bool = False
+    """Also score background labels (style), not only objects."""
+
+
+@dataclass(frozen=True)
+class LayoutScore:
+    block: str
+    t: float
+    iou: float  # mean over (test image, label) pairs
+    baseline_iou: float
+    pairs: int
+
+
+def concept_vectors(atlas: Atlas, sae: SaeInfo, embedder: TextEmbedder) -> np.ndarray:
+    """(n_latents, e) unit concept embeddings: the mean of each concept's label embeddings; zero when unlabelled."""
+    rows = atlas.sql(f"SELECT latent, label FROM concept_labels WHERE sae_id = {sae.id}", max_rows=10_000_000)
+    labels = sorted({label for _, label in rows.rows})
+    out = np.zeros((sae.n_latents, embedder_dim(embedder)), np.float32)
+    if not labels:
+        return out
+    vectors = dict(zip(labels, embedder.embed(labels)))
+    for latent, label in rows.rows:
+        out[latent] += vectors[label]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+def embedder_dim(embedder: TextEmbedder) -> int:
+    return int(embedder.embed(["x"]).shape[1])
+
+
+def top_codes(codes: pa.Table, image_id: int, grid: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, k) latents and values of one image from a long codes table (missing slots: latent 0, value 0)."""
+    mine = codes.filter(pc.equal(codes["image_id"], image_id))
+    latents = np.zeros((*grid, k), np.int64)
+    values = np.zeros((*grid, k), np.float32)
+    row, col = mine["row"].to_numpy().astype(int), mine["col"].to_numpy().astype(int)
+    order = np.lexsort((-mine["value"].to_numpy(), col, row))
+    row, col = row[order], col[order]
+    slot = np.zeros(len(row), int)
+    if len(row):
+        same = np.r_[False, (row[1:] == row[:-1]) & (col[1:] == col[:-1])]
+        starts = np.flatnonzero(~same)
+        slot = np.arange(len(row)) - np.repeat(starts, np.diff(np.r_[starts, len(row)]))
+    keep = slot < k
+    latents[row[keep], col[keep], slot[keep]] = mine["latent"].to_numpy()[order][keep]
+    values[row[keep], col[keep], slot[keep]] = mine["value"].to_numpy()[order][keep]
+    return latents, values
+
+
+def label_masks(cells: pa.Table, grid: tuple[int, int]) -> dict[tuple[int, str], np.ndarray]:
+    """(image_id, label) -> union of that label's object cells on one grid."""
+    mine = cells.filter(pc.and_(pc.equal(cells["grid_h"], grid[0]), pc.equal(cells["grid_w"], grid[1])))
+    masks: dict[tuple[int, str], np.ndarray] = {}
+    for image_id, label, row, col in zip(*(mine[c].to_pylist() for c in ("image_id", "label", "row", "col"))):
+        masks.setdefault((image_id, label), np.zeros(grid, bool))[row, col] = True
+    return masks
+
+
+def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.ndarray]:
+    """Per label: its average mask, thresholded at the level that maximises IoU on the dictionary images."""
+    by_label: dict[str, list[np.ndarray]] = {}
+    for (_, label), mask in train.items():
+        by_label.setdefault(label, []).append(mask)
+    out = {}
+    for label, masks in by_label.items():
+        mean = np.mean(masks, axis=0)
+        levels = np.unique(mean)
+        scores = [np.mean([iou(mean >= level, m) for m in masks]) for level in levels]
+        out[label] = mean >= levels[int(np.argmax(scores))]
+    return out
+
+
+def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | None = None,
+               embedder: TextEmbedder | None = None) -> list[LayoutScore]:
+    """Mean IoU of predicted vs. annotated masks on the test split, per SAE, with the average-mask baseline."""
+    config = config or LayoutConfig()
+    embedder = embedder or TextEmbedder()
+    source = annotation_source(atlas, source)
+    test_cells = dictionary_cells(atlas, source, ("test",))
+    dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
+    if test_cells.num_rows == 0:
+        raise ValueError(f"{atlas.root} has no annotated test images to score layout prediction on")
+    scores = []
+    for sae in atlas.saes():
+        grid = (sae.grid_h, sae.grid_w)
+        truth = {key: m for key, m in label_masks(test_cells, grid).items()
+                 if config.include_backgrounds or not key[1].endswith("background")}
+        baseline = baseline_masks(label_masks(dict_cells, grid))
+        vectors = concept_vectors(atlas, sae, embedder)
+        targets = dict(zip(sorted({label for _, label in truth}), embedder.embed(sorted({lb for _, lb in truth}))))
+        codes = atlas.sae_codes(sae.id, ("test",))
+        ious, base = [], []
+        for (image_id, label), mask in truth.items():
+            latents, values = top_codes(codes, image_id, grid, sae.k)
+            ious.append(iou(predict_layout(latents, values, vectors, targets[label], config.similarity), mask))
+            base.append(iou(baseline.get(label, np.zeros(grid, bool)), mask))
+        scores.append(LayoutScore(sae.block, sae.t, float(np.mean(ious)), float(np.mean(base)), len(ious)))
+    return scores
+
+
+@dataclass
+class PromptLayout:
+    """One prompt's predicted mask (from the step at t) beside the mask the annotator finds in the final image."""
+
+    image: np.ndarray  # (H, W, 3) uint8 final image
+    predicted: np.ndarray  # (gh, gw) bool
+    annotated: np.ndarray  # (gh, gw) bool
+    iou: float
+
+
+def atlas_model_name(atlas: Atlas) -> str:
+    names = [r[0] for r in atlas.sql("SELECT coalesce(path, name) FROM models ORDER BY id").rows]
+    if not names:
+        raise ValueError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
+    return names[0]
+
+
+def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "mid", seed: int = 0,
+                   config: LayoutConfig | None = None, embedder: TextEmbedder | None = None) -> PromptLayout:
+    """Generate `prompt`, read its codes at (block, t) through the atlas's SAE, predict where `label` goes."""
+    import torch
+
+    from atlas.annotate import get_annotator, mask_to_grid
+    from atlas.jobs.annotate import COVERAGE
+    from atlas.models import Hooks, generate, load_model, t_to_step
+    from atlas.sae import Sae
+
+    config = config or LayoutConfig()
+    embedder = embedder or TextEmbedder()
+    sae_info = next((s for s in atlas.saes() if s.block == block and s.t == float(t) and s.branch == "cond"), None)
+    if sae_info is None:
+        have = sorted({(s.block, s.t) for s in atlas.saes()})
+        raise ValueError(f"no cond SAE for block {block!r} at t={t}; this atlas has {have}")
+    if label not in atlas.labels():
+        atlas.concepts(label=label)  # raises UnknownLabelError with close labels
+    model = load_model(atlas_model_name(atlas))
+    steps = model.spec.default_steps
+    seen: dict[str, torch.Tensor] = {}
+    hooks = Hooks().on(block, lambda _b, _s, delta: seen.setdefault("delta", delta[delta.shape[0] // 2:]),
+                       steps=[t_to_step(t, steps)])
+    image = generate(model, [prompt], [seed], steps, None, hooks)[0]
+    delta = seen["delta"][0].permute(1, 2, 0).reshape(-1, seen["delta"].shape[1]).float()
+    sae_path = Path(sae_info.path) if Path(sae_info.path).is_absolute() else atlas.root / sae_info.path
+    sae = Sae.from_pretrained(sae_path)
+    with torch.no_grad():
+        out = sae.encode(delta)
+    grid = (sae_info.grid_h, sae_info.grid_w)
+    latents = out.top_indices.numpy().reshape(*grid, -1)
+    values = out.top_acts.numpy().reshape(*grid, -1)
+    target = embedder.embed([label])[0]
+    predicted = predict_layout(latents, values, concept_vectors(atlas, sae_info, embedder), target, config.similarity)
+    found = get_annotator(annotation_source(atlas)).annotate([image], [prompt])[0]
+    masks = [o.mask for o in found if o.label == label]
+    annotated = mask_to_grid(np.any(masks, axis=0), grid, COVERAGE) if masks else np.zeros(grid, bool)
+    return PromptLayout(image, predicted, annotated, iou(predicted, annotated))

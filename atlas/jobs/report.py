@@ -1,0 +1,191 @@
+"""`atlas report`: the paper's tables and curves for one atlas, as report/index.html, report.md and PNG plots.
+
+    explained variance per SAE (Table 1)
+    layout-prediction IoU per block and t on the test split, beside the average-mask baseline (Table 3)
+    concept cohesion and separability per block and t
+    context-free latents: those firing at the same place whatever the image (lowest spatial variance)
+
+Cohesion is the mean cosine similarity between the decoder directions of concepts that share a best
+label (averaged over labels); separability is the mean cosine similarity between the mean directions
+of different labels (lower = more separable), as in the paper's 0.433 -> 0.344.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict
+from itertools import combinations
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from atlas.jobs.layout import LayoutConfig, LayoutScore, layout_iou  # noqa: E402
+from atlas.store import Atlas, SaeInfo  # noqa: E402
+
+PAPER_LAYOUT_IOU_MID_T1 = 0.26
+CONTEXT_FREE_MIN_FIRINGS = 20
+
+
+def decoder(atlas: Atlas, sae: SaeInfo) -> np.ndarray:
+    from atlas.sae import Sae
+
+    path = Path(sae.path) if Path(sae.path).is_absolute() else atlas.root / sae.path
+    return Sae.from_pretrained(path).W_dec.detach().float().numpy()
+
+
+def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int]:
+    """(cohesion, separability, labels used) of one SAE's labelled concepts."""
+    rows = atlas.sql(f"SELECT latent, best_label FROM concepts WHERE sae_id = {sae.id} AND best_label IS NOT NULL",
+                     max_rows=1_000_000).rows
+    if not rows:
+        return float("nan"), float("nan"), 0
+    w = decoder(atlas, sae)
+    groups: dict[str, list[int]] = {}
+    for latent, label in rows:
+        groups.setdefault(label, []).append(latent)
+    within = []
+    for latents in groups.values():
+        if len(latents) > 1:
+            sims = w[latents] @ w[latents].T
+            within.append(sims[np.triu_indices(len(latents), 1)].mean())
+    centroids = np.stack([w[latents].mean(0) for latents in groups.values()])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    between = [float(centroids[i] @ centroids[j]) for i, j in combinations(range(len(centroids)), 2)]
+    return (float(np.mean(within)) if within else float("nan"), float(np.mean(between)) if between else float("nan"),
+            len(groups))
+
+
+def context_free(atlas: Atlas, sae: SaeInfo, n: int = 5) -> list[dict]:
+    """The `n` latents whose firings sit at the most fixed place (normalised positional variance, 0 = one cell)."""
+    uniform = (sae.grid_h ** 2 - 1) / 12 + (sae.grid_w ** 2 - 1) / 12
+    query = f"""
+        WITH s AS (SELECT latent, count(*) AS firings, count(DISTINCT image_id) AS images, sum(value) AS w,
+                          sum(value * row) / sum(value) AS mr, sum(value * col) / sum(value) AS mc,
+                          sum(value * row * row) / sum(value) AS r2, sum(value * col * col) / sum(value) AS c2
+                   FROM codes WHERE sae_id = {sae.id} GROUP BY latent)
+        SELECT concept_id, s.firings, s.images, round(s.mr, 2) AS mean_row, round(s.mc, 2) AS mean_col,
+               round(greatest(s.r2 - s.mr * s.mr, 0) + greatest(s.c2 - s.mc * s.mc, 0), 4) / {uniform} AS spread,
+               c.best_label
+        FROM s JOIN concepts c ON c.sae_id = {sae.id} AND c.latent = s.latent
+        WHERE s.images >= {CONTEXT_FREE_MIN_FIRINGS} ORDER BY spread, s.firings DESC LIMIT {int(n)}"""
+    return atlas.sql(query, timeout=60).to_dicts()
+
+
+def build_report(atlas: Atlas, out_dir: str | Path, layout: LayoutConfig | None = None) -> dict:
+    """Compute every figure, write index.html, report.md, figures.json and plots; returns the figures."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saes = atlas.saes()
+    ev = [{"block": s.block, "t": s.t, "branch": s.branch, "explained_variance": s.metrics.get("explained_variance"),
+           "fvu": s.metrics.get("fvu"), "dead_fraction": s.metrics.get("dead_fraction"), "k": s.k,
+           "n_latents": s.n_latents} for s in saes]
+    scores = layout_iou(atlas, layout)
+    structure = []
+    for s in saes:
+        cohesion, separability, n_labels = cohesion_separability(atlas, s)
+        structure.append({"block": s.block, "t": s.t, "cohesion": cohesion, "separability": separability,
+                          "labels": n_labels})
+    free = {f"{s.block}/{s.t}": context_free(atlas, s) for s in saes}
+    figures = {"explained_variance": ev, "layout": [asdict(x) for x in scores], "structure": structure,
+               "context_free": free}
+    (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))
+    _plot_layout(scores, out / "layout_iou.png")
+    _plot_structure(structure, out / "cohesion.png")
+    markdown = report_markdown(figures)
+    (out / "report.md").write_text(markdown)
+    (out / "index.html").write_text(_html(markdown, atlas.root))
+    return figures
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+
+
+def report_markdown(figures: dict) -> str:
+    lines = ["# Atlas report", "", "## Explained variance per SAE (paper Table 1)", ""]
+    lines += _table(figures["explained_variance"], ["block", "t", "branch", "explained_variance", "fvu",
+                                                    "dead_fraction", "k", "n_latents"])
+    lines += ["", "## Layout prediction on the test split (paper Table 3)", "",
+              f"Mean IoU of the predicted mask with the annotated one; the baseline is the label's average mask. "
+              f"Paper: about {PAPER_LAYOUT_IOU_MID_T1} from the mid block at t = 1.0.", "",
+              "![layout IoU](layout_iou.png)", ""]
+    lines += _table(figures["layout"], ["block", "t", "iou", "baseline_iou", "pairs"])
+    lines += ["", "## Concept cohesion and separability", "",
+              "Paper (mid): cohesion 0.588 / 0.639 / 0.664 and separability 0.433 / 0.363 / 0.344 at t = 1.0 / 0.5 / "
+              "0.0.", "", "![cohesion](cohesion.png)", ""]
+    lines += _table(figures["structure"], ["block", "t", "cohesion", "separability", "labels"])
+    lines += ["", "## Context-free latents (lowest spatial spread; 0 = always the same cell)", ""]
+    for name, rows in figures["context_free"].items():
+        lines += [f"**{name}**", ""] + _table(rows, ["concept_id", "images", "mean_row", "mean_col", "spread",
+                                                     "best_label"]) + [""]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_layout(scores: list[LayoutScore], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for block in dict.fromkeys(s.block for s in scores):
+        mine = sorted((s for s in scores if s.block == block), key=lambda s: -s.t)
+        line, = ax.plot([s.t for s in mine], [s.iou for s in mine], marker="o", label=block)
+        ax.plot([s.t for s in mine], [s.baseline_iou for s in mine], ls="--", color=line.get_color(), alpha=0.6)
+    ax.axhline(PAPER_LAYOUT_IOU_MID_T1, color="grey", lw=0.8, ls=":", label="paper, mid t=1.0")
+    ax.invert_xaxis()
+    ax.set(xlabel="t (1.0 = first step)", ylabel="layout IoU (dashed: baseline)", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_structure(rows: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    for key, ax in zip(("cohesion", "separability"), axes):
+        for block in dict.fromkeys(r["block"] for r in rows):
+            mine = sorted((r for r in rows if r["block"] == block), key=lambda r: -r["t"])
+            ax.plot([r["t"] for r in mine], [r[key] for r in mine], marker="o", label=block)
+        ax.invert_xaxis()
+        ax.set(xlabel="t", title=key)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _html(markdown: str, root: Path) -> str:
+    """A dependency-free rendering of report.md: tables, headings, images, paragraphs."""
+    body, table = [], []
+
+    def flush() -> None:
+        if table:
+            head, *rest = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in table if "---" not in r]
+            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rest) + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1:-1]
+            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
+        elif line.strip():
+            body.append(f"<p>{html.escape(line.strip('*'))}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Atlas report: {html.escape(str(root))}"
+            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
