@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from atlas.server.errors import one_line, status_of
 from atlas.server.pages import AtlasJSONResponse, render
 from atlas.server.state import ServerState
-from atlas.server.views import concepts, home, images, labels, search, sql
+from atlas.server.views import concepts, edit, home, images, labels, search, sql
 
 STATIC = Path(__file__).parent / "static"
 MACHINE_SUFFIXES = (".json", ".csv", ".png")
@@ -34,6 +34,7 @@ def error_response(request: Request, status: int, message: str) -> Response:
 
 
 def _validation_message(err: RequestValidationError) -> str:
+    """`bad <parameter>: <what is wrong>` for the first problem (without the location's query/path/body part)."""
     first = err.errors()[0] if err.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
     return f"bad {where}: {first.get('msg', 'invalid value')}"
@@ -73,7 +74,7 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
         app.add_exception_handler(expected, failure)
     app.add_exception_handler(Exception, failure)  # a bug: answered the same way, and logged with its traceback
 
-    modules = (home, concepts, labels, images, search, sql)
+    modules = (home, concepts, labels, images, search, sql, edit)
     for module in modules:
         app.include_router(module.PAGE.router)
     for module in modules:

@@ -7,6 +7,8 @@ with the envelope `{"ok": false, "error": ..., "status": ...}`, HTML pages with 
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from atlas.store import (
     AtlasNotFoundError,
     CatalogBusyError,
@@ -46,7 +48,11 @@ def status_of(err: Exception) -> int:
 
 
 def one_line(err: BaseException) -> str:
-    """The first line of an error's message (KeyError's repr quotes stripped), or its type's name."""
+    """The first line of an error's message (KeyError's repr quotes stripped), or its type's name; a pydantic
+    validation error by its first problem."""
+    if isinstance(err, ValidationError) and err.errors():
+        first = err.errors()[0]
+        return f"bad {'.'.join(str(p) for p in first['loc']) or 'input'}: {first['msg']}"
     message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     lines = str(message).strip().splitlines()
     return lines[0] if lines else type(err).__name__

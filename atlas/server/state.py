@@ -9,6 +9,7 @@ next query because every write publishes a new snapshot.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,9 @@ class ServerState:
         self._embed_lock = threading.Lock()
         self._embedder = None
         self._vectors: dict[tuple[str, ...], np.ndarray] = {}
+        self._model = None
+        self.pictures: OrderedDict[str, bytes] = OrderedDict()
+        """PNGs made by recent edits, by name; the oldest are dropped (see keep_picture)."""
 
     @contextmanager
     def writable(self, what: str) -> Iterator[Atlas]:
@@ -45,6 +49,19 @@ class ServerState:
             raise ReadOnlyServerError(what)
         with self._write_lock, open_atlas(self.root, readonly=False, threads=self.threads) as atlas:
             yield atlas
+
+    def model(self, name: str):
+        """The atlas's text-to-image model, loaded on the first edit and kept (call under `writable`)."""
+        if self._model is None or self._model[0] != name:
+            from atlas.models import load_model
+
+            self._model = (name, load_model(name))
+        return self._model[1]
+
+    def keep_picture(self, name: str, data: bytes, keep: int = 96) -> None:
+        self.pictures[name] = data
+        while len(self.pictures) > keep:
+            self.pictures.popitem(last=False)
 
     def close(self) -> None:
         self.atlas.close()

@@ -1,0 +1,173 @@
+"""The edit page: a prompt, a concept (label, concept id or SQL), a region drawn on a grid and a window
+give the unedited and the edited image from one seed (atlas.edit.edit), logged in the atlas.
+
+A drawn region that is a rectangle is passed on as a box (the same text `atlas edit --region` takes,
+so the page can show the equivalent command); any other shape as a mask image.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Form, Query
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from atlas.server import render
+from atlas.server.errors import NotFoundError
+from atlas.server.pages import ERRORS, Envelope, Page
+from atlas.server.pages import render as render_page
+from atlas.server.state import ServerState, State
+from atlas.server.views.images import PNG
+
+PAGE = Page("edit")
+GRID = re.compile(r"[01]+(/[01]+)*")
+WHEN = ("auto", "early", "middle", "final")
+DEFAULT_BLOCK = "mid"  # as `atlas edit --block`
+
+
+class EditRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=500)
+    concept: str = Field(min_length=1, max_length=2000, description="A label, a concept id, or SQL with concept_id")
+    region: str = Field("", max_length=2000, description="Rows of 0/1 cells joined by '/' (e.g. 0011/0011/0000/"
+                                                         "0000), a named region (top-left), a box x0,y0,x1,y1, "
+                                                         "or empty for a global edit")
+    when: str = Field("auto", max_length=50, description="auto, early, middle, final, a range t0-t1 or one t")
+    strength: float | None = Field(None, ge=-1e6, le=1e6)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    block: str = Field(DEFAULT_BLOCK, max_length=200, description="Block a label resolves to")
+
+
+class PlannedOut(BaseModel):
+    query: str
+    region: str | None
+    concepts: list[str]
+    block: str
+    t: float
+    window: str
+    strength: float
+
+
+class EditData(Envelope):
+    prompt: str
+    seed: int
+    said: list[str]
+    outcome: dict[str, Any]
+    edits: list[PlannedOut]
+    before: str
+    after: str
+    maps: list[str]
+    intervention_ids: list[int]
+    command: str
+
+
+def grid_box(cells: np.ndarray) -> str | None:
+    """`x0,y0,x1,y1` (fractions) when the chosen cells fill their bounding box, else None."""
+    rows, cols = np.nonzero(cells)
+    h, w = cells.shape
+    if not cells[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all():
+        return None
+    return f"{cols.min() / w:g},{rows.min() / h:g},{(cols.max() + 1) / w:g},{(rows.max() + 1) / h:g}"
+
+
+def parse_cells(text: str) -> np.ndarray | None:
+    """A drawn region (`0110/0110/...`) as a bool array, None when `text` is not one."""
+    if not GRID.fullmatch(text):
+        return None
+    rows = text.split("/")
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"bad region {text!r}: every row of cells needs the same length")
+    cells = np.array([[c == "1" for c in r] for r in rows])
+    if not cells.any():
+        raise ValueError("the drawn region is empty: click cells of the grid, or clear it for a global edit")
+    return cells
+
+
+def run_edit(state: ServerState, request: EditRequest) -> EditData:
+    from atlas.edit import EditConfig, edit
+    from atlas.edit.run import atlas_model
+
+    region = request.region.strip()
+    cells = parse_cells(region)
+    when = request.when.strip() or "auto"
+    config = EditConfig(when=when, strength=request.strength, seed=request.seed, block=request.block)
+    with state.writable("run an edit") as atlas, tempfile.TemporaryDirectory() as tmp:
+        if cells is not None:
+            region = grid_box(cells) or str(Path(tmp) / "region.png")
+            if region.endswith(".png"):
+                Image.fromarray(cells.astype(np.uint8) * 255).save(region)
+        model = state.model(atlas_model(atlas)["name"])
+        result = edit(atlas, request.prompt, request.concept, region, config, model=model)
+    token = secrets.token_hex(8)
+    pictures = {"before": result.original, "after": result.edited}
+    for i, heat in enumerate(result.maps):
+        pictures[f"map{i}"] = np.asarray(render.heatmap(Image.fromarray(result.original), heat))
+    for name, array in pictures.items():
+        state.keep_picture(f"{token}-{name}", render.png(render.scaled(Image.fromarray(array))))
+    shown = region if region and not region.endswith(".png") else ("<mask.png>" if region else "global")
+    command = shlex.join(["atlas", "edit", request.prompt, "--concept", request.concept, "--region", shown,
+                          "--when", when, "--seed", str(request.seed)]
+                         + (["--strength", f"{request.strength:g}"] if request.strength is not None else [])
+                         + (["--block", request.block] if request.block != DEFAULT_BLOCK else []))
+    return EditData(
+        prompt=result.prompt, seed=result.seed, said=result.said, outcome=result.outcome,
+        edits=[PlannedOut(query=p.query, region=p.region or None, concepts=[c.concept_id for c in p.concepts],
+                          block=p.sae.block, t=p.sae.t, window=str(p.window), strength=p.strength)
+               for p in result.plans],
+        before=f"/edit/picture/{token}-before.png", after=f"/edit/picture/{token}-after.png",
+        maps=[f"/edit/picture/{token}-map{i}.png" for i in range(len(result.plans))],
+        intervention_ids=result.intervention_ids, command=command)
+
+
+def form_context(state: ServerState, values: dict) -> dict:
+    saes = state.atlas.saes()
+    side = max((s.grid_h or 0 for s in saes), default=0) or 8
+    return {"values": values, "grid_side": side, "windows": WHEN,
+            "blocks": sorted({s.block for s in saes}), "labels": state.atlas.labels()}
+
+
+@PAGE.router.post("/edit.json", response_model=EditData, responses=ERRORS,
+                  summary="Run an edit: the unedited and the edited image from one seed")
+def edit_json(request: EditRequest, state: State) -> EditData:
+    return run_edit(state, request)
+
+
+@PAGE.router.get("/edit/picture/{name}.png", response_class=Response, responses=PNG,
+                 summary="A picture made by a recent edit")
+def edit_picture(name: str, state: State) -> Response:
+    if name not in state.pictures:
+        raise NotFoundError(f"no edit picture {name!r}: pictures of the last edits are kept until the server stops")
+    return Response(state.pictures[name], media_type="image/png")
+
+
+@PAGE.html.get("/edit", include_in_schema=False)
+def edit_page(state: State, concept: Annotated[str, Query(max_length=2000)] = "",
+              prompt: Annotated[str, Query(max_length=500)] = "") -> HTMLResponse:
+    values = {"prompt": prompt, "concept": concept, "region": "", "when": "auto", "strength": None, "seed": 0,
+              "block": DEFAULT_BLOCK}
+    return render_page("edit.html", read_only=state.read_only, json_url=None, csv_url=None, result=None,
+                       **form_context(state, values))
+
+
+@PAGE.html.post("/edit", include_in_schema=False)
+def edit_form(state: State, prompt: Annotated[str, Form(max_length=500)],
+              concept: Annotated[str, Form(max_length=2000)], region: Annotated[str, Form(max_length=2000)] = "",
+              when: Annotated[str, Form(max_length=50)] = "auto", strength: Annotated[str, Form(max_length=50)] = "",
+              seed: Annotated[int, Form(ge=0)] = 0,
+              block: Annotated[str, Form(max_length=200)] = DEFAULT_BLOCK) -> HTMLResponse:
+    try:
+        beta = float(strength) if strength.strip() else None
+    except ValueError:
+        raise ValueError(f"bad strength {strength!r}: give a number or leave it empty") from None
+    request = EditRequest(prompt=prompt, concept=concept, region=region, when=when, strength=beta, seed=seed,
+                          block=block)
+    result = run_edit(state, request)
+    return render_page("edit.html", read_only=state.read_only, json_url=None, csv_url=None, result=result,
+                       **form_context(state, request.model_dump()))
