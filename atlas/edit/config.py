@@ -1,0 +1,58 @@
+"""Options of `atlas edit` and `atlas eval-edits`; the attribute docstrings are the CLI's --help text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EditConfig:
+    """How an edit is applied (what and where come with each concept)."""
+
+    when: str = "auto"
+    """Denoising window: early (t 0.6-1, SAE of t=1.0), middle (0.2-0.6, t=0.5), final (0-0.2, t=0.0), a range
+    t0-t1, one t, or auto (the window and strength that succeeded most in the atlas's `atlas eval-edits` curves;
+    without curves the paper's: early for spatial, middle for global edits)."""
+    strength: float | None = None
+    """beta: spatial edits set the concept to beta * ||z|| inside the region (0 outside), global edits add
+    beta * ||z|| / sum ||z|| everywhere. Default: the best measured for the window, else a built-in default."""
+    branch: str = "cond"
+    """CFG half to edit: cond, or both (the concept's SAE is applied to the uncond half too)."""
+    block: str = ""
+    """Block whose concepts a label resolves to (empty = the block whose measured curves succeed most, else mid
+    as in the paper); concept ids carry their own block."""
+    max_concepts: int = 5
+    """A label resolves to its best N concepts (by mean IoU) at the window's SAE."""
+    seed: int = 0
+    """Seed of both images (the unedited and the edited one start from the same noise)."""
+    steps: int = 0
+    """DDIM steps (0 = the steps the atlas's images and SAEs were made with)."""
+    guidance: float = -1.0
+    """Classifier-free guidance scale (negative = the atlas's)."""
+    log: bool = True
+    """Record the edit (inputs and outcome) in the atlas's interventions table."""
+
+
+@dataclass
+class EvalEditsConfig:
+    """The paper's intervention protocol on a shapes atlas (Tables 4 and 5)."""
+
+    kind: str = "spatial"
+    """spatial: move an object to each quadrant (success = its centre lands there); style: add the striped
+    background globally (success = the background turns striped while the objects stay put)."""
+    n: int = 8
+    """Prompts (one object each; spatial edits run each in 4 quadrants). Scales the run linearly."""
+    windows: str = "early,middle,final"
+    """Windows to measure, comma separated."""
+    strengths: str = ""
+    """Strength sweep, comma separated (empty = the built-in default of each window times 0.25, 1 and 4)."""
+    block: str = "mid"
+    """Block to edit."""
+    max_concepts: int = 5
+    """Concepts per label (its best by mean IoU at the window's SAE)."""
+    branch: str = "cond"
+    """CFG half to edit: cond or both."""
+    seed: int = 1000
+    """Seed of the first prompt (prompt i uses seed + i)."""
+    batch_size: int = 32
+    """Edited images denoised together."""

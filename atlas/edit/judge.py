@@ -1,0 +1,51 @@
+"""Did an edit of a shapes-world image do what it asked? The classical annotator decides (no learned judge).
+
+    spatial  the object's centre of mass (its largest component with that label, else of its colour) lies in
+             the target region
+    style    the annotator reads the target background style, and every object of the unedited image is
+             still there: same label, centre within STAY_PX pixels
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from atlas.shapes.annotator import Annotation, FoundObject, annotate
+
+STAY_PX = 3.0
+"""How far (pixels of the 32 px image) an object's centre may drift for a style edit to count."""
+
+
+def main_object(annotation: Annotation, label: str) -> FoundObject | None:
+    """The largest object with `label`, else the largest of its colour (an edit may blur a square's corners
+    so that the annotator names another shape; where it went is still what counts), else None."""
+    colour = label.split()[0]
+    for same in (lambda o: o.label == label, lambda o: o.color == colour):
+        found = [o for o in annotation.objects if same(o)]
+        if found:
+            return max(found, key=lambda o: int(o.mask.sum()))
+    return None
+
+
+def moved_into(image: np.ndarray, label: str, region: np.ndarray) -> bool:
+    """Whether the object's centre of mass lies inside the (H, W) bool region."""
+    obj = main_object(annotate(image), label)
+    if obj is None:
+        return False
+    row, col = min(int(obj.cy), region.shape[0] - 1), min(int(obj.cx), region.shape[1] - 1)
+    return bool(region[row, col])
+
+
+def objects_stay(before: Annotation, after: Annotation) -> bool:
+    """Every object of `before` has a same-label object in `after` whose centre is within STAY_PX."""
+    return all(any(o.label == p.label and np.hypot(o.cx - p.cx, o.cy - p.cy) <= STAY_PX for o in after.objects)
+               for p in before.objects)
+
+
+def styled(original: np.ndarray, edited: np.ndarray, target: str) -> bool | None:
+    """Whether a style edit toward `target` ("striped background") worked; None when target is no style."""
+    style = target.removesuffix(" background")
+    if style == target:
+        return None
+    after = annotate(edited)
+    return after.style == style and objects_stay(annotate(original), after)

@@ -1,0 +1,379 @@
+"""`atlas edit`: resolve concepts in an atlas, generate the unedited and the edited image from one seed,
+judge the outcome, draw them side by side with the concepts' activation maps, and log the edit.
+
+    from atlas.edit import edit
+    result = edit("atlas", "a red circle", ["red circle"], ["top-left"], out="edit.png")
+    result.said     # what was chosen (window, strength, concepts) and what happened
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas.edit.config import EditConfig
+from atlas.edit.core import WINDOWS, ConceptEdit, Window, edit_hooks, parse_region, parse_window, region_to_grid
+from atlas.files import atomic_write
+from atlas.models import Hooks, TextToImageModel, generate, load_model, t_to_step
+from atlas.sae import Sae
+from atlas.store import Atlas, ConceptInfo, SaeInfo, open_atlas
+
+CURVES_FILE = "edits/curves.json"
+DEFAULT_STRENGTH = {"spatial": {"early": 4.0, "middle": 4.0, "final": 4.0},
+                    "global": {"early": 8.0, "middle": 8.0, "final": 8.0}}
+"""beta when neither --strength nor measured curves give one (calibrated on the shapes model's mid block)."""
+PAPER_WINDOW = {"spatial": "early", "global": "middle"}
+"""Where the paper found each kind of edit to work best; `--when auto` without curves uses it."""
+
+
+@dataclass
+class PlannedEdit:
+    """One resolved edit: which concepts of which SAE, where, when and how strongly."""
+
+    query: str
+    region: str
+    concepts: list[ConceptInfo]
+    sae: SaeInfo
+    window: Window
+    strength: float
+    target: str | None
+    """The label the outcome is judged by (the label asked for, or the concepts' best label)."""
+
+    @property
+    def kind(self) -> str:
+        return "spatial" if self.region else "global"
+
+    def describe(self) -> str:
+        ids = ", ".join(c.concept_id for c in self.concepts[:3]) + (" ..." if len(self.concepts) > 3 else "")
+        where = f"into {self.region}" if self.region else "everywhere"
+        return (f"{self.kind} edit of {self.query!r} ({len(self.concepts)} concepts: {ids}) {where}, "
+                f"window {self.window} (t {self.window.lo:g}-{self.window.hi:g}), strength {self.strength:g}")
+
+
+@dataclass
+class EditResult:
+    prompt: str
+    seed: int
+    original: np.ndarray
+    edited: np.ndarray
+    plans: list[PlannedEdit]
+    maps: list[np.ndarray]
+    """Per edit: the sum of its concepts' activations on the SAE's grid, in the unedited run at the SAE's t."""
+    outcome: dict
+    said: list[str] = field(default_factory=list)
+    intervention_ids: list[int] = field(default_factory=list)
+    path: Path | None = None
+
+
+def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str] = "",
+         config: EditConfig | None = None, out: str | Path | None = None,
+         model: TextToImageModel | None = None) -> EditResult:
+    """Edit `prompt` with each concept query (label, concept id or SQL) in its region ("" = global).
+
+    One region applies to every concept; otherwise give one region per concept. Bad input raises before
+    anything is generated or written.
+    """
+    config = config or EditConfig()
+    store = atlas if isinstance(atlas, Atlas) else open_atlas(atlas)
+    queries = [concepts] if isinstance(concepts, str) else list(concepts)
+    region_list = [regions] if isinstance(regions, str) else list(regions)
+    if not queries:
+        raise ValueError("give at least one --concept")
+    if len(region_list) == 1:
+        region_list = region_list * len(queries)
+    if len(region_list) != len(queries):
+        raise ValueError(f"got {len(region_list)} regions for {len(queries)} concepts; give one region, or one "
+                         "per concept (global for none)")
+    region_list = ["" if r.strip().lower() in ("", "global", "none") else r.strip() for r in region_list]
+    if config.branch not in ("cond", "both"):
+        raise ValueError(f"unknown branch {config.branch!r}; use cond or both")
+    spec = atlas_model(store)
+    steps = config.steps or int(spec.get("steps") or 0)
+    size = int(spec.get("resolution") or 0)
+    guidance = config.guidance if config.guidance >= 0 else spec.get("guidance")
+    if model is None and not (steps and size):  # an atlas that does not record them: ask the model
+        model = load_model(spec["name"])
+    steps, size = steps or model.spec.default_steps, size or model.spec.resolution
+    said: list[str] = []
+    plans = [plan_edit(store, q, r, config, steps, size, said) for q, r in zip(queries, region_list)]
+    model = model or load_model(spec["name"])  # after planning: bad input fails before the slow load
+    saes = {p.sae.id: Sae.from_pretrained(sae_path(store, p.sae)) for p in plans}
+    edits = [ConceptEdit(saes[p.sae.id], [c.latent for c in p.concepts], p.sae.block, p.window.steps(steps),
+                         p.strength, region_to_grid(parse_region(p.region, size), (p.sae.grid_h, p.sae.grid_w),
+                                                    p.sae.block) if p.region else None, config.branch)
+             for p in plans]
+    recorder = MapRecorder(edits, plans, steps)
+    original = generate(model, [prompt], [config.seed], steps, guidance, recorder.hooks())[0]
+    edited = generate(model, [prompt], [config.seed], steps, guidance, edit_hooks(edits))[0]
+    outcome = judge_outcome(spec["name"], original, edited, plans, size)
+    said.append(outcome_line(outcome))
+    result = EditResult(prompt, config.seed, original, edited, plans, recorder.maps(), outcome, said)
+    if out is not None:
+        result.path = save_edit_png(result, out)
+    if config.log:
+        result.intervention_ids = log_edit(store, result, config, steps, guidance)
+    return result
+
+
+def atlas_model(store: Atlas) -> dict:
+    """The model the atlas was built from, with the steps and guidance its SAEs saw."""
+    rows = store.sql("SELECT name, spec FROM models ORDER BY id").rows
+    if not rows:
+        raise ValueError(f"{store.root} records no model; build it with `atlas build`")
+    name, spec = rows[0]
+    spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
+    return {"name": name, **spec}
+
+
+def sae_path(store: Atlas, sae: SaeInfo) -> Path:
+    if not sae.path:
+        raise ValueError(f"the SAE {sae.block}/{sae.t!r} has no checkpoint path in {store.root}; re-run `atlas encode`")
+    path = Path(sae.path) if Path(sae.path).is_absolute() else store.root / sae.path
+    if not (path / "sae.safetensors").exists():
+        raise FileNotFoundError(f"SAE checkpoint {path} is missing; re-run `atlas build` for {store.root}")
+    return path
+
+
+# -- resolving a query into concepts, a window and a strength -----------------------------------------------------
+
+def is_sql(query: str) -> bool:
+    return re.match(r"\s*(select|with)\b", query, re.IGNORECASE) is not None
+
+
+def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: int, size: int,
+              said: list[str]) -> PlannedEdit:
+    """Concepts, window and strength of one (query, region); appends what it chose and why to `said`."""
+    kind = "spatial" if region else "global"
+    query = query.strip()
+    curves = load_curves(store.root).get(kind, {})  # block -> curve
+    by_label = not is_sql(query) and "/" not in query
+    window, strength, why = None, None, ""
+    block = config.block or best_block(curves) or "mid"
+    if config.when.strip().lower() != "auto":
+        window = parse_window(config.when)
+    elif by_label:
+        block, window_name, strength, why = auto_choice(curves, kind, config.block or None)
+        window = WINDOWS[window_name]
+    else:  # a concept id or SQL fixes the SAE, hence the window
+        why = "auto: the window of the concepts' SAE"
+    if by_label:
+        ts = sorted({s.t for s in store.saes() if s.block == block and s.branch == "cond"}, reverse=True)
+        if not ts:
+            raise ValueError(f"the atlas has no SAE of block {block!r}; blocks: "
+                             f"{', '.join(sorted({s.block for s in store.saes()}))}")
+        found = store.concepts(label=query, t=window.sae_t(ts), block=block, limit=config.max_concepts)
+        if not found:
+            raise ValueError(f"no concept of {block} at t={window.sae_t(ts)!r} is linked to {query!r}; "
+                             "try another --when or --block, or a concept id")
+        target = query
+    else:
+        found = concepts_of(store, query)
+        labels = {c.best_label for c in found}
+        target = labels.pop() if len(labels) == 1 else None
+    sae = sae_of(store, found, query)
+    window = window or window_of_t(sae.t)
+    if config.strength is not None:
+        strength = float(config.strength)
+    elif strength is None:
+        strength, how = default_strength(curves.get(sae.block), kind, window)
+        why = f"{why}; {how}" if why else how
+    if not window.steps(steps):
+        raise ValueError(f"window {window} holds none of the {steps} denoising steps; widen it")
+    if region:
+        region_to_grid(parse_region(region, size), (sae.grid_h, sae.grid_w), sae.block)
+    plan = PlannedEdit(query, region, found, sae, window, strength, target)
+    said.append(plan.describe() + (f" ({why})" if why else ""))
+    return plan
+
+
+def concepts_of(store: Atlas, query: str) -> list[ConceptInfo]:
+    """A concept id, or the `concept_id` column of a read-only SQL query."""
+    if not is_sql(query):
+        return [store.concept(query)]
+    table = store.sql(query).table
+    if "concept_id" not in table.column_names:
+        raise ValueError("the SQL query must return a concept_id column, e.g. SELECT concept_id FROM concept_labels "
+                         "WHERE label = 'red circle' AND t = 1.0 AND block = 'mid' LIMIT 5")
+    ids = [i for i in dict.fromkeys(table.column("concept_id").to_pylist()) if i]
+    if not ids:
+        raise ValueError("the SQL query returned no concepts")
+    return [store.concept(i) for i in ids]
+
+
+def sae_of(store: Atlas, found: list[ConceptInfo], query: str) -> SaeInfo:
+    if len({c.sae_id for c in found}) != 1:
+        raise ValueError(f"{query!r} names concepts of several SAEs; give one --concept per SAE")
+    return next(s for s in store.saes() if s.id == found[0].sae_id)
+
+
+def window_of_t(t: float) -> Window:
+    """The paper's window that holds time t (the SAE of t = 1.0 serves early, 0.5 middle, 0.0 final)."""
+    return next(w for w in WINDOWS.values() if w.lo <= t and (t <= w.hi if w.closed else t < w.hi))
+
+
+def load_curves(root: Path) -> dict:
+    """Success curves measured by `atlas eval-edits` on this atlas ({} when none were measured)."""
+    path = Path(root) / CURVES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def best_point(curve: dict, window: str | None = None) -> tuple[str, float, float] | None:
+    """(window, strength, success) with the highest success, then the smallest pixel change."""
+    points = [(w, s, ok, change) for w, row in curve["windows"].items() if window in (None, w)
+              for s, ok, change in zip(row["strength"], row["success"], row["pixel_change"])]
+    if not points:
+        return None
+    w, s, ok, _ = max(points, key=lambda p: (p[2], -p[3]))
+    return w, s, ok
+
+
+def best_block(curves: dict) -> str | None:
+    """The block whose measured curve reaches the highest success (None without curves)."""
+    scored = [(best[2], block) for block, curve in curves.items() if (best := best_point(curve))]
+    return max(scored)[1] if scored else None
+
+
+def auto_choice(curves: dict, kind: str, block: str | None) -> tuple[str, str, float | None, str]:
+    """Block, window and strength for `--when auto` from the kind's curves (block -> curve), and why."""
+    mine = {b: c for b, c in curves.items() if block in (None, b)}
+    chosen = block or best_block(mine)
+    best = best_point(mine[chosen]) if chosen in mine else None
+    if best is None:
+        window = PAPER_WINDOW[kind]
+        return block or "mid", window, None, (
+            f"auto: no measured {kind} curves in this atlas (run `atlas eval-edits --kind "
+            f"{'spatial' if kind == 'spatial' else 'style'}`), so the paper's {window} window")
+    w, s, ok = best
+    curve = mine[chosen]
+    return chosen, w, s, (f"auto: {kind} edits on {chosen} succeeded most in the {w} window at strength {s:g} "
+                          f"({ok:.2f} of {curve['n']} edits, atlas eval-edits {curve.get('date', '')})")
+
+
+def default_strength(curve: dict | None, kind: str, window: Window) -> tuple[float, str]:
+    named = window.name if window.name in WINDOWS else window_of_t((window.lo + window.hi) / 2).name
+    best = best_point(curve, named) if curve else None
+    if best is not None:
+        return best[1], f"the best measured strength of the {named} window"
+    return DEFAULT_STRENGTH[kind][named], "built-in default strength"
+
+
+# -- maps, outcome, picture, log -----------------------------------------------------------------------------------
+
+class MapRecorder:
+    """Reads each edit's concept activations in the unedited run (a read-only hook: the image is unchanged)."""
+
+    def __init__(self, edits: list[ConceptEdit], plans: list[PlannedEdit], steps: int) -> None:
+        self.edits, self.steps = edits, steps
+        self.at = [t_to_step(p.sae.t, steps) for p in plans]
+        self._maps: list[np.ndarray | None] = [None] * len(edits)
+
+    def hooks(self) -> Hooks:
+        hooks = Hooks()
+        for i, (edit, step) in enumerate(zip(self.edits, self.at)):
+            hooks.on(edit.block, lambda block, info, delta, i=i: self._read(i, delta), steps=[step])
+        return hooks
+
+    def _read(self, i: int, delta: torch.Tensor) -> None:
+        edit = self.edits[i]
+        _, channels, h, w = delta.shape
+        x = delta[delta.shape[0] // 2:].permute(0, 2, 3, 1).reshape(-1, channels).float()
+        with torch.no_grad():
+            code = edit.sae.encode(x)
+        mine = torch.isin(code.top_indices, torch.tensor(edit.latents))
+        self._maps[i] = (code.top_acts * mine).sum(1).reshape(-1, h, w)[0].numpy()
+
+    def maps(self) -> list[np.ndarray]:
+        return [np.zeros((1, 1), np.float32) if m is None else m for m in self._maps]
+
+
+def judge_outcome(model_name: str, original: np.ndarray, edited: np.ndarray, plans: list[PlannedEdit],
+                  size: int) -> dict:
+    """Pixel change always; on the shapes world also whether each edit did what it asked (the annotator)."""
+    outcome: dict = {"pixel_change": pixel_change(original, edited)}
+    if model_name != "shapes":
+        return outcome
+    from atlas.edit.judge import moved_into, styled
+
+    results = []
+    for p in plans:
+        if p.target is None:
+            results.append(None)
+        elif p.kind == "spatial":
+            results.append(moved_into(edited, p.target, parse_region(p.region, size)))
+        else:
+            results.append(styled(original, edited, p.target))
+    outcome["success"] = results
+    return outcome
+
+
+def pixel_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute pixel difference in [0, 1]."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)
+
+
+def outcome_line(outcome: dict) -> str:
+    parts = [f"pixel change {outcome['pixel_change']:.3f}"]
+    for i, ok in enumerate(outcome.get("success", [])):
+        parts.append(f"edit {i + 1}: " + ("not judged (no label)" if ok is None else "success" if ok else "failure"))
+    return "outcome: " + ", ".join(parts)
+
+
+def heat_tile(image: np.ndarray, heat: np.ndarray, region: np.ndarray | None) -> np.ndarray:
+    """The image tinted by a (grid) activation map, the region's border drawn white."""
+    size = image.shape[0]
+    peak = float(heat.max())
+    scaled = heat / peak if peak > 0 else heat
+    big = np.kron(scaled, np.ones((size // heat.shape[0], size // heat.shape[1])))[..., None]
+    tile = (image * (0.3 + 0.7 * big) + np.array([255, 90, 0]) * 0.6 * big).clip(0, 255).astype(np.uint8)
+    if region is not None:
+        from scipy import ndimage
+
+        tile[region & ~ndimage.binary_erosion(region)] = 255
+    return tile
+
+
+def save_edit_png(result: EditResult, out: str | Path) -> Path:
+    from atlas.viz import image_grid
+
+    size = result.original.shape[0]
+    tiles = [result.original, result.edited]
+    labels = [f"unedited, seed {result.seed}", f"edited ({result.outcome['pixel_change']:.3f} pixel change)"]
+    for i, (plan, heat) in enumerate(zip(result.plans, result.maps)):
+        region = parse_region(plan.region, size) if plan.region else None
+        tiles.append(heat_tile(result.original, heat, region))
+        ok = result.outcome.get("success", [None] * len(result.plans))[i]
+        verdict = "" if ok is None else (" - success" if ok else " - failure")
+        labels.append(f"{plan.query[:40]} ({plan.sae.block} t={plan.sae.t:g}) -> {plan.region or 'global'}, "
+                      f"{plan.window}, beta {plan.strength:g}{verdict}")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = image_grid(tiles, labels, cols=len(tiles), cell=192, label_lines=4)
+    atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
+    return path
+
+
+def log_edit(store: Atlas, result: EditResult, config: EditConfig, steps: int, guidance: float | None) -> list[int]:
+    """One interventions row per concept, with the inputs and the outcome of the whole edit."""
+    writer = store if not store.readonly else open_atlas(store.root, readonly=False)
+    base = {"prompt": result.prompt, "seed": result.seed, "steps": steps, "guidance": guidance,
+            "branch": config.branch, "outcome": result.outcome, "date": date.today().isoformat(),
+            "edits": [{"query": p.query, "region": p.region or None, "window": str(p.window),
+                       "t_range": [p.window.lo, p.window.hi], "strength": p.strength,
+                       "concepts": [c.concept_id for c in p.concepts]} for p in result.plans]}
+    ids = []
+    for i, plan in enumerate(result.plans):
+        params = {**base, "edit": i}
+        for concept in plan.concepts:
+            ids.append(writer.log_intervention(concept.concept_id, plan.kind, plan.strength, params,
+                                               str(result.path) if result.path else None, "; ".join(result.said)))
+    if writer is not store:
+        writer.close()
+    return ids
+
