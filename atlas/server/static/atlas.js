@@ -1,11 +1,13 @@
-// The edit page's region grid: click or drag to toggle cells; the text field holds rows of 0/1 joined by "/".
+// The edit page's region grid. Press on a cell and drag: the rectangle from that cell to the pointer is
+// painted (or erased, when the first cell was on); a click toggles one cell. The text field holds the
+// region as rows of 0/1 joined by "/", which is what the server reads.
 (function () {
   const grid = document.getElementById("region-grid");
   const field = document.getElementById("region");
   if (!grid || !field) return;
   const side = parseInt(grid.dataset.side, 10);
   const cells = [];
-  let painting = null;
+  let drag = null;  // {row, col, paint, before}
   function write() {
     const rows = [];
     for (let r = 0; r < side; r++) rows.push(cells.slice(r * side, (r + 1) * side).map(c => c.classList.contains("on") ? "1" : "0").join(""));
@@ -16,16 +18,31 @@
     const drawn = rows.length === side && rows.every(row => /^[01]+$/.test(row) && row.length === side);
     cells.forEach((c, i) => c.classList.toggle("on", drawn && rows[Math.floor(i / side)][i % side] === "1"));
   }
+  function paint(row, col) {
+    const [r0, r1] = [Math.min(drag.row, row), Math.max(drag.row, row)];
+    const [c0, c1] = [Math.min(drag.col, col), Math.max(drag.col, col)];
+    cells.forEach((c, i) => {
+      const r = Math.floor(i / side), k = i % side;
+      const inside = r >= r0 && r <= r1 && k >= c0 && k <= c1;
+      c.classList.toggle("on", inside ? drag.paint : drag.before[i]);
+    });
+    write();
+  }
   for (let i = 0; i < side * side; i++) {
     const cell = document.createElement("div");
-    cell.dataset.row = Math.floor(i / side);
-    cell.dataset.col = i % side;
-    cell.addEventListener("mousedown", e => { e.preventDefault(); painting = !cell.classList.contains("on"); cell.classList.toggle("on", painting); write(); });
-    cell.addEventListener("mouseenter", () => { if (painting !== null) { cell.classList.toggle("on", painting); write(); } });
+    const row = Math.floor(i / side), col = i % side;
+    cell.dataset.row = row;
+    cell.dataset.col = col;
+    cell.addEventListener("mousedown", e => {
+      e.preventDefault();
+      drag = {row, col, paint: !cell.classList.contains("on"), before: cells.map(c => c.classList.contains("on"))};
+      paint(row, col);
+    });
+    cell.addEventListener("mouseenter", () => { if (drag) paint(row, col); });
     grid.appendChild(cell);
     cells.push(cell);
   }
-  document.addEventListener("mouseup", () => { painting = null; });
+  document.addEventListener("mouseup", () => { drag = null; });
   field.addEventListener("input", read);
   document.getElementById("clear-region").addEventListener("click", () => { field.value = ""; read(); });
   read();

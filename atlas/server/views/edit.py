@@ -149,8 +149,10 @@ def edit_picture(name: str, state: State) -> Response:
 
 @PAGE.html.get("/edit", include_in_schema=False)
 def edit_page(state: State, concept: Annotated[str, Query(max_length=2000)] = "",
-              prompt: Annotated[str, Query(max_length=500)] = "") -> HTMLResponse:
-    values = {"prompt": prompt, "concept": concept, "region": "", "when": "auto", "strength": None, "seed": 0,
+              prompt: Annotated[str, Query(max_length=500)] = "", seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0
+              ) -> HTMLResponse:
+    """The edit form, prefilled from a concept page (concept) or an image page (its prompt and seed)."""
+    values = {"prompt": prompt, "concept": concept, "region": "", "when": "auto", "strength": None, "seed": seed,
               "block": DEFAULT_BLOCK}
     return render_page("edit.html", read_only=state.read_only, json_url=None, csv_url=None, result=None,
                        **form_context(state, values))

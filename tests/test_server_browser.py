@@ -1,0 +1,146 @@
+"""The web atlas in a real headless Chromium (Debian's `chromium`, driven by Playwright; no browser is ever
+downloaded): home -> concept (heatmaps load) -> label -> image -> grid cell, a search, an SQL query, and an
+edit with a region drawn with the mouse. Screenshots go to $ATLAS_TEST_ARTEFACTS (default: a pytest temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from test_server import copy_atlas, serve_atlas
+
+CHROMIUM = Path(os.environ.get("ATLAS_CHROMIUM", "/usr/bin/chromium"))
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: apt-get install chromium")]
+
+
+@pytest.fixture(scope="module")
+def site(shapes_atlas, tmp_path_factory):
+    root = copy_atlas(shapes_atlas, tmp_path_factory.mktemp("browsed") / "atlas")
+    log = root.parent / "server.log"
+    with serve_atlas(root, log=log) as url:
+        yield url
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    where = Path(os.environ.get("ATLAS_TEST_ARTEFACTS") or tmp_path_factory.mktemp("artefacts")) / "browser"
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, site):
+    context = browser.new_context(base_url=site, viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    opened.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    opened.on("pageerror", lambda err: problems.append(f"script error: {err}"))
+    opened.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    opened.problems = problems
+    yield opened
+    context.close()
+
+
+def images_loaded(page, selector: str) -> int:
+    """Wait until every image matching `selector` has loaded with real pixels; returns how many there are."""
+    page.wait_for_function(f"""() => {{
+        const imgs = [...document.querySelectorAll({selector!r})];
+        return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+    }}""")
+    return page.locator(selector).count()
+
+
+def test_home_concept_label_image_walk(page, shots):
+    page.goto("/")
+    assert page.locator("h1").inner_text() == "Concept Atlas"
+    page.screenshot(path=shots / "1-home.png", full_page=True)
+
+    page.locator("a.concept").first.click()
+    page.wait_for_url(re.compile(r"/concept/"))
+    assert images_loaded(page, "img.heatmap") >= 1
+    images_loaded(page, "img.hist")
+    images_loaded(page, "table.timesteps img")
+    concept_id = page.locator("h1 .concept").inner_text()
+    page.screenshot(path=shots / "2-concept.png", full_page=True)
+
+    page.locator("h1 + p a[href^='/label/']").click()
+    page.wait_for_url(re.compile(r"/label/"))
+    assert page.locator("table a.concept").count() >= 1
+    images_loaded(page, ".gallery img")
+    page.screenshot(path=shots / "3-label.png", full_page=True)
+
+    page.locator(".gallery a").first.click()
+    page.wait_for_url(re.compile(r"/image/\d+$"))
+    images_loaded(page, ".grid-wrap img")
+    cells = page.locator("#cells a")
+    assert cells.count() >= 4
+    page.screenshot(path=shots / "4-image.png", full_page=True)
+    cells.first.click()
+    page.wait_for_url(re.compile(r"/concept/"))
+    assert page.locator("h1 .concept").inner_text() != ""
+    assert images_loaded(page, "img.heatmap") >= 1
+    assert concept_id and not page.problems, page.problems
+
+
+def test_search_and_sql(page, shots):
+    page.goto("/")
+    page.fill("header input[name=q]", "red circle")
+    page.press("header input[name=q]", "Enter")
+    page.wait_for_url(re.compile(r"/search\?q=red"))
+    assert page.locator("#label-results td a").first.inner_text() == "red circle"
+    page.screenshot(path=shots / "5-search.png", full_page=True)
+
+    page.goto("/sql")
+    page.fill("textarea[name=q]", "SELECT label, count(*) AS objects FROM objects GROUP BY label ORDER BY label")
+    page.click("#sql-form button[type=submit]")
+    page.wait_for_selector("#sql-result table")
+    assert page.locator("#sql-result tbody tr").count() >= 2
+    assert "rows in" in page.locator("#sql-status").inner_text()
+    page.screenshot(path=shots / "6-sql.png", full_page=True)
+    assert not page.problems, page.problems
+
+
+def test_draw_a_region_and_edit(page, shots, site):
+    page.goto("/image/0")
+    page.click("#edit-link")
+    page.wait_for_url(re.compile(r"/edit\?prompt="))
+    assert page.input_value("input[name=prompt]") != ""
+    page.fill("input[name=concept]", "red circle")
+    page.select_option("select[name=block]", "down")
+    grid = page.locator("#region-grid")
+    side = int(grid.get_attribute("data-side"))
+    first = page.locator(f"#region-grid div[data-row='0'][data-col='{side // 2}']").bounding_box()
+    last = page.locator(f"#region-grid div[data-row='{side // 2 - 1}'][data-col='{side - 1}']").bounding_box()
+    page.mouse.move(first["x"] + 5, first["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(last["x"] + 5, last["y"] + 5, steps=8)
+    page.mouse.up()
+    half = "0" * (side // 2) + "1" * (side // 2)
+    assert page.input_value("#region") == "/".join([half] * (side // 2) + ["0" * side] * (side // 2))
+    page.screenshot(path=shots / "7-edit-form.png", full_page=True)
+    page.click("#run-edit")
+    page.wait_for_selector("#edit-result")
+    assert images_loaded(page, "#edit-result img") == 3
+    assert "0.5,0,1,0.5" in page.locator("main").inner_text()  # the drawn rectangle became a box
+    page.screenshot(path=shots / "8-edit-result.png", full_page=True)
+    assert not page.problems, page.problems
