@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo serve test lint clean
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/atlas demo
+
+# Serve the demo atlas in a browser (builds it first when missing); prints the URL to open.
+ATLAS ?= demo/atlas
+PORT ?= 8000
+serve: install
+	@test -d $(ATLAS)/tables || $(BIN)/atlas demo --atlas $(ATLAS)
+	$(BIN)/atlas serve --atlas $(ATLAS) --port $(PORT)
 
 test: install
 	$(BIN)/ruff check atlas cli tests bench

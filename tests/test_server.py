@@ -295,3 +295,44 @@ def test_openapi_lists_every_json_route(base):
         assert path in paths, path
     assert not any(p in paths for p in ("/", "/concept/{concept_id}")), "HTML pages stay out of the API schema"
     assert schema["components"]["schemas"]["ErrorBody"]["properties"].keys() == {"ok", "error", "status"}
+
+
+def test_edit_gives_before_and_after_and_logs_it(base, atlas):
+    cid = atlas.sql("SELECT concept_id FROM concept_labels WHERE block = 'down' ORDER BY mean_iou DESC LIMIT 1"
+                    ).rows[0][0]
+    stored = atlas.sql("SELECT id, prompt, seed, path FROM images ORDER BY id LIMIT 1").to_dicts()[0]
+    response = requests.post(f"{base}/edit.json", timeout=300, json={
+        "prompt": stored["prompt"], "concept": cid, "region": "0011/0011/0000/0000", "seed": stored["seed"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ok"] and body["edits"][0]["concepts"] == [cid] and body["edits"][0]["region"] == "0.5,0,1,0.5"
+    assert body["said"] and "pixel change" in body["said"][-1] and body["intervention_ids"]
+    before = png(get(base, body["before"]))
+    after = png(get(base, body["after"]))
+    assert before.size == after.size == (128, 128)
+    with Image.open(atlas.root / stored["path"]) as original:  # same prompt and seed: the stored image again
+        same = np.asarray(original.convert("RGB").resize((128, 128), Image.NEAREST), float)
+    assert np.abs(np.asarray(before, float) - same).mean() < 2.0
+    assert png(get(base, body["maps"][0])).size == (128, 128)
+    logged = atlas.sql("SELECT concept_id FROM interventions").rows
+    assert (cid,) in logged
+    assert "--region 0.5,0,1,0.5" in body["command"]
+
+
+def test_edit_refuses_bad_input_before_generating(base):
+    def refused(status: int, **fields) -> str:
+        response = requests.post(f"{base}/edit.json", json={"prompt": "a red circle", "concept": "red circle",
+                                                            **fields}, timeout=120)
+        assert response.status_code == status, response.text
+        assert response.json()["ok"] is False and "\n" not in response.json()["error"]
+        return response.json()["error"]
+
+    assert "same length" in refused(400, region="01/1")
+    assert "empty" in refused(400, region="00/00")
+    assert "unknown label" in refused(404, concept="no such thing")
+    assert "bad window" in refused(400, when="sometimes")
+    assert "bad prompt" in refused(400, prompt="")
+    failure(base, "/edit/picture/nothing.png", 404)
+    html = requests.post(f"{base}/edit", data={"prompt": "a red circle", "concept": "red circle", "strength": "lots"},
+                         timeout=60)
+    assert html.status_code == 400 and "bad strength" in html.text
