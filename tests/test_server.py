@@ -6,6 +6,7 @@ OpenAPI schema (no 5xx, every error in the envelope); the server log must stay f
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import os
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -50,19 +51,33 @@ def serve_atlas(atlas_dir: Path, *flags: str, log: Path) -> Iterator[str]:
             proc.wait(timeout=20)
 
 
-def copy_atlas(source: Path, target: Path) -> Path:
-    """A private copy: the session's shapes atlas is shared and must stay unchanged."""
-    shutil.copytree(source, target)
-    return target
+_SERVERS: dict[tuple[str, ...], tuple[str, Path]] = {}
+_STOP = ExitStack()
+atexit.register(_STOP.close)
+
+
+def shared_server(shapes_atlas: Path, tmp_path_factory: pytest.TempPathFactory, *flags: str) -> tuple[str, Path]:
+    """(URL, atlas copy) of the session's server started with `flags`; the HTTP and browser tests share one,
+    since each start costs ~10 s (importing torch). The copy keeps the shared shapes atlas unchanged."""
+    if flags not in _SERVERS:
+        where = tmp_path_factory.mktemp("served")
+        shutil.copytree(shapes_atlas, where / "atlas")
+        url = _STOP.enter_context(serve_atlas(where / "atlas", *flags, log=where / "server.log"))
+        _SERVERS[flags] = url, where / "atlas"
+    return _SERVERS[flags]
+
+
+def assert_clean_log(root: Path) -> None:
+    """Expected errors are answered quietly; a traceback in the server's log is a bug."""
+    log = (root.parent / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
 def served(shapes_atlas, tmp_path_factory):
-    root = copy_atlas(shapes_atlas, tmp_path_factory.mktemp("served") / "atlas")
-    log = root.parent / "server.log"
-    with serve_atlas(root, log=log) as url:
-        yield url, root
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    url, root = shared_server(shapes_atlas, tmp_path_factory)
+    yield url, root
+    assert_clean_log(root)
 
 
 @pytest.fixture(scope="module")

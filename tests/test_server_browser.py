@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_server import copy_atlas, serve_atlas
+from test_server import assert_clean_log, shared_server
 
 CHROMIUM = Path(os.environ.get("ATLAS_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -23,11 +23,9 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def site(shapes_atlas, tmp_path_factory):
-    root = copy_atlas(shapes_atlas, tmp_path_factory.mktemp("browsed") / "atlas")
-    log = root.parent / "server.log"
-    with serve_atlas(root, log=log) as url:
-        yield url
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    url, root = shared_server(shapes_atlas, tmp_path_factory)  # the HTTP tests' server when they ran first
+    yield url
+    assert_clean_log(root)
 
 
 @pytest.fixture(scope="module")
