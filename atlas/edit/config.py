@@ -46,8 +46,8 @@ class EvalEditsConfig:
     """Windows to measure, comma separated."""
     strengths: str = ""
     """Strength sweep, comma separated (empty = the built-in default of each window times 0.25, 1 and 4)."""
-    block: str = "mid"
-    """Block to edit."""
+    block: str = "up"
+    """Block to edit (the paper edits mid; in the shapes model mid edits stay at chance, see bench/RESULTS.md)."""
     max_concepts: int = 5
     """Concepts per label (its best by mean IoU at the window's SAE)."""
     branch: str = "cond"

@@ -1,7 +1,7 @@
 """Did an edit of a shapes-world image do what it asked? The classical annotator decides (no learned judge).
 
     spatial  the object's centre of mass (its largest component with that label, else of its colour) lies in
-             the target region
+             the target region, and the annotator finds no objects beyond the unedited image's
     style    the annotator reads the target background style, and every object of the unedited image is
              still there: same label, centre within STAY_PX pixels
 """
@@ -27,10 +27,14 @@ def main_object(annotation: Annotation, label: str) -> FoundObject | None:
     return None
 
 
-def moved_into(image: np.ndarray, label: str, region: np.ndarray) -> bool:
-    """Whether the object's centre of mass lies inside the (H, W) bool region."""
-    obj = main_object(annotate(image), label)
-    if obj is None:
+def moved_into(original: np.ndarray, edited: np.ndarray, label: str, region: np.ndarray,
+               intact: bool = True) -> bool:
+    """Whether the object's centre of mass lies inside the (H, W) bool region of an intact image: one where
+    the annotator finds no more objects than in the unedited image (an edit that paints the concept into
+    the quadrant while the rest turns to coloured noise is no success); `intact=False` skips that check."""
+    after = annotate(edited)
+    obj = main_object(after, label)
+    if obj is None or (intact and len(after.objects) > len(annotate(original).objects)):
         return False
     row, col = min(int(obj.cy), region.shape[0] - 1), min(int(obj.cx), region.shape[1] - 1)
     return bool(region[row, col])

@@ -26,9 +26,11 @@ from atlas.sae import Sae
 from atlas.store import Atlas, ConceptInfo, SaeInfo, open_atlas
 
 CURVES_FILE = "edits/curves.json"
-DEFAULT_STRENGTH = {"spatial": {"early": 4.0, "middle": 4.0, "final": 4.0},
-                    "global": {"early": 8.0, "middle": 8.0, "final": 8.0}}
-"""beta when neither --strength nor measured curves give one (calibrated on the shapes model's mid block)."""
+DEFAULT_STRENGTH = {"spatial": {"early": 16.0, "middle": 16.0, "final": 16.0},
+                    "global": {"early": 1024.0, "middle": 1024.0, "final": 1024.0}}
+"""beta when neither --strength nor measured curves give one: the middle of the sweeps that moved the shapes
+model's images (bench/RESULTS.md). A global beta is spread over the grid (beta ||z_ij|| / sum ||z||), so it
+must be about the grid's summed code norm to match a spatial beta of 1."""
 PAPER_WINDOW = {"spatial": "early", "global": "middle"}
 """Where the paper found each kind of edit to work best; `--when auto` without curves uses it."""
 
@@ -152,6 +154,7 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
     """Concepts, window and strength of one (query, region); appends what it chose and why to `said`."""
     kind = "spatial" if region else "global"
     query = query.strip()
+    pixels = parse_region(region, size) if region else None  # a bad region fails before any lookup
     curves = load_curves(store.root).get(kind, {})  # block -> curve
     by_label = not is_sql(query) and "/" not in query
     window, strength, why = None, None, ""
@@ -186,8 +189,8 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
         why = f"{why}; {how}" if why else how
     if not window.steps(steps):
         raise ValueError(f"window {window} holds none of the {steps} denoising steps; widen it")
-    if region:
-        region_to_grid(parse_region(region, size), (sae.grid_h, sae.grid_w), sae.block)
+    if pixels is not None:
+        region_to_grid(pixels, (sae.grid_h, sae.grid_w), sae.block)
     plan = PlannedEdit(query, region, found, sae, window, strength, target)
     said.append(plan.describe() + (f" ({why})" if why else ""))
     return plan
@@ -225,12 +228,13 @@ def load_curves(root: Path) -> dict:
 
 
 def best_point(curve: dict, window: str | None = None) -> tuple[str, float, float] | None:
-    """(window, strength, success) with the highest success, then the smallest pixel change."""
-    points = [(w, s, ok, change) for w, row in curve["windows"].items() if window in (None, w)
-              for s, ok, change in zip(row["strength"], row["success"], row["pixel_change"])]
+    """(window, strength, success) with the highest success, then the most labels resolved to concepts (a
+    window without concepts changes nothing, which must not win a tie), then the smallest pixel change."""
+    points = [(w, s, ok, found, change) for w, row in curve["windows"].items() if window in (None, w)
+              for s, ok, found, change in zip(row["strength"], row["success"], row["resolved"], row["pixel_change"])]
     if not points:
         return None
-    w, s, ok, _ = max(points, key=lambda p: (p[2], -p[3]))
+    w, s, ok, _, _ = max(points, key=lambda p: (p[2], p[3], -p[4]))
     return w, s, ok
 
 
@@ -306,7 +310,7 @@ def judge_outcome(model_name: str, original: np.ndarray, edited: np.ndarray, pla
         if p.target is None:
             results.append(None)
         elif p.kind == "spatial":
-            results.append(moved_into(edited, p.target, parse_region(p.region, size)))
+            results.append(moved_into(original, edited, p.target, parse_region(p.region, size)))
         else:
             results.append(styled(original, edited, p.target))
     outcome["success"] = results

@@ -1,0 +1,133 @@
+"""`atlas edit` and `atlas eval-edits` on a real shapes atlas: resolution, the picture, the log, auto, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from atlas.edit import EditConfig, edit
+from atlas.edit.config import EvalEditsConfig
+from atlas.edit.evaluate import eval_edits
+from atlas.models import load_model
+from atlas.store import open_atlas
+from cli.main import main
+
+
+@pytest.fixture(scope="module")
+def atlas_copy(shapes_atlas, tmp_path_factory):
+    """A writable copy: edits log interventions and eval-edits stores curves."""
+    path = tmp_path_factory.mktemp("edit-atlas") / "atlas"
+    shutil.copytree(shapes_atlas, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("shapes")
+
+
+def linked(atlas_dir, block: str, t: float) -> str:
+    """A label with concepts at (block, t) in this atlas."""
+    with open_atlas(atlas_dir) as atlas:
+        rows = atlas.sql(f"SELECT label FROM concept_labels WHERE block = '{block}' AND t = {t} "
+                         "AND label NOT LIKE '%background' GROUP BY label ORDER BY count(*) DESC LIMIT 1").rows
+    assert rows, f"no object label at {block}/{t}"
+    return rows[0][0]
+
+
+def interventions(atlas_dir) -> int:
+    with open_atlas(atlas_dir) as atlas:
+        return atlas.sql("SELECT count(*) FROM interventions").rows[0][0]
+
+
+def test_edit_resolves_a_label_draws_the_picture_and_logs(atlas_copy, model, tmp_path):
+    label = linked(atlas_copy, "mid", 1.0)
+    before = interventions(atlas_copy)
+    result = edit(atlas_copy, f"a {label}", label, "top-left", EditConfig(when="early", strength=4.0, max_concepts=3),
+                  out=tmp_path / "edit.png", model=model)
+    plan = result.plans[0]
+    assert plan.kind == "spatial" and plan.sae.block == "mid" and plan.sae.t == 1.0 and plan.strength == 4.0
+    assert 1 <= len(plan.concepts) <= 3 and str(plan.window) == "early"
+    assert result.original.shape == result.edited.shape == (32, 32, 3)
+    assert result.maps[0].shape == (4, 4) and result.maps[0].max() > 0
+    assert set(result.outcome) == {"pixel_change", "success"} and isinstance(result.outcome["success"][0], bool)
+    assert any("early" in line for line in result.said)
+    from PIL import Image
+
+    assert Image.open(result.path).size[0] == 3 * 192  # unedited | edited | map
+    assert len(result.intervention_ids) == len(plan.concepts) == interventions(atlas_copy) - before
+    with open_atlas(atlas_copy) as atlas:
+        row = atlas.sql(f"SELECT concept_id, kind, strength, params, output_path FROM interventions "
+                        f"WHERE id = {result.intervention_ids[0]}").rows[0]
+    params = json.loads(row[3]) if isinstance(row[3], str) else row[3]
+    assert row[0] == plan.concepts[0].concept_id and row[1] == "spatial" and row[2] == 4.0
+    assert params["prompt"] == f"a {label}" and params["edits"][0]["region"] == "top-left"
+    assert "pixel_change" in params["outcome"] and row[4] == str(result.path)
+
+
+def test_concept_ids_and_sql_compose_and_strength_zero_global_is_identity(atlas_copy, model):
+    with open_atlas(atlas_copy) as atlas:
+        concept = atlas.sql("SELECT concept_id FROM concept_labels WHERE block = 'up' AND t = 0.5 "
+                            "ORDER BY mean_iou DESC LIMIT 1").rows[0][0]
+    sql = "SELECT concept_id FROM concepts WHERE block = 'mid' AND t = 0.0 ORDER BY frequency DESC LIMIT 2"
+    result = edit(atlas_copy, "a red circle", [concept, sql], ["bottom-right", "global"],
+                  EditConfig(strength=2.0, log=False), model=model)
+    first, second = result.plans
+    assert first.sae.block == "up" and str(first.window) == "middle" and first.region == "bottom-right"
+    assert second.kind == "global" and str(second.window) == "final" and len(second.concepts) == 2
+    assert result.intervention_ids == [] and len(result.maps) == 2
+    same = edit(atlas_copy, "a red circle", sql, "", EditConfig(strength=0.0, log=False), model=model)
+    assert (same.original == same.edited).all() and same.outcome["pixel_change"] == 0.0
+
+
+def test_cli_edit_and_one_line_errors_that_touch_nothing(atlas_copy, tmp_path):
+    runner = CliRunner()
+    label = linked(atlas_copy, "mid", 0.5)
+    out = tmp_path / "cli.png"
+    ok = runner.invoke(main, ["edit", f"a {label}", "--concept", label, "--when", "middle", "--strength", "3",
+                              "--block", "mid", "--out", str(out), "--atlas", str(atlas_copy)])
+    assert ok.exit_code == 0, ok.output
+    assert out.exists() and "global edit" in ok.output and "logged as interventions" in ok.output
+    before = interventions(atlas_copy)
+    bad = {"unknown label": (["--concept", label[:-1] + "x"], "did you mean"),
+           "bad region": (["--concept", label, "--region", "middle-left"], "bad region"),
+           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1"], "covers no cell"),
+           "bad window": (["--concept", label, "--when", "late"], "bad window"),
+           "bad id": (["--concept", "mid/1.0/999999"], "does not exist"),
+           "sql without ids": (["--concept", "SELECT 1 AS x"], "concept_id column"),
+           "regions vs concepts": (["--concept", label, "--region", "top", "--region", "left"], "regions for"),
+           "bad branch": (["--concept", label, "--branch", "uncond"], "branch")}
+    for name, (args, message) in bad.items():
+        when = [] if "--when" in args else ["--when", "middle"]  # where `label` has concepts
+        result = runner.invoke(main, ["edit", "a red circle", *args, *when, "--out", str(tmp_path / "bad.png"),
+                                      "--atlas", str(atlas_copy)])
+        assert result.exit_code == 1, (name, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, (name, result.output)
+    assert not (tmp_path / "bad.png").exists() and interventions(atlas_copy) == before
+
+
+@pytest.mark.slow
+def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, tmp_path):
+    config = EvalEditsConfig(kind="spatial", n=1, windows="middle,final", strengths="16", block="up")
+    with open_atlas(atlas_copy) as atlas:
+        result = eval_edits(atlas, config, tmp_path / "eval", model=model, progress=False, say=lambda line: None)
+    assert [p.window for p in result.points] == ["middle", "final"] and result.n_cases == 4
+    assert all(0.0 <= p.success <= 1.0 and p.pixel_change >= 0 for p in result.points)
+    assert "| middle | 16 |" in result.table() and "0.35" in result.table()  # beside the paper's figure
+    for name in ("eval-spatial.md", "eval-spatial.json", "eval-spatial-middle.png", "eval-spatial-final.png"):
+        assert (tmp_path / "eval" / name).exists()
+    curves = json.loads((atlas_copy / "edits" / "curves.json").read_text())
+    assert curves["spatial"]["up"]["windows"]["middle"]["strength"] == [16.0]
+    best = max(result.points, key=lambda p: (p.success, p.resolved, -p.pixel_change))
+    label = linked(atlas_copy, "up", {"middle": 0.5, "final": 0.0}[best.window])
+    auto = edit(atlas_copy, f"a {label}", label, "top-right", EditConfig(log=False), model=model)
+    plan = auto.plans[0]
+    assert plan.sae.block == "up" and str(plan.window) == best.window and plan.strength == 16.0
+    assert "auto: spatial edits on up succeeded most" in auto.said[0]
+    label = linked(atlas_copy, "mid", 0.5)  # global edits have no curves yet: the paper's middle window on mid
+    plain = edit(atlas_copy, "a red circle", label, "", EditConfig(log=False), model=model)
+    assert plain.plans[0].sae.block == "mid" and str(plain.plans[0].window) == "middle"
+    assert "no measured global curves" in plain.said[0]
