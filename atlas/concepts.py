@@ -26,12 +26,12 @@ n_on AS (SELECT image_id, latent, count(*) AS n_on FROM on_cells GROUP BY ALL),
 n_mask AS (SELECT object_id, any_value(image_id) AS image_id, any_value(label) AS label, count(*) AS n_mask
            FROM object_cells GROUP BY object_id),
 inter AS (
-    SELECT o.object_id, a.latent, count(*) AS n_inter
+    SELECT o.object_id, o.image_id, a.latent, count(*) AS n_inter
     FROM on_cells a JOIN object_cells o ON a.image_id = o.image_id AND a.row = o.row AND a.col = o.col
     GROUP BY ALL),
 pairs AS (
     SELECT i.latent, m.label, i.n_inter, i.n_inter / (b.n_on + m.n_mask - i.n_inter) AS iou
-    FROM inter i JOIN n_mask m USING (object_id) JOIN n_on b ON b.image_id = m.image_id AND b.latent = i.latent),
+    FROM inter i JOIN n_on b ON b.image_id = i.image_id AND b.latent = i.latent JOIN n_mask m USING (object_id)),
 support AS (SELECT label, count(*) AS support, sum(n_mask) AS mask_cells FROM n_mask GROUP BY label),
 on_total AS (SELECT latent, sum(n_on) AS on_cells FROM n_on GROUP BY latent),
 stats AS (SELECT latent, label, sum(iou) AS iou_sum, count(*) FILTER (WHERE iou > $iou) AS hits,
@@ -100,6 +100,9 @@ class TextEmbedder:
     @cached_property
     def _parts(self):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # a bar per load would clutter every CLI answer
 
         path = self.model_dir
         if path is None:

@@ -151,15 +151,14 @@ def shapes_eval(model_name, device, n, steps, guidance, out_dir, strict) -> None
         sys.exit(1)
 
 
+from cli.edit import edit, eval_edits  # noqa: E402
 from cli.pipeline import annotate, build, demo, encode, link, predict_layout, report, train  # noqa: E402
+from cli.serve import serve  # noqa: E402
 from cli.store import search, sql, upgrade  # noqa: E402
 
-for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade):
+for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade, edit,
+                eval_edits, serve):
     main.add_command(command)
-
-from cli.serve import serve  # noqa: E402
-
-main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -123,7 +123,9 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
     """Find concepts by label, or by similarity to another concept.
 
     With LABEL, concepts are ranked by how well their activation maps predict the label's masks
-    (mean IoU, then hit rate and support; the links come from `atlas link`). With --like, by cosine
+    (mean IoU, then hit rate and support; the links come from `atlas link`). A word that is not a
+    label uses the label closest in meaning ("kitten" -> "cat"); an atlas without labels ranks
+    concepts by decoder similarity to the word's own activation as a prompt. With --like, by cosine
     similarity of SAE decoder directions, across all timesteps of the concept's block (or only the
     SAE at --t).
 
@@ -143,8 +145,20 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
             found = [asdict(n) for n in atlas.nearest(like, k=k, t=t)]
             columns = ["concept_id", "score", "block", "t", "branch", "latent"]
         else:
-            found = [asdict(c) for c in atlas.concepts(label=label, t=t, block=block, branch=branch, limit=k)]
-            columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
+            from atlas.jobs.search import search_concepts
+
+            result = search_concepts(atlas, label, t=t, block=block, branch=branch, k=k)
+            found = [asdict(c) for c in result.concepts]
+            if result.via == "meaning":
+                click.echo(f"no concepts are labelled {label!r}; showing the closest label by meaning, "
+                           f"{result.label!r} (similarity {result.similarity:.2f})", err=True)
+                columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
+            elif result.via == "prompt activation":
+                click.echo(f"this atlas has no labels yet (run `atlas annotate` and `atlas link`); ranking concepts "
+                           f"by decoder similarity to the activation of the prompt {label!r}", err=True)
+                columns = ["concept_id", "score", "block", "t", "branch", "latent"]
+            else:
+                columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
     if fmt == "json":
         click.echo(json.dumps([{c: row[c] for c in columns} for row in found], indent=1))
     elif found:

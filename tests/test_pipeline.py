@@ -179,3 +179,25 @@ def test_default_atlas_in_a_source_checkout_is_not_the_library(tmp_path, monkeyp
     with pytest.raises(InvalidInputError, match="is a Python package"):
         Atlas.create(tmp_path / "atlas")
     assert sorted(p.name for p in (tmp_path / "atlas").iterdir()) == ["__init__.py"]
+
+
+def test_search_by_meaning_and_before_labels_exist(shapes_atlas, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["search", "red disc", "--atlas", str(shapes_atlas), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert "closest label by meaning, 'red circle'" in result.output
+    rows = json.loads(result.stdout)
+    assert rows and {r["label"] for r in rows} == {"red circle"}
+    result = runner.invoke(main, ["search", "dog", "--atlas", str(shapes_atlas)])
+    assert result.exit_code != 0 and "unknown label 'dog'" in result.output
+
+    bare = tmp_path / "bare"  # codes and FAISS but no annotations yet
+    assert runner.invoke(main, ["encode", "--activations", str(shapes_atlas / "activations"),
+                                "--saes", str(shapes_atlas / "saes"), "--atlas", str(bare)]).exit_code == 0
+    result = runner.invoke(main, ["search", "a red circle", "--atlas", str(bare), "--block", "mid", "--t", "1.0",
+                                  "--k", "5", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert "no labels yet" in result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 5 and all(r["concept_id"].startswith("mid/1.0/") for r in rows)
+    assert rows[0]["score"] >= rows[-1]["score"]

@@ -84,6 +84,9 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
     """Load tokenizer, text encoder, UNet, DDIM scheduler and (if present) VAE, ready for sampling."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # loading a local model takes a second; its bar would clutter every command
 
     path, builtin = resolve_model_dir(name_or_path)
     spec = _spec_for(path, builtin)

@@ -1,0 +1,69 @@
+"""`atlas search TEXT`: concepts for a word, by label, by meaning, or (before any labels exist) by activation.
+
+1. TEXT is a linked label: concepts ranked by how well they predict its masks.
+2. Otherwise the linked label closest in meaning (sentence embeddings) stands in, when it is close
+   enough: "kitten" finds the concepts of "cat".
+3. An atlas without labels yet: TEXT is generated as a prompt, its residual update at the block and t
+   is averaged over positions, and concepts are ranked by decoder cosine to it (FAISS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from atlas.concepts import TextEmbedder
+from atlas.store import Atlas, ConceptInfo, Neighbor, NoLabelsError, UnknownLabelError
+
+MEANING_THRESHOLD = 0.5  # cosine (MiniLM) below which no label is taken as a stand-in
+
+
+@dataclass
+class SearchResult:
+    query: str
+    via: str  # "label", "meaning" or "prompt activation"
+    label: str | None
+    similarity: float | None
+    concepts: list[ConceptInfo | Neighbor]
+
+
+def closest_label(text: str, labels: list[str], embedder: TextEmbedder) -> tuple[str, float]:
+    vectors = embedder.embed([text, *labels])
+    sims = vectors[1:] @ vectors[0]
+    best = int(np.argmax(sims))
+    return labels[best], float(sims[best])
+
+
+def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str | None = None,
+                    branch: str = "cond", k: int = 10, embedder: TextEmbedder | None = None) -> SearchResult:
+    try:
+        return SearchResult(text, "label", text, 1.0, atlas.concepts(label=text, t=t, block=block, branch=branch,
+                                                                    limit=k))
+    except NoLabelsError:
+        return SearchResult(text, "prompt activation", None, None,
+                            by_prompt_activation(atlas, text, block or "mid", 1.0 if t is None else t, branch, k))
+    except UnknownLabelError:
+        labels = atlas.labels()
+        label, similarity = closest_label(text, labels, embedder or TextEmbedder())
+        if similarity < MEANING_THRESHOLD:
+            raise
+        return SearchResult(text, "meaning", label, similarity,
+                            atlas.concepts(label=label, t=t, block=block, branch=branch, limit=k))
+
+
+def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int) -> list[Neighbor]:
+    """Concepts whose decoder direction is closest to TEXT's mean residual update at (block, t)."""
+    from atlas.jobs.layout import atlas_model_name
+    from atlas.models import Hooks, load_model, t_to_step
+    from atlas.models.sampler import sample_latents
+
+    model = load_model(atlas_model_name(atlas))
+    steps = model.spec.default_steps
+    seen = {}
+    half = 1 if branch == "cond" else 0
+    hooks = Hooks().on(block, lambda _b, _s, delta: seen.setdefault("delta", delta.chunk(2)[half]),
+                       steps=[t_to_step(t, steps)])
+    sample_latents(model, [text], [0], steps, None, hooks)
+    vector = seen["delta"][0].float().mean(dim=(1, 2)).numpy()
+    return atlas.search_vector(vector / max(float(np.linalg.norm(vector)), 1e-12), block, t=t, k=k, branch=branch)
