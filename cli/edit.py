@@ -33,9 +33,9 @@ def edit(prompt, concepts, regions, strength, out, atlas_dir, **options) -> None
 
     \b
     Examples:
-      atlas edit "a red circle" --concept "red circle" --region top-left --when early
-      atlas edit "a blue square" --concept "striped background" --when middle --strength 8
-      atlas edit "a red circle" --concept mid/1.0/14 --region 0,0,0.5,1
+      atlas edit "a red square" --concept "red square" --region top-left --when early --block up
+      atlas edit "a blue circle" --concept "striped background" --when early --strength 4096
+      atlas edit "a red circle" --concept up/0.5/2 --region 0,0,0.5,1 --concept "yellow circle" --region right
     """
     from atlas.edit import edit as run_edit
     from atlas.store import default_path

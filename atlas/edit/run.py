@@ -47,6 +47,8 @@ class PlannedEdit:
     strength: float
     target: str | None
     """The label the outcome is judged by (the label asked for, or the concepts' best label)."""
+    cells: np.ndarray | None
+    """The region on the SAE's grid (None for a global edit)."""
 
     @property
     def kind(self) -> str:
@@ -82,8 +84,14 @@ def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], 
     One region applies to every concept; otherwise give one region per concept. Bad input raises before
     anything is generated or written.
     """
-    config = config or EditConfig()
-    store = atlas if isinstance(atlas, Atlas) else open_atlas(atlas)
+    if isinstance(atlas, Atlas):
+        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model)
+    with open_atlas(atlas) as store:
+        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model)
+
+
+def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str],
+          config: EditConfig, out: str | Path | None, model: TextToImageModel | None) -> EditResult:
     queries = [concepts] if isinstance(concepts, str) else list(concepts)
     region_list = [regions] if isinstance(regions, str) else list(regions)
     if not queries:
@@ -108,9 +116,7 @@ def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], 
     model = model or load_model(spec["name"])  # after planning: bad input fails before the slow load
     saes = {p.sae.id: Sae.from_pretrained(sae_path(store, p.sae)) for p in plans}
     edits = [ConceptEdit(saes[p.sae.id], [c.latent for c in p.concepts], p.sae.block, p.window.steps(steps),
-                         p.strength, region_to_grid(parse_region(p.region, size), (p.sae.grid_h, p.sae.grid_w),
-                                                    p.sae.block) if p.region else None, config.branch)
-             for p in plans]
+                         p.strength, p.cells, config.branch) for p in plans]
     recorder = MapRecorder(edits, plans, steps)
     original = generate(model, [prompt], [config.seed], steps, guidance, recorder.hooks())[0]
     edited = generate(model, [prompt], [config.seed], steps, guidance, edit_hooks(edits))[0]
@@ -189,9 +195,8 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
         why = f"{why}; {how}" if why else how
     if not window.steps(steps):
         raise ValueError(f"window {window} holds none of the {steps} denoising steps; widen it")
-    if pixels is not None:
-        region_to_grid(pixels, (sae.grid_h, sae.grid_w), sae.block)
-    plan = PlannedEdit(query, region, found, sae, window, strength, target)
+    cells = None if pixels is None else region_to_grid(pixels, (sae.grid_h, sae.grid_w), sae.block)
+    plan = PlannedEdit(query, region, found, sae, window, strength, target, cells)
     said.append(plan.describe() + (f" ({why})" if why else ""))
     return plan
 
