@@ -37,4 +37,5 @@ def model_option(func):
 
 def atlas_option(func):
     return click.option("--atlas", "atlas_dir", type=click.Path(file_okay=False), default=None,
-                        help="Atlas directory  [default: $ATLAS_DIR, else ./atlas]")(func)
+                        help="Atlas directory  [default: $ATLAS_DIR, else ./atlas; demo/atlas in a source "
+                             "checkout]")(func)
