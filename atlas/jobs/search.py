@@ -1,14 +1,15 @@
 """`atlas search TEXT`: concepts for a word, by label, by meaning, or (before any labels exist) by activation.
 
 1. TEXT is a linked label: concepts ranked by how well they predict its masks.
-2. Otherwise the linked label closest in meaning (sentence embeddings) stands in, when it is close
-   enough: "kitten" finds the concepts of "cat".
+2. Otherwise, unless TEXT looks like a misspelt label (then the error names it), the linked label
+   closest in meaning (sentence embeddings) stands in when it is close enough: "kitten" finds "cat".
 3. An atlas without labels yet: TEXT is generated as a prompt, its residual update at the block and t
    is averaged over positions, and concepts are ranked by decoder cosine to it (FAISS).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from atlas.concepts import TextEmbedder
 from atlas.store import Atlas, ConceptInfo, Neighbor, NoLabelsError, UnknownLabelError
 
 MEANING_THRESHOLD = 0.5  # cosine (MiniLM) below which no label is taken as a stand-in
+TYPO_CUTOFF = 0.85  # difflib ratio above which the text is taken for a misspelt label
 
 
 @dataclass
@@ -40,11 +42,18 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
     try:
         return SearchResult(text, "label", text, 1.0, atlas.concepts(label=text, t=t, block=block, branch=branch,
                                                                     limit=k))
-    except NoLabelsError:
-        return SearchResult(text, "prompt activation", None, None,
-                            by_prompt_activation(atlas, text, block or "mid", 1.0 if t is None else t, branch, k))
+    except NoLabelsError as no_labels:
+        from atlas.models import ModelNotFoundError
+
+        try:
+            found = by_prompt_activation(atlas, text, block or "mid", 1.0 if t is None else t, branch, k)
+        except ModelNotFoundError:
+            raise no_labels from None  # nothing to generate the prompt with: say how to get labels instead
+        return SearchResult(text, "prompt activation", None, None, found)
     except UnknownLabelError:
         labels = atlas.labels()
+        if difflib.get_close_matches(text, labels, n=1, cutoff=TYPO_CUTOFF):
+            raise  # a typo: the error names the label meant, rather than silently searching another
         label, similarity = closest_label(text, labels, embedder or TextEmbedder())
         if similarity < MEANING_THRESHOLD:
             raise
