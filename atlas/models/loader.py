@@ -6,6 +6,7 @@ only, and a missing checkpoint raises `ModelNotFoundError` with a one-line fix.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -94,9 +95,12 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
     dt = pick_dtype(dev, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dt)
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dt)
+    # diffusers' low-memory loading needs `accelerate`; without it, ask for the plain path instead of a warning
+    lean = importlib.util.find_spec("accelerate") is not None
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dt, low_cpu_mem_usage=lean)
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
-    vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt) if (path / "vae").is_dir() else None
+    vae = (AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
+           if (path / "vae").is_dir() else None)
     if vae is not None:  # latent models generate at their VAE's native size (512 for SD v1.4)
         spec = replace(spec, resolution=int(vae.config.sample_size))
         vae.to(dev).eval()
