@@ -48,6 +48,9 @@ class ShapesTrainConfig:
     init_from: str = ""
     """When the run has no checkpoint yet: start from an exported model directory (e.g. data/shapes),
     continuing its step count, instead of random weights."""
+    schedule: str = "zero-snr"
+    """Noise schedule of a new run: zero-snr (the shipped weights') or sd (SD v1.4's; its first step sees some
+    signal, which first-step layout findings need). A resumed run keeps its own."""
 
 
 @dataclass

@@ -46,3 +46,18 @@ def test_training_resumes_and_exports(tmp_path):
                                 init_from=str(out))
     state = torch.load(train(resumed, TINY, progress=False), weights_only=False)["state"]
     assert state["step"] == 6 and len(state["losses"]) == len(json.loads((out / "training.json").read_text())["losses"])
+
+
+def test_a_run_keeps_its_noise_schedule(tmp_path):
+    from dataclasses import replace
+
+    config = ShapesTrainConfig(run_dir=str(tmp_path / "run"), max_steps=1, batch_size=2, warmup_steps=1, threads=1)
+    ckpt = train(config, replace(TINY, schedule="sd"), progress=False)
+    config.max_steps = 2
+    train(config, TINY, progress=False)  # resumed without asking for sd: the checkpoint's schedule wins
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["model_config"]["schedule"] == "sd" and saved["state"]["step"] == 2
+    export(ckpt, tmp_path / "model")
+    scheduler = load_model(str(tmp_path / "model"), device="cpu").scheduler
+    scheduler.set_timesteps(20)
+    assert int(scheduler.timesteps[0]) == 951 and float(scheduler.alphas_cumprod[951]) > 0.005

@@ -33,6 +33,9 @@ class ShapesModelConfig:
     text_width: int = 128
     text_layers: int = 3
     attention_heads: int = 8
+    schedule: str = "zero-snr"
+    """Noise schedule: zero-snr (cosine rescaled to zero terminal SNR, trailing steps; the shipped weights) or sd
+    (Stable Diffusion v1's scaled-linear betas and leading steps, whose first step still sees some signal)."""
 
 
 SHAPES_HOOK_POINTS = {
@@ -89,14 +92,26 @@ def build_unet(config: ShapesModelConfig) -> UNet2DConditionModel:
     )
 
 
-def scheduler_config() -> dict:
-    """v-prediction on a cosine schedule rescaled to zero terminal SNR: t = 1.0 is pure noise."""
-    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                rescale_betas_zero_snr=True, clip_sample=False, timestep_spacing="trailing")
+SCHEDULES = ("zero-snr", "sd")
 
 
-def training_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**scheduler_config())
+def scheduler_config(schedule: str = "zero-snr") -> dict:
+    """v-prediction on either schedule. zero-snr: the first step is pure noise (alphas_cumprod = 0), so it
+    cannot see the layout its seed will produce; sd: SD v1.4's betas and spacing (alphas_cumprod about 0.006
+    at the first of 20 steps), as the paper's first-step findings assume."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    common = dict(num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False)
+    if schedule == "sd":
+        return dict(common, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                    timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False)
+    return dict(common, beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+
+
+def training_scheduler(schedule: str = "zero-snr") -> DDPMScheduler:
+    config = scheduler_config(schedule)
+    config.pop("set_alpha_to_one", None)  # a DDIM-only option
+    return DDPMScheduler(**config)
 
 
 def new_shapes_model(config: ShapesModelConfig | None = None, seed: int = 0) -> TextToImageModel:
@@ -107,4 +122,4 @@ def new_shapes_model(config: ShapesModelConfig | None = None, seed: int = 0) -> 
     spec = ModelSpec(name="shapes", hook_points=dict(SHAPES_HOOK_POINTS), default_steps=20, default_guidance=3.0,
                      resolution=config.resolution, pixel_unshuffle=config.pixel_unshuffle, coord_channels=True)
     return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=build_text_encoder(config, tokenizer),
-                            unet=build_unet(config), scheduler=DDIMScheduler(**scheduler_config()))
+                            unet=build_unet(config), scheduler=DDIMScheduler(**scheduler_config(config.schedule)))

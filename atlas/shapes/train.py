@@ -56,13 +56,16 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None:  # a resumed run keeps the sizes and schedule it started with
+        model_config = _model_config(ckpt)
+    model_config = model_config or ShapesModelConfig(schedule=config.schedule)
     model = new_shapes_model(model_config, seed=config.seed)
     params = _trainable(model)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     state = {"step": 0, "seconds": 0.0, "losses": [], "rng": random.Random(config.seed).getstate()}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    if ckpt is not None:
         model.unet.load_state_dict(ckpt["unet"])
         model.text_encoder.load_state_dict(ckpt["text_encoder"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -77,7 +80,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     (run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     rng = random.Random()
     rng.setstate(state["rng"])
-    scheduler = training_scheduler()
+    scheduler = training_scheduler(model_config.schedule)
     world = WorldConfig()
     stop = _Stop()
     old_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -86,7 +89,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
         state["rng"] = rng.getstate()
         checkpoint = {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
                       "optimizer": opt.state_dict(), "ema": ema, "torch_rng": torch.get_rng_state(),
-                      "state": state, "model_config": asdict(model_config or ShapesModelConfig())}
+                      "state": state, "model_config": asdict(model_config)}
         atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
         _write_loss_log(run_dir, state["losses"])
 
@@ -160,11 +163,14 @@ def _write_loss_log(run_dir: Path, losses: list[tuple[int, float]]) -> None:
     (run_dir / "loss.csv").write_text("\n".join(lines) + "\n")
 
 
+def _model_config(ckpt: dict) -> ShapesModelConfig:
+    return ShapesModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+
+
 def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextToImageModel:
     """The model stored in a training checkpoint (EMA weights by default), in eval mode."""
     ckpt = torch.load(ckpt_path, weights_only=False)
-    config = ShapesModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
-    model = new_shapes_model(config)
+    model = new_shapes_model(_model_config(ckpt))
     model.unet.load_state_dict(ckpt["unet"])
     model.text_encoder.load_state_dict(ckpt["text_encoder"])
     if use_ema:
