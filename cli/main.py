@@ -152,12 +152,12 @@ def shapes_eval(model_name, device, n, steps, guidance, out_dir, strict) -> None
 
 
 from cli.edit import edit, eval_edits  # noqa: E402
-from cli.pipeline import annotate, build, demo, encode, link, predict_layout, report, train  # noqa: E402
+from cli.pipeline import annotate, build, check, demo, encode, link, predict_layout, report, train  # noqa: E402
 from cli.serve import serve  # noqa: E402
 from cli.store import search, sql, upgrade  # noqa: E402
 
 for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade, edit,
-                eval_edits, serve):
+                eval_edits, serve, check):
     main.add_command(command)
 
 if __name__ == "__main__":

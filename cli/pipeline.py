@@ -264,3 +264,32 @@ def report(out_dir, similarity, atlas_dir) -> None:
     rows = [(x["block"], x["t"], x["iou"], x["baseline_iou"], x["pairs"]) for x in figures["layout"]]
     click.echo(format_table(["block", "t", "layout IoU", "baseline", "pairs"], rows))
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--max-lines", default=50, show_default=True, help="Problems to print before summarising the rest.")
+@atlas_option
+@one_line_errors
+def check(max_lines, atlas_dir) -> None:
+    """Verify an atlas: every listed file exists and reads, counts match the catalog, SAEs load.
+
+    Read-only (safe while a build writes). Prints one problem per line and exits with 1 when there are any.
+
+    \b
+    Example:
+      atlas check --atlas atlas
+    """
+    from atlas.jobs.check import check_atlas
+    from atlas.store import open_atlas
+
+    with open_atlas(atlas_dir) as atlas:
+        report = check_atlas(atlas)
+    for line in report.problems[:max_lines]:
+        click.echo(line)
+    if len(report.problems) > max_lines:
+        click.echo(f"... and {len(report.problems) - max_lines} more")
+    checked = ", ".join(f"{n} {what}s" for what, n in report.checked.items())
+    click.echo(f"checked {checked}: " + ("no problems" if report.ok else f"{len(report.problems)} problems"),
+               err=not report.ok)
+    if not report.ok:
+        raise SystemExit(1)
