@@ -31,3 +31,17 @@ def image_grid(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] 
             for j, line in enumerate(lines):
                 draw.text((x + 2, y + cell + 2 + j * line_h), line, fill="black", font=font)
     return canvas
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """The image tinted orange by a grid activation map (scaled to its own peak), a region's border drawn white."""
+    size = image.shape[0]
+    peak = float(heat.max())
+    scaled = heat / peak if peak > 0 else heat
+    big = np.kron(scaled, np.ones((size // heat.shape[0], size // heat.shape[1])))[..., None]
+    tile = (image * (0.3 + 0.7 * big) + np.array([255, 90, 0]) * 0.6 * big).clip(0, 255).astype(np.uint8)
+    if region is not None:
+        from scipy import ndimage
+
+        tile[region & ~ndimage.binary_erosion(region)] = 255
+    return tile

@@ -334,29 +334,15 @@ def outcome_line(outcome: dict) -> str:
     return "outcome: " + ", ".join(parts)
 
 
-def heat_tile(image: np.ndarray, heat: np.ndarray, region: np.ndarray | None) -> np.ndarray:
-    """The image tinted by a (grid) activation map, the region's border drawn white."""
-    size = image.shape[0]
-    peak = float(heat.max())
-    scaled = heat / peak if peak > 0 else heat
-    big = np.kron(scaled, np.ones((size // heat.shape[0], size // heat.shape[1])))[..., None]
-    tile = (image * (0.3 + 0.7 * big) + np.array([255, 90, 0]) * 0.6 * big).clip(0, 255).astype(np.uint8)
-    if region is not None:
-        from scipy import ndimage
-
-        tile[region & ~ndimage.binary_erosion(region)] = 255
-    return tile
-
-
 def save_edit_png(result: EditResult, out: str | Path) -> Path:
-    from atlas.viz import image_grid
+    from atlas.viz import heat_overlay, image_grid
 
     size = result.original.shape[0]
     tiles = [result.original, result.edited]
     labels = [f"unedited, seed {result.seed}", f"edited ({result.outcome['pixel_change']:.3f} pixel change)"]
     for i, (plan, heat) in enumerate(zip(result.plans, result.maps)):
         region = parse_region(plan.region, size) if plan.region else None
-        tiles.append(heat_tile(result.original, heat, region))
+        tiles.append(heat_overlay(result.original, heat, region))
         ok = result.outcome.get("success", [None] * len(result.plans))[i]
         verdict = "" if ok is None else (" - success" if ok else " - failure")
         labels.append(f"{plan.query[:40]} ({plan.sae.block} t={plan.sae.t:g}) -> {plan.region or 'global'}, "

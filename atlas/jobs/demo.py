@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from atlas.store import Atlas, QueryResult
-from atlas.viz import image_grid
+from atlas.viz import heat_overlay, image_grid
 
 LABEL_QUERY = """
 SELECT concept_id, round(mean_iou, 3) AS mean_iou, round(hit_rate, 3) AS hit_rate, support
@@ -48,7 +48,7 @@ def answer_queries(atlas: Atlas) -> list[Answer]:
 
 
 def top_images_grid(atlas: Atlas, concept: str, out: str | Path, n: int = 8) -> Path:
-    """The concept's top images beside their activation maps (nearest-neighbour upsampled), as one PNG."""
+    """The concept's top images beside their activation maps, as one PNG."""
     hits = atlas.top_images(concept, n)
     if not hits:
         raise ValueError(f"concept {concept} never fires in {atlas.root}")
@@ -56,12 +56,7 @@ def top_images_grid(atlas: Atlas, concept: str, out: str | Path, n: int = 8) -> 
     for hit in hits:
         image = np.asarray(Image.open(atlas.root / hit.path if not Path(hit.path).is_absolute() else hit.path)
                            .convert("RGB"))
-        heat = atlas.activation_map(hit.image_id, concept)
-        heat = heat / heat.max() if heat.max() > 0 else heat
-        scale = image.shape[0] // heat.shape[0]
-        big = np.kron(heat, np.ones((scale, scale)))[..., None]
-        overlay = (image * (0.35 + 0.65 * big) + np.array([255, 80, 0]) * 0.5 * big).clip(0, 255)
-        tiles += [image, overlay.astype(np.uint8)]
+        tiles += [image, heat_overlay(image, atlas.activation_map(hit.image_id, concept))]
         labels += [f"#{hit.image_id} {hit.activation:.2f}", "map"]
     path = Path(out)
     image_grid(np.stack(tiles), labels, cols=4).save(path)
