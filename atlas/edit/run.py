@@ -143,7 +143,7 @@ def atlas_model(store: Atlas) -> dict:
 def sae_path(store: Atlas, sae: SaeInfo) -> Path:
     if not sae.path:
         raise ValueError(f"the SAE {sae.block}/{sae.t!r} has no checkpoint path in {store.root}; re-run `atlas encode`")
-    path = Path(sae.path) if Path(sae.path).is_absolute() else store.root / sae.path
+    path = store.file_path(sae.path)
     if not (path / "sae.safetensors").exists():
         raise FileNotFoundError(f"SAE checkpoint {path} is missing; re-run `atlas build` for {store.root}")
     return path

@@ -68,7 +68,7 @@ def annotate_atlas(atlas: Atlas, annotator: Annotator, batch_size: int = 64, pro
 def _image_path(atlas: Atlas, path: str | None) -> Path:
     if not path:
         raise ValueError(f"an image of {atlas.root} has no file; re-run the capture that made it")
-    full = Path(path) if Path(path).is_absolute() else atlas.root / path
+    full = atlas.file_path(path)
     if not full.exists():
         raise FileNotFoundError(f"image file {full} is missing; re-run the capture that made it")
     return full

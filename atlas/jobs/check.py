@@ -9,7 +9,6 @@ the catalog's shape; each SAE's stored codes add up to its recorded count.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -31,10 +30,6 @@ class CheckReport:
         self.checked[what] = self.checked.get(what, 0) + n
 
 
-def _resolve(atlas: Atlas, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else atlas.root / path
-
-
 def check_atlas(atlas: Atlas) -> CheckReport:
     report = CheckReport()
     _check_files(atlas, report)
@@ -49,7 +44,7 @@ def _check_files(atlas: Atlas, report: CheckReport) -> None:
 
     rows = atlas.sql("SELECT path, kind, rows FROM files ORDER BY path", max_rows=10_000_000).rows
     for path, kind, expected in rows:
-        full = _resolve(atlas, path)
+        full = atlas.file_path(path)
         report.count("data file")
         if not full.exists():
             report.problems.append(f"missing {kind} file {path}")
@@ -68,7 +63,7 @@ def _check_paths(atlas: Atlas, report: CheckReport, what: str, query: str) -> No
         report.count(what)
         if not path:
             report.problems.append(f"{what} {row_id} has no file")
-        elif not _resolve(atlas, path).exists():
+        elif not atlas.file_path(path).exists():
             report.problems.append(f"{what} {row_id}: missing file {path}")
 
 
@@ -88,7 +83,7 @@ def _check_saes(atlas: Atlas, report: CheckReport) -> None:
         if not sae.path:
             continue
         try:
-            loaded = Sae.from_pretrained(_resolve(atlas, sae.path))
+            loaded = Sae.from_pretrained(atlas.file_path(sae.path))
         except Exception as err:  # a missing or damaged checkpoint is the finding itself
             report.problems.append(f"{name}: checkpoint {sae.path} does not load ({str(err).splitlines()[0][:100]})")
             continue

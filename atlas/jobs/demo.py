@@ -54,8 +54,7 @@ def top_images_grid(atlas: Atlas, concept: str, out: str | Path, n: int = 8) -> 
         raise ValueError(f"concept {concept} never fires in {atlas.root}")
     tiles, labels = [], []
     for hit in hits:
-        image = np.asarray(Image.open(atlas.root / hit.path if not Path(hit.path).is_absolute() else hit.path)
-                           .convert("RGB"))
+        image = np.asarray(Image.open(atlas.file_path(hit.path)).convert("RGB"))
         tiles += [image, heat_overlay(image, atlas.activation_map(hit.image_id, concept))]
         labels += [f"#{hit.image_id} {hit.activation:.2f}", "map"]
     path = Path(out)

@@ -10,7 +10,6 @@ average mask over the dictionary images, thresholded where that baseline scores 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -170,8 +169,7 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
                        steps=[t_to_step(t, steps)])
     image = generate(model, [prompt], [seed], steps, None, hooks)[0]
     delta = seen["delta"][0].permute(1, 2, 0).reshape(-1, seen["delta"].shape[1]).float()
-    sae_path = Path(sae_info.path) if Path(sae_info.path).is_absolute() else atlas.root / sae_info.path
-    sae = Sae.from_pretrained(sae_path)
+    sae = Sae.from_pretrained(atlas.file_path(sae_info.path))
     with torch.no_grad():
         out = sae.encode(delta)
     grid = (sae_info.grid_h, sae_info.grid_w)

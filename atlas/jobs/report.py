@@ -34,8 +34,7 @@ CONTEXT_FREE_MIN_FIRINGS = 20
 def decoder(atlas: Atlas, sae: SaeInfo) -> np.ndarray:
     from atlas.sae import Sae
 
-    path = Path(sae.path) if Path(sae.path).is_absolute() else atlas.root / sae.path
-    return Sae.from_pretrained(path).W_dec.detach().float().numpy()
+    return Sae.from_pretrained(atlas.file_path(sae.path)).W_dec.detach().float().numpy()
 
 
 def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int]:

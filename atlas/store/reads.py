@@ -92,6 +92,10 @@ class Reads:
     def labels(self) -> list[str]:
         return self._views.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
 
+    def file_path(self, path: str) -> Path:
+        """A path the catalog stores (relative to the atlas root, or absolute) as a usable path."""
+        return Path(path) if Path(path).is_absolute() else self.root / path
+
     def images(self, split: str | None = None) -> pa.Table:
         """Every image (id, prompt_id, seed, guidance, steps, path, prompt, split) in id order, or one split's."""
         where, params = ("WHERE split = ?", [split]) if split else ("", [])
