@@ -149,16 +149,14 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
 
             result = search_concepts(atlas, label, t=t, block=block, branch=branch, k=k)
             found = [asdict(c) for c in result.concepts]
+            columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
             if result.via == "meaning":
                 click.echo(f"no concepts are labelled {label!r}; showing the closest label by meaning, "
                            f"{result.label!r} (similarity {result.similarity:.2f})", err=True)
-                columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
             elif result.via == "prompt activation":
                 click.echo(f"this atlas has no labels yet (run `atlas annotate` and `atlas link`); ranking concepts "
                            f"by decoder similarity to the activation of the prompt {label!r}", err=True)
                 columns = ["concept_id", "score", "block", "t", "branch", "latent"]
-            else:
-                columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
     if fmt == "json":
         click.echo(json.dumps([{c: row[c] for c in columns} for row in found], indent=1))
     elif found:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from atlas.capture import ActivationSet
 from atlas.jobs.train import load_sae, sae_dir
+from atlas.sae import Sae
 from atlas.store import Atlas
 
 
@@ -63,8 +64,8 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
         if atlas.stage_done(name):
             bar.update(len(acts.done))
             continue
-        sae_id = register_sae(atlas, saes_root, block, t, br, grids[block])
         sae = load_sae(saes_root, block, t, br)
+        sae_id = register_sae(atlas, sae, sae_dir(saes_root, block, t, br), block, t, br, grids[block])
         rows = 0
         for shard in acts.shards(block, t, br):
             rows += _encode_shard(atlas, sae, sae_id, shard, mapping, batch_positions)
@@ -76,11 +77,8 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
     return written
 
 
-def register_sae(atlas: Atlas, saes_root: str | Path, block: str, t: float, branch: str,
-                 grid: tuple[int, int]) -> int:
-    """Catalog row, FAISS index and per-latent statistics of one trained SAE."""
-    path = sae_dir(saes_root, block, t, branch)
-    sae = load_sae(saes_root, block, t, branch)
+def register_sae(atlas: Atlas, sae: Sae, path: Path, block: str, t: float, branch: str, grid: tuple[int, int]) -> int:
+    """Catalog row, FAISS index and per-latent statistics of one trained SAE (loaded from `path`)."""
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     decoder = sae.W_dec.detach().float().cpu().numpy()

@@ -39,22 +39,20 @@ class LayoutScore:
     pairs: int
 
 
-def concept_vectors(atlas: Atlas, sae: SaeInfo, embedder: TextEmbedder) -> np.ndarray:
-    """(n_latents, e) unit concept embeddings: the mean of each concept's label embeddings; zero when unlabelled."""
+def label_vectors(atlas: Atlas, embedder: TextEmbedder) -> dict[str, np.ndarray]:
+    """The text embedding of every label of the atlas, computed once for all SAEs."""
+    labels = atlas.labels()
+    return dict(zip(labels, embedder.embed(labels))) if labels else {}
+
+
+def concept_vectors(atlas: Atlas, sae: SaeInfo, vectors: dict[str, np.ndarray], dim: int) -> np.ndarray:
+    """(n_latents, dim) unit concept embeddings: the mean of each concept's label embeddings; zero when unlabelled."""
     rows = atlas.sql(f"SELECT latent, label FROM concept_labels WHERE sae_id = {sae.id}", max_rows=10_000_000)
-    labels = sorted({label for _, label in rows.rows})
-    out = np.zeros((sae.n_latents, embedder_dim(embedder)), np.float32)
-    if not labels:
-        return out
-    vectors = dict(zip(labels, embedder.embed(labels)))
+    out = np.zeros((sae.n_latents, dim), np.float32)
     for latent, label in rows.rows:
         out[latent] += vectors[label]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
-
-
-def embedder_dim(embedder: TextEmbedder) -> int:
-    return int(embedder.embed(["x"]).shape[1])
 
 
 def top_codes(codes: pa.Table, image_id: int, grid: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,19 +107,20 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
     if test_cells.num_rows == 0:
         raise ValueError(f"{atlas.root} has no annotated test images to score layout prediction on")
+    vectors = label_vectors(atlas, embedder)
+    dim = len(next(iter(vectors.values())))
     scores = []
     for sae in atlas.saes():
         grid = (sae.grid_h, sae.grid_w)
         truth = {key: m for key, m in label_masks(test_cells, grid).items()
                  if config.include_backgrounds or not key[1].endswith("background")}
         baseline = baseline_masks(label_masks(dict_cells, grid))
-        vectors = concept_vectors(atlas, sae, embedder)
-        targets = dict(zip(sorted({label for _, label in truth}), embedder.embed(sorted({lb for _, lb in truth}))))
+        concepts = concept_vectors(atlas, sae, vectors, dim)
         codes = atlas.sae_codes(sae.id, ("test",))
         ious, base = [], []
         for (image_id, label), mask in truth.items():
             latents, values = top_codes(codes, image_id, grid, sae.k)
-            ious.append(iou(predict_layout(latents, values, vectors, targets[label], config.similarity), mask))
+            ious.append(iou(predict_layout(latents, values, concepts, vectors[label], config.similarity), mask))
             base.append(iou(baseline.get(label, np.zeros(grid, bool)), mask))
         scores.append(LayoutScore(sae.block, sae.t, float(np.mean(ious)), float(np.mean(base)), len(ious)))
     return scores
@@ -175,8 +174,9 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     grid = (sae_info.grid_h, sae_info.grid_w)
     latents = out.top_indices.numpy().reshape(*grid, -1)
     values = out.top_acts.numpy().reshape(*grid, -1)
-    target = embedder.embed([label])[0]
-    predicted = predict_layout(latents, values, concept_vectors(atlas, sae_info, embedder), target, config.similarity)
+    vectors = label_vectors(atlas, embedder)
+    concepts = concept_vectors(atlas, sae_info, vectors, len(vectors[label]))
+    predicted = predict_layout(latents, values, concepts, vectors[label], config.similarity)
     found = get_annotator(annotation_source(atlas)).annotate([image], [prompt])[0]
     masks = [o.mask for o in found if o.label == label]
     annotated = mask_to_grid(np.any(masks, axis=0), grid, COVERAGE) if masks else np.zeros(grid, bool)
