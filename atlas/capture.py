@@ -77,6 +77,20 @@ class _Recorder:
         return None
 
 
+def delta_at(model: TextToImageModel, prompts: list[str], seeds: list[int], block: str, step: int,
+             branch: str = "cond", steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise one batch; returns (final latents, the `branch` half of delta at `block` on step index `step`)."""
+    seen: dict[str, torch.Tensor] = {}
+    half = BRANCHES.index(branch)
+
+    def record(_block: str, _step: StepInfo, delta: torch.Tensor) -> None:  # None: read only, the image is untouched
+        seen["delta"] = delta.chunk(2)[half].clone()
+
+    hooks = Hooks().on(block, record, steps=[step])
+    latents = sample_latents(model, prompts, seeds, steps, None, hooks)
+    return latents, seen["delta"]
+
+
 def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, config: CaptureConfig | None = None,
             progress: bool = True) -> Path:
     """Generate images for `prompts` and record delta at the chosen blocks, timesteps and branches.

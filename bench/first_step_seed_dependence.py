@@ -20,13 +20,9 @@ STEPS = (0, 1, 5, 10, 19)
 
 
 def seed_share(model, prompt: str, block: str, step: int, n_seeds: int) -> float:
-    from atlas.models import Hooks
-    from atlas.models.sampler import sample_latents
+    from atlas.capture import delta_at
 
-    seen = []
-    hooks = Hooks().on(block, lambda _b, _s, delta: seen.append(delta.chunk(2)[1].clone()), steps=[step])
-    sample_latents(model, [prompt] * n_seeds, list(range(n_seeds)), None, None, hooks)
-    d = seen[0].float()  # (seeds, C, H, W)
+    d = delta_at(model, [prompt] * n_seeds, list(range(n_seeds)), block, step)[1].float()  # (seeds, C, H, W)
     across_seeds = d.var(0).sum().item()
     total = ((d - d.mean((0, 2, 3), keepdim=True)) ** 2).mean(0).sum().item()
     return across_seeds / total

@@ -109,3 +109,16 @@ def test_kill_9_mid_run_then_resume_gives_every_shard_exactly_once(tiny_shapes_d
         assert (np.bincount(ids) == n_pos).all()
     assert not list(out.rglob("*.tmp"))
     assert len(list((out / "images").glob("*.png"))) == 16
+
+
+def test_delta_at_reads_without_changing_the_image(tiny_shapes_dir):
+    import numpy as np
+
+    from atlas.capture import delta_at
+    from atlas.models import generate, load_model
+
+    model = load_model(str(tiny_shapes_dir), device="cpu")
+    plain = generate(model, ["a red circle", "a blue square"], [0, 1], steps=4)
+    latents, delta = delta_at(model, ["a red circle", "a blue square"], [0, 1], "mid", step=0, steps=4)
+    assert np.array_equal(model.to_uint8(model.decode(latents)), plain)
+    assert delta.shape[0] == 2 and delta.ndim == 4

@@ -149,8 +149,9 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     import torch
 
     from atlas.annotate import get_annotator, mask_to_grid
+    from atlas.capture import delta_at
     from atlas.jobs.annotate import COVERAGE
-    from atlas.models import Hooks, generate, load_model, t_to_step
+    from atlas.models import load_model, t_to_step
     from atlas.sae import Sae
 
     config = config or LayoutConfig()
@@ -163,11 +164,9 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
         atlas.concepts(label=label)  # raises UnknownLabelError with close labels
     model = load_model(atlas_model_name(atlas))
     steps = model.spec.default_steps
-    seen: dict[str, torch.Tensor] = {}
-    hooks = Hooks().on(block, lambda _b, _s, delta: seen.setdefault("delta", delta[delta.shape[0] // 2:]),
-                       steps=[t_to_step(t, steps)])
-    image = generate(model, [prompt], [seed], steps, None, hooks)[0]
-    delta = seen["delta"][0].permute(1, 2, 0).reshape(-1, seen["delta"].shape[1]).float()
+    latents, cond = delta_at(model, [prompt], [seed], block, t_to_step(t, steps), steps=steps)
+    image = model.to_uint8(model.decode(latents))[0]
+    delta = cond[0].permute(1, 2, 0).reshape(-1, cond.shape[1]).float()
     sae = Sae.from_pretrained(atlas.file_path(sae_info.path))
     with torch.no_grad():
         out = sae.encode(delta)

@@ -63,16 +63,12 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
 
 def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int) -> list[Neighbor]:
     """Concepts whose decoder direction is closest to TEXT's mean residual update at (block, t)."""
+    from atlas.capture import delta_at
     from atlas.jobs.layout import atlas_model_name
-    from atlas.models import Hooks, load_model, t_to_step
-    from atlas.models.sampler import sample_latents
+    from atlas.models import load_model, t_to_step
 
     model = load_model(atlas_model_name(atlas))
     steps = model.spec.default_steps
-    seen = {}
-    half = 1 if branch == "cond" else 0
-    hooks = Hooks().on(block, lambda _b, _s, delta: seen.setdefault("delta", delta.chunk(2)[half]),
-                       steps=[t_to_step(t, steps)])
-    sample_latents(model, [text], [0], steps, None, hooks)
-    vector = seen["delta"][0].float().mean(dim=(1, 2)).numpy()
+    _, delta = delta_at(model, [text], [0], block, t_to_step(t, steps), branch, steps)
+    vector = delta[0].float().mean(dim=(1, 2)).numpy()
     return atlas.search_vector(vector / max(float(np.linalg.norm(vector)), 1e-12), block, t=t, k=k, branch=branch)
