@@ -51,6 +51,10 @@ class ShapesTrainConfig:
     schedule: str = "zero-snr"
     """Noise schedule of a new run: zero-snr (the shipped weights') or sd (SD v1.4's; its first step sees some
     signal, which first-step layout findings need). A resumed run keeps its own."""
+    text_encoder: str = "trained"
+    """trained (learned with the UNet) or frozen (kept at its seeded random initialisation, as SD keeps CLIP
+    frozen: a jointly trained one learned to map 'left' and 'right' to the same output). With --init-from and
+    frozen, only the UNet is loaded. A resumed run keeps its own."""
 
 
 @dataclass

@@ -61,3 +61,23 @@ def test_a_run_keeps_its_noise_schedule(tmp_path):
     scheduler = load_model(str(tmp_path / "model"), device="cpu").scheduler
     scheduler.set_timesteps(20)
     assert int(scheduler.timesteps[0]) == 951 and float(scheduler.alphas_cumprod[951]) > 0.005
+
+
+def test_a_frozen_text_encoder_keeps_its_random_weights(tmp_path):
+    from dataclasses import replace
+
+    config = ShapesTrainConfig(run_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, warmup_steps=1, threads=1)
+    ckpt = train(config, replace(TINY, frozen_text_encoder=True), progress=False)
+    first = torch.load(ckpt, weights_only=False)
+    config.max_steps = 4
+    train(config, TINY, progress=False)  # resumed: the checkpoint's frozen encoder wins
+    second = torch.load(ckpt, weights_only=False)
+    assert second["model_config"]["frozen_text_encoder"] and second["state"]["step"] == 4
+    assert len(second["ema"]) == len(second["unet"])  # the EMA follows the UNet only
+    for name, weight in first["text_encoder"].items():
+        assert torch.equal(weight, second["text_encoder"][name]), name
+    assert not torch.equal(first["unet"]["conv_in.weight"], second["unet"]["conv_in.weight"])
+    export(ckpt, tmp_path / "model")
+    model = load_model(str(tmp_path / "model"), device="cpu")
+    text = model.encode_text(["a red circle on the left", "a red circle on the right"])
+    assert (text[0, 6] - text[1, 6]).norm() > 0.1 * text[0, 6].norm()  # 'left' and 'right' stay apart

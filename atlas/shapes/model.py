@@ -36,6 +36,8 @@ class ShapesModelConfig:
     schedule: str = "zero-snr"
     """Noise schedule: zero-snr (cosine rescaled to zero terminal SNR, trailing steps; the shipped weights) or sd
     (Stable Diffusion v1's scaled-linear betas and leading steps, whose first step still sees some signal)."""
+    frozen_text_encoder: bool = False
+    """The text encoder keeps its seeded random initialisation; only the UNet is trained."""
 
 
 SHAPES_HOOK_POINTS = {

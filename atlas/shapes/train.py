@@ -45,7 +45,10 @@ class _Stop:
         self.requested = True
 
 
-def _trainable(model: TextToImageModel) -> list[torch.nn.Parameter]:
+def _trainable(model: TextToImageModel, config: ShapesModelConfig) -> list[torch.nn.Parameter]:
+    """The parameters the optimiser and the EMA follow (the text encoder's only when it is trained)."""
+    if config.frozen_text_encoder:
+        return list(model.unet.parameters())
     return list(model.unet.parameters()) + list(model.text_encoder.parameters())
 
 
@@ -59,9 +62,13 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
     if ckpt is not None:  # a resumed run keeps the sizes and schedule it started with
         model_config = _model_config(ckpt)
-    model_config = model_config or ShapesModelConfig(schedule=config.schedule)
+    if config.text_encoder not in ("trained", "frozen"):
+        raise ValueError(f"unknown text encoder mode {config.text_encoder!r}; use trained or frozen")
+    model_config = model_config or ShapesModelConfig(schedule=config.schedule,
+                                                     frozen_text_encoder=config.text_encoder == "frozen")
     model = new_shapes_model(model_config, seed=config.seed)
-    params = _trainable(model)
+    model.text_encoder.requires_grad_(not model_config.frozen_text_encoder)
+    params = _trainable(model, model_config)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     state = {"step": 0, "seconds": 0.0, "losses": [], "rng": random.Random(config.seed).getstate()}
@@ -74,7 +81,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
         torch.set_rng_state(ckpt["torch_rng"])
         state = ckpt["state"]
     elif config.init_from:
-        state.update(_init_from_export(model, Path(config.init_from)))
+        state.update(_init_from_export(model, Path(config.init_from), model_config.frozen_text_encoder))
         for e, p in zip(ema, params):
             e.copy_(p.detach())
     (run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -99,7 +106,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     bar = tqdm(desc="train shapes", unit="step", initial=state["step"],
                total=config.max_steps or None, disable=not progress)
     model.unet.train()
-    model.text_encoder.train()
+    model.text_encoder.train(not model_config.frozen_text_encoder)
     try:
         while not stop.requested:
             elapsed = time.time() - start
@@ -142,8 +149,9 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     return ckpt_path
 
 
-def _init_from_export(model: TextToImageModel, directory: Path) -> dict:
-    """Load exported (fp16) weights into `model`; returns the training state recorded at export."""
+def _init_from_export(model: TextToImageModel, directory: Path, unet_only: bool = False) -> dict:
+    """Load exported (fp16) weights into `model` (only the UNet with `unet_only`); returns the training state
+    recorded at export."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -151,9 +159,10 @@ def _init_from_export(model: TextToImageModel, directory: Path) -> dict:
     if not facts_path.exists():
         raise FileNotFoundError(f"{directory} has no training.json: export it with `atlas shapes export` first")
     unet = UNet2DConditionModel.from_pretrained(directory / "unet", torch_dtype=torch.float32)
-    text = CLIPTextModel.from_pretrained(directory / "text_encoder", torch_dtype=torch.float32)
     model.unet.load_state_dict(unet.state_dict())
-    model.text_encoder.load_state_dict(text.state_dict())
+    if not unet_only:
+        text = CLIPTextModel.from_pretrained(directory / "text_encoder", torch_dtype=torch.float32)
+        model.text_encoder.load_state_dict(text.state_dict())
     facts = json.loads(facts_path.read_text())
     return {"step": facts["steps"], "seconds": facts["hours"] * 3600, "losses": [tuple(x) for x in facts["losses"]]}
 
@@ -170,12 +179,13 @@ def _model_config(ckpt: dict) -> ShapesModelConfig:
 def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextToImageModel:
     """The model stored in a training checkpoint (EMA weights by default), in eval mode."""
     ckpt = torch.load(ckpt_path, weights_only=False)
-    model = new_shapes_model(_model_config(ckpt))
+    model_config = _model_config(ckpt)
+    model = new_shapes_model(model_config)
     model.unet.load_state_dict(ckpt["unet"])
     model.text_encoder.load_state_dict(ckpt["text_encoder"])
     if use_ema:
         with torch.no_grad():
-            for p, e in zip(_trainable(model), ckpt["ema"]):
+            for p, e in zip(_trainable(model, model_config), ckpt["ema"]):
                 p.copy_(e)
     model.unet.eval()
     model.text_encoder.eval()
