@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 from click.testing import CliRunner
 
-from atlas.jobs.layout import baseline_masks, label_masks, layout_iou, top_codes
+from atlas.jobs.layout import baseline_masks, codes_by_image, label_masks, layout_iou, top_codes
 from atlas.store import open_atlas
 from cli.main import main
 
@@ -16,7 +16,9 @@ from cli.main import main
 def test_top_codes_orders_each_position_by_value():
     codes = pa.table({"image_id": [7, 7, 7, 8], "row": [0, 0, 1, 0], "col": [1, 1, 0, 0],
                       "latent": [3, 5, 2, 9], "value": [0.5, 2.0, 1.0, 4.0]})
-    latents, values = top_codes(codes, 7, (2, 2), k=2)
+    by_image = codes_by_image(codes)
+    assert sorted(by_image) == [7, 8] and by_image[7].num_rows == 3
+    latents, values = top_codes(by_image[7], (2, 2), k=2)
     assert latents[0, 1].tolist() == [5, 3] and values[0, 1].tolist() == [2.0, 0.5]
     assert latents[1, 0].tolist() == [2, 0] and values[1, 0].tolist() == [1.0, 0.0]
     assert values[0, 0].tolist() == [0.0, 0.0]  # image 8's code stays out

@@ -55,13 +55,22 @@ def concept_vectors(atlas: Atlas, sae: SaeInfo, vectors: dict[str, np.ndarray], 
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
 
 
-def top_codes(codes: pa.Table, image_id: int, grid: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, k) latents and values of one image from a long codes table (missing slots: latent 0, value 0)."""
-    mine = codes.filter(pc.equal(codes["image_id"], image_id))
+def codes_by_image(codes: pa.Table) -> dict[int, pa.Table]:
+    """A long codes table split into one table per image, in one sort (filtering per image is quadratic)."""
+    codes = codes.sort_by("image_id")
+    ids = codes["image_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(ids)]
+    return {int(ids[a]): codes.slice(a, b - a) for a, b in zip(starts, ends)}
+
+
+def top_codes(mine: pa.Table, grid: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, k) latents and values of one image's codes (missing slots: latent 0, value 0)."""
     latents = np.zeros((*grid, k), np.int64)
     values = np.zeros((*grid, k), np.float32)
     row, col = mine["row"].to_numpy().astype(int), mine["col"].to_numpy().astype(int)
-    order = np.lexsort((-mine["value"].to_numpy(), col, row))
+    # Ties in (fp16-stored) values are common and rows arrive in any order: break them by latent id.
+    order = np.lexsort((mine["latent"].to_numpy(), -mine["value"].to_numpy(), col, row))
     row, col = row[order], col[order]
     slot = np.zeros(len(row), int)
     if len(row):
@@ -110,16 +119,20 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     vectors = label_vectors(atlas, embedder)
     dim = len(next(iter(vectors.values())))
     scores = []
+    by_grid: dict[tuple[int, int], tuple[dict, dict]] = {}
     for sae in atlas.saes():
         grid = (sae.grid_h, sae.grid_w)
-        truth = {key: m for key, m in label_masks(test_cells, grid).items()
-                 if config.include_backgrounds or not key[1].endswith("background")}
-        baseline = baseline_masks(label_masks(dict_cells, grid))
+        if grid not in by_grid:
+            by_grid[grid] = ({key: m for key, m in label_masks(test_cells, grid).items()
+                              if config.include_backgrounds or not key[1].endswith("background")},
+                             baseline_masks(label_masks(dict_cells, grid)))
+        truth, baseline = by_grid[grid]
         concepts = concept_vectors(atlas, sae, vectors, dim)
-        codes = atlas.sae_codes(sae.id, ("test",))
+        test_codes = atlas.sae_codes(sae.id, ("test",))
+        codes, no_codes = codes_by_image(test_codes), test_codes.slice(0, 0)
         ious, base = [], []
         for (image_id, label), mask in truth.items():
-            latents, values = top_codes(codes, image_id, grid, sae.k)
+            latents, values = top_codes(codes.get(image_id, no_codes), grid, sae.k)
             ious.append(iou(predict_layout(latents, values, concepts, vectors[label], config.similarity), mask))
             base.append(iou(baseline.get(label, np.zeros(grid, bool)), mask))
         scores.append(LayoutScore(sae.block, sae.t, float(np.mean(ious)), float(np.mean(base)), len(ious)))
