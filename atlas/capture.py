@@ -9,26 +9,33 @@ An activation directory holds:
     done/batch-000004.json              written last: a batch is complete when its marker exists
 
 Shards and markers are written to a temporary name and renamed, so an interrupted run leaves no
-half-written file that counts; running again skips complete batches and redoes the others.
+half-written file that counts; running again skips complete batches and redoes the others. The
+directory may be a local path or a pyarrow filesystem URI (s3://bucket/acts; atlas.location). The
+batches run on an executor (atlas.jobs.executor): in this process, or on Ray actors that each load
+the model once and write their batches' images and shards; the driver writes the done markers.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
 from atlas.config import CaptureConfig
-from atlas.files import atomic_write
+from atlas.jobs.executor import Executor, LocalExecutor
+from atlas.location import Location
 from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo, t_to_step
+from atlas.models.loader import load_model
 from atlas.models.sampler import sample_latents
 from atlas.shapes.world import split_of
 
@@ -50,8 +57,17 @@ def parse_list(text: str, kind: type = str) -> list:
     return [kind(s) for s in items]
 
 
-def shard_dir(root: Path, block: str, t: float, branch: str) -> Path:
-    return root / "shards" / block / f"t{float(t)}" / branch
+def shard_name(block: str, t: float, branch: str, batch: int) -> str:
+    return f"shards/{block}/t{float(t)}/{branch}/batch-{batch:06d}.safetensors"
+
+
+def marker_name(batch: int) -> str:
+    return f"done/batch-{batch:06d}.json"
+
+
+def done_batches(out: Location) -> list[int]:
+    """Batches whose done marker exists, i.e. whose images and shards are complete."""
+    return sorted(int(name.split("-")[1].split(".")[0]) for name in out.files("done", ".json"))
 
 
 def plan_prompts(prompts: list[str], seed: int) -> list[PromptRecord]:
@@ -91,16 +107,66 @@ def delta_at(model: TextToImageModel, prompts: list[str], seeds: list[int], bloc
     return latents, seen["delta"]
 
 
+@dataclass
+class _CaptureJob:
+    """The per-batch work of one capture, picklable for Ray: generate a batch, write its images and shards."""
+
+    out: Location
+    model_source: str
+    blocks: list[str]
+    steps_to_t: dict[int, float]
+    branches: list[str]
+    steps: int
+    guidance: float
+    model: TextToImageModel | None = None
+    """The driver's loaded model, used in this process; it is not pickled: a Ray worker loads its own."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def start(self, device: str | None) -> Callable[[tuple[int, list[PromptRecord]]], dict]:
+        if self.model is None and not self.model_source:
+            raise ValueError("Ray workers cannot load a model built in memory; save it and load it with load_model")
+        return partial(self.run, self.model or load_model(self.model_source, device=device))
+
+    def run(self, model: TextToImageModel, item: tuple[int, list[PromptRecord]]) -> dict:
+        """Write batch `b`'s images and shards; returns its done marker for the driver to write."""
+        b, batch = item
+        recorder = _Recorder(self.steps_to_t, self.branches)
+        hooks = Hooks()
+        for block in self.blocks:
+            hooks.on(block, recorder, steps=self.steps_to_t)
+        latents = sample_latents(model, [r.prompt for r in batch], [r.seed for r in batch], self.steps,
+                                 self.guidance, hooks)
+        for record, image in zip(batch, model.to_uint8(model.decode(latents))):
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")
+            self.out.write(f"images/{record.image_id:06d}.png", png.getvalue())
+        grids: dict[str, list[int]] = {}
+        for (block, t, branch), x in recorder.buffers.items():
+            n_pos = x.shape[0] // len(batch)
+            side = int(round(n_pos ** 0.5))
+            grids[block] = [side, side, int(x.shape[1])]
+            ids = torch.tensor([r.image_id for r in batch], dtype=torch.int32).repeat_interleave(n_pos)
+            pos = torch.arange(n_pos).repeat(len(batch))
+            tensors = {"x": x.contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
+                       "col": (pos % side).to(torch.int16)}
+            meta = {"block": block, "t": str(t), "branch": branch, "module": model.hook_module_name(block)}
+            self.out.write(shard_name(block, t, branch, b), save(tensors, metadata=meta))
+        return {"batch": b, "image_ids": [r.image_id for r in batch], "grids": grids}
+
+
 def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, config: CaptureConfig | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, executor: Executor | None = None) -> Path | str:
     """Generate images for `prompts` and record delta at the chosen blocks, timesteps and branches.
 
-    Resumable: re-running with the same prompts and config continues; a different config is refused.
+    Resumable: re-running with the same prompts and config continues (with either executor); a different
+    config is refused. Returns the directory (a Path, or the URI of a remote one).
     """
     config = config or CaptureConfig()
     if not prompts:
         raise ValueError("no prompts to capture")
-    out = Path(out_dir)
+    out = Location(out_dir)
     blocks = parse_list(config.blocks)
     ts = parse_list(config.t, float)
     branches = parse_list(config.branches)
@@ -119,71 +185,49 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
                 "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
                 "batch_size": config.batch_size, "resolution": model.spec.resolution}
     _prepare_dir(out, manifest, records)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "done").mkdir(exist_ok=True)
     batches = [records[i:i + config.batch_size] for i in range(0, len(records), config.batch_size)]
-    todo = [b for b, batch in enumerate(batches) if not (out / "done" / f"batch-{b:06d}.json").exists()]
-    bar = tqdm(total=len(records), initial=len(records) - sum(len(batches[b]) for b in todo), unit="img",
+    done = set(done_batches(out))
+    todo = [(b, batch) for b, batch in enumerate(batches) if b not in done]
+    bar = tqdm(total=len(records), initial=len(records) - sum(len(batch) for _, batch in todo), unit="img",
                desc="capture", disable=not progress)
-    grids: dict[str, list[int]] = {}
-    for b in todo:
-        batch = batches[b]
-        recorder = _Recorder(steps_to_t, branches)
-        hooks = Hooks()
-        for block in blocks:
-            hooks.on(block, recorder, steps=steps_to_t)
-        latents = sample_latents(model, [r.prompt for r in batch], [r.seed for r in batch], steps, guidance, hooks)
-        images = model.to_uint8(model.decode(latents))
-        for record, image in zip(batch, images):
-            path = out / "images" / f"{record.image_id:06d}.png"
-            atomic_write(path, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
-        for (block, t, branch), x in recorder.buffers.items():
-            n_pos = x.shape[0] // len(batch)
-            side = int(round(n_pos ** 0.5))
-            grids[block] = [side, side, int(x.shape[1])]
-            ids = torch.tensor([r.image_id for r in batch], dtype=torch.int32).repeat_interleave(n_pos)
-            pos = torch.arange(n_pos).repeat(len(batch))
-            directory = shard_dir(out, block, t, branch)
-            directory.mkdir(parents=True, exist_ok=True)
-            tensors = {"x": x.contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
-                       "col": (pos % side).to(torch.int16)}
-            meta = {"block": block, "t": str(t), "branch": branch, "module": model.hook_module_name(block)}
-            atomic_write(directory / f"batch-{b:06d}.safetensors",
-                                lambda tmp, tensors=tensors, meta=meta: save_file(tensors, str(tmp), metadata=meta))
-        marker = {"batch": b, "image_ids": [r.image_id for r in batch], "grids": grids}
-        atomic_write(out / "done" / f"batch-{b:06d}.json",
-                            lambda tmp, marker=marker: tmp.write_text(json.dumps(marker)))
-        bar.update(len(batch))
+    source = model.source or (str(model.path) if model.path else "")
+    job = _CaptureJob(out, source, blocks, steps_to_t, branches, steps, guidance, model)
+    for marker in (executor or LocalExecutor()).map(job, todo):
+        out.write(marker_name(marker["batch"]), json.dumps(marker).encode())
+        bar.update(len(marker["image_ids"]))
     bar.close()
-    return out
+    return out.local or out.uri
 
 
-def _prepare_dir(out: Path, manifest: dict, records: list[PromptRecord]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_dir(out: Location, manifest: dict, records: list[PromptRecord]) -> None:
     lines = "".join(json.dumps(asdict(r)) + "\n" for r in records)
-    manifest_path, prompts_path = out / "manifest.json", out / "prompts.jsonl"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old != manifest or prompts_path.read_text() != lines:
+    if out.exists("manifest.json"):
+        old = json.loads(out.read("manifest.json"))
+        if old != manifest or out.read("prompts.jsonl").decode() != lines:
             raise ValueError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
                              "or the same options to resume")
         return
-    atomic_write(prompts_path, lambda tmp: tmp.write_text(lines))
-    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    out.write("prompts.jsonl", lines.encode())
+    out.write("manifest.json", json.dumps(manifest, indent=2).encode())
 
 
 class ActivationSet:
     """Read side of an activation directory: which (block, t, branch) exist, and their vectors."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        if not manifest.exists():
+        self.location = Location(path)
+        self.path: Path | str = self.location.local or self.location.uri
+        if not self.location.exists("manifest.json"):
             raise FileNotFoundError(f"{self.path} is not an activation directory (no manifest.json); "
                                     "make one with `atlas capture --out DIR`")
-        self.manifest = json.loads(manifest.read_text())
-        self.prompts = [PromptRecord(**json.loads(line)) for line in (self.path / "prompts.jsonl").open()]
-        self.done = sorted(int(p.stem.split("-")[1]) for p in (self.path / "done").glob("batch-*.json"))
+        self.manifest = json.loads(self.location.read("manifest.json"))
+        self.prompts = [PromptRecord(**json.loads(line))
+                        for line in self.location.read("prompts.jsonl").decode().splitlines()]
+        self.done = done_batches(self.location)
+
+    def marker(self, batch: int) -> dict:
+        """The done marker of one batch (its image ids and the blocks' grids)."""
+        return json.loads(self.location.read(marker_name(batch)))
 
     def keys(self) -> list[tuple[str, float, str]]:
         m = self.manifest
@@ -200,14 +244,16 @@ class ActivationSet:
 
     def shards(self, block: str, t: float, branch: str) -> Iterator[dict[str, torch.Tensor]]:
         self.check_key(block, t, branch)
-        directory = shard_dir(self.path, block, float(t), branch)
         for b in self.done:
-            path = directory / f"batch-{b:06d}.safetensors"
-            try:
-                yield load_file(str(path))
-            except Exception as err:  # safetensors raises several types for a damaged file
-                raise ValueError(f"corrupt or missing activation shard {path}: delete its done/batch-{b:06d}.json "
-                                 "and re-run the same `atlas capture` to redo it") from err
+            yield self.shard(block, t, branch, b)
+
+    def shard(self, block: str, t: float, branch: str, batch: int) -> dict[str, torch.Tensor]:
+        name = shard_name(block, t, branch, batch)
+        try:
+            return load(self.location.read(name))
+        except Exception as err:  # safetensors raises several types for a damaged file
+            raise ValueError(f"corrupt or missing activation shard {self.location.name(name)}: delete its "
+                             f"{marker_name(batch)} and re-run the same `atlas capture` to redo it") from err
 
     def load(self, block: str, t: float, branch: str, split: str | None = None) -> dict[str, torch.Tensor]:
         """All vectors of one (block, t, branch), optionally only of images in one split."""

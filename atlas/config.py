@@ -78,6 +78,22 @@ class CaptureConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where `atlas capture`, `encode` and `build` run their batches (see atlas.jobs.executor)."""
+
+    executor: str = "local"
+    """local (this process) or ray (batches spread over Ray actors, each loading the model once)."""
+    ray_address: str = ""
+    """ray: address of a running cluster (auto, or ray://head:10001); empty = a local Ray instance for this run."""
+    actors: int = 0
+    """ray: number of actors (0 = as many as the cluster's CPUs and GPUs hold)."""
+    num_gpus_per_actor: float = -1.0
+    """ray: GPUs per actor (negative = 1 when the cluster has GPUs, else 0: CPU actors)."""
+    num_cpus_per_actor: float = 1.0
+    """ray: CPUs per actor; a CPU actor runs torch on this many threads."""
+
+
+@dataclass
 class SaeJobConfig:
     """Options of `atlas train`: one TopK SAE per (block, t, branch) of an activation directory."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from atlas.config import CaptureConfig, GenerateConfig, ShapesTrainConfig
+from atlas.config import CaptureConfig, ExecutorConfig, GenerateConfig, ShapesTrainConfig
 from cli.common import CONTEXT, device_option, model_option, one_line_errors
 from cli.options import build_config, config_options
 
@@ -54,6 +54,7 @@ def generate(prompt, prompts_file, model_name, device, out_dir, **options) -> No
 @device_option
 @click.option("--out", "out_dir", required=True, help="Activation directory (re-run the same command to resume).")
 @config_options(CaptureConfig)
+@config_options(ExecutorConfig)
 @one_line_errors
 def capture(prompts_file, n_prompts, model_name, device, out_dir, **options) -> None:
     """Generate images and record delta = output - input of the hooked blocks (dense fp16 shards).
@@ -61,9 +62,13 @@ def capture(prompts_file, n_prompts, model_name, device, out_dir, **options) -> 
     Every prompt gets a split (train / dictionary / test, from a stable hash of its text), recorded
     in DIR/prompts.jsonl. Interrupt at any time; the same command resumes without duplicating work.
 
-    Example: atlas capture --model shapes --n-prompts 1000 --blocks down,mid,up --t 1.0,0.5,0.0 --out acts
+    \b
+    Examples:
+      atlas capture --model shapes --n-prompts 1000 --blocks down,mid,up --t 1.0,0.5,0.0 --out acts
+      atlas capture --model sd14 --prompts coco.txt --executor ray --ray-address auto --out s3://bucket/acts
     """
     from atlas.capture import capture as run_capture
+    from atlas.jobs.executor import open_executor
     from atlas.jobs.generate import read_prompts
     from atlas.models import load_model
     from atlas.shapes.world import captions
@@ -72,8 +77,9 @@ def capture(prompts_file, n_prompts, model_name, device, out_dir, **options) -> 
         raise click.UsageError("give exactly one of --prompts FILE or --n-prompts N")
     prompts = read_prompts(prompts_file) if prompts_file else captions(n_prompts, split=None, seed=options["seed"])
     config = build_config(CaptureConfig, options)
-    model = load_model(model_name, device=device)
-    out = run_capture(model, prompts, out_dir, config)
+    with open_executor(build_config(ExecutorConfig, options)) as executor:
+        model = load_model(model_name, device=device)
+        out = run_capture(model, prompts, out_dir, config, executor=executor)
     click.echo(f"captured {len(prompts)} images into {out}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from atlas.concepts import LinkConfig
-from atlas.config import BuildConfig, SaeJobConfig
+from atlas.config import BuildConfig, ExecutorConfig, SaeJobConfig
 from cli.common import CONTEXT, atlas_option, one_line_errors
 from cli.options import build_config, config_options
 from cli.store import format_table
@@ -65,23 +65,27 @@ def train(acts_dir, out_dir, block, t, branch, train_everything, **options) -> N
 @click.option("--saes", "saes_dir", default="saes", show_default=True, help="SAE checkpoints from `atlas train`.")
 @click.option("--branch", help="Only SAEs of this branch (default: every trained one).")
 @atlas_option
+@config_options(ExecutorConfig)
 @one_line_errors
-def encode(acts_dir, saes_dir, branch, atlas_dir) -> None:
+def encode(acts_dir, saes_dir, branch, atlas_dir, **options) -> None:
     """Run the trained SAEs over captured activations and store their top-k codes in an atlas.
 
     Creates the atlas if needed; adds the model, prompts, images, SAEs (with FAISS indexes) and
     per-concept statistics. Re-running skips SAEs already encoded.
 
     \b
-    Example:
+    Examples:
       atlas encode --activations acts --saes saes --atlas atlas
+      atlas encode --activations s3://bucket/acts --saes saes --atlas atlas --executor ray --ray-address auto
     """
     from atlas.capture import ActivationSet
     from atlas.jobs.encode import encode_atlas
+    from atlas.jobs.executor import open_executor
     from atlas.store import Atlas
 
-    with Atlas.create(_atlas_dir(atlas_dir)) as atlas:
-        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, branch=branch)
+    with open_executor(build_config(ExecutorConfig, options)) as executor, \
+            Atlas.create(_atlas_dir(atlas_dir)) as atlas:
+        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, branch=branch, executor=executor)
     click.echo(f"encoded {len(written)} SAEs ({sum(written.values()):,} codes) into {_atlas_dir(atlas_dir)}")
 
 
@@ -149,6 +153,7 @@ def link(source, atlas_dir, **options) -> None:
 
 @click.command(context_settings=CONTEXT)
 @config_options(BuildConfig)
+@config_options(ExecutorConfig)
 @one_line_errors
 def build(**options) -> None:
     """Build an atlas end to end: capture, train SAEs, encode, annotate, link.
@@ -159,10 +164,13 @@ def build(**options) -> None:
     Examples:
       atlas build --preset shapes --atlas atlas            # the embedded model, minutes on a CPU
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas   # GPU and local SD v1.4 weights
+      atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas --executor ray --ray-address auto
     """
     from atlas.jobs.build import build_atlas
+    from atlas.jobs.executor import open_executor
 
-    result = build_atlas(build_config(BuildConfig, options))
+    with open_executor(build_config(ExecutorConfig, options)) as executor:
+        result = build_atlas(build_config(BuildConfig, options), executor=executor)
     click.echo(f"atlas ready at {result.path} ({sum(result.seconds.values()):.0f} s); try "
                f"`atlas sql --atlas {result.path} \"SELECT * FROM saes\"`")
 

@@ -8,7 +8,8 @@
     report    the paper's tables and plots                                         report/
 
 Each stage skips the work it finds done, so re-running the same command after an interruption
-continues where it stopped and a finished atlas is not rebuilt.
+continues where it stopped and a finished atlas is not rebuilt. Capture and encode run their batches
+on the given executor (atlas.jobs.executor: this process, or Ray actors); the other stages run here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from atlas.concepts import LinkConfig
 from atlas.config import BuildConfig, CaptureConfig, SaeJobConfig
 from atlas.jobs.annotate import annotate_atlas
 from atlas.jobs.encode import encode_atlas
+from atlas.jobs.executor import Executor
 from atlas.jobs.link import link_atlas
 from atlas.jobs.train import SaeReport, ev_table, train_all
 from atlas.store import Atlas, default_path
@@ -76,7 +78,8 @@ def build_prompts(config: BuildConfig) -> list[str]:
     return captions(config.n_images, split=None, seed=config.seed)
 
 
-def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print) -> BuildResult:
+def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print,
+                executor: Executor | None = None) -> BuildResult:
     """Run (or resume) every stage; `say` receives one line per stage."""
     config, preset = resolve(config)
     if config.threads:
@@ -100,7 +103,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         model = load_model(config.model, device=config.device)
         capture_config = CaptureConfig(blocks=preset.blocks, t=preset.t, branches=config.branches,
                                        steps=config.steps, guidance=config.guidance, seed=config.seed)
-        capture(model, build_prompts(config), acts_dir, capture_config, progress=progress)
+        capture(model, build_prompts(config), acts_dir, capture_config, progress=progress, executor=executor)
         return f"{len(ActivationSet(acts_dir).prompts)} images -> {acts_dir}"
 
     def run_train() -> str:
@@ -109,7 +112,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{len(reports)} SAEs -> {saes_dir}\n" + ev_table(reports)
 
     def run_encode() -> str:
-        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, progress=progress)
+        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, progress=progress, executor=executor)
         return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
 
     def run_annotate() -> str:

@@ -2,12 +2,17 @@
 
 The trained SAEs run over every captured position; each position keeps its top-k (latent, value)
 pairs. One SAE is finalised (and marked done) at a time, so an interrupted run loses at most one SAE
-and a re-run skips the finished ones; writing the same images again replaces their codes.
+and a re-run skips the finished ones; writing the same images again replaces their codes. The shards
+of an SAE are encoded on an executor (atlas.jobs.executor: this process or Ray actors, which get the
+SAE once each); the driver stages the codes they return and commits them into the catalog.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from atlas.capture import ActivationSet
+from atlas.jobs.executor import Executor, LocalExecutor
 from atlas.jobs.train import load_sae, sae_dir
 from atlas.sae import Sae
 from atlas.store import Atlas
@@ -34,9 +40,14 @@ def register_capture(atlas: Atlas, acts: ActivationSet) -> np.ndarray:
                                                                         "branches", "resolution")})
     records = acts.prompts
     prompt_ids = atlas.add_prompts([(r.prompt, r.split) for r in records])
+    local = acts.location.local
+
+    def image_path(image_id: int) -> str:  # a capture on object storage keeps its URIs
+        name = f"images/{image_id:06d}.png"
+        return stored_path(atlas, local / name) if local else acts.location.name(name)
+
     images = [{"prompt_id": p, "seed": r.seed, "guidance": manifest["guidance"], "steps": manifest["steps"],
-               "path": stored_path(atlas, acts.path / "images" / f"{r.image_id:06d}.png")}
-              for r, p in zip(records, prompt_ids)]
+               "path": image_path(r.image_id)} for r, p in zip(records, prompt_ids)]
     ids = atlas.add_images(images)
     mapping = np.full(max(r.image_id for r in records) + 1, -1, dtype=np.int64)
     mapping[[r.image_id for r in records]] = ids
@@ -48,7 +59,8 @@ def stage_name(block: str, t: float, branch: str) -> str:
 
 
 def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branch: str | None = None,
-                 batch_positions: int = 65536, progress: bool = True) -> dict[str, int]:
+                 batch_positions: int = 65536, progress: bool = True,
+                 executor: Executor | None = None) -> dict[str, int]:
     """Encode every (block, t, branch) that has a trained SAE; returns codes written per SAE name."""
     mapping = register_capture(atlas, acts)
     keys = [k for k in acts.keys() if (branch is None or k[2] == branch)
@@ -67,8 +79,9 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
         sae = load_sae(saes_root, block, t, br)
         sae_id = register_sae(atlas, sae, sae_dir(saes_root, block, t, br), block, t, br, grids[block])
         rows = 0
-        for shard in acts.shards(block, t, br):
-            rows += _encode_shard(atlas, sae, sae_id, shard, mapping, batch_positions)
+        job = _EncodeJob(acts, sae, (block, t, br), batch_positions)
+        for image_id, row, col, latent, value in (executor or LocalExecutor()).map(job, acts.done):
+            rows += atlas.write_codes(sae_id, mapping[image_id], row, col, latent, value)
             bar.update(1)
         atlas.finalize_codes([sae_id])
         atlas.mark_stage(name, {"codes": rows})
@@ -92,21 +105,32 @@ def register_sae(atlas: Atlas, sae: Sae, path: Path, block: str, t: float, branc
 
 def _grids(acts: ActivationSet) -> dict[str, tuple[int, int]]:
     """Each block's (rows, cols), as capture recorded them in its batch markers."""
-    marker = acts.path / "done" / f"batch-{acts.done[0]:06d}.json"
-    grids = json.loads(marker.read_text())["grids"]
+    grids = acts.marker(acts.done[0])["grids"]
     return {block: (int(g[0]), int(g[1])) for block, g in grids.items()}
 
 
-def _encode_shard(atlas: Atlas, sae, sae_id: int, shard: dict, mapping: np.ndarray, batch_positions: int) -> int:
-    k = sae.cfg.k
-    acts, idx = [], []
-    with torch.no_grad():
-        for start in range(0, shard["x"].shape[0], batch_positions):
-            out = sae.encode(shard["x"][start:start + batch_positions].to(sae.dtype))
-            acts.append(out.top_acts.float())
-            idx.append(out.top_indices)
-    values, latents = torch.cat(acts).numpy(), torch.cat(idx).numpy()
-    image_ids = mapping[shard["image_id"].numpy().astype(np.int64)]
-    return atlas.write_codes(sae_id, np.repeat(image_ids, k), np.repeat(shard["row"].numpy(), k),
-                             np.repeat(shard["col"].numpy(), k), latents.reshape(-1), values.reshape(-1))
+@dataclass
+class _EncodeJob:
+    """Encoding the shards of one (block, t, branch) with its SAE, picklable for Ray."""
 
+    acts: ActivationSet
+    sae: Sae
+    key: tuple[str, float, str]
+    batch_positions: int
+
+    def start(self, device: str | None) -> Callable[[int], tuple[np.ndarray, ...]]:
+        return partial(self.run, self.sae.to(device) if device else self.sae)
+
+    def run(self, sae: Sae, batch: int) -> tuple[np.ndarray, ...]:
+        """Top-k codes of one shard: (capture image_id, row, col, latent, value), k rows per position."""
+        shard = self.acts.shard(*self.key, batch)
+        k = sae.cfg.k
+        acts, idx = [], []
+        with torch.no_grad():
+            for start in range(0, shard["x"].shape[0], self.batch_positions):
+                out = sae.encode(shard["x"][start:start + self.batch_positions].to(sae.device, sae.dtype))
+                acts.append(out.top_acts.float().cpu())
+                idx.append(out.top_indices.cpu())
+        image_ids = shard["image_id"].numpy().astype(np.int64)
+        return (np.repeat(image_ids, k), np.repeat(shard["row"].numpy(), k), np.repeat(shard["col"].numpy(), k),
+                torch.cat(idx).numpy().reshape(-1), torch.cat(acts).numpy().reshape(-1))

@@ -30,6 +30,8 @@ class TextToImageModel:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     path: Path | None = None
+    source: str = ""
+    """What `load_model` was given (sd14, shapes, a path), so another process (a Ray worker) loads the same model."""
 
     @property
     def max_length(self) -> int:

@@ -109,4 +109,5 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
         module.to(dev).eval()
         module.requires_grad_(False)
     return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
-                            scheduler=scheduler, vae=vae, device=dev, dtype=dt, path=path)
+                            scheduler=scheduler, vae=vae, device=dev, dtype=dt, path=path,
+                            source=name_or_path)
