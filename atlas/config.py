@@ -55,6 +55,10 @@ class ShapesTrainConfig:
     """trained (learned with the UNet) or frozen (kept at its seeded random initialisation, as SD keeps CLIP
     frozen: a jointly trained one learned to map 'left' and 'right' to the same output). With --init-from and
     frozen, only the UNet is loaded. A resumed run keeps its own."""
+    high_noise_fraction: float = 0.0
+    """Fraction of each batch trained at the noisiest 10 % of timesteps. There the noisy image hardly shows where
+    the objects are, so only the caption can say it: without this the model reads layout off the noise at every
+    other timestep and never learns 'left' or 'top'."""
 
 
 @dataclass

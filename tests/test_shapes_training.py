@@ -81,3 +81,13 @@ def test_a_frozen_text_encoder_keeps_its_random_weights(tmp_path):
     model = load_model(str(tmp_path / "model"), device="cpu")
     text = model.encode_text(["a red circle on the left", "a red circle on the right"])
     assert (text[0, 6] - text[1, 6]).norm() > 0.1 * text[0, 6].norm()  # 'left' and 'right' stay apart
+
+
+def test_high_noise_fraction_draws_that_share_from_the_noisiest_tenth():
+    from atlas.shapes.train import sample_timesteps
+
+    torch.manual_seed(0)
+    assert int(sample_timesteps(500, 1000, 1.0).min()) >= 900
+    share = float((sample_timesteps(20_000, 1000, 0.3) >= 900).float().mean())
+    assert abs(share - (0.3 + 0.7 * 0.1)) < 0.02  # the drawn share plus the uniform draws that land there
+    assert float((sample_timesteps(20_000, 1000, 0.0) >= 900).float().mean()) < 0.12

@@ -37,6 +37,15 @@ def training_batch(rng: random.Random, n: int, world: WorldConfig) -> tuple[list
     return [s.caption for s in scenes], _images_to_tensor(images)
 
 
+def sample_timesteps(n: int, num_train_timesteps: int, high_noise_fraction: float = 0.0) -> torch.Tensor:
+    """Uniform training timesteps, except that `high_noise_fraction` of them come from the noisiest 10 %."""
+    timesteps = torch.randint(0, num_train_timesteps, (n,))
+    high = torch.rand(n) < high_noise_fraction
+    top = num_train_timesteps - num_train_timesteps // 10
+    timesteps[high] = torch.randint(top, num_train_timesteps, (int(high.sum()),))
+    return timesteps
+
+
 class _Stop:
     def __init__(self) -> None:
         self.requested = False
@@ -116,7 +125,8 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
             captions = ["" if rng.random() < config.caption_dropout else c for c in captions]
             latents = model.encode_images(images)
             noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),))
+            timesteps = sample_timesteps(len(captions), scheduler.config.num_train_timesteps,
+                                         config.high_noise_fraction)
             noisy = scheduler.add_noise(latents, noise, timesteps)
             target = scheduler.get_velocity(latents, noise, timesteps)
             pred = model.predict(noisy, timesteps, model.encode_text(captions))
