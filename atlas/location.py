@@ -1,8 +1,8 @@
 """A directory on any pyarrow filesystem: a local path, or a URI such as s3://bucket/acts or gs://bucket/acts.
 
 Capture writes its shards, images and markers through a `Location`, so Ray workers on other machines can
-write straight to object storage. Writes are atomic in both cases: locally a temporary name is renamed
-(atlas.files.atomic_write); on an object store one PUT makes the object appear whole or not at all.
+write straight to object storage. Writes are atomic everywhere: on an object store (s3, gcs, abfs) one PUT
+makes the object appear whole or not at all; elsewhere (local disk, hdfs) a temporary name is renamed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from atlas.files import atomic_write
+
+OBJECT_STORES = ("s3", "gcs", "abfs")
 
 
 def is_uri(where: str | Path) -> bool:
@@ -78,8 +80,14 @@ class Location:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: tmp.write_bytes(data))
             return
-        with self._fs[0].open_output_stream(self._path(name)) as stream:
+        fs, path = self._fs[0], self._path(name)
+        target = path if fs.type_name in OBJECT_STORES else path + ".tmp"
+        if target != path:
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(target) as stream:
             stream.write(data)
+        if target != path:
+            fs.move(target, path)
 
     def files(self, directory: str, suffix: str) -> list[str]:
         """Base names of the files in `directory` ending with `suffix` (none when it does not exist)."""

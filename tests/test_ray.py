@@ -12,6 +12,7 @@ from atlas.config import CaptureConfig, ExecutorConfig, SaeJobConfig
 from atlas.jobs.encode import encode_atlas
 from atlas.jobs.executor import RayExecutor, open_executor
 from atlas.jobs.train import train_all
+from atlas.location import Location
 from atlas.models import load_model
 from atlas.shapes.world import captions
 from atlas.store import Atlas, open_atlas
@@ -96,3 +97,21 @@ def test_bad_executor_options_are_one_line_errors(tmp_path, args, message):
         result = CliRunner().invoke(main, command + args)
         assert result.exit_code == 1 and f"Error: {message}" in result.output, result.output
     assert not (tmp_path / "acts").exists() and not (tmp_path / "atlas").exists()
+
+
+def test_location_writes_reads_and_lists_on_a_non_local_filesystem(tmp_path):
+    """A non-local pyarrow filesystem (the in-memory mock://): the same files, written under a temporary name."""
+    remote = Location("mock:///bucket/acts")
+    assert remote.local is None and remote.name("done", "batch-000000.json") == "mock:///bucket/acts/done/batch-000000.json"
+    assert remote.files("done", ".json") == [] and not remote.exists("manifest.json")
+    remote.write("done/batch-000001.json", b"{}")
+    remote.write("done/batch-000000.json", b"[]")
+    remote.write("shards/mid/t1.0/cond/batch-000000.safetensors", b"x")
+    assert remote.files("done", ".json") == ["batch-000000.json", "batch-000001.json"]
+    assert remote.read("done/batch-000000.json") == b"[]" and remote.exists("done/batch-000001.json")
+    with pytest.raises(FileNotFoundError, match="mock:///bucket/acts/prompts.jsonl"):
+        remote.read("prompts.jsonl")
+    local = Location(f"file://{tmp_path}")
+    assert local.local == tmp_path
+    local.write("done/batch-000000.json", b"{}")
+    assert [p.name for p in (tmp_path / "done").iterdir()] == ["batch-000000.json"]  # renamed, no .tmp left

@@ -62,12 +62,12 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
                  batch_positions: int = 65536, progress: bool = True,
                  executor: Executor | None = None) -> dict[str, int]:
     """Encode every (block, t, branch) that has a trained SAE; returns codes written per SAE name."""
-    mapping = register_capture(atlas, acts)
     keys = [k for k in acts.keys() if (branch is None or k[2] == branch)
             and (sae_dir(saes_root, *k) / "sae.safetensors").exists()]
     if not keys:
         raise ValueError(f"no trained SAEs under {saes_root} for the activations in {acts.path}; "
                          "run `atlas train --all` first")
+    mapping = register_capture(atlas, acts)
     grids = _grids(acts)
     written: dict[str, int] = {}
     bar = tqdm(total=len(keys) * len(acts.done), unit="shard", desc="encode", disable=not progress)

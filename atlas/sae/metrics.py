@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
+from atlas.files import atomic_write
+
 if TYPE_CHECKING:
     from atlas.sae.model import Sae
 
@@ -160,11 +162,10 @@ def evaluate_with_stats(sae: Sae, data: ActivationData, batch_size: int = 4096) 
 def write_metrics(
     sae: Sae, directory: str | Path, metrics: dict[str, Any] | None = None, stats: LatentStats | None = None
 ) -> None:
-    """metrics.json, and stats.parquet with one row per latent: latent, frequency, mean_activation, decoder_norm."""
+    """stats.parquet with one row per latent (latent, frequency, mean_activation, decoder_norm), then metrics.json;
+    each atomically, metrics.json last since a resumed `atlas train` skips an SAE that has it."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    if metrics is not None:
-        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float) + "\n")
     if stats is not None:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -177,4 +178,7 @@ def write_metrics(
                 "decoder_norm": sae.W_dec.detach().float().norm(dim=1).cpu().numpy(),
             }
         )
-        pq.write_table(table, path / "stats.parquet")
+        atomic_write(path / "stats.parquet", lambda tmp: pq.write_table(table, tmp))
+    if metrics is not None:
+        text = json.dumps(metrics, indent=2, sort_keys=True, default=float) + "\n"
+        atomic_write(path / "metrics.json", lambda tmp: tmp.write_text(text))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from atlas.files import atomic_write
 from atlas.sae.config import SaeConfig
 
 if TYPE_CHECKING:
@@ -272,12 +273,15 @@ class Sae(nn.Module):
         metrics: dict[str, Any] | None = None,
         stats: LatentStats | None = None,
     ) -> Path:
-        """Write config.json + sae.safetensors (+ metrics.json and stats.parquet when given) to the directory."""
+        """Write config.json + sae.safetensors (+ stats.parquet and metrics.json when given) to the directory.
+
+        Each file is written atomically and metrics.json last: `atlas train` takes it to mean the SAE is done."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_NAME).write_text(json.dumps({"_class_name": "Sae", **self.cfg.to_dict()}, indent=2) + "\n")
+        config = json.dumps({"_class_name": "Sae", **self.cfg.to_dict()}, indent=2) + "\n"
+        atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(config))
         tensors = {name: p.detach().contiguous().cpu() for name, p in self.state_dict().items()}
-        save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         if metrics is not None or stats is not None:
             from atlas.sae.metrics import write_metrics
 

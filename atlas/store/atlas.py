@@ -10,7 +10,8 @@
 Read-only opens (the default; the CLI and web atlas use them) never write anything and never open
 the catalog file, so they work while a build writes. A writable open upgrades an atlas made by an
 older version first and rewrites a damaged catalog snapshot from the catalog; an atlas made by a
-newer version is refused before anything is opened.
+newer version is refused before anything is opened. It also publishes what a writer killed between its
+commit and its publication left unpublished (atlas.store.snapshot).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Atlas(Reads, Writes):
         catalog = Catalog(root, threads=threads)
         if snapshot.current(root) is None or catalog.revision() != migrate.head():
             catalog.upgrade()
+        catalog.recover()
         atlas = cls(root, readonly=False, threads=threads)
         if model_name:
             atlas.add_model(model_name)
@@ -104,6 +106,7 @@ def open_atlas(path: str | Path | None = None, readonly: bool = True, threads: i
             raise SchemaTooNewError(root, revision, migrate.head())
         if snapshot.meta(snapshot.current(root))["schema"] != migrate.head() or revision != migrate.head():
             catalog.upgrade()
+        catalog.recover()
         try:
             return Atlas(root, readonly=False, threads=threads)
         except CorruptFileError as err:

@@ -6,10 +6,15 @@ and retries while DuckDB reports the file locked). Inside a transaction the ORM 
 rows and the raw DuckDB connection bulk rows (Arrow tables inserted with one statement, since
 executemany through a DB-API driver costs milliseconds per row). After the commit, still holding the
 file, the writer publishes the tables it changed as a new snapshot generation (atlas.store.snapshot).
+
+Writers also hold `writers.lock` shared, from the first file they write to the commit that lists it
+(`hold`); `atlas check --repair` takes it exclusively (`exclusive`), so it never mistakes a file that
+is about to be listed for an orphan.
 """
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +26,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from atlas.store import migrate, snapshot
-from atlas.store.errors import CatalogBusyError
+from atlas.store.errors import AtlasInUseError, CatalogBusyError
 from atlas.store.schema import TABLES
 
 CATALOG_FILE = "catalog.duckdb"
+WRITERS_LOCK = "writers.lock"
+_EXCLUSIVE: set[Path] = set()
+"""Atlases this process holds exclusively: its own writes must not wait for itself."""
 
 
 class Transaction:
@@ -79,18 +87,62 @@ class Catalog:
                 delay = min(delay * 2, 0.5)
 
     @contextmanager
-    def write(self, *changed: str) -> Iterator[Transaction]:
-        """One transaction; after it commits, the `changed` tables are published for readers."""
-        connection = self._connect()
+    def _lock(self, mode: int) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / WRITERS_LOCK, "a") as handle:
+            fcntl.flock(handle, mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Shared with other writers, exclusive of `exclusive`: wrap writing a file and the commit listing it."""
+        if self.root.resolve() in _EXCLUSIVE:
+            yield
+            return
+        with self._lock(fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The atlas to this process alone (repairs); refused at once while another process writes."""
+        try:
+            with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+                _EXCLUSIVE.add(self.root.resolve())
+                try:
+                    yield
+                finally:
+                    _EXCLUSIVE.discard(self.root.resolve())
+        except BlockingIOError:
+            raise AtlasInUseError(self.root) from None
+
+    @contextmanager
+    def _committing(self, connection: Connection, changed: tuple[str, ...] | list[str]) -> Iterator[None]:
+        """One transaction, its tables marked stale first; a rollback unmarks them (nothing to publish)."""
+        previous = snapshot.mark_stale(self.root, changed)
         try:
             with connection.begin():
-                tx = Transaction(connection)
-                yield tx
-                tx.session.flush()
-                tx.session.close()
-            self._publish(connection, changed)
-        finally:
-            connection.close()
+                yield
+        except BaseException:
+            snapshot.restore_stale(self.root, previous)
+            raise
+
+    @contextmanager
+    def write(self, *changed: str) -> Iterator[Transaction]:
+        """One transaction; after it commits, the `changed` tables are published for readers."""
+        with self.hold():
+            connection = self._connect()
+            try:
+                with self._committing(connection, changed):
+                    tx = Transaction(connection)
+                    yield tx
+                    tx.session.flush()
+                    tx.session.close()
+                self._publish(connection, changed)
+            finally:
+                connection.close()
 
     def _publish(self, connection: Connection, changed: tuple[str, ...] | list[str]) -> None:
         raw = connection.connection.driver_connection
@@ -112,17 +164,24 @@ class Catalog:
 
     def upgrade(self, revision: str = "head") -> None:
         """Migrate in one transaction and publish every table (their columns may have changed)."""
-        connection = self._connect()
-        try:
-            with connection.begin():
-                migrate.upgrade(connection, revision)
-            self._publish(connection, TABLES)
-        finally:
-            connection.close()
+        with self.hold():
+            connection = self._connect()
+            try:
+                with self._committing(connection, TABLES):
+                    migrate.upgrade(connection, revision)
+                self._publish(connection, TABLES)
+            finally:
+                connection.close()
 
-    def republish(self) -> None:
-        connection = self._connect()
-        try:
-            self._publish(connection, TABLES)
-        finally:
-            connection.close()
+    def republish(self, tables: list[str] | tuple[str, ...] = tuple(TABLES)) -> None:
+        with self.hold():
+            connection = self._connect()
+            try:
+                self._publish(connection, tables)
+            finally:
+                connection.close()
+
+    def recover(self) -> None:
+        """Publish what a writer killed between its commit and its publication left unpublished (if anything)."""
+        if snapshot.stale(self.root):
+            self.republish(())

@@ -91,6 +91,12 @@ class CorruptFileError(AtlasError):
         super().__init__(f"atlas file {path} is missing or corrupt ({detail}); {fix}")
 
 
+class AtlasInUseError(AtlasError):
+    def __init__(self, path: object) -> None:
+        super().__init__(f"another process is writing to the atlas at {path}; run this again when no build, "
+                         "encode, annotate, link or edit is running")
+
+
 class CatalogBusyError(AtlasError):
     def __init__(self, path: object, seconds: float) -> None:
         super().__init__(f"the catalog {path} stayed locked by another writing process for {seconds:g} s; "

@@ -13,6 +13,11 @@ consistent catalog, never a half-written one:
 
 The newest KEEP generations stay, so a query that started on an older one can finish. A data file
 (codes, index) is deleted only when the last kept generation that lists it in `files` is pruned.
+
+A writer killed after its commit but before its generation is published would leave readers on stale
+tables until the next write happened to change the same ones (and a finalize would take the committed
+but unlisted codes files for orphans). So a writer names the tables it changes in `tables/STALE` before
+it commits; every publication also re-exports the tables listed there and then removes the file.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from atlas.files import atomic_write
+
 KEEP = 3
 TABLES_DIR = "tables"
+STALE = "STALE"
 
 
 def _gen_name(number: int) -> str:
@@ -47,11 +55,38 @@ def meta(generation: Path) -> dict:
     return json.loads((generation / "meta.json").read_text())
 
 
+def stale(root: Path) -> set[str]:
+    """Tables committed to the catalog but maybe not published yet (a writer died in between)."""
+    try:
+        return set((root / TABLES_DIR / STALE).read_text().split())
+    except FileNotFoundError:
+        return set()
+
+
+def mark_stale(root: Path, tables: Iterable[str]) -> set[str]:
+    """Before a commit: the tables it changes, so a publication after a crash re-exports them. Returns the
+    tables marked before, for `restore_stale` when the transaction rolls back."""
+    previous = stale(root)
+    restore_stale(root, previous | set(tables))
+    return previous
+
+
+def restore_stale(root: Path, tables: set[str]) -> None:
+    """Set the stale tables to exactly `tables` (none: no STALE file, as after a publication)."""
+    base = root / TABLES_DIR
+    if tables:
+        base.mkdir(parents=True, exist_ok=True)
+        atomic_write(base / STALE, lambda tmp: tmp.write_text("\n".join(sorted(tables))))
+    else:
+        (base / STALE).unlink(missing_ok=True)
+
+
 def publish(root: Path, tables: Iterable[str], changed: Iterable[str], schema: str,
             export: Callable[[str, Path], None]) -> Path:
-    """Write a new generation: `export(table, path)` for the changed tables, links for the others."""
+    """Write a new generation: `export(table, path)` for the changed (and stale) tables, links for the others."""
     base = root / TABLES_DIR
     base.mkdir(parents=True, exist_ok=True)
+    changed = set(changed) | stale(root)
     previous = current(root)
     number = meta(previous)["generation"] + 1 if previous else 1
     final = base / _gen_name(number)
@@ -59,7 +94,6 @@ def publish(root: Path, tables: Iterable[str], changed: Iterable[str], schema: s
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)  # left by a crash between this rename and CURRENT's
     staging.mkdir()
-    changed = set(changed)
     for table in tables:
         target = staging / f"{table}.parquet"
         old = previous / f"{table}.parquet" if previous else None
@@ -72,6 +106,7 @@ def publish(root: Path, tables: Iterable[str], changed: Iterable[str], schema: s
     pointer_tmp = base / "CURRENT.tmp"
     pointer_tmp.write_text(final.name)
     os.replace(pointer_tmp, base / "CURRENT")
+    (base / STALE).unlink(missing_ok=True)
     _prune(root, number)
     return final
 

@@ -6,8 +6,9 @@ schema `snapshot` in one transaction (they are small, and opening a Parquet file
 per query, more than a whole lookup); the codes views read the Parquet files the generation lists.
 The connection is locked down before any user SQL runs: external access is off except for the atlas
 directory (`allowed_directories`), nothing spills to a temp directory, the configuration is locked, and
-user SQL must be a single SELECT (or EXPLAIN), so COPY, ATTACH, INSTALL, CREATE and friends are refused
-before DuckDB sees them. A timer calls `interrupt()` to enforce the time limit; the row cap is a
+user SQL must be a single SELECT (or an EXPLAIN of one: EXPLAIN ANALYZE runs what it explains), so COPY,
+ATTACH, INSTALL, CREATE and friends are refused before DuckDB sees them; the allowed directory would
+let a COPY write into the atlas. A timer calls `interrupt()` to enforce the time limit; the row cap is a
 LIMIT on the user's relation, so DuckDB stops producing rows early.
 
 Views: models, prompts, images (+ prompt, split), saes, concepts, labels, objects (+ label),
@@ -22,6 +23,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,15 +123,22 @@ class Views:
         self.refresh()
 
     def refresh(self) -> None:
-        """Point the views at the newest generation if it changed (one small file read per call)."""
-        generation = snapshot.current(self.root)
-        if generation is None:
-            raise AtlasNotFoundError(self.root)
-        if generation == self.generation:
-            return
-        with self._lock:
-            if generation != self.generation:
-                self._load(generation)
+        """Point the views at the newest generation if it changed (one small file read per call). A generation
+        pruned while it loads (writers published KEEP newer ones meanwhile) is skipped for the newest."""
+        for attempt in range(5):
+            generation = snapshot.current(self.root)
+            if generation is None:
+                raise AtlasNotFoundError(self.root)
+            if generation == self.generation:
+                return
+            try:
+                with self._lock:
+                    if generation != self.generation:
+                        self._load(generation)
+                return
+            except CorruptFileError:
+                if attempt == 4 or snapshot.current(self.root) == generation:
+                    raise
 
     def _load(self, generation: Path) -> None:
         try:
@@ -192,15 +201,46 @@ class Views:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own (threads may query at once) sharing the views."""
         self.refresh()
-        return self._con.cursor()
+        with self._lock:  # the shared connection refuses calls while _load runs on it in another thread
+            return self._con.cursor()
 
     def query(self, sql: str, params: list | tuple | dict = ()) -> pa.Table:
         """Trusted SQL of the API (no statement check), errors translated; retried once on a vanished file."""
+        return self._retrying(lambda cur: cur.sql(
+            sql, params=(params if isinstance(params, dict) else list(params)) or None).to_arrow_table())
+
+    def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
+        """Run one read-only statement of user SQL with a time limit and a row cap; like `query`, it retries once
+        on a newer generation when a writer pruned a file of the one it started on."""
+        start = time.perf_counter()
+
+        def run(cur: duckdb.DuckDBPyConnection) -> pa.Table:
+            timer = threading.Timer(timeout, cur.interrupt)
+            timer.start()
+            try:
+                check_read_only(cur, query)
+                for name in (_referenced_tables(cur, query) & set(self.broken)) if self.broken else ():
+                    raise self.broken[name]
+                relation = cur.sql(query)
+                if relation is None:
+                    raise SqlError("the statement returned no rows")
+                return relation.limit(max_rows + 1).to_arrow_table()
+            except duckdb.InterruptException:
+                raise QueryTimeoutError(timeout) from None
+            finally:
+                timer.cancel()
+
+        table = self._retrying(run)
+        truncated = table.num_rows > max_rows
+        return QueryResult(table.slice(0, max_rows), truncated, (time.perf_counter() - start) * 1000)
+
+    def _retrying(self, run: Callable[[duckdb.DuckDBPyConnection], pa.Table]) -> pa.Table:
+        """`run(cursor)` with DuckDB's errors translated, once more on the newest generation when a writer pruned a
+        file of the one it started on."""
         for attempt in (0, 1):
             cur = self.cursor()
             try:
-                return cur.sql(sql, params=(params if isinstance(params, dict) else list(params)) or None
-                               ).to_arrow_table()
+                return run(cur)
             except duckdb.Error as err:
                 if attempt == 0 and _vanished(err):
                     self.generation = None
@@ -209,30 +249,6 @@ class Views:
             finally:
                 cur.close()
         raise AssertionError("unreachable")
-
-    def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
-        """Run one read-only statement of user SQL with a time limit and a row cap."""
-        check_read_only(self._con, query)
-        cur = self.cursor()
-        timer = threading.Timer(timeout, cur.interrupt)
-        start = time.perf_counter()
-        timer.start()
-        try:
-            for name in (_referenced_tables(cur, query) & set(self.broken)) if self.broken else ():
-                raise self.broken[name]
-            relation = cur.sql(query)
-            if relation is None:
-                raise SqlError("the statement returned no rows")
-            table = relation.limit(max_rows + 1).to_arrow_table()
-        except duckdb.InterruptException:
-            raise QueryTimeoutError(timeout) from None
-        except duckdb.Error as err:
-            raise translate(err, self.root) from None
-        finally:
-            timer.cancel()
-            cur.close()
-        truncated = table.num_rows > max_rows
-        return QueryResult(table.slice(0, max_rows), truncated, (time.perf_counter() - start) * 1000)
 
     def close(self) -> None:
         self._con.close()
@@ -250,7 +266,32 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
         raise ReadOnlySqlError(f"one statement at a time, got {len(statements)}")
     if statements[0].type not in ALLOWED_STATEMENTS:
         keyword = (statements[0].query.split() or [statements[0].type.name])[0].upper()
+        keyword = statements[0].type.name if keyword == "WITH" else keyword  # WITH ... DELETE is a DELETE
         raise ReadOnlySqlError(f"{keyword} statements are refused, only SELECT (and EXPLAIN) run")
+    if statements[0].type == duckdb.StatementType.EXPLAIN:
+        try:
+            explained = con.extract_statements(_explained(statements[0].query))
+        except duckdb.Error:
+            explained = []
+        if len(explained) != 1 or explained[0].type != duckdb.StatementType.SELECT:
+            raise ReadOnlySqlError("EXPLAIN only runs on a SELECT (EXPLAIN ANALYZE executes what it explains)")
+
+
+def _explained(query: str) -> str:
+    """The statement after `EXPLAIN [ANALYZE] [(options)]`, found with DuckDB's tokenizer so comments cannot
+    hide it."""
+    depth = 0
+    for position, kind in duckdb.tokenize(query):
+        word = re.match(r"\w+|\S", query[position:]).group(0)
+        if kind == duckdb.token_type.comment:
+            continue
+        if word == "(":
+            depth += 1
+        elif word == ")":
+            depth -= 1
+        elif depth == 0 and word.upper() not in ("EXPLAIN", "ANALYZE"):
+            return query[position:]
+    return ""
 
 
 def _referenced_tables(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:

@@ -177,7 +177,7 @@ class Writes:
         table = codes.prepare_part(sae.id, sae.n_latents, image_id, row, col, latent, value)
         if table is None:
             return 0
-        with self._codes_lock(shared=True):
+        with self._catalog.hold(), self._codes_lock(shared=True):
             codes.stage_part(self.root, sae.id, table)
         return table.num_rows
 
@@ -197,7 +197,8 @@ class Writes:
         """Merge staged codes into the final layout (see atlas.store.codes); returns rows per SAE compacted.
         Call it once after a run of write_codes: it re-sorts every image bucket the new codes touch."""
         catalog = self._writable("finalize codes")
-        with self._codes_lock():
+        with catalog.hold(), self._codes_lock():
+            catalog.recover()  # a finalize killed before publishing: its files are listed once this publishes
             generations = sorted(p for p in (self.root / snapshot.TABLES_DIR).glob("g[0-9]*") if p.is_dir())
             codes.remove_orphans(self.root, set().union(*(snapshot.listed_files(g) for g in generations)))
             pending = {s: p for s, p in codes.pending_parts(self.root).items() if sae_ids is None or s in sae_ids}
@@ -380,27 +381,28 @@ class Writes:
         if np.shape(decoder) != (sae.n_latents, sae.d_in):
             raise InvalidInputError(f"decoder has shape {np.shape(decoder)}, expected ({sae.n_latents}, {sae.d_in})")
         catalog = self._writable("build an index")
-        own = faiss_index.sae_index(decoder)
-        token = codes.token()
-        own_path = self.root / "index" / f"sae-{sae.id}-{token}.faiss"
-        own_bytes = faiss_index.write(own, own_path)
-        members = [(sae.id, own)]
-        for other in self.saes():
-            if other.id != sae.id and other.block == sae.block and other.branch == sae.branch:
-                paths = self._files("faiss_sae", sae_id=other.id)
-                if paths:
-                    members.append((other.id, faiss_index.read(paths[0], str(paths[0].relative_to(self.root)))))
-        key = f"{sae.block}/{sae.branch}"
-        block = faiss_index.block_index(sorted(members, key=lambda m: m[0]))
-        block_path = self.root / "index" / f"block-{sae.block}-{sae.branch}-{token}.faiss"
-        block_bytes = faiss_index.write(block, block_path)
-        with catalog.write("files") as tx:
-            tx.query("DELETE FROM files WHERE (kind = 'faiss_sae' AND sae_id = ?) "
-                     "OR (kind = 'faiss_block' AND key = ?)", [sae.id, key])
-            tx.session.add(File(path=str(own_path.relative_to(self.root)), kind="faiss_sae", sae_id=sae.id,
-                                rows=own.ntotal, bytes=own_bytes))
-            tx.session.add(File(path=str(block_path.relative_to(self.root)), kind="faiss_block", key=key,
-                                rows=block.ntotal, bytes=block_bytes))
+        with catalog.hold():  # the files are orphans until the catalog lists them
+            own = faiss_index.sae_index(decoder)
+            token = codes.token()
+            own_path = self.root / "index" / f"sae-{sae.id}-{token}.faiss"
+            own_bytes = faiss_index.write(own, own_path)
+            members = [(sae.id, own)]
+            for other in self.saes():
+                if other.id != sae.id and other.block == sae.block and other.branch == sae.branch:
+                    paths = self._files("faiss_sae", sae_id=other.id)
+                    if paths:
+                        members.append((other.id, faiss_index.read(paths[0], str(paths[0].relative_to(self.root)))))
+            key = f"{sae.block}/{sae.branch}"
+            block = faiss_index.block_index(sorted(members, key=lambda m: m[0]))
+            block_path = self.root / "index" / f"block-{sae.block}-{sae.branch}-{token}.faiss"
+            block_bytes = faiss_index.write(block, block_path)
+            with catalog.write("files") as tx:
+                tx.query("DELETE FROM files WHERE (kind = 'faiss_sae' AND sae_id = ?) "
+                         "OR (kind = 'faiss_block' AND key = ?)", [sae.id, key])
+                tx.session.add(File(path=str(own_path.relative_to(self.root)), kind="faiss_sae", sae_id=sae.id,
+                                    rows=own.ntotal, bytes=own_bytes))
+                tx.session.add(File(path=str(block_path.relative_to(self.root)), kind="faiss_block", key=key,
+                                    rows=block.ntotal, bytes=block_bytes))
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
