@@ -1,20 +1,28 @@
-"""What every `atlas` command shares: context settings, one-line errors, the common options."""
+"""What every `atlas` command shares: context settings, one-line errors, the common options and types."""
 
 from __future__ import annotations
 
 import functools
+import math
+import re
 
 import click
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
+MAX_PROMPT_CHARS = 1000
+"""Text encoders read 77 tokens (about 300 characters); a prompt far longer than that is a mistake."""
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+SURROGATE = re.compile("[\udc80-\udcff]")  # how Python keeps argv bytes that are not UTF-8
 
 
 def one_line_errors(func):
-    """Turn the library's expected errors into a one-line `Error: ...` and exit code 1, not a traceback."""
+    """Turn the library's expected errors into a one-line `Error: ...` and exit code 1, not a traceback.
+    Arguments that are not UTF-8 are refused first: nothing downstream (SQL, JSON, the catalog) can store them."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _refuse_undecodable(kwargs)
         try:
             return func(*args, **kwargs)
         except EXPECTED_ERRORS as err:
@@ -24,8 +32,56 @@ def one_line_errors(func):
     return wrapper
 
 
+def _refuse_undecodable(values: dict) -> None:
+    context = click.get_current_context(silent=True)
+    params = {p.name: p for p in context.command.params} if context else {}
+    for name, value in values.items():
+        for text in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(text, str) and SURROGATE.search(text):
+                raise click.BadParameter("is not valid UTF-8 text: pass it in UTF-8 (check the terminal's encoding)",
+                                         param=params.get(name), param_hint=None if name in params else name)
+
+
+class PromptText(click.ParamType):
+    """A prompt: some non-blank text of at most MAX_PROMPT_CHARS characters."""
+
+    name = "prompt"
+
+    def convert(self, value, param, ctx):
+        text = str(value)
+        if not text.strip():
+            self.fail("is empty: give the text of the image, e.g. 'a red circle on the left'", param, ctx)
+        if len(text) > MAX_PROMPT_CHARS:
+            self.fail(f"has {len(text):,} characters; give at most {MAX_PROMPT_CHARS} (the text encoder reads "
+                      "77 tokens)", param, ctx)
+        return text
+
+
+class DeviceName(click.ParamType):
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        if not DEVICE.fullmatch(str(value)):
+            self.fail(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps", param, ctx)
+        return str(value)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is also finite: `nan` passes every comparison of a plain FloatRange."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+PROMPT = PromptText()
+DEVICE_NAME = DeviceName()
+
+
 def device_option(func):
-    return click.option("--device", default="auto", show_default=True,
+    return click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
                         help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")(func)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from atlas.edit.config import EditConfig, EvalEditsConfig
-from cli.common import CONTEXT, atlas_option, one_line_errors
+from cli.common import CONTEXT, PROMPT, FiniteFloat, atlas_option, one_line_errors
 from cli.options import build_config, config_options, field_docs
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("prompt")
+@click.argument("prompt", type=PROMPT)
 @click.option("--concept", "concepts", multiple=True, required=True,
               help="A label ('red circle'), a concept id (mid/1.0/412) or a SQL query returning concept_id. "
                    "Repeat to compose several edits.")
@@ -18,7 +18,7 @@ from cli.options import build_config, config_options, field_docs
               help="top-left, top-right, bottom-left, bottom-right (or left, right, top, bottom), a box "
                    "x0,y0,x1,y1 (fractions, or pixels when a value exceeds 1), a mask .png, or global. Omit "
                    "for a global edit; give one for all concepts or one per --concept.")
-@click.option("--strength", type=float, default=None, help=field_docs(EditConfig)["strength"])
+@click.option("--strength", type=FiniteFloat(min=0), default=None, help=field_docs(EditConfig)["strength"])
 @click.option("--out", default="edit.png", show_default=True,
               help="PNG: unedited | edited | each concept's activation map with its region.")
 @atlas_option

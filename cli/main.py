@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from atlas.config import CaptureConfig, ExecutorConfig, GenerateConfig, ShapesTrainConfig
-from cli.common import CONTEXT, device_option, model_option, one_line_errors
+from cli.common import CONTEXT, PROMPT, device_option, model_option, one_line_errors
 from cli.options import build_config, config_options
 
 
@@ -22,8 +22,9 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("prompt", nargs=-1)
-@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File with one prompt per line.")
+@click.argument("prompt", nargs=-1, type=PROMPT)
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
+              help="File with one prompt per line.")
 @model_option
 @device_option
 @click.option("--out", "out_dir", default="generated", show_default=True, help="Output directory.")
@@ -47,8 +48,9 @@ def generate(prompt, prompts_file, model_name, device, out_dir, **options) -> No
 
 
 @main.command()
-@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File with one prompt per line.")
-@click.option("--n-prompts", type=int, default=0,
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
+              help="File with one prompt per line.")
+@click.option("--n-prompts", type=click.IntRange(min=0), default=0,
               help="Instead of a file: this many captions from the shapes world's generator (all splits).")
 @model_option
 @device_option
@@ -109,6 +111,9 @@ def shapes_train(**options) -> None:
 @one_line_errors
 def shapes_export(run_dir, out_dir, run_eval, train_command) -> None:
     """Write a run's EMA weights (diffusers layout, fp16 safetensors) and its model card with the quality table."""
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    if not ckpt.exists():  # before the imports: they take seconds
+        raise click.ClickException(f"no checkpoint in {run_dir}: run `atlas shapes train --run-dir {run_dir}`")
     import json
 
     from atlas.models import load_model
@@ -117,9 +122,6 @@ def shapes_export(run_dir, out_dir, run_eval, train_command) -> None:
     from atlas.shapes.evaluate import evaluate, write_eval
     from atlas.shapes.train import export
 
-    ckpt = Path(run_dir) / "checkpoint.pt"
-    if not ckpt.exists():
-        raise click.ClickException(f"no checkpoint in {run_dir}: run `atlas shapes train --run-dir {run_dir}`")
     out = Path(out_dir) if out_dir else shapes_model_dir()
     facts = export(ckpt, out)
     click.echo(f"exported step {facts['steps']} ({facts['hours']:.2f} h of training) to {out}")
@@ -136,8 +138,9 @@ def shapes_export(run_dir, out_dir, run_eval, train_command) -> None:
 @shapes.command("eval")
 @model_option
 @device_option
-@click.option("--n", default=256, show_default=True, help="Held-out captions to generate and score.")
-@click.option("--steps", default=0, help="DDIM steps (0 = model default).")
+@click.option("--n", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Held-out captions to generate and score.")
+@click.option("--steps", default=0, type=click.IntRange(min=0), help="DDIM steps (0 = model default).")
 @click.option("--guidance", default=-1.0, help="CFG scale (negative = model default).")
 @click.option("--out", "out_dir", default=None, help="Also write eval.json and a grid of the images here.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any figure is under its bar.")

@@ -6,7 +6,7 @@ import click
 
 from atlas.concepts import LinkConfig
 from atlas.config import BuildConfig, ExecutorConfig, SaeJobConfig
-from cli.common import CONTEXT, atlas_option, one_line_errors
+from cli.common import CONTEXT, DEVICE_NAME, PROMPT, FiniteFloat, atlas_option, one_line_errors
 from cli.options import build_config, config_options
 from cli.store import format_table
 
@@ -62,8 +62,10 @@ def train(acts_dir, out_dir, block, t, branch, train_everything, **options) -> N
 @click.command(context_settings=CONTEXT)
 @click.option("--activations", "acts_dir", required=True, type=click.Path(file_okay=False),
               help="Activation directory written by `atlas capture`.")
-@click.option("--saes", "saes_dir", default="saes", show_default=True, help="SAE checkpoints from `atlas train`.")
-@click.option("--branch", help="Only SAEs of this branch (default: every trained one).")
+@click.option("--saes", "saes_dir", default="saes", show_default=True, type=click.Path(exists=True, file_okay=False),
+              help="SAE checkpoints from `atlas train`.")
+@click.option("--branch", type=click.Choice(["cond", "uncond"]),
+              help="Only SAEs of this branch (default: every trained one).")
 @atlas_option
 @config_options(ExecutorConfig)
 @one_line_errors
@@ -95,6 +97,7 @@ def encode(acts_dir, saes_dir, branch, atlas_dir, **options) -> None:
 @click.option("--grounding-dino", default=None, help="grounded-sam: Grounding DINO checkpoint (path or HF id).")
 @click.option("--sam", default=None, help="grounded-sam: SAM checkpoint (path or HF id).")
 @click.option("--tagger", default="prompt-nouns", show_default=True,
+              type=click.Choice(["prompt-nouns", "open-clip", "ram"]),
               help="grounded-sam: where object names come from: prompt-nouns, open-clip or ram.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @atlas_option
@@ -179,8 +182,10 @@ def build(**options) -> None:
 @click.option("--atlas", "atlas_dir", default=None,
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas, or demo/atlas in a "
                    "source checkout]")
-@click.option("--n-images", default=0, show_default=True, help="Images to generate (0 = the shapes preset's).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), cpu, cuda.")
+@click.option("--n-images", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Images to generate (0 = the shapes preset's).")
+@click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
+              help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
 def demo(atlas_dir, n_images, device) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
@@ -204,12 +209,12 @@ def demo(atlas_dir, n_images, device) -> None:
 
 
 @click.command("predict-layout", context_settings=CONTEXT)
-@click.argument("prompt")
+@click.argument("prompt", type=PROMPT)
 @click.option("--label", required=True, help="The object whose place to predict, e.g. 'red circle'.")
 @click.option("--t", "t", type=float, default=1.0, show_default=True, help="Timestep whose codes are read.")
 @click.option("--block", default="mid", show_default=True, help="Block whose SAE reads them.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--similarity", default=0.85, show_default=True,
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--similarity", default=0.85, show_default=True, type=FiniteFloat(-1, 1),
               help="Cosine similarity to the label a position's concept needs to count.")
 @click.option("--out", "out_path", default="layout.png", show_default=True, help="PNG to write.")
 @atlas_option
@@ -247,7 +252,8 @@ def predict_layout(prompt, label, t, block, seed, similarity, out_path, atlas_di
 
 @click.command(context_settings=CONTEXT)
 @click.option("--out", "out_dir", default=None, help="Report directory  [default: <atlas>/report]")
-@click.option("--similarity", default=0.85, show_default=True, help="Layout prediction similarity threshold.")
+@click.option("--similarity", default=0.85, show_default=True, type=FiniteFloat(-1, 1),
+              help="Layout prediction similarity threshold.")
 @atlas_option
 @one_line_errors
 def report(out_dir, similarity, atlas_dir) -> None:
@@ -275,27 +281,38 @@ def report(out_dir, similarity, atlas_dir) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--max-lines", default=50, show_default=True, help="Problems to print before summarising the rest.")
+@click.option("--max-lines", default=50, show_default=True, type=click.IntRange(min=0),
+              help="Problems to print before summarising the rest.")
+@click.option("--repair", is_flag=True, help="First remove orphans (files the catalog does not list: leftovers of "
+              "interrupted writes), one line each; refused while another process writes to the atlas.")
 @atlas_option
 @one_line_errors
-def check(max_lines, atlas_dir) -> None:
+def check(max_lines, repair, atlas_dir) -> None:
     """Verify an atlas: every listed file exists and reads, counts match the catalog, SAEs load.
 
-    Read-only (safe while a build writes). Prints one problem per line and exits with 1 when there are any.
+    Read-only (safe while a build writes) unless --repair. Prints one problem per line and exits with 1
+    when there are any.
 
     \b
-    Example:
+    Examples:
       atlas check --atlas atlas
+      atlas check --atlas atlas --repair
     """
-    from atlas.jobs.check import check_atlas
+    from atlas.jobs.check import check_atlas, repair_atlas
     from atlas.store import open_atlas
 
+    if repair:
+        for path in repair_atlas(atlas_dir):
+            click.echo(f"removed {path}")
     with open_atlas(atlas_dir) as atlas:
         report = check_atlas(atlas)
     for line in report.problems[:max_lines]:
         click.echo(line)
     if len(report.problems) > max_lines:
         click.echo(f"... and {len(report.problems) - max_lines} more")
+    if report.orphans:
+        click.echo(f"{len(report.orphans)} files the catalog does not list (left by interrupted writes, or being "
+                   f"written now), e.g. {report.orphans[0]}: `atlas check --repair` removes them")
     checked = ", ".join(f"{n} {what}s" for what, n in report.checked.items())
     click.echo(f"checked {checked}: " + ("no problems" if report.ok else f"{len(report.problems)} problems"),
                err=not report.ok)

@@ -33,7 +33,12 @@ def serve(atlas_dir: str | None, host: str, port: int, read_only: bool, threads:
 
     app = create_app(atlas_dir or default_path(), read_only=read_only, threads=threads or None)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.create_server((host, port), family=family) as sock:  # bind first, so the printed URL has the real port
+    try:  # bind first, so the printed URL has the real port
+        sock = socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --host "
+                                   "or --port (0 picks a free one)") from None
+    with sock:
         bound = sock.getsockname()[1]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         click.echo(f"serving {app.state.atlas.root} at http://{shown}:{bound}/ (Ctrl-C stops)")

@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import click
@@ -47,10 +49,19 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        with open(output, "w", encoding="utf-8", newline="") as handle:
+        with _writing(output), open(output, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
     else:
         click.echo(text, nl=not text.endswith("\n"))
+
+
+@contextmanager
+def _writing(output: str) -> Iterator[None]:
+    """An --output that cannot be written (no such directory, no permission) as one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise click.ClickException(f"cannot write {output}: {err.strerror or err}; choose another --output") from None
 
 
 def _csv(columns: list[str], rows: list[tuple]) -> str:
@@ -97,7 +108,8 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: s
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(result.table, output)
+        with _writing(output):
+            pq.write_table(result.table, output)
     elif fmt == "json":
         _emit(json.dumps(result.to_dicts(), default=str, indent=1) + "\n", output)
     elif fmt == "csv":

@@ -48,7 +48,8 @@ def test_bad_input_gives_one_line_errors(runner, tmp_path):
     cases = [
         (["generate", "--prompts", str(empty), "--out", str(tmp_path / "a")], "holds no prompts"),
         (["generate", "x", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "b")], "no model"),
-        (["generate", "x", "--n-per-prompt", "0", "--out", str(tmp_path / "c")], "--n-per-prompt must be"),
+        (["generate", "x", "--n-per-prompt", "0", "--out", str(tmp_path / "c")],
+         "'--n-per-prompt': 0 is not in the range x>=1"),
         (["generate", "x", "--device", "cuda:7", "--out", str(tmp_path / "d")], "no CUDA GPU"),
         (["generate", "--out", str(tmp_path / "e")], "give prompts"),
     ]

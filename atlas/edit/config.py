@@ -1,8 +1,32 @@
-"""Options of `atlas edit` and `atlas eval-edits`; the attribute docstrings are the CLI's --help text."""
+"""Options of `atlas edit` and `atlas eval-edits`; the attribute docstrings are the CLI's --help text.
+
+Both check themselves when made, so a bad value (a negative strength, an unknown branch) fails before an
+atlas is opened or a model is loaded, whether it came from the CLI, the web page or Python.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+BRANCHES = ("cond", "both")
+KINDS = ("spatial", "style")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def _strength(value: float, name: str = "strength") -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"bad {name} {value!r}: give a number >= 0 (0 leaves the image unchanged)")
+    return float(value)
+
+
+def _branch(value: str) -> None:
+    if value not in BRANCHES:
+        raise ValueError(f"unknown branch {value!r}; use one of {', '.join(BRANCHES)}")
 
 
 @dataclass
@@ -32,6 +56,13 @@ class EditConfig:
     log: bool = True
     """Record the edit (inputs and outcome) in the atlas's interventions table."""
 
+    def __post_init__(self) -> None:
+        if self.strength is not None:
+            _strength(self.strength)
+        _branch(self.branch)
+        for name, low in (("max_concepts", 1), ("seed", 0), ("steps", 0)):
+            _at_least(name, getattr(self, name), low)
+
 
 @dataclass
 class EvalEditsConfig:
@@ -56,3 +87,20 @@ class EvalEditsConfig:
     """Seed of the first prompt (prompt i uses seed + i)."""
     batch_size: int = 32
     """Edited images denoised together."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; use spatial or style")
+        _branch(self.branch)
+        for name, low in (("n", 1), ("max_concepts", 1), ("seed", 0), ("batch_size", 1)):
+            _at_least(name, getattr(self, name), low)
+        self.sweep()
+
+    def sweep(self) -> list[float] | None:
+        """The strengths of --strengths, or None for the built-in sweep."""
+        try:
+            values = [float(s) for s in self.strengths.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"bad --strengths {self.strengths!r}: give numbers separated by commas, e.g. 2,8,32") \
+                from None
+        return [_strength(v, "strength in --strengths") for v in values] or None

@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 
 from atlas.annotate import mask_to_grid
+from atlas.edit.config import BRANCHES
 from atlas.models.hooks import Hooks, StepInfo, step_to_t, t_to_step
 from atlas.sae import Sae
 from atlas.shapes.world import POSITIONS
 
-BRANCHES = ("cond", "both")
 KINDS = ("spatial", "global")
 REGION_COVERAGE = 0.5  # a grid cell is inside the region when the region covers at least half of it
 
@@ -102,13 +102,20 @@ def parse_region(text: str, size: int) -> np.ndarray:
             raise ValueError(f"bad region box {text!r}: need x0 < x1 and y0 < y1 inside the {size}x{size} image")
         return box_mask((x0, y0, x1, y1), size)
     path = Path(text)
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") or path.exists():
+    if is_mask_file(text):
         if not path.is_file():
             raise FileNotFoundError(f"region mask {text} does not exist")
         gray = np.asarray(Image.open(path).convert("L").resize((size, size), Image.BILINEAR))
         return gray >= 128
     names = ", ".join(p.replace(" ", "-") for p in POSITIONS)
     raise ValueError(f"bad region {text!r}: use one of {names}, a box x0,y0,x1,y1 or a mask .png")
+
+
+def is_mask_file(region: str) -> bool:
+    """Whether parse_region reads `region` as a mask image (a named region or a box never is)."""
+    text = str(region).strip()
+    return bool(text) and text.lower().replace("-", " ").replace("_", " ") not in POSITIONS and (
+        Path(text).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") or Path(text).exists())
 
 
 def box_mask(box: tuple[float, float, float, float], size: int) -> np.ndarray:

@@ -143,10 +143,6 @@ def judge_case(kind: str, case: Case, original: np.ndarray, edited: np.ndarray, 
 def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model: TextToImageModel | None = None,
                progress: bool = True, say: Callable[[str], None] = print) -> EvalResult:
     """Run the protocol; writes eval-<kind>.json/.md and example PNGs to `out_dir`, curves to the atlas."""
-    if config.kind not in PAPER:
-        raise ValueError(f"unknown kind {config.kind!r}; use spatial or style")
-    if config.n < 1:
-        raise ValueError("--n must be at least 1")
     windows = [parse_window(w) for w in config.windows.split(",") if w.strip()]
     for w in windows:
         if w.name not in WINDOWS:
@@ -154,7 +150,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     blocks = {s.block: s for s in store.saes() if s.branch == "cond"}
     if config.block not in blocks:
         raise ValueError(f"the atlas has no cond SAE of block {config.block!r}; blocks: {', '.join(sorted(blocks))}")
-    sweep = [float(s) for s in config.strengths.split(",") if s.strip()] if config.strengths else None
+    sweep = config.sweep()
     spec = atlas_model(store)
     if spec["name"] != "shapes":
         raise ValueError(f"eval-edits judges with the shapes world's annotator; {store.root} is an atlas of "

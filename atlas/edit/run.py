@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -78,22 +78,26 @@ class EditResult:
 
 def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str] = "",
          config: EditConfig | None = None, out: str | Path | None = None,
-         model: TextToImageModel | None = None) -> EditResult:
+         model: TextToImageModel | None = None, load: Callable[[str], TextToImageModel] = load_model) -> EditResult:
     """Edit `prompt` with each concept query (label, concept id or SQL) in its region ("" = global).
 
     One region applies to every concept; otherwise give one region per concept. Bad input raises before
-    anything is generated or written.
+    anything is generated or written, and before `load` (the atlas's model by name) is called when no
+    `model` is given.
     """
     if isinstance(atlas, Atlas):
-        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model)
+        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model, load)
     with open_atlas(atlas) as store:
-        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model)
+        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model, load)
 
 
 def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str],
-          config: EditConfig, out: str | Path | None, model: TextToImageModel | None) -> EditResult:
+          config: EditConfig, out: str | Path | None, model: TextToImageModel | None,
+          load: Callable[[str], TextToImageModel]) -> EditResult:
     queries = [concepts] if isinstance(concepts, str) else list(concepts)
     region_list = [regions] if isinstance(regions, str) else list(regions)
+    if not prompt.strip():
+        raise ValueError("empty prompt: give the text of the image to edit, e.g. 'a red circle'")
     if not queries:
         raise ValueError("give at least one --concept")
     if len(region_list) == 1:
@@ -102,18 +106,16 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
         raise ValueError(f"got {len(region_list)} regions for {len(queries)} concepts; give one region, or one "
                          "per concept (global for none)")
     region_list = ["" if r.strip().lower() in ("", "global", "none") else r.strip() for r in region_list]
-    if config.branch not in ("cond", "both"):
-        raise ValueError(f"unknown branch {config.branch!r}; use cond or both")
     spec = atlas_model(store)
     steps = config.steps or int(spec.get("steps") or 0)
     size = int(spec.get("resolution") or 0)
     guidance = config.guidance if config.guidance >= 0 else spec.get("guidance")
     if model is None and not (steps and size):  # an atlas that does not record them: ask the model
-        model = load_model(spec["name"])
+        model = load(spec["name"])
     steps, size = steps or model.spec.default_steps, size or model.spec.resolution
     said: list[str] = []
     plans = [plan_edit(store, q, r, config, steps, size, said) for q, r in zip(queries, region_list)]
-    model = model or load_model(spec["name"])  # after planning: bad input fails before the slow load
+    model = model or load(spec["name"])  # after planning: bad input fails before the slow load
     saes = {p.sae.id: Sae.from_pretrained(sae_path(store, p.sae)) for p in plans}
     edits = [ConceptEdit(saes[p.sae.id], [c.latent for c in p.concepts], p.sae.block, p.window.steps(steps),
                          p.strength, p.cells, config.branch) for p in plans]

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from atlas.concepts import TextEmbedder
-from atlas.store import Atlas, ConceptInfo, Neighbor, NoLabelsError, UnknownLabelError
+from atlas.store import Atlas, ConceptInfo, InvalidInputError, Neighbor, NoLabelsError, UnknownLabelError
 
+MAX_TEXT = 200
+"""Labels are a few words; longer text is refused before any model loads to embed it."""
 MEANING_THRESHOLD = 0.5  # cosine (MiniLM) below which no label is taken as a stand-in
 TYPO_CUTOFF = 0.85  # difflib ratio above which the text is taken for a misspelt label
 
@@ -39,6 +41,10 @@ def closest_label(text: str, labels: list[str], embedder: TextEmbedder) -> tuple
 
 def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str | None = None,
                     branch: str = "cond", k: int = 10, embedder: TextEmbedder | None = None) -> SearchResult:
+    if not text.strip():
+        raise InvalidInputError("empty search text: give a label, e.g. 'red circle'")
+    if len(text) > MAX_TEXT:
+        raise InvalidInputError(f"search text of {len(text):,} characters: give a label of at most {MAX_TEXT}")
     try:
         return SearchResult(text, "label", text, 1.0, atlas.concepts(label=text, t=t, block=block, branch=branch,
                                                                     limit=k))

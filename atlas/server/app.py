@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.server.errors import one_line, status_of
 from atlas.server.pages import AtlasJSONResponse, render
@@ -23,6 +25,9 @@ from atlas.server.views import concepts, edit, home, images, labels, search, sql
 
 STATIC = Path(__file__).parent / "static"
 MACHINE_SUFFIXES = (".json", ".csv", ".png")
+MAX_BODY = 1 << 20
+"""Bytes a request body may have: the largest form (an edit with a drawn region) is a few kilobytes."""
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's detail when a body does not decode
 
 
 def error_response(request: Request, status: int, message: str) -> Response:
@@ -36,8 +41,57 @@ def error_response(request: Request, status: int, message: str) -> Response:
 def _validation_message(err: RequestValidationError) -> str:
     """`bad <parameter>: <what is wrong>` for the first problem (without the location's query/path/body part)."""
     first = err.errors()[0] if err.errors() else {}
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')}): send a " \
+               "JSON object"
     where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
     return f"bad {where}: {first.get('msg', 'invalid value')}"
+
+
+def _not_utf8(data: bytes, what: str) -> str | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"the {what} is not valid UTF-8 (byte {data[err.start]:#04x} at {err.start}): encode text as UTF-8"
+    return None
+
+
+class CleanInput:
+    """ASGI middleware: a URL or body that is not UTF-8 is a 400, a body over MAX_BODY a 413, before any view
+    runs; otherwise the decoders would quietly turn the bad bytes into U+FFFD and the views search for that."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        problem = (_not_utf8(unquote_to_bytes(scope.get("raw_path") or scope["path"].encode()), "URL path")
+                   or _not_utf8(unquote_to_bytes(scope["query_string"]), "query string"))
+        status, body, more = 400, b"", True
+        while not problem and more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY:
+                status, problem = 413, f"the request body is over {MAX_BODY >> 20} MiB: send less"
+        if not problem and body:
+            form = dict(scope["headers"]).get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded")
+            problem = _not_utf8(unquote_to_bytes(body) if form else body, "request body")
+        if problem:
+            response = error_response(Request(scope), status, problem)
+            return await response(scope, receive, send)
+
+        replayed = False
+
+        async def replay() -> Message:  # the body once, then the client's own messages (http.disconnect)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | None = None) -> FastAPI:
@@ -63,6 +117,8 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
         message = err.detail if isinstance(err.detail, str) else str(err.detail)
         if err.status_code == 404 and message == "Not Found":
             message = f"no page at {request.url.path}: start from the home page /"
+        elif message == UNREADABLE_BODY:
+            message = "the request body could not be read: send UTF-8 JSON (or form data for the HTML forms)"
         return error_response(request, err.status_code, message)
 
     async def failure(request: Request, err: Exception) -> Response:
@@ -80,4 +136,5 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
     for module in modules:
         app.include_router(module.PAGE.html)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(CleanInput)
     return app

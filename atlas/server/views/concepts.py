@@ -8,6 +8,7 @@ name and note people can edit.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import Body, Form, Path, Query
@@ -54,6 +55,8 @@ class ConceptsData(Envelope):
 def _after(token: str) -> tuple[float, int, int]:
     try:
         frequency, sae_id, latent = token.split(":")
+        if not math.isfinite(float(frequency)):
+            raise ValueError(frequency)
         return float(frequency), int(sae_id), int(latent)
     except ValueError:
         raise ValueError(f"bad page token {token!r}: use the `next` value of the previous page") from None

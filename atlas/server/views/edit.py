@@ -92,10 +92,12 @@ def parse_cells(text: str) -> np.ndarray | None:
 
 def run_edit(state: ServerState, request: EditRequest) -> EditData:
     from atlas.edit import EditConfig, edit
-    from atlas.edit.run import atlas_model
+    from atlas.edit.core import is_mask_file
 
     region = request.region.strip()
     cells = parse_cells(region)
+    if cells is None and is_mask_file(region):  # a path would read a file of the server's disk as the mask
+        raise ValueError(f"bad region {region!r}: draw it on the grid, or give a named region or a box x0,y0,x1,y1")
     when = request.when.strip() or "auto"
     config = EditConfig(when=when, strength=request.strength, seed=request.seed, block=request.block)
     with state.writable("run an edit") as atlas, tempfile.TemporaryDirectory() as tmp:
@@ -103,8 +105,7 @@ def run_edit(state: ServerState, request: EditRequest) -> EditData:
             region = grid_box(cells) or str(Path(tmp) / "region.png")
             if region.endswith(".png"):
                 Image.fromarray(cells.astype(np.uint8) * 255).save(region)
-        model = state.model(atlas_model(atlas)["name"])
-        result = edit(atlas, request.prompt, request.concept, region, config, model=model)
+        result = edit(atlas, request.prompt, request.concept, region, config, load=state.model)
     token = secrets.token_hex(8)
     pictures = {"before": result.original, "after": result.edited}
     for i, heat in enumerate(result.maps):
