@@ -46,6 +46,9 @@ def test_training_resumes_and_exports(tmp_path):
                                 init_from=str(out))
     state = torch.load(train(resumed, TINY, progress=False), weights_only=False)["state"]
     assert state["step"] == 6 and len(state["losses"]) == len(json.loads((out / "training.json").read_text())["losses"])
+    resumed.max_steps, resumed.init_from = 7, ""
+    train(resumed, TINY, progress=False)  # resumed again: train_config.json still names the starting point
+    assert json.loads((tmp_path / "run2" / "train_config.json").read_text())["init_from"] == str(out)
 
 
 def test_a_run_keeps_its_noise_schedule(tmp_path):
@@ -57,6 +60,7 @@ def test_a_run_keeps_its_noise_schedule(tmp_path):
     train(config, TINY, progress=False)  # resumed without asking for sd: the checkpoint's schedule wins
     saved = torch.load(ckpt, weights_only=False)
     assert saved["model_config"]["schedule"] == "sd" and saved["state"]["step"] == 2
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["schedule"] == "sd"  # what it ran with
     export(ckpt, tmp_path / "model")
     scheduler = load_model(str(tmp_path / "model"), device="cpu").scheduler
     scheduler.set_timesteps(20)
@@ -73,6 +77,7 @@ def test_a_frozen_text_encoder_keeps_its_random_weights(tmp_path):
     train(config, TINY, progress=False)  # resumed: the checkpoint's frozen encoder wins
     second = torch.load(ckpt, weights_only=False)
     assert second["model_config"]["frozen_text_encoder"] and second["state"]["step"] == 4
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["text_encoder"] == "frozen"
     assert len(second["ema"]) == len(second["unet"])  # the EMA follows the UNet only
     for name, weight in first["text_encoder"].items():
         assert torch.equal(weight, second["text_encoder"][name]), name

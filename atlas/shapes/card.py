@@ -28,6 +28,14 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def _schedule_line(model_dir: Path) -> str:
+    config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    if config.get("rescale_betas_zero_snr"):
+        return "cosine schedule rescaled to zero terminal SNR, DDIM with trailing timesteps"
+    return (f"SD v1.4's {config['beta_schedule']} betas ({config['beta_start']}-{config['beta_end']}), DDIM with "
+            f"{config['timestep_spacing']} timesteps (the first step still sees some of the image)")
+
+
 def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, command: str,
                      result: EvalResult | None = None, eval_command: str = "") -> Path:
     """MODEL_CARD.md + loss.png in `model_dir`."""
@@ -46,7 +54,9 @@ def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, com
         "## Architecture",
         f"- pixel space {spec['resolution']}x{spec['resolution']}, folded {spec['pixel_unshuffle']}x"
         f"{spec['pixel_unshuffle']} into channels, x/y coordinate planes appended to the UNet input",
-        "- v-prediction, cosine schedule rescaled to zero terminal SNR, DDIM with trailing timesteps",
+        f"- v-prediction, {_schedule_line(model_dir)}",
+        "- text encoder: " + ("kept at its seeded random initialisation (frozen, as SD keeps CLIP frozen)"
+                              if train_config.get("text_encoder") == "frozen" else "trained with the UNet"),
         f"- hook points: {', '.join(f'`{k}` = `{v}`' for k, v in spec['hook_points'].items())}",
         "  (grids 8x8, 4x4, 8x8)",
         f"- defaults: {spec['default_steps']} DDIM steps, guidance {spec['default_guidance']}",

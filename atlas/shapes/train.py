@@ -93,7 +93,11 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
         state.update(_init_from_export(model, Path(config.init_from), model_config.frozen_text_encoder))
         for e, p in zip(ema, params):
             e.copy_(p.detach())
-    (run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    if config.init_from and ckpt is None:
+        state["init_from"] = config.init_from
+    effective = dict(asdict(config), schedule=model_config.schedule, init_from=state.get("init_from", ""),
+                     text_encoder="frozen" if model_config.frozen_text_encoder else "trained")
+    (run_dir / "train_config.json").write_text(json.dumps(effective, indent=2))
     rng = random.Random()
     rng.setstate(state["rng"])
     scheduler = training_scheduler(model_config.schedule)
