@@ -330,7 +330,7 @@ def test_serve_answers_the_same_while_encode_and_link_rewrite_the_atlas(referenc
                 thread.join()
     published = snapshot.meta(snapshot.current(root))["generation"] - snapshot.meta(snapshot.current(reference))[
         "generation"]
-    assert published > 40, f"the writers published only {published} snapshots"
+    assert published > 25, f"the writers published only {published} snapshots"  # encode 3 + 2 per SAE, link ~11
     wrong = [(path, round(end - start, 2), body) for path, start, end, body in answers if body != baseline[path]]
     assert not wrong, f"{len(wrong)} of {len(answers)} answers differ from before the writes, e.g. {wrong[:3]}"
     assert not missing, f"a current snapshot listed missing files: {sorted(set(missing))[:5]}"

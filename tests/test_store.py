@@ -22,6 +22,7 @@ from atlas.store import (
     UnknownSaeError,
     open_atlas,
     parse_concept_id,
+    snapshot,
     synthetic,
 )
 from atlas.store.codes import dequantize, quantize
@@ -244,6 +245,30 @@ def test_edits_objects_interventions_and_stages(writable):
     assert not writable.stage_done("encode")
     writable.mark_stage("encode", {"images": 50})
     assert writable.stage_done("encode")
+
+
+def test_an_sae_with_its_index_and_concepts_is_one_commit(writable):
+    """encode's path: add_sae with decoder and statistics, then codes and the stage mark, one snapshot each."""
+    def generation():
+        return snapshot.meta(snapshot.current(writable.root))["generation"]
+
+    stats = {"frequency": np.full(64, 0.25), "mean_activation": np.ones(64), "decoder_norm": np.ones(64)}
+    start, files = generation(), sorted(p for p in writable.root.rglob("*") if p.is_file())
+    for bad in ({**stats, "frequency": np.ones(3)}, {"frequency": np.ones(64)}):
+        with pytest.raises(InvalidInputError, match="expected \\(64,\\)|missing"):
+            writable.add_sae("mid", 0.5, "cond", 4, 64, 16, decoder=np.ones((64, 16)), concepts=bad)
+    assert generation() == start and sorted(p for p in writable.root.rglob("*") if p.is_file()) == files
+    decoder = np.random.default_rng(3).standard_normal((64, 16))
+    sae_id = writable.add_sae("mid", 0.5, "cond", 4, 64, 16, grid=(4, 4), decoder=decoder, concepts=stats)
+    assert generation() == start + 1
+    assert writable.concept("mid/0.5/7").frequency == 0.25
+    assert writable.sql("SELECT rows FROM files WHERE kind = 'faiss_block' AND key = 'mid/cond'").rows == [(3 * 64,)]
+    assert writable.sql(f"SELECT rows FROM files WHERE kind = 'faiss_sae' AND sae_id = {sae_id}").rows == [(64,)]
+    one = np.zeros(2, np.int32)
+    writable.write_codes(sae_id, one, one, one, np.array([1, 2]), np.ones(2))
+    assert writable.finalize_codes([sae_id], stage="encode:mid/0.5/cond", info={"codes": 2}) == {sae_id: 2}
+    assert generation() == start + 2 and writable.stage_done("encode:mid/0.5/cond")
+    assert writable.saes()[[s.id for s in writable.saes()].index(sae_id)].n_codes == 2
 
 
 def test_readers_work_while_a_writer_holds_the_catalog(writable):

@@ -1,10 +1,12 @@
 """Put a capture and its SAEs into an atlas: prompts, images, SAEs (+ FAISS), concept statistics, sparse codes.
 
 The trained SAEs run over every captured position; each position keeps its top-k (latent, value)
-pairs. One SAE is finalised (and marked done) at a time, so an interrupted run loses at most one SAE
-and a re-run skips the finished ones; writing the same images again replaces their codes. The shards
-of an SAE are encoded on an executor (atlas.jobs.executor: this process or Ray actors, which get the
-SAE once each); the driver stages the codes they return and commits them into the catalog.
+pairs. One SAE is finalised and marked done (in one transaction) at a time, so an interrupted run loses
+at most one SAE and a re-run skips the finished ones; writing the same images again replaces their codes.
+The shards of an SAE are encoded on an executor (atlas.jobs.executor: this process or Ray actors, which
+get the SAE once each); the driver stages the codes they return and commits them into the catalog.
+Each SAE costs two catalog transactions (each a snapshot publication): its row with its FAISS indexes
+and concept statistics, then its codes with its done mark.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from atlas.jobs.executor import Executor, LocalExecutor
 from atlas.jobs.train import load_sae, sae_dir
 from atlas.sae import Sae
 from atlas.store import Atlas
+from atlas.store.writes import CONCEPT_STATS
 
 
 def stored_path(atlas: Atlas, path: Path) -> str:
@@ -69,11 +72,12 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
                          "run `atlas train --all` first")
     mapping = register_capture(atlas, acts)
     grids = _grids(acts)
+    finished = {stage_name(*key) for key in keys if atlas.stage_done(stage_name(*key))}  # one snapshot load for all
     written: dict[str, int] = {}
     bar = tqdm(total=len(keys) * len(acts.done), unit="shard", desc="encode", disable=not progress)
     for block, t, br in keys:
         name = stage_name(block, t, br)
-        if atlas.stage_done(name):
+        if name in finished:
             bar.update(len(acts.done))
             continue
         sae = load_sae(saes_root, block, t, br)
@@ -83,24 +87,21 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
         for image_id, row, col, latent, value in (executor or LocalExecutor()).map(job, acts.done):
             rows += atlas.write_codes(sae_id, mapping[image_id], row, col, latent, value)
             bar.update(1)
-        atlas.finalize_codes([sae_id])
-        atlas.mark_stage(name, {"codes": rows})
+        atlas.finalize_codes([sae_id], stage=name, info={"codes": rows})
         written[f"{block}/{t}/{br}"] = rows
     bar.close()
     return written
 
 
 def register_sae(atlas: Atlas, sae: Sae, path: Path, block: str, t: float, branch: str, grid: tuple[int, int]) -> int:
-    """Catalog row, FAISS index and per-latent statistics of one trained SAE (loaded from `path`)."""
+    """Catalog row, FAISS index and per-latent statistics of one trained SAE (loaded from `path`), in one commit."""
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     decoder = sae.W_dec.detach().float().cpu().numpy()
-    sae_id = atlas.add_sae(block, t, branch, k=sae.cfg.k, n_latents=sae.n_latents, d_in=sae.d_in, metrics=flat,
-                           path=stored_path(atlas, path), grid=grid, decoder=decoder)
-    stats = pq.read_table(path / "stats.parquet").to_pydict()
-    atlas.add_concepts(sae_id, np.asarray(stats["frequency"]), np.asarray(stats["mean_activation"]),
-                       np.asarray(stats["decoder_norm"]))
-    return sae_id
+    stats = pq.read_table(path / "stats.parquet", columns=list(CONCEPT_STATS))
+    return atlas.add_sae(block, t, branch, k=sae.cfg.k, n_latents=sae.n_latents, d_in=sae.d_in, metrics=flat,
+                         path=stored_path(atlas, path), grid=grid, decoder=decoder,
+                         concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS})
 
 
 def _grids(acts: ActivationSet) -> dict[str, tuple[int, int]]:

@@ -41,6 +41,7 @@ class Transaction:
     def __init__(self, connection: Connection) -> None:
         self.session = Session(bind=connection)
         self.raw = connection.connection.driver_connection
+        self.published: Path | None = None  # the generation showing this commit, once `Catalog.write` published it
 
     def next_id(self, table: str) -> int:
         self.session.flush()
@@ -140,11 +141,11 @@ class Catalog:
                     yield tx
                     tx.session.flush()
                     tx.session.close()
-                self._publish(connection, changed)
+                tx.published = self._publish(connection, changed)
             finally:
                 connection.close()
 
-    def _publish(self, connection: Connection, changed: tuple[str, ...] | list[str]) -> None:
+    def _publish(self, connection: Connection, changed: tuple[str, ...] | list[str]) -> Path:
         raw = connection.connection.driver_connection
 
         def export(table: str, path: Path) -> None:
@@ -153,7 +154,7 @@ class Catalog:
         with connection.begin():
             present = {row[0] for row in raw.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
             tables = [t for t in TABLES if t in present]
-            snapshot.publish(self.root, tables, changed, migrate.current(connection), export)
+            return snapshot.publish(self.root, tables, changed, migrate.current(connection), export)
 
     def revision(self) -> str | None:
         connection = self._connect()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,11 +23,13 @@ from sqlalchemy import select
 
 from atlas import index as faiss_index
 from atlas.store import codes, snapshot
-from atlas.store.catalog import Catalog
+from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError, ReadOnlyAtlasError
 from atlas.store.ids import concept_id, parse_concept_id
 from atlas.store.schema import Concept, File, Intervention, Model, Sae, Stage
 from atlas.store.views import SaeInfo, Views
+
+CONCEPT_STATS = ("frequency", "mean_activation", "decoder_norm")
 
 
 class Writes:
@@ -36,6 +38,7 @@ class Writes:
     threads: int | None
     _catalog: Catalog
     _views: Views
+    _added_sae: tuple[Path | None, SaeInfo | None] = (None, None)  # with the generation that published it
 
     def _writable(self, what: str) -> Catalog:
         if self.readonly:
@@ -114,9 +117,11 @@ class Writes:
             return [int(i) for _, i in ids]
 
     def add_sae(self, block: str, t: float, branch: str, k: int, n_latents: int, d_in: int, metrics: dict | None = None,
-                path: str | None = None, grid: tuple[int, int] | None = None,
-                decoder: np.ndarray | None = None) -> int:
-        """The id of the SAE of (block, t, branch), added or updated; `decoder` (n_latents, d_in) also indexes it."""
+                path: str | None = None, grid: tuple[int, int] | None = None, decoder: np.ndarray | None = None,
+                concepts: Mapping[str, np.ndarray] | None = None) -> int:
+        """The id of the SAE of (block, t, branch), added or updated; `decoder` (n_latents, d_in) also indexes it
+        and `concepts` (frequency, mean_activation, decoder_norm: what add_concepts takes) sets its per-latent
+        statistics. All of it commits in one transaction, so readers see one new snapshot, not three."""
         if not block or "/" in block or not branch or "/" in branch:
             raise InvalidInputError(f"block {block!r} and branch {branch!r} must be non-empty and free of '/'")
         if not math.isfinite(float(t)) or not 0 < int(n_latents) <= 65536 or int(k) < 1 or int(d_in) < 1:
@@ -124,7 +129,9 @@ class Writes:
                                     f"(got t={t}, n_latents={n_latents}, k={k}, d_in={d_in})")
         if decoder is not None and np.shape(decoder) != (int(n_latents), int(d_in)):
             raise InvalidInputError(f"decoder has shape {np.shape(decoder)}, expected ({n_latents}, {d_in})")
-        with self._writable("add an SAE").write("saes") as tx:
+        stats = _concept_stats("add_sae", int(n_latents), concepts) if concepts is not None else None
+        changed = ["saes", *(["files"] if decoder is not None else []), *(["concepts"] if stats is not None else [])]
+        with self._writable("add an SAE").write(*changed) as tx:
             sae = tx.session.scalars(select(Sae).where(Sae.block == block, Sae.t == float(t),
                                                        Sae.branch == branch)).first()
             if sae is None:
@@ -135,12 +142,20 @@ class Writes:
             if grid is not None:
                 sae.grid_h, sae.grid_w = int(grid[0]), int(grid[1])
             tx.session.flush()
-            sae_id = sae.id
-        if decoder is not None:
-            self.add_index(sae_id, decoder)
-        return sae_id
+            info = SaeInfo(**{name: getattr(sae, name) for name in SaeInfo.__dataclass_fields__})
+            if decoder is not None:
+                self._write_index(tx, info, decoder)
+            if stats is not None:
+                _upsert_concepts(tx, info.id, stats)
+        self._added_sae = (tx.published, info)
+        return info.id
 
     def _sae_by_id(self, sae_id: int) -> SaeInfo:
+        """The SAE's row. The one this writer just added comes without reloading the reader views, as long as no
+        later generation could have changed it (encode's write_codes right after add_sae)."""
+        published, added = self._added_sae
+        if added is not None and added.id == int(sae_id) and snapshot.current(self.root) == published:
+            return added
         saes = self.saes()
         for sae in saes:
             if sae.id == int(sae_id):
@@ -151,18 +166,10 @@ class Writes:
                      decoder_norm: np.ndarray) -> None:
         """Per-latent statistics of one SAE (arrays of length n_latents); names and notes are kept."""
         sae = self._sae_by_id(sae_id)
-        columns = {"frequency": frequency, "mean_activation": mean_activation, "decoder_norm": decoder_norm}
-        for name, values in columns.items():
-            if np.shape(values) != (sae.n_latents,):
-                raise InvalidInputError(f"add_concepts: {name} has shape {np.shape(values)}, expected "
-                                        f"({sae.n_latents},)")
-        table = pa.table({"sae_id": pa.array(np.full(sae.n_latents, sae.id, np.int32)),
-                          "latent": pa.array(np.arange(sae.n_latents, dtype=np.int32)),
-                          **{k: pa.array(np.asarray(v, np.float64)) for k, v in columns.items()}})
+        stats = _concept_stats("add_concepts", sae.n_latents, {"frequency": frequency, "mean_activation":
+                                                               mean_activation, "decoder_norm": decoder_norm})
         with self._writable("add concepts").write("concepts") as tx:
-            tx.insert_arrow("concepts", table, "ON CONFLICT (sae_id, latent) DO UPDATE SET frequency = "
-                            "excluded.frequency, mean_activation = excluded.mean_activation, "
-                            "decoder_norm = excluded.decoder_norm")
+            _upsert_concepts(tx, sae.id, stats)
 
     # -- codes ---------------------------------------------------------------------------------------------------
 
@@ -193,9 +200,11 @@ class Writes:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def finalize_codes(self, sae_ids: list[int] | None = None) -> dict[int, int]:
+    def finalize_codes(self, sae_ids: list[int] | None = None, stage: str | None = None,
+                       info: dict | None = None) -> dict[int, int]:
         """Merge staged codes into the final layout (see atlas.store.codes); returns rows per SAE compacted.
-        Call it once after a run of write_codes: it re-sorts every image bucket the new codes touch."""
+        Call it once after a run of write_codes: it re-sorts every image bucket the new codes touch. With `stage`,
+        also mark that stage done (as mark_stage) in the same transaction: the codes and the mark commit together."""
         catalog = self._writable("finalize codes")
         with catalog.hold(), self._codes_lock():
             catalog.recover()  # a finalize killed before publishing: its files are listed once this publishes
@@ -203,6 +212,8 @@ class Writes:
             codes.remove_orphans(self.root, set().union(*(snapshot.listed_files(g) for g in generations)))
             pending = {s: p for s, p in codes.pending_parts(self.root).items() if sae_ids is None or s in sae_ids}
             if not pending:
+                if stage is not None:
+                    self.mark_stage(stage, info)
                 return {}
             saes = {s.id: s for s in self.saes()}
             by_latent = {s: self._files(codes.BY_LATENT, sae_id=s) for s in saes}
@@ -224,7 +235,7 @@ class Writes:
             finally:
                 con.close()
                 shutil.rmtree(temp, ignore_errors=True)
-            with catalog.write("files", "saes") as tx:
+            with catalog.write("files", "saes", *(["stages"] if stage is not None else [])) as tx:
                 tx.query(f"DELETE FROM files WHERE kind = '{codes.BY_LATENT}' AND sae_id IN "
                          f"({', '.join(map(str, done))})")
                 if buckets:
@@ -238,6 +249,8 @@ class Writes:
                     sae.value_qbase, sae.n_codes = result.qbase, result.rows
                     if not sae.grid_h:
                         sae.grid_h, sae.grid_w = result.grid
+                if stage is not None:
+                    tx.session.merge(Stage(name=stage, info=dict(info or {})))
             for parts in pending.values():
                 for part in parts:
                     part.unlink(missing_ok=True)
@@ -380,29 +393,52 @@ class Writes:
         sae = self._sae_by_id(sae_id)
         if np.shape(decoder) != (sae.n_latents, sae.d_in):
             raise InvalidInputError(f"decoder has shape {np.shape(decoder)}, expected ({sae.n_latents}, {sae.d_in})")
-        catalog = self._writable("build an index")
-        with catalog.hold():  # the files are orphans until the catalog lists them
-            own = faiss_index.sae_index(decoder)
-            token = codes.token()
-            own_path = self.root / "index" / f"sae-{sae.id}-{token}.faiss"
-            own_bytes = faiss_index.write(own, own_path)
-            members = [(sae.id, own)]
-            for other in self.saes():
-                if other.id != sae.id and other.block == sae.block and other.branch == sae.branch:
-                    paths = self._files("faiss_sae", sae_id=other.id)
-                    if paths:
-                        members.append((other.id, faiss_index.read(paths[0], str(paths[0].relative_to(self.root)))))
-            key = f"{sae.block}/{sae.branch}"
-            block = faiss_index.block_index(sorted(members, key=lambda m: m[0]))
-            block_path = self.root / "index" / f"block-{sae.block}-{sae.branch}-{token}.faiss"
-            block_bytes = faiss_index.write(block, block_path)
-            with catalog.write("files") as tx:
-                tx.query("DELETE FROM files WHERE (kind = 'faiss_sae' AND sae_id = ?) "
-                         "OR (kind = 'faiss_block' AND key = ?)", [sae.id, key])
-                tx.session.add(File(path=str(own_path.relative_to(self.root)), kind="faiss_sae", sae_id=sae.id,
-                                    rows=own.ntotal, bytes=own_bytes))
-                tx.session.add(File(path=str(block_path.relative_to(self.root)), kind="faiss_block", key=key,
-                                    rows=block.ntotal, bytes=block_bytes))
+        with self._writable("build an index").write("files") as tx:
+            self._write_index(tx, sae, decoder)
+
+    def _write_index(self, tx: Transaction, sae: SaeInfo, decoder: np.ndarray) -> None:
+        """Write the SAE's index and its block's and list them, inside `tx`: under catalog.hold, since the files
+        are orphans until the commit lists them. The block's other SAEs come from the catalog itself."""
+        own = faiss_index.sae_index(decoder)
+        token = codes.token()
+        own_path = self.root / "index" / f"sae-{sae.id}-{token}.faiss"
+        own_bytes = faiss_index.write(own, own_path)
+        members = [(sae.id, own)]
+        others = tx.query("SELECT f.sae_id, min(f.path) FROM files f JOIN saes s ON s.id = f.sae_id "
+                          "WHERE f.kind = 'faiss_sae' AND s.block = ? AND s.branch = ? AND s.id <> ? GROUP BY f.sae_id",
+                          [sae.block, sae.branch, sae.id])
+        members += [(other, faiss_index.read(self.root / path, path)) for other, path in others]
+        key = f"{sae.block}/{sae.branch}"
+        block = faiss_index.block_index(sorted(members, key=lambda m: m[0]))
+        block_path = self.root / "index" / f"block-{sae.block}-{sae.branch}-{token}.faiss"
+        block_bytes = faiss_index.write(block, block_path)
+        tx.query("DELETE FROM files WHERE (kind = 'faiss_sae' AND sae_id = ?) OR (kind = 'faiss_block' AND key = ?)",
+                 [sae.id, key])
+        tx.session.add(File(path=str(own_path.relative_to(self.root)), kind="faiss_sae", sae_id=sae.id,
+                            rows=own.ntotal, bytes=own_bytes))
+        tx.session.add(File(path=str(block_path.relative_to(self.root)), kind="faiss_block", key=key,
+                            rows=block.ntotal, bytes=block_bytes))
+
+
+def _concept_stats(what: str, n_latents: int, stats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-latent statistics of CONCEPT_STATS as float64 arrays, checked before anything is written."""
+    missing = [name for name in CONCEPT_STATS if name not in stats]
+    if missing:
+        raise InvalidInputError(f"{what}: concept statistics need {', '.join(CONCEPT_STATS)}; missing {missing}")
+    for name in CONCEPT_STATS:
+        if np.shape(stats[name]) != (n_latents,):
+            raise InvalidInputError(f"{what}: {name} has shape {np.shape(stats[name])}, expected ({n_latents},)")
+    return {name: np.asarray(stats[name], np.float64) for name in CONCEPT_STATS}
+
+
+def _upsert_concepts(tx: Transaction, sae_id: int, stats: dict[str, np.ndarray]) -> None:
+    """Set the statistics of every latent of an SAE; rows that exist keep their names and notes."""
+    n_latents = len(stats[CONCEPT_STATS[0]])
+    table = pa.table({"sae_id": pa.array(np.full(n_latents, sae_id, np.int32)),
+                      "latent": pa.array(np.arange(n_latents, dtype=np.int32)),
+                      **{name: pa.array(values) for name, values in stats.items()}})
+    tx.insert_arrow("concepts", table, "ON CONFLICT (sae_id, latent) DO UPDATE SET " +
+                    ", ".join(f"{name} = excluded.{name}" for name in CONCEPT_STATS))
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
