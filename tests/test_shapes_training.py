@@ -96,3 +96,16 @@ def test_high_noise_fraction_draws_that_share_from_the_noisiest_tenth():
     share = float((sample_timesteps(20_000, 1000, 0.3) >= 900).float().mean())
     assert abs(share - (0.3 + 0.7 * 0.1)) < 0.02  # the drawn share plus the uniform draws that land there
     assert float((sample_timesteps(20_000, 1000, 0.0) >= 900).float().mean()) < 0.12
+
+
+def test_the_shipped_text_encoder_tells_positions_apart():
+    """The jointly trained encoder once mapped 'left' and 'right' to the same output, so no UNet could place
+    objects by the caption: every position word must change the embedding the UNet attends to."""
+    model = load_model("shapes", device="cpu")
+    words = ("left", "right", "top", "bottom")
+    with torch.no_grad():
+        text = model.encode_text([f"a red circle on the {w}" for w in words]).float()
+    for i in range(len(words)):
+        for j in range(i + 1, len(words)):
+            gap = (text[i] - text[j]).norm(dim=-1).max().item()
+            assert gap > 0.1 * text[i].norm(dim=-1).mean().item(), (words[i], words[j], gap)
