@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from test_server import assert_clean_log, shared_server
 
+from atlas.store import open_atlas
+
 CHROMIUM = Path(os.environ.get("ATLAS_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -118,13 +120,24 @@ def test_search_and_sql(page, shots):
     assert not page.problems, page.problems
 
 
-def test_draw_a_region_and_edit(page, shots, site):
+def linked_at_first_step(root: Path) -> tuple[str, str]:
+    """A label with a concept at t = 1.0 of the down or up block: the edit page's default window reads t = 1.0,
+    and which labels the test atlas links there depends on the shipped weights."""
+    with open_atlas(root) as atlas:
+        rows = atlas.sql("SELECT label, block FROM concept_labels WHERE t = 1.0 AND block IN ('down', 'up') "
+                         "ORDER BY mean_iou DESC, label, block LIMIT 1").to_dicts()
+    assert rows, "the test atlas links no label at t = 1.0 of down or up"
+    return rows[0]["label"], rows[0]["block"]
+
+
+def test_draw_a_region_and_edit(page, shots, site, shapes_atlas):
+    label, block = linked_at_first_step(shapes_atlas)
     page.goto("/image/0")
     page.click("#edit-link")
     page.wait_for_url(re.compile(r"/edit\?prompt="))
     assert page.input_value("input[name=prompt]") != ""
-    page.fill("input[name=concept]", "red circle")
-    page.select_option("select[name=block]", "down")
+    page.fill("input[name=concept]", label)
+    page.select_option("select[name=block]", block)
     grid = page.locator("#region-grid")
     side = int(grid.get_attribute("data-side"))
     first = page.locator(f"#region-grid div[data-row='0'][data-col='{side // 2}']").bounding_box()

@@ -30,6 +30,11 @@ from atlas.store.views import QueryResult, SaeInfo, Views
 
 _TOL = 1e-9
 
+LINK_RANK = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, sae_id, latent"
+"""How concept-label links are ranked everywhere, down to a unique concept, so equal IoUs always pick the same one."""
+BEST_CONCEPT_SQL = f"first(concept_id ORDER BY {LINK_RANK})"
+"""A label's best concept, as an aggregate over `concept_labels` rows grouped by label."""
+
 
 @dataclass(frozen=True)
 class ConceptInfo:
@@ -180,7 +185,7 @@ class Reads:
                 raise NoLabelsError()
             if label not in self._views.linked_labels:
                 raise UnknownLabelError(label, self._views.linked_labels)
-            rank = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, sae_id, latent"
+            rank = LINK_RANK
             query = ("WITH ranked AS (SELECT * FROM snapshot.concept_labels WHERE label_id = (SELECT id FROM "
                      f"snapshot.labels WHERE name = $label) AND {in_saes} ORDER BY {rank} LIMIT {int(limit)}) "
                      "SELECT r.*, $label AS label, k.frequency, k.mean_activation, k.decoder_norm, k.best_label, "

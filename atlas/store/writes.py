@@ -353,7 +353,8 @@ class Writes:
                 in_saes = f"sae_id IN ({', '.join(map(str, touched))})"
                 tx.query(f"UPDATE concepts SET best_label = NULL WHERE {in_saes}")
                 tx.query("UPDATE concepts SET best_label = b.label FROM (SELECT c.sae_id, c.latent, "
-                         "arg_max(l.name, coalesce(c.mean_iou, -1)) AS label FROM concept_labels c JOIN labels l "
+                         "first(l.name ORDER BY c.mean_iou DESC NULLS LAST, c.hit_rate DESC NULLS LAST, "
+                         "c.support DESC NULLS LAST, l.name) AS label FROM concept_labels c JOIN labels l "
                          f"ON l.id = c.label_id WHERE c.{in_saes} GROUP BY ALL) b "
                          "WHERE concepts.sae_id = b.sae_id AND concepts.latent = b.latent")
         return len(resolved)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from atlas.server.pages import Envelope, Page
 from atlas.server.state import State
 from atlas.store.ids import concept_prefix
+from atlas.store.reads import BEST_CONCEPT_SQL, LINK_RANK
 
 PAGE = Page("home")
 
@@ -66,8 +67,8 @@ def home(state: State) -> dict:
     counts = atlas.sql("SELECT " + ", ".join(f"(SELECT count(*) FROM {name}) AS {name}" for name in COUNTS))
     models = [{**m, "spec": json.loads(m["spec"]) if isinstance(m["spec"], str) else m["spec"]}
               for m in atlas.sql("SELECT id, name, path, spec FROM models ORDER BY id").to_dicts()]
-    top = atlas.sql("SELECT arg_max(concept_id, mean_iou) AS concept_id, label, max(mean_iou) AS mean_iou, "
-                    "arg_max(support, mean_iou) AS support FROM concept_labels GROUP BY label "
+    top = atlas.sql(f"SELECT {BEST_CONCEPT_SQL} AS concept_id, label, max(mean_iou) AS mean_iou, "
+                    f"first(support ORDER BY {LINK_RANK}) AS support FROM concept_labels GROUP BY label "
                     "ORDER BY mean_iou DESC NULLS LAST, label LIMIT 12").to_dicts()
     columns = ["sae", "block", "t", "branch", "k", "n_latents", "d_in", "grid", "n_codes", *METRICS]
     rows = [[s.name, s.block, s.t, s.branch, s.k, s.n_latents, s.d_in, s.grid, s.n_codes,

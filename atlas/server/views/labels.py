@@ -12,6 +12,7 @@ from atlas.server.pages import Envelope, Page
 from atlas.server.state import State, sql_text
 from atlas.server.views.home import Table
 from atlas.store import UnknownLabelError
+from atlas.store.reads import BEST_CONCEPT_SQL
 
 PAGE = Page("labels")
 RANK = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, latent"  # as Atlas.concepts
@@ -28,7 +29,7 @@ def labels(state: State, after: Annotated[str | None, Query(max_length=500, desc
     """Every label with its objects, images and best concept (keyset pagination by name)."""
     where = f"WHERE l.name > {sql_text(after)}" if after else ""
     result = state.atlas.sql(
-        "WITH best AS (SELECT label, arg_max(concept_id, mean_iou) AS best_concept, max(mean_iou) AS best_iou, "
+        f"WITH best AS (SELECT label, {BEST_CONCEPT_SQL} AS best_concept, max(mean_iou) AS best_iou, "
         "count(*) AS concepts FROM concept_labels GROUP BY label), "
         "seen AS (SELECT label_id, count(*) AS objects, count(DISTINCT image_id) AS images FROM objects GROUP BY ALL) "
         "SELECT l.name AS label, coalesce(s.objects, 0) AS objects, coalesce(s.images, 0) AS images, "

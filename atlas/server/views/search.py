@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from atlas.server.pages import Envelope, Page
 from atlas.server.state import ServerState, State
 from atlas.store import AtlasError
+from atlas.store.reads import BEST_CONCEPT_SQL
 
 PAGE = Page("search")
 
@@ -62,7 +63,7 @@ def search(state: State, q: Annotated[str, Query(max_length=500, description="Co
         except AtlasError as err:
             found["concept_error"] = str(err)
     labels = atlas.labels()
-    best = dict(atlas.sql("SELECT label, arg_max(concept_id, mean_iou) FROM concept_labels GROUP BY label").rows)
+    best = dict(atlas.sql(f"SELECT label, {BEST_CONCEPT_SQL} FROM concept_labels GROUP BY label").rows)
     found["labels"] = [LabelMatch(label=labels[i], score=s, best_concept=best.get(labels[i]))
                        for i, s in ranked(state, q, labels, k)]
     named = atlas.sql("SELECT concept_id, name, note FROM concepts WHERE name IS NOT NULL ORDER BY concept_id",
