@@ -30,8 +30,10 @@ from atlas.store.views import QueryResult, SaeInfo, Views
 
 _TOL = 1e-9
 
-LINK_RANK = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, sae_id, latent"
-"""How concept-label links are ranked everywhere, down to a unique concept, so equal IoUs always pick the same one."""
+LINK_SCORE = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST"
+"""How well a concept predicts a label, best first: the order of links everywhere, before a tie-breaking id."""
+LINK_RANK = f"{LINK_SCORE}, sae_id, latent"
+"""Links ranked down to a unique concept, so equal IoUs always pick the same one."""
 BEST_CONCEPT_SQL = f"first(concept_id ORDER BY {LINK_RANK})"
 """A label's best concept, as an aggregate over `concept_labels` rows grouped by label."""
 
@@ -185,12 +187,11 @@ class Reads:
                 raise NoLabelsError()
             if label not in self._views.linked_labels:
                 raise UnknownLabelError(label, self._views.linked_labels)
-            rank = LINK_RANK
             query = ("WITH ranked AS (SELECT * FROM snapshot.concept_labels WHERE label_id = (SELECT id FROM "
-                     f"snapshot.labels WHERE name = $label) AND {in_saes} ORDER BY {rank} LIMIT {int(limit)}) "
+                     f"snapshot.labels WHERE name = $label) AND {in_saes} ORDER BY {LINK_RANK} LIMIT {int(limit)}) "
                      "SELECT r.*, $label AS label, k.frequency, k.mean_activation, k.decoder_norm, k.best_label, "
                      "k.name, k.note FROM ranked r LEFT JOIN snapshot.concepts k USING (sae_id, latent) "
-                     f"ORDER BY {rank}")
+                     f"ORDER BY {LINK_RANK}")
             params = {"label": label}
         return [_concept_info(saes[row["sae_id"]], row) for row in self._views.query(query, params).to_pylist()]
 

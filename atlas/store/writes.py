@@ -26,6 +26,7 @@ from atlas.store import codes, snapshot
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError, ReadOnlyAtlasError
 from atlas.store.ids import concept_id, parse_concept_id
+from atlas.store.reads import LINK_SCORE
 from atlas.store.schema import Concept, File, Intervention, Model, Sae, Stage
 from atlas.store.views import SaeInfo, Views
 
@@ -250,7 +251,7 @@ class Writes:
                     if not sae.grid_h:
                         sae.grid_h, sae.grid_w = result.grid
                 if stage is not None:
-                    tx.session.merge(Stage(name=stage, info=dict(info or {})))
+                    _merge_stage(tx, stage, info)
             for parts in pending.values():
                 for part in parts:
                     part.unlink(missing_ok=True)
@@ -353,8 +354,7 @@ class Writes:
                 in_saes = f"sae_id IN ({', '.join(map(str, touched))})"
                 tx.query(f"UPDATE concepts SET best_label = NULL WHERE {in_saes}")
                 tx.query("UPDATE concepts SET best_label = b.label FROM (SELECT c.sae_id, c.latent, "
-                         "first(l.name ORDER BY c.mean_iou DESC NULLS LAST, c.hit_rate DESC NULLS LAST, "
-                         "c.support DESC NULLS LAST, l.name) AS label FROM concept_labels c JOIN labels l "
+                         f"first(l.name ORDER BY {LINK_SCORE}, l.name) AS label FROM concept_labels c JOIN labels l "
                          f"ON l.id = c.label_id WHERE c.{in_saes} GROUP BY ALL) b "
                          "WHERE concepts.sae_id = b.sae_id AND concepts.latent = b.latent")
         return len(resolved)
@@ -385,7 +385,7 @@ class Writes:
     def mark_stage(self, name: str, info: dict | None = None) -> None:
         """Record that a pipeline stage finished (`stage_done(name)` is then True)."""
         with self._writable("mark a stage").write("stages") as tx:
-            tx.session.merge(Stage(name=name, info=dict(info or {})))
+            _merge_stage(tx, name, info)
 
     # -- FAISS ---------------------------------------------------------------------------------------------------
 
@@ -430,6 +430,10 @@ def _concept_stats(what: str, n_latents: int, stats: Mapping[str, np.ndarray]) -
         if np.shape(stats[name]) != (n_latents,):
             raise InvalidInputError(f"{what}: {name} has shape {np.shape(stats[name])}, expected ({n_latents},)")
     return {name: np.asarray(stats[name], np.float64) for name in CONCEPT_STATS}
+
+
+def _merge_stage(tx: Transaction, name: str, info: dict | None) -> None:
+    tx.session.merge(Stage(name=name, info=dict(info or {})))
 
 
 def _upsert_concepts(tx: Transaction, sae_id: int, stats: dict[str, np.ndarray]) -> None:

@@ -12,10 +12,10 @@ from atlas.server.pages import Envelope, Page
 from atlas.server.state import State, sql_text
 from atlas.server.views.home import Table
 from atlas.store import UnknownLabelError
-from atlas.store.reads import BEST_CONCEPT_SQL
+from atlas.store.reads import BEST_CONCEPT_SQL, LINK_SCORE
 
 PAGE = Page("labels")
-RANK = "mean_iou DESC NULLS LAST, hit_rate DESC NULLS LAST, support DESC NULLS LAST, latent"  # as Atlas.concepts
+RANK = f"{LINK_SCORE}, latent"  # within one SAE, as Atlas.concepts
 
 
 class LabelsData(Envelope):
