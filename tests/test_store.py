@@ -128,6 +128,36 @@ def test_image_codes_and_activation_map_match_brute_force(atlas, built):
     assert atlas.activation_map(17, "up/1.0/63").shape == (4, 4)
 
 
+CONCURRENT_READS = """
+import sys, threading
+from atlas.store import open_atlas
+root = sys.argv[1]
+with open_atlas(root, threads=1) as atlas:
+    expected = {i: atlas.image_codes(i).to_pylist() for i in range(50)}
+for attempt in range(10):  # each round starts cold: the files' readers are opened by the racing threads
+    with open_atlas(root, threads=1) as atlas:
+        start, wrong = threading.Barrier(16), []
+        def read(first):
+            start.wait()
+            for i in range(first, first + 50, 3):
+                if atlas.image_codes(i % 50).to_pylist() != expected[i % 50]:
+                    wrong.append(i % 50)
+        threads = [threading.Thread(target=read, args=(k,)) for k in range(16)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not wrong, wrong
+print("same answers")
+"""
+
+
+def test_threads_reading_at_once_get_the_sequential_answers(built):
+    """A web server reads from many threads; concurrent reads of one cold Parquet reader once corrupted the heap
+    (a segfault in libarrow), so this runs in a process of its own."""
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_READS, str(built[0])], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "same answers" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 def test_concept_ids_are_the_same_everywhere(atlas):
     rows = atlas.sql("SELECT DISTINCT concept_id, block, t, latent FROM codes WHERE latent = 3").rows
     for cid, block, t, latent in rows:

@@ -8,6 +8,7 @@ with the activation, so silent cells leave the image untouched.
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 from matplotlib import colormaps
@@ -16,6 +17,7 @@ from PIL import Image
 MIN_SIDE = 128
 MAX_SIDE = 512
 COLORMAP = colormaps["inferno"]
+_PLOTTING = threading.Lock()  # matplotlib's text rendering is not thread-safe, and the server renders in threads
 
 
 def png(image: Image.Image) -> bytes:
@@ -63,14 +65,15 @@ def histogram_png(counts: list[int], edges: list[float], width: int = 360, heigh
     """A bar chart of an activation histogram with its value range on the x axis."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
-    axes = figure.add_subplot()
-    if counts:
-        axes.stairs(counts, edges, fill=True, color="#2451b3")
-    axes.set_xlabel("activation")
-    axes.set_ylabel("positions")
-    axes.tick_params(labelsize=7)
-    figure.tight_layout(pad=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    with _PLOTTING:
+        figure = Figure(figsize=(width / 100, height / 100), dpi=100)
+        axes = figure.add_subplot()
+        if counts:
+            axes.stairs(counts, edges, fill=True, color="#2451b3")
+        axes.set_xlabel("activation")
+        axes.set_ylabel("positions")
+        axes.tick_params(labelsize=7)
+        figure.tight_layout(pad=0.3)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
     return buffer.getvalue()

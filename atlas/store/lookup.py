@@ -4,7 +4,9 @@ The hot API paths (one concept's rows, one image's rows) know the single file th
 DuckDB answers the same question through the views, but every query binds the file again and plans
 a scan (10-15 ms for one image on this machine, bench/store_scale.py); keeping each file's footer
 parsed and reading the one or two 100k-row groups with pyarrow takes 3-4 ms. Codes files are never
-modified (a rewrite gets a new name), so a parsed footer stays valid for the file's lifetime.
+modified (a rewrite gets a new name), so a parsed footer stays valid for the file's lifetime. A parsed
+file must not be read by two threads at once (pyarrow's reader is not thread-safe: concurrent reads of one
+ParquetFile corrupted the heap of a web server loading a page of heatmaps), so each has its own lock.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 from atlas.store.errors import CorruptFileError
 
 KEEP_OPEN = 64
+_Footer = tuple[pq.ParquetFile, np.ndarray, np.ndarray, threading.Lock]
 
 
 class SortedFiles:
@@ -29,13 +32,13 @@ class SortedFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()  # web servers call from several threads
-        self._open: OrderedDict[tuple[Path, str], tuple[pq.ParquetFile, np.ndarray, np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[tuple[Path, str], _Footer] = OrderedDict()
 
-    def _footer(self, path: Path, key: str) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
+    def _footer(self, path: Path, key: str) -> _Footer:
         with self._lock:
             return self._footer_locked(path, key)
 
-    def _footer_locked(self, path: Path, key: str) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
+    def _footer_locked(self, path: Path, key: str) -> _Footer:
         entry = self._open.get((path, key))
         if entry is None:
             try:
@@ -45,7 +48,7 @@ class SortedFiles:
                          for i in range(parquet.metadata.num_row_groups)]
             except (OSError, pa.ArrowException) as err:
                 raise CorruptFileError(path.relative_to(self.root), str(err).splitlines()[0][:160]) from None
-            entry = (parquet, np.array([s.min for s in stats]), np.array([s.max for s in stats]))
+            entry = (parquet, np.array([s.min for s in stats]), np.array([s.max for s in stats]), threading.Lock())
             self._open[(path, key)] = entry
             if len(self._open) > KEEP_OPEN:
                 self._open.popitem(last=False)
@@ -57,12 +60,13 @@ class SortedFiles:
         `paths` must not be empty."""
         tables = []
         for path in paths:
-            parquet, low, high = self._footer(path, key)
+            parquet, low, high, reading = self._footer(path, key)
             groups = np.flatnonzero((low <= value) & (value <= high)).tolist()
             if not groups:
                 continue
             try:
-                table = parquet.read_row_groups(groups, columns=[key] + columns)
+                with reading:
+                    table = parquet.read_row_groups(groups, columns=[key] + columns)
             except (OSError, pa.ArrowException) as err:
                 raise CorruptFileError(path.relative_to(self.root), str(err).splitlines()[0][:160]) from None
             tables.append(table.filter(pc.equal(table[key], value)))
