@@ -30,7 +30,7 @@ from atlas.server.views.images import PNG
 PAGE = Page("edit")
 GRID = re.compile(r"[01]+(/[01]+)*")
 WHEN = ("auto", "early", "middle", "final")
-DEFAULT_BLOCK = "mid"  # as `atlas edit --block`
+DEFAULT_BLOCK = ""  # as `atlas edit --block`: the block whose measured curves succeed most, else mid
 
 
 class EditRequest(BaseModel):
@@ -42,7 +42,9 @@ class EditRequest(BaseModel):
     when: str = Field("auto", max_length=50, description="auto, early, middle, final, a range t0-t1 or one t")
     strength: float | None = Field(None, ge=-1e6, le=1e6)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    block: str = Field(DEFAULT_BLOCK, max_length=200, description="Block a label resolves to")
+    block: str = Field(DEFAULT_BLOCK, max_length=200,
+                       description="Block a label resolves to (empty: the block whose measured edit curves succeed "
+                                   "most, else mid)")
 
 
 class PlannedOut(BaseModel):
