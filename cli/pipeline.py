@@ -214,8 +214,9 @@ def demo(atlas_dir, n_images, device) -> None:
 @click.option("--t", "t", type=float, default=1.0, show_default=True, help="Timestep whose codes are read.")
 @click.option("--block", default="mid", show_default=True, help="Block whose SAE reads them.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--similarity", default=0.85, show_default=True, type=FiniteFloat(-1, 1),
-              help="Cosine similarity to the label a position's concept needs to count.")
+@click.option("--similarity", default=None, type=FiniteFloat(-1, 1),
+              help="Cosine similarity to the label a position's concept needs to count  [default: the threshold "
+                   "that predicts the dictionary images' layouts best at this SAE]")
 @click.option("--out", "out_path", default="layout.png", show_default=True, help="PNG to write.")
 @atlas_option
 @one_line_errors
@@ -246,14 +247,15 @@ def predict_layout(prompt, label, t, block, seed, similarity, out_path, atlas_di
 
     image_grid(np.stack([result.image, tile(result.predicted), tile(result.annotated)]),
                ["final image", f"predicted at t={t} ({block})", "annotated"], cols=3).save(out_path)
-    click.echo(f"IoU {result.iou:.3f} between the mask predicted at t={t} and the final image's '{label}'; "
-               f"wrote {out_path}")
+    click.echo(f"IoU {result.iou:.3f} between the mask predicted at t={t} (similarity > {result.similarity:g}) and "
+               f"the final image's '{label}'; wrote {out_path}")
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--out", "out_dir", default=None, help="Report directory  [default: <atlas>/report]")
-@click.option("--similarity", default=0.85, show_default=True, type=FiniteFloat(-1, 1),
-              help="Layout prediction similarity threshold.")
+@click.option("--similarity", default=None, type=FiniteFloat(-1, 1),
+              help="Layout prediction similarity threshold  [default: per SAE, the one that predicts the "
+                   "dictionary images' layouts best]")
 @atlas_option
 @one_line_errors
 def report(out_dir, similarity, atlas_dir) -> None:
@@ -275,8 +277,8 @@ def report(out_dir, similarity, atlas_dir) -> None:
     with open_atlas(atlas_dir) as atlas:
         out = Path(out_dir) if out_dir else atlas.root / "report"
         figures = build_report(atlas, out, LayoutConfig(similarity=similarity))
-    rows = [(x["block"], x["t"], x["iou"], x["baseline_iou"], x["pairs"]) for x in figures["layout"]]
-    click.echo(format_table(["block", "t", "layout IoU", "baseline", "pairs"], rows))
+    rows = [(x["block"], x["t"], x["iou"], x["baseline_iou"], x["pairs"], x["similarity"]) for x in figures["layout"]]
+    click.echo(format_table(["block", "t", "layout IoU", "baseline", "pairs", "similarity"], rows))
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 
 

@@ -8,7 +8,16 @@ import numpy as np
 import pyarrow as pa
 from click.testing import CliRunner
 
-from atlas.jobs.layout import baseline_masks, codes_by_image, label_masks, layout_iou, top_codes
+from atlas.jobs.layout import (
+    SIMILARITIES,
+    LayoutConfig,
+    baseline_masks,
+    codes_by_image,
+    label_masks,
+    layout_iou,
+    top_codes,
+)
+from atlas.jobs.link import DICTIONARY_SPLITS
 from atlas.store import open_atlas
 from cli.main import main
 
@@ -47,6 +56,22 @@ def test_layout_iou_on_the_shapes_atlas_beats_nothing_and_is_bounded(shapes_atla
                                                             for t in (1.0, 0.5, 0.0))
     for s in scores:
         assert 0.0 <= s.iou <= 1.0 and 0.0 <= s.baseline_iou <= 1.0 and s.pairs > 0
+
+
+def test_the_similarity_threshold_is_the_best_on_the_dictionary_images(shapes_atlas):
+    """Chosen per SAE on the dictionary images, like the baseline's threshold; the test images only score it."""
+    with open_atlas(shapes_atlas) as atlas:
+        auto = {(s.block, s.t): s for s in layout_iou(atlas)}
+        up = auto[("up", 0.0)]
+        assert up.similarity in SIMILARITIES
+        on_dictionary = {}
+        for threshold in SIMILARITIES:
+            fixed = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(similarity=threshold),
+                                                           splits=DICTIONARY_SPLITS)}
+            on_dictionary[threshold] = fixed[("up", 0.0)].iou
+        assert on_dictionary[up.similarity] == max(on_dictionary.values())
+        same = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(similarity=up.similarity))}
+        assert same[("up", 0.0)].iou == up.iou
 
 
 def test_report_writes_tables_and_plots(shapes_atlas):

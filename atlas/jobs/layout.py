@@ -4,7 +4,10 @@ At each grid position the most active labelled concept votes with its concept em
 of its labels' text embeddings); positions whose embedding is close to the target label's form the
 predicted mask. `layout_iou` scores this on the atlas's test images against the objects the
 annotator found in the final images, beside a baseline that never looks at the model: the label's
-average mask over the dictionary images, thresholded where that baseline scores best.
+average mask over the dictionary images, thresholded where that baseline scores best. The similarity
+threshold is chosen the same way by default, per SAE on the dictionary images: label embeddings of
+related labels lie close ('red circle' and 'blue circle' at 0.74 with MiniLM), so one fixed threshold
+fits some grids and misses others.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from atlas.store import Atlas, SaeInfo
 class LayoutConfig:
     """Options of layout prediction."""
 
-    similarity: float = 0.85
-    """A position is predicted when its concept's embedding has at least this cosine similarity to the label's."""
+    similarity: float | None = None
+    """A position is predicted when its concept's embedding has more than this cosine similarity to the label's
+    (None: per SAE, the threshold of SIMILARITIES that scores best on the dictionary images)."""
     include_backgrounds: bool = False
     """Also score background labels (style), not only objects."""
+
+
+SIMILARITIES = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class LayoutScore:
     iou: float  # mean over (test image, label) pairs
     baseline_iou: float
     pairs: int
+    similarity: float  # the threshold used (chosen on the dictionary images unless configured)
 
 
 def label_vectors(atlas: Atlas, embedder: TextEmbedder) -> dict[str, np.ndarray]:
@@ -92,6 +100,13 @@ def label_masks(cells: pa.Table, grid: tuple[int, int]) -> dict[tuple[int, str],
     return masks
 
 
+def scored_masks(cells: pa.Table, grid: tuple[int, int],
+                 include_backgrounds: bool) -> dict[tuple[int, str], np.ndarray]:
+    """label_masks without the background labels (the style) unless `include_backgrounds`."""
+    return {key: m for key, m in label_masks(cells, grid).items()
+            if include_backgrounds or not key[1].endswith("background")}
+
+
 def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.ndarray]:
     """Per label: its average mask, thresholded at the level that maximises IoU on the dictionary images."""
     by_label: dict[str, list[np.ndarray]] = {}
@@ -106,36 +121,57 @@ def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.nda
     return out
 
 
+def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], concepts: np.ndarray,
+                    vectors: dict[str, np.ndarray], sae: SaeInfo, similarity: float) -> float:
+    """Mean IoU of predicted vs. annotated masks over (image, label) pairs, from the images' codes of one SAE."""
+    grid = (sae.grid_h, sae.grid_w)
+    ious = []
+    for (image_id, label), mask in truth.items():
+        mine = codes.get(image_id)
+        predicted = np.zeros(grid, bool) if mine is None else predict_layout(
+            *top_codes(mine, grid, sae.k), concepts, vectors[label], similarity)
+        ious.append(iou(predicted, mask))
+    return float(np.mean(ious)) if ious else 0.0
+
+
+def fit_similarity(atlas: Atlas, sae: SaeInfo, train: dict[tuple[int, str], np.ndarray], concepts: np.ndarray,
+                   vectors: dict[str, np.ndarray]) -> float:
+    """The threshold of SIMILARITIES that scores best on the dictionary images' (image, label) masks `train`."""
+    codes = codes_by_image(atlas.sae_codes(sae.id, DICTIONARY_SPLITS))
+    fit = [mean_layout_iou(codes, train, concepts, vectors, sae, s) for s in SIMILARITIES]
+    return SIMILARITIES[int(np.argmax(fit))]
+
+
 def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | None = None,
-               embedder: TextEmbedder | None = None) -> list[LayoutScore]:
-    """Mean IoU of predicted vs. annotated masks on the test split, per SAE, with the average-mask baseline."""
+               embedder: TextEmbedder | None = None, splits: tuple[str, ...] = ("test",)) -> list[LayoutScore]:
+    """Mean IoU of predicted vs. annotated masks on the images of `splits` (the held-out test split by default),
+    per SAE, with the average-mask baseline."""
     config = config or LayoutConfig()
     embedder = embedder or TextEmbedder()
     source = annotation_source(atlas, source)
-    test_cells = dictionary_cells(atlas, source, ("test",))
+    test_cells = dictionary_cells(atlas, source, splits)
     dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
     if test_cells.num_rows == 0:
-        raise ValueError(f"{atlas.root} has no annotated test images to score layout prediction on")
+        raise ValueError(f"{atlas.root} has no annotated {'/'.join(splits)} images to score layout prediction on")
     vectors = label_vectors(atlas, embedder)
     dim = len(next(iter(vectors.values())))
     scores = []
-    by_grid: dict[tuple[int, int], tuple[dict, dict]] = {}
+    by_grid: dict[tuple[int, int], tuple[dict, dict, dict]] = {}
     for sae in atlas.saes():
         grid = (sae.grid_h, sae.grid_w)
         if grid not in by_grid:
-            by_grid[grid] = ({key: m for key, m in label_masks(test_cells, grid).items()
-                              if config.include_backgrounds or not key[1].endswith("background")},
+            by_grid[grid] = (scored_masks(test_cells, grid, config.include_backgrounds),
+                             scored_masks(dict_cells, grid, config.include_backgrounds),
                              baseline_masks(label_masks(dict_cells, grid)))
-        truth, baseline = by_grid[grid]
+        truth, train, baseline = by_grid[grid]
         concepts = concept_vectors(atlas, sae, vectors, dim)
-        test_codes = atlas.sae_codes(sae.id, ("test",))
-        codes, no_codes = codes_by_image(test_codes), test_codes.slice(0, 0)
-        ious, base = [], []
-        for (image_id, label), mask in truth.items():
-            latents, values = top_codes(codes.get(image_id, no_codes), grid, sae.k)
-            ious.append(iou(predict_layout(latents, values, concepts, vectors[label], config.similarity), mask))
-            base.append(iou(baseline.get(label, np.zeros(grid, bool)), mask))
-        scores.append(LayoutScore(sae.block, sae.t, float(np.mean(ious)), float(np.mean(base)), len(ious)))
+        similarity = config.similarity
+        if similarity is None:
+            similarity = fit_similarity(atlas, sae, train, concepts, vectors)
+        test = codes_by_image(atlas.sae_codes(sae.id, splits))
+        base = [iou(baseline.get(label, np.zeros(grid, bool)), mask) for (_, label), mask in truth.items()]
+        scores.append(LayoutScore(sae.block, sae.t, mean_layout_iou(test, truth, concepts, vectors, sae, similarity),
+                                  float(np.mean(base)), len(truth), similarity))
     return scores
 
 
@@ -147,6 +183,7 @@ class PromptLayout:
     predicted: np.ndarray  # (gh, gw) bool
     annotated: np.ndarray  # (gh, gw) bool
     iou: float
+    similarity: float  # the threshold used
 
 
 def atlas_model_name(atlas: Atlas) -> str:
@@ -188,8 +225,13 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     values = out.top_acts.numpy().reshape(*grid, -1)
     vectors = label_vectors(atlas, embedder)
     concepts = concept_vectors(atlas, sae_info, vectors, len(vectors[label]))
-    predicted = predict_layout(latents, values, concepts, vectors[label], config.similarity)
-    found = get_annotator(annotation_source(atlas)).annotate([image], [prompt])[0]
+    source = annotation_source(atlas)
+    similarity = config.similarity
+    if similarity is None:
+        train = scored_masks(dictionary_cells(atlas, source, DICTIONARY_SPLITS), grid, config.include_backgrounds)
+        similarity = fit_similarity(atlas, sae_info, train, concepts, vectors)
+    predicted = predict_layout(latents, values, concepts, vectors[label], similarity)
+    found = get_annotator(source).annotate([image], [prompt])[0]
     masks = [o.mask for o in found if o.label == label]
     annotated = mask_to_grid(np.any(masks, axis=0), grid, COVERAGE) if masks else np.zeros(grid, bool)
-    return PromptLayout(image, predicted, annotated, iou(predicted, annotated))
+    return PromptLayout(image, predicted, annotated, iou(predicted, annotated), similarity)

@@ -118,7 +118,7 @@ def report_markdown(figures: dict) -> str:
               f"Mean IoU of the predicted mask with the annotated one; the baseline is the label's average mask. "
               f"Paper: about {PAPER_LAYOUT_IOU_MID_T1} from the mid block at t = 1.0.", "",
               "![layout IoU](layout_iou.png)", ""]
-    lines += _table(figures["layout"], ["block", "t", "iou", "baseline_iou", "pairs"])
+    lines += _table(figures["layout"], ["block", "t", "iou", "baseline_iou", "pairs", "similarity"])
     lines += ["", "## Concept cohesion and separability", "",
               "Paper (mid): cohesion 0.588 / 0.639 / 0.664 and separability 0.433 / 0.363 / 0.344 at t = 1.0 / 0.5 / "
               "0.0.", "", "![cohesion](cohesion.png)", ""]
