@@ -1,9 +1,11 @@
-"""Atomic file writes: readers and resumed runs never see a half-written file."""
+"""Atomic file writes (readers and resumed runs never see a half-written file) and inter-process file locks."""
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -13,3 +15,16 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+@contextmanager
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold an flock on `path` (created if missing) across processes: shared or exclusive."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

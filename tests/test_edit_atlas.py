@@ -135,3 +135,26 @@ def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, t
     plain = edit(atlas_copy, "a red circle", label, "", EditConfig(log=False), model=model)
     assert plain.plans[0].sae.block == "mid" and str(plain.plans[0].window) == "middle"
     assert "no measured global curves" in plain.said[0]
+
+
+def test_runs_saving_curves_at_once_keep_every_curve(tmp_path):
+    """eval-edits runs on different blocks merge into one curves.json: none may overwrite another's curve."""
+    import threading
+
+    from atlas.edit.evaluate import EvalResult, Point, save_curves
+    from atlas.edit.run import load_curves
+
+    results = [EvalResult("spatial", f"block{i}", [Point("early", 4.0, i / 10, 0.1, 8, 8, 0.5)], 0.25, 8,
+                          "2026-12-01") for i in range(8)]
+    start = threading.Barrier(len(results))
+
+    def save(result: EvalResult) -> None:
+        start.wait()
+        save_curves(tmp_path, "spatial", result, EvalEditsConfig())
+
+    threads = [threading.Thread(target=save, args=(r,)) for r in results]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    curves = load_curves(tmp_path)["spatial"]
+    assert sorted(curves) == [f"block{i}" for i in range(8)]
+    assert [curves[f"block{i}"]["windows"]["early"]["success"] for i in range(8)] == [[i / 10] for i in range(8)]

@@ -27,7 +27,7 @@ from atlas.edit.config import EvalEditsConfig
 from atlas.edit.core import WINDOWS, ConceptEdit, box_mask, parse_window, region_to_grid
 from atlas.edit.judge import main_object, moved_into, styled
 from atlas.edit.run import CURVES_FILE, DEFAULT_STRENGTH, atlas_model, load_curves, pixel_change, sae_path
-from atlas.files import atomic_write
+from atlas.files import atomic_write, file_lock
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
 from atlas.sae import Sae
@@ -242,7 +242,14 @@ def write_outputs(result: EvalResult, config: EvalEditsConfig, cases: list[Case]
 
 
 def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConfig) -> None:
-    """Merge this run's curve into <atlas>/edits/curves.json (one curve per edit kind and block)."""
+    """Merge this run's curve into <atlas>/edits/curves.json (one curve per edit kind and block), under a lock so
+    that two runs at once both keep theirs."""
+    path = root / CURVES_FILE
+    with file_lock(path.with_name(path.name + ".lock")):
+        _merge_curve(root, path, kind, result, config)
+
+
+def _merge_curve(root: Path, path: Path, kind: str, result: EvalResult, config: EvalEditsConfig) -> None:
     curves = load_curves(root)
     windows: dict[str, dict[str, list]] = {}
     for p in result.points:
@@ -253,6 +260,4 @@ def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConf
     curves.setdefault(kind, {})[result.block] = {
         "n": result.n_cases, "date": result.date, "baseline": result.baseline, "windows": windows,
         "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}"}
-    path = root / CURVES_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(curves, indent=2)))

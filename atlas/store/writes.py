@@ -8,11 +8,10 @@ the existing id; writing the codes of the same images again replaces them.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import duckdb
@@ -22,6 +21,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from atlas import index as faiss_index
+from atlas.files import file_lock
 from atlas.store import codes, snapshot
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError, ReadOnlyAtlasError
@@ -189,17 +189,9 @@ class Writes:
             codes.stage_part(self.root, sae.id, table)
         return table.num_rows
 
-    @contextmanager
-    def _codes_lock(self, shared: bool = False) -> Iterator[None]:
+    def _codes_lock(self, shared: bool = False) -> AbstractContextManager[None]:
         """Staging writes share it; finalize_codes holds it alone (across processes)."""
-        lock = self.root / "codes" / ".lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.root / "codes" / ".lock", shared)
 
     def finalize_codes(self, sae_ids: list[int] | None = None, stage: str | None = None,
                        info: dict | None = None) -> dict[int, int]:
