@@ -51,8 +51,8 @@ def edit(prompt, concepts, regions, strength, out, atlas_dir, **options) -> None
 
 @click.command("eval-edits", context_settings=CONTEXT)
 @atlas_option
-@click.option("--out", "out_dir", default="eval-edits", show_default=True,
-              help="Directory for eval-<kind>.md/.json and example PNGs per window.")
+@click.option("--out", "out_dir", default=None,
+              help="Directory for eval-<kind>.md/.json and example PNGs per window  [default: <atlas>/edits]")
 @config_options(EvalEditsConfig)
 @one_line_errors
 def eval_edits(atlas_dir, out_dir, **options) -> None:
@@ -71,6 +71,7 @@ def eval_edits(atlas_dir, out_dir, **options) -> None:
 
     config = build_config(EvalEditsConfig, options)
     with open_atlas(atlas_dir or default_path()) as store:
+        out_dir = out_dir or store.root / "edits"
         result = run_eval(store, config, out_dir, say=click.echo)
     click.echo(result.table())
     click.echo(f"wrote {out_dir}/eval-{result.kind}.md, .json and PNGs; curves in {store.root}/edits/curves.json")

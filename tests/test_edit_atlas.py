@@ -137,6 +137,15 @@ def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, t
     assert "no measured global curves" in plain.said[0]
 
 
+@pytest.mark.slow
+def test_cli_eval_edits_writes_into_the_atlas_by_default(atlas_copy):
+    result = CliRunner().invoke(main, ["eval-edits", "--n", "1", "--windows", "final", "--strengths", "16",
+                                       "--atlas", str(atlas_copy)])
+    assert result.exit_code == 0, result.output
+    assert "| final | 16 |" in result.output and f"wrote {atlas_copy / 'edits'}/eval-spatial.md" in result.output
+    assert (atlas_copy / "edits" / "eval-spatial-final.png").stat().st_size > 500
+
+
 def test_runs_saving_curves_at_once_keep_every_curve(tmp_path):
     """eval-edits runs on different blocks merge into one curves.json: none may overwrite another's curve."""
     import threading
