@@ -39,22 +39,34 @@ def linked(atlas_dir, block: str, t: float) -> str:
     return rows[0][0]
 
 
+def linked_at_first_step(atlas_dir) -> tuple[str, str]:
+    """(label, block) of an object label with concepts at t = 1.0, on mid (the paper's block) when it has one:
+    which blocks link objects at the first step depends on the shipped weights."""
+    with open_atlas(atlas_dir) as atlas:
+        rows = atlas.sql("SELECT label, block FROM concept_labels WHERE t = 1.0 AND label NOT LIKE '%background' "
+                         "GROUP BY label, block ORDER BY block = 'mid' DESC, count(*) DESC, label, block LIMIT 1").rows
+    assert rows, "no object label at t = 1.0"
+    return rows[0][0], rows[0][1]
+
+
 def interventions(atlas_dir) -> int:
     with open_atlas(atlas_dir) as atlas:
         return atlas.sql("SELECT count(*) FROM interventions").rows[0][0]
 
 
 def test_edit_resolves_a_label_draws_the_picture_and_logs(atlas_copy, model, tmp_path):
-    label = linked(atlas_copy, "mid", 1.0)
+    label, block = linked_at_first_step(atlas_copy)
     before = interventions(atlas_copy)
-    result = edit(atlas_copy, f"a {label}", label, "top-left", EditConfig(when="early", strength=4.0, max_concepts=3),
-                  out=tmp_path / "edit.png", model=model)
+    result = edit(atlas_copy, f"a {label}", label, "top-left",
+                  EditConfig(when="early", strength=4.0, max_concepts=3, block=block), out=tmp_path / "edit.png",
+                  model=model)
     plan = result.plans[0]
-    assert plan.kind == "spatial" and plan.sae.block == "mid" and plan.sae.t == 1.0 and plan.strength == 4.0
+    assert plan.kind == "spatial" and plan.sae.block == block and plan.sae.t == 1.0 and plan.strength == 4.0
     assert 1 <= len(plan.concepts) <= 3 and str(plan.window) == "early"
     assert result.original.shape == result.edited.shape == (32, 32, 3)
     # the concept's map on the unedited image (it may not fire there: a spatial edit writes it into the region)
-    assert result.maps[0].shape == (4, 4) and result.maps[0].min() >= 0 and bool(np.isfinite(result.maps[0]).all())
+    assert result.maps[0].shape == (plan.sae.grid_h, plan.sae.grid_w)
+    assert result.maps[0].min() >= 0 and bool(np.isfinite(result.maps[0]).all())
     assert set(result.outcome) == {"pixel_change", "success"} and isinstance(result.outcome["success"][0], bool)
     assert any("early" in line for line in result.said)
     from PIL import Image
