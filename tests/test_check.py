@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -58,13 +59,16 @@ def test_repair_removes_exactly_the_orphans_and_nothing_referenced(shapes_atlas,
         f"codes/by_latent/sae_id=0/bucket=0/{token}.parquet": code_file.read_bytes(),
         f"codes/by_image/bucket=0/{token}.parquet.tmp": b"half a parquet",
         f"codes/parts/sae_id=99/part-{token}.parquet": code_file.read_bytes(),
+        # older than sae 0's codes files: merged by a finalize that was killed before deleting it
+        f"codes/parts/sae_id=0/part-{token}.parquet": code_file.read_bytes(),
         "codes/.tmp/duckdb_temp_storage-0.tmp": b"spilled",
         f"index/sae-0-{token}.faiss": index_file.read_bytes(),
         "masks/3/99999.png": b"a mask of no object",
         f"tables/.{newer}.tmp/meta.json": b"{}",
         f"tables/{newer}/meta.json": b"{}",
     }
-    pending = f"codes/parts/sae_id=0/part-{token}.parquet"  # staged codes of a known SAE: the next finalize's input
+    pending = f"codes/parts/sae_id=0/part-{time.time_ns():020d}-1.parquet"  # staged after the last finalize: the
+    # next finalize's input
     for rel, data in {**files, pending: code_file.read_bytes()}.items():
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         (copy / rel).write_bytes(data)

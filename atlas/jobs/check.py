@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from atlas.store import Atlas, AtlasError, AtlasNotFoundError, default_path, open_atlas, snapshot
+from atlas.store import Atlas, AtlasError, AtlasNotFoundError, codes, default_path, open_atlas, snapshot
 from atlas.store.catalog import CATALOG_FILE, Catalog
 
 FAISS_KINDS = ("faiss_sae", "faiss_block")
@@ -56,7 +56,8 @@ def _column(generation: Path, table: str, column: str) -> set:
 
 def find_orphans(root: Path) -> list[str]:
     """Atlas-relative paths of what no kept snapshot generation refers to, and that no reader or resumed run needs:
-    codes and FAISS files not in `files`, masks not in `objects`, staged codes of SAEs not in `saes`, generations
+    codes and FAISS files not in `files`, masks not in `objects`, staged codes of SAEs not in `saes` or already
+    merged (`codes.merged_parts`), generations
     that were pruned or never became current, and anywhere else the temporary files of atomic writes. Captures,
     checkpoints, annotations and the report are not in the catalog and stay, but for their temporary files."""
     root = Path(root)
@@ -69,6 +70,7 @@ def find_orphans(root: Path) -> list[str]:
     generations = [root / snapshot.TABLES_DIR / name for name in kept]
     listed = set().union(*(_column(g, "files", "path") | _column(g, "objects", "mask_path") for g in generations))
     staged = {f"sae_id={i}" for i in _column(current, "saes", "id")}
+    merged = {str(p.relative_to(root)) for p in codes.merged_parts(root, listed)}
 
     def orphan(here: tuple[str, ...], name: str, is_dir: bool) -> bool:
         if name.endswith(".tmp"):
@@ -77,7 +79,8 @@ def find_orphans(root: Path) -> list[str]:
             return here == (snapshot.TABLES_DIR,) and name.startswith("g") and name[1:].isdigit() and name not in kept
         if here[:2] in (("codes", "by_latent"), ("codes", "by_image")) or here[:1] in (("index",), ("masks",)):
             return "/".join(here + (name,)) not in listed
-        return here[:2] == ("codes", "parts") and len(here) == 3 and here[2] not in staged
+        return here[:2] == ("codes", "parts") and len(here) == 3 and (here[2] not in staged
+                                                                       or "/".join(here + (name,)) in merged)
 
     orphans = []
     for directory, dirs, files in os.walk(root):

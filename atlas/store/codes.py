@@ -282,12 +282,30 @@ def _split(reader: pa.RecordBatchReader, column: str, size: int) -> Iterator[tup
         yield bucket, run()
 
 
+def _written_ns(path: Path) -> int:
+    """The time in a token-named file's stem (part-<ns>-<pid> or <ns>-<pid>)."""
+    return int(path.stem.removeprefix("part-").split("-")[0])
+
+
+def merged_parts(root: Path, listed: set[str]) -> list[Path]:
+    """Staged parts older than a listed by_latent file of their SAE: a finalize merged them and committed but was
+    killed before deleting them (a finalize writes its files after the parts it reads, and no part is staged
+    while one runs)."""
+    newest: dict[str, int] = {}
+    for rel in listed:
+        parts = Path(rel).parts
+        if parts[:2] == ("codes", "by_latent") and len(parts) > 2:
+            newest[parts[2]] = max(newest.get(parts[2], 0), _written_ns(Path(rel)))
+    return [path for directory in sorted((root / "codes" / "parts").glob("sae_id=*"))
+            for path in sorted(directory.glob("part-*.parquet")) if _written_ns(path) < newest.get(directory.name, 0)]
+
+
 def remove_orphans(root: Path, listed: set[str]) -> None:
-    """Delete codes files no snapshot lists and temporary files (both left by a crash); the caller holds
-    the codes lock, so no other finalize is writing."""
+    """Delete codes files no snapshot lists, parts already merged, and temporary files (all left by a crash); the
+    caller holds the codes lock, so no other finalize is writing."""
     for arrangement in ("by_latent", "by_image"):
         for path in (root / "codes" / arrangement).rglob("*.parquet*"):
             if str(path.relative_to(root)) not in listed:
                 path.unlink(missing_ok=True)
-    for path in (root / "codes" / "parts").rglob("*.tmp"):
+    for path in merged_parts(root, listed) + list((root / "codes" / "parts").rglob("*.tmp")):
         path.unlink(missing_ok=True)
