@@ -244,20 +244,16 @@ def write_outputs(result: EvalResult, config: EvalEditsConfig, cases: list[Case]
 def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConfig) -> None:
     """Merge this run's curve into <atlas>/edits/curves.json (one curve per edit kind and block), under a lock so
     that two runs at once both keep theirs."""
-    path = root / CURVES_FILE
-    with file_lock(path.with_name(path.name + ".lock")):
-        _merge_curve(root, path, kind, result, config)
-
-
-def _merge_curve(root: Path, path: Path, kind: str, result: EvalResult, config: EvalEditsConfig) -> None:
-    curves = load_curves(root)
     windows: dict[str, dict[str, list]] = {}
     for p in result.points:
         row = windows.setdefault(p.window, {"strength": [], "success": [], "pixel_change": [], "resolved": []})
         for key, value in (("strength", p.strength), ("success", p.success), ("pixel_change", p.pixel_change),
                            ("resolved", p.resolved / p.n)):
             row[key].append(value)
-    curves.setdefault(kind, {})[result.block] = {
-        "n": result.n_cases, "date": result.date, "baseline": result.baseline, "windows": windows,
-        "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}"}
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(curves, indent=2)))
+    path = root / CURVES_FILE
+    with file_lock(path.with_name(path.name + ".lock")):
+        curves = load_curves(root)
+        curves.setdefault(kind, {})[result.block] = {
+            "n": result.n_cases, "date": result.date, "baseline": result.baseline, "windows": windows,
+            "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}"}
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(curves, indent=2)))

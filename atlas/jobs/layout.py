@@ -100,11 +100,10 @@ def label_masks(cells: pa.Table, grid: tuple[int, int]) -> dict[tuple[int, str],
     return masks
 
 
-def scored_masks(cells: pa.Table, grid: tuple[int, int],
+def scored_masks(masks: dict[tuple[int, str], np.ndarray],
                  include_backgrounds: bool) -> dict[tuple[int, str], np.ndarray]:
     """label_masks without the background labels (the style) unless `include_backgrounds`."""
-    return {key: m for key, m in label_masks(cells, grid).items()
-            if include_backgrounds or not key[1].endswith("background")}
+    return {key: m for key, m in masks.items() if include_backgrounds or not key[1].endswith("background")}
 
 
 def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,9 +159,9 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     for sae in atlas.saes():
         grid = (sae.grid_h, sae.grid_w)
         if grid not in by_grid:
-            by_grid[grid] = (scored_masks(test_cells, grid, config.include_backgrounds),
-                             scored_masks(dict_cells, grid, config.include_backgrounds),
-                             baseline_masks(label_masks(dict_cells, grid)))
+            dictionary = label_masks(dict_cells, grid)
+            by_grid[grid] = (scored_masks(label_masks(test_cells, grid), config.include_backgrounds),
+                             scored_masks(dictionary, config.include_backgrounds), baseline_masks(dictionary))
         truth, train, baseline = by_grid[grid]
         concepts = concept_vectors(atlas, sae, vectors, dim)
         similarity = config.similarity
@@ -228,7 +227,8 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     source = annotation_source(atlas)
     similarity = config.similarity
     if similarity is None:
-        train = scored_masks(dictionary_cells(atlas, source, DICTIONARY_SPLITS), grid, config.include_backgrounds)
+        train = scored_masks(label_masks(dictionary_cells(atlas, source, DICTIONARY_SPLITS), grid),
+                             config.include_backgrounds)
         similarity = fit_similarity(atlas, sae_info, train, concepts, vectors)
     predicted = predict_layout(latents, values, concepts, vectors[label], similarity)
     found = get_annotator(source).annotate([image], [prompt])[0]
