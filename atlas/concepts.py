@@ -143,3 +143,18 @@ def predict_layout(latents: np.ndarray, values: np.ndarray, concept_vectors: np.
     has = usable.any(-1)
     sim = concept_vectors[top] @ target
     return has & (sim > threshold)
+
+
+def weighted_layout(latents: np.ndarray, values: np.ndarray, weights: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """Predicted mask of a target label from the evidence of every active concept, not only the top one.
+
+    `latents`, `values`: (H, W, k) top-k codes per position. `weights`: (n_latents,) how well each
+    concept's maps matched the label's objects on the dictionary images (its mean IoU there, 0 for
+    concepts that never overlapped one). A position's score is the sum of its codes' values times
+    their weights; positions scoring above `fraction` of the image's best score are predicted. Early
+    concepts rarely pass the paper's IoU > 0.5 rule and fire wider than the objects, so the top-concept
+    vote leaves most of an object unclaimed; their summed weak evidence still peaks where it will be.
+    """
+    score = (values * weights[latents]).sum(-1)
+    top = score.max(initial=0.0)
+    return score > fraction * top if top > 0 else np.zeros(score.shape, bool)

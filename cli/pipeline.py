@@ -6,6 +6,7 @@ import click
 
 from atlas.concepts import LinkConfig
 from atlas.config import BuildConfig, ExecutorConfig, SaeJobConfig
+from atlas.jobs.layout import METHODS
 from cli.common import CONTEXT, DEVICE_NAME, PROMPT, FiniteFloat, atlas_option, one_line_errors
 from cli.options import build_config, config_options
 from cli.store import format_table
@@ -214,18 +215,22 @@ def demo(atlas_dir, n_images, device) -> None:
 @click.option("--t", "t", type=float, default=1.0, show_default=True, help="Timestep whose codes are read.")
 @click.option("--block", default="mid", show_default=True, help="Block whose SAE reads them.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--similarity", default=None, type=FiniteFloat(-1, 1),
-              help="Cosine similarity to the label a position's concept needs to count  [default: the threshold "
-                   "that predicts the dictionary images' layouts best at this SAE]")
+@click.option("--method", default="weighted", show_default=True, type=click.Choice(METHODS),
+              help="weighted: every active concept adds evidence for the label (its mean IoU with the label's "
+                   "objects on the dictionary images); top-concept: the paper's vote of each position's most active "
+                   "labelled concept.")
+@click.option("--threshold", default=None, type=FiniteFloat(-1, 1),
+              help="weighted: fraction of the image's best score a position needs; top-concept: cosine similarity "
+                   "to the label its concept needs  [default: the value that predicts the dictionary images' "
+                   "layouts best at this SAE]")
 @click.option("--out", "out_path", default="layout.png", show_default=True, help="PNG to write.")
 @atlas_option
 @one_line_errors
-def predict_layout(prompt, label, t, block, seed, similarity, out_path, atlas_dir) -> None:
+def predict_layout(prompt, label, t, block, seed, method, threshold, out_path, atlas_dir) -> None:
     """Predict where an object will be from one early denoising step, and compare with the final image.
 
-    Reads the codes of (block, t) through the atlas's SAE; each position's most active labelled
-    concept votes with its label embedding. Writes the final image, the predicted mask and the
-    annotator's mask side by side.
+    Reads the codes of (block, t) through the atlas's SAE and turns them into a mask of the label
+    (see --method). Writes the final image, the predicted mask and the annotator's mask side by side.
 
     \b
     Example:
@@ -238,7 +243,7 @@ def predict_layout(prompt, label, t, block, seed, similarity, out_path, atlas_di
     from atlas.viz import image_grid
 
     with open_atlas(atlas_dir) as atlas:
-        result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(similarity=similarity))
+        result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(method, threshold))
     size = result.image.shape[0]
 
     def tile(mask):
@@ -247,22 +252,20 @@ def predict_layout(prompt, label, t, block, seed, similarity, out_path, atlas_di
 
     image_grid(np.stack([result.image, tile(result.predicted), tile(result.annotated)]),
                ["final image", f"predicted at t={t} ({block})", "annotated"], cols=3).save(out_path)
-    click.echo(f"IoU {result.iou:.3f} between the mask predicted at t={t} (similarity > {result.similarity:g}) and "
-               f"the final image's '{label}'; wrote {out_path}")
+    click.echo(f"IoU {result.iou:.3f} between the mask predicted at t={t} ({method}, threshold {result.threshold:g}) "
+               f"and the final image's '{label}'; wrote {out_path}")
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--out", "out_dir", default=None, help="Report directory  [default: <atlas>/report]")
-@click.option("--similarity", default=None, type=FiniteFloat(-1, 1),
-              help="Layout prediction similarity threshold  [default: per SAE, the one that predicts the "
-                   "dictionary images' layouts best]")
 @atlas_option
 @one_line_errors
-def report(out_dir, similarity, atlas_dir) -> None:
+def report(out_dir, atlas_dir) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
     Explained variance per SAE, layout-prediction IoU per block and t on the test split against the
-    average-mask baseline, concept cohesion and separability per t, and context-free latents.
+    average-mask baseline (with the paper's top-concept predictor and the weighted one, thresholds
+    chosen on the dictionary images), concept cohesion and separability per t, and context-free latents.
 
     \b
     Example:
@@ -270,15 +273,15 @@ def report(out_dir, similarity, atlas_dir) -> None:
     """
     from pathlib import Path
 
-    from atlas.jobs.layout import LayoutConfig
     from atlas.jobs.report import build_report
     from atlas.store import open_atlas
 
     with open_atlas(atlas_dir) as atlas:
         out = Path(out_dir) if out_dir else atlas.root / "report"
-        figures = build_report(atlas, out, LayoutConfig(similarity=similarity))
-    rows = [(x["block"], x["t"], x["iou"], x["baseline_iou"], x["pairs"], x["similarity"]) for x in figures["layout"]]
-    click.echo(format_table(["block", "t", "layout IoU", "baseline", "pairs", "similarity"], rows))
+        figures = build_report(atlas, out)
+    rows = [(x["method"], x["block"], x["t"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
+             x["threshold"]) for x in figures["layout"]]
+    click.echo(format_table(["method", "block", "t", "layout IoU", "baseline", "pairs", "threshold"], rows))
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 
 

@@ -231,8 +231,10 @@ CLI_CASES = [
         expect="no cond SAE for block 'mid' at t=7.0; this atlas has"),
     cli("predict-layout", "a red circle", "--label", "red circle", "--block", "nope", *A,
         expect="no cond SAE for block 'nope'"),
-    cli("predict-layout", "a red circle", "--label", "red circle", "--similarity", "5", *A,
+    cli("predict-layout", "a red circle", "--label", "red circle", "--threshold", "5", *A,
         expect="not in the range -1<=x<=1"),
+    cli("predict-layout", "a red circle", "--label", "red circle", "--method", "best", *A,
+        expect="'best' is not one of 'weighted', 'top-concept'"),
     # generate and capture: refused before the model loads
     cli("generate", "", expect="is empty: give the text of the image"),
     cli("generate", HUGE, expect="give at most 1000"),
@@ -297,7 +299,6 @@ CLI_CASES = [
     cli("demo", "--n-images", "-1", *A, expect="not in the range x>=0"),
     cli("demo", "--device", "tpu", *A, expect="unknown device 'tpu'"),
     # report, check, serve, upgrade
-    cli("report", "--similarity", "5", *A, expect="not in the range -1<=x<=1"),
     cli("report", "--atlas", "{tmp}/no-atlas", expect="no atlas at"),
     cli("check", "--max-lines", "-1", *A, expect="not in the range x>=0"),
     cli("check", "--atlas", "{atlas}/tables", expect="no atlas at"),

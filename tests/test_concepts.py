@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas.concepts import LinkConfig, TextEmbedder, iou, link, mask_cells, predict_layout
+from atlas.concepts import LinkConfig, TextEmbedder, iou, link, mask_cells, predict_layout, weighted_layout
 
 
 def test_link_golden_values():
@@ -50,6 +50,18 @@ def test_predict_layout_uses_the_most_active_labelled_concept():
     # (0,0): unlabelled 4 is stronger but only labelled concepts vote -> 1 -> match
     # (0,1): labelled 2 -> no; (1,0): 2 (0.7) beats 1 (0.6) -> no; (1,1): nothing labelled -> no
     assert mask.tolist() == [[True, False], [False, False]]
+
+
+def test_weighted_layout_sums_every_concepts_evidence():
+    weights = np.array([0.0, 0.5, 0.1, 0.0, 0.2])  # mean IoU of each concept with the label's objects
+    latents = np.array([[[1, 4], [4, 2]], [[2, 1], [3, 4]]])  # (2, 2, k=2)
+    values = np.array([[[0.5, 0.9], [1.0, 0.2]], [[0.7, 0.6], [1.0, 1.0]]])
+    # scores: (0,0) 0.25 + 0.18 = 0.43; (0,1) 0.2 + 0.02 = 0.22; (1,0) 0.07 + 0.3 = 0.37; (1,1) 0 + 0.2 = 0.2
+    assert weighted_layout(latents, values, weights, 0.8).tolist() == [[True, False], [True, False]]
+    assert weighted_layout(latents, values, weights, 0.5).tolist() == [[True, True], [True, False]]
+    assert weighted_layout(latents, values, weights, 0.1).all()
+    # no evidence anywhere: nothing is predicted (rather than everything above 0 * 0)
+    assert not weighted_layout(latents, values, np.zeros(5), 0.5).any()
 
 
 @pytest.mark.slow

@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from click.testing import CliRunner
 
 from atlas.jobs.layout import (
-    SIMILARITIES,
+    METHODS,
+    THRESHOLDS,
     LayoutConfig,
     baseline_masks,
     codes_by_image,
@@ -51,34 +53,43 @@ def test_label_masks_union_objects_of_one_label_on_one_grid():
 
 def test_layout_iou_on_the_shapes_atlas_beats_nothing_and_is_bounded(shapes_atlas):
     with open_atlas(shapes_atlas) as atlas:
-        scores = layout_iou(atlas)
-    assert sorted((s.block, s.t) for s in scores) == sorted((b, t) for b in ("down", "mid", "up")
-                                                            for t in (1.0, 0.5, 0.0))
-    for s in scores:
-        assert 0.0 <= s.iou <= 1.0 and 0.0 <= s.baseline_iou <= 1.0 and s.pairs > 0
+        for method in METHODS:
+            scores = layout_iou(atlas, LayoutConfig(method=method))
+            assert sorted((s.block, s.t) for s in scores) == sorted((b, t) for b in ("down", "mid", "up")
+                                                                    for t in (1.0, 0.5, 0.0))
+            for s in scores:
+                assert s.method == method and s.pairs > 0
+                assert 0.0 <= s.iou <= 1.0 and 0.0 <= s.baseline_iou <= 1.0
 
 
-def test_the_similarity_threshold_is_the_best_on_the_dictionary_images(shapes_atlas):
+@pytest.mark.parametrize("method", METHODS)
+def test_the_threshold_is_the_best_on_the_dictionary_images(shapes_atlas, method):
     """Chosen per SAE on the dictionary images, like the baseline's threshold; the test images only score it."""
     with open_atlas(shapes_atlas) as atlas:
-        auto = {(s.block, s.t): s for s in layout_iou(atlas)}
+        auto = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(method=method))}
         up = auto[("up", 0.0)]
-        assert up.similarity in SIMILARITIES
+        assert up.threshold in THRESHOLDS[method]
         on_dictionary = {}
-        for threshold in SIMILARITIES:
-            fixed = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(similarity=threshold),
+        for threshold in THRESHOLDS[method]:
+            fixed = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(method, threshold),
                                                            splits=DICTIONARY_SPLITS)}
             on_dictionary[threshold] = fixed[("up", 0.0)].iou
-        assert on_dictionary[up.similarity] == max(on_dictionary.values())
-        same = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(similarity=up.similarity))}
+        assert on_dictionary[up.threshold] == max(on_dictionary.values())
+        same = {(s.block, s.t): s for s in layout_iou(atlas, LayoutConfig(method, up.threshold))}
         assert same[("up", 0.0)].iou == up.iou
+
+
+def test_an_unknown_layout_method_is_refused():
+    with pytest.raises(ValueError, match="unknown layout method 'best'; choose one of weighted, top-concept"):
+        LayoutConfig(method="best")
 
 
 def test_report_writes_tables_and_plots(shapes_atlas):
     out = shapes_atlas / "report"  # written by the build's report stage
     figures = json.loads((out / "figures.json").read_text())
     assert {f["block"] for f in figures["explained_variance"]} == {"down", "mid", "up"}
-    assert len(figures["layout"]) == 9 and len(figures["structure"]) == 9
+    assert len(figures["layout"]) == 9 * len(METHODS) and len(figures["structure"]) == 9
+    assert {f["method"] for f in figures["layout"]} == set(METHODS)
     for name in ("index.html", "report.md", "layout_iou.png", "cohesion.png"):
         assert (out / name).stat().st_size > 500
     html = (out / "index.html").read_text()

@@ -128,8 +128,9 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         from atlas.jobs.report import build_report
 
         figures = build_report(atlas, root / "report")
-        mid = [x for x in figures["layout"] if x["block"] == "mid" and x["t"] == 1.0]
-        first = f"; layout IoU mid t=1.0: {mid[0]['iou']:.3f} (baseline {mid[0]['baseline_iou']:.3f})" if mid else ""
+        first = [x for x in figures["layout"] if x["method"] == "weighted" and x["t"] == 1.0]
+        first = "; layout IoU at t=1.0: " + ", ".join(
+            f"{x['block']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first) if first else ""
         return f"{root / 'report' / 'index.html'}{first}"
 
     for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_report)):

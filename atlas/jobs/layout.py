@@ -1,50 +1,75 @@
 """Layout prediction (PAPER.md, composition prediction): where will an object be, read off an early step?
 
-At each grid position the most active labelled concept votes with its concept embedding (the mean
-of its labels' text embeddings); positions whose embedding is close to the target label's form the
-predicted mask. `layout_iou` scores this on the atlas's test images against the objects the
-annotator found in the final images, beside a baseline that never looks at the model: the label's
-average mask over the dictionary images, thresholded where that baseline scores best. The similarity
-threshold is chosen the same way by default, per SAE on the dictionary images: label embeddings of
-related labels lie close ('red circle' and 'blue circle' at 0.74 with MiniLM), so one fixed threshold
-fits some grids and misses others.
+Two predictors, both scored by `layout_iou` on the atlas's test images against the objects the
+annotator found in the final images, beside a baseline that never looks at the model (the label's
+average mask over the dictionary images, thresholded where that baseline scores best):
+
+- `top-concept`, the paper's: at each grid position the most active labelled concept votes with its
+  concept embedding (the mean of its labels' text embeddings); positions whose embedding is close to
+  the target label's form the predicted mask.
+- `weighted`: every active concept adds its activation times how well its maps matched the label's
+  objects on the dictionary images (`label_weights`); positions above a fraction of the image's best
+  score form the mask. Early in denoising few concepts pass the paper's IoU > 0.5 rule and those that
+  do fire wider than the objects, so the top-concept vote misses most of the layout the codes hold.
+
+Each predictor's threshold (similarity or fraction) is chosen per SAE on the dictionary images, as the
+baseline's is: label embeddings of related labels lie close ('red circle' and 'blue circle' at 0.74
+with MiniLM), so one fixed similarity fits some grids and misses others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atlas.concepts import TextEmbedder, iou, predict_layout
+from atlas.concepts import TextEmbedder, iou, link, predict_layout, weighted_layout
 from atlas.jobs.link import DICTIONARY_SPLITS, annotation_source, dictionary_cells
 from atlas.store import Atlas, SaeInfo
+
+METHODS = ("weighted", "top-concept")
+THRESHOLDS = {
+    "top-concept": (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),  # cosine similarity
+    "weighted": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # fraction of the image's best score
+}
 
 
 @dataclass
 class LayoutConfig:
     """Options of layout prediction."""
 
-    similarity: float | None = None
-    """A position is predicted when its concept's embedding has more than this cosine similarity to the label's
-    (None: per SAE, the threshold of SIMILARITIES that scores best on the dictionary images)."""
+    method: str = "weighted"
+    """'weighted': every active concept adds evidence for the label, weighted by how well it matched the label's
+    objects on the dictionary images; 'top-concept': the paper's vote of each position's most active labelled
+    concept."""
+    threshold: float | None = None
+    """weighted: the fraction of the image's best score a position needs; top-concept: the cosine similarity to the
+    label its concept's embedding needs (None: per SAE, the value of THRESHOLDS that scores best on the dictionary
+    images)."""
     include_backgrounds: bool = False
     """Also score background labels (style), not only objects."""
 
-
-SIMILARITIES = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown layout method {self.method!r}; choose one of {', '.join(METHODS)}")
 
 
 @dataclass(frozen=True)
 class LayoutScore:
     block: str
     t: float
+    method: str
     iou: float  # mean over (test image, label) pairs
     baseline_iou: float
     pairs: int
-    similarity: float  # the threshold used (chosen on the dictionary images unless configured)
+    threshold: float  # the one used (chosen on the dictionary images unless configured)
+
+
+Predictor = Callable[[np.ndarray, np.ndarray, str, float], np.ndarray]
+"""(latents, values, label, threshold) -> predicted (H, W) mask of one image."""
 
 
 def label_vectors(atlas: Atlas, embedder: TextEmbedder) -> dict[str, np.ndarray]:
@@ -120,25 +145,55 @@ def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.nda
     return out
 
 
-def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], concepts: np.ndarray,
-                    vectors: dict[str, np.ndarray], sae: SaeInfo, similarity: float) -> float:
+def grid_cells(cells: pa.Table, grid: tuple[int, int]) -> pa.Table:
+    """The object cells of one grid, in the columns `link` expects."""
+    mine = cells.filter(pc.and_(pc.equal(cells["grid_h"], grid[0]), pc.equal(cells["grid_w"], grid[1])))
+    return mine.select(["object_id", "image_id", "label", "row", "col"])
+
+
+def label_weights(codes: pa.Table, cells: pa.Table, n_latents: int) -> dict[str, np.ndarray]:
+    """Per label: (n_latents,) mean IoU of each latent's maps with the label's objects (`link` on the dictionary
+    images' `codes` and object `cells` of the SAE's grid), whether or not the pair passes the paper's rule."""
+    stats = link(codes, cells)
+    weights: dict[str, np.ndarray] = {}
+    for latent, label, value in zip(*(stats[c].to_numpy(zero_copy_only=False)
+                                      for c in ("latent", "label", "mean_iou"))):
+        weights.setdefault(label, np.zeros(n_latents, np.float32))[latent] = value
+    return weights
+
+
+def make_predictor(atlas: Atlas, sae: SaeInfo, method: str, vectors: dict[str, np.ndarray],
+                   dictionary_codes: pa.Table, cells: pa.Table) -> Predictor:
+    """The layout predictor `method` for one SAE, from its concept dictionary (`cells`: all grids' object cells
+    of the dictionary images)."""
+    if method == "top-concept":
+        concepts = concept_vectors(atlas, sae, vectors, len(next(iter(vectors.values()))))
+        return lambda latents, values, label, threshold: predict_layout(latents, values, concepts, vectors[label],
+                                                                        threshold)
+    weights = label_weights(dictionary_codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), sae.n_latents)
+    none = np.zeros(sae.n_latents, np.float32)
+    return lambda latents, values, label, threshold: weighted_layout(latents, values, weights.get(label, none),
+                                                                     threshold)
+
+
+def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], predict: Predictor,
+                    sae: SaeInfo, threshold: float) -> float:
     """Mean IoU of predicted vs. annotated masks over (image, label) pairs, from the images' codes of one SAE."""
     grid = (sae.grid_h, sae.grid_w)
     ious = []
     for (image_id, label), mask in truth.items():
         mine = codes.get(image_id)
-        predicted = np.zeros(grid, bool) if mine is None else predict_layout(
-            *top_codes(mine, grid, sae.k), concepts, vectors[label], similarity)
+        predicted = np.zeros(grid, bool) if mine is None else predict(*top_codes(mine, grid, sae.k), label, threshold)
         ious.append(iou(predicted, mask))
     return float(np.mean(ious)) if ious else 0.0
 
 
-def fit_similarity(atlas: Atlas, sae: SaeInfo, train: dict[tuple[int, str], np.ndarray], concepts: np.ndarray,
-                   vectors: dict[str, np.ndarray]) -> float:
-    """The threshold of SIMILARITIES that scores best on the dictionary images' (image, label) masks `train`."""
-    codes = codes_by_image(atlas.sae_codes(sae.id, DICTIONARY_SPLITS))
-    fit = [mean_layout_iou(codes, train, concepts, vectors, sae, s) for s in SIMILARITIES]
-    return SIMILARITIES[int(np.argmax(fit))]
+def fit_threshold(codes: dict[int, pa.Table], train: dict[tuple[int, str], np.ndarray], predict: Predictor,
+                  sae: SaeInfo, method: str) -> float:
+    """The threshold of THRESHOLDS[method] that scores best on the dictionary images' (image, label) masks `train`."""
+    candidates = THRESHOLDS[method]
+    fit = [mean_layout_iou(codes, train, predict, sae, x) for x in candidates]
+    return candidates[int(np.argmax(fit))]
 
 
 def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | None = None,
@@ -153,7 +208,6 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     if test_cells.num_rows == 0:
         raise ValueError(f"{atlas.root} has no annotated {'/'.join(splits)} images to score layout prediction on")
     vectors = label_vectors(atlas, embedder)
-    dim = len(next(iter(vectors.values())))
     scores = []
     by_grid: dict[tuple[int, int], tuple[dict, dict, dict]] = {}
     for sae in atlas.saes():
@@ -163,14 +217,16 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
             by_grid[grid] = (scored_masks(label_masks(test_cells, grid), config.include_backgrounds),
                              scored_masks(dictionary, config.include_backgrounds), baseline_masks(dictionary))
         truth, train, baseline = by_grid[grid]
-        concepts = concept_vectors(atlas, sae, vectors, dim)
-        similarity = config.similarity
-        if similarity is None:
-            similarity = fit_similarity(atlas, sae, train, concepts, vectors)
+        dictionary_codes = atlas.sae_codes(sae.id, DICTIONARY_SPLITS)
+        predict = make_predictor(atlas, sae, config.method, vectors, dictionary_codes, dict_cells)
+        threshold = config.threshold
+        if threshold is None:
+            threshold = fit_threshold(codes_by_image(dictionary_codes), train, predict, sae, config.method)
         test = codes_by_image(atlas.sae_codes(sae.id, splits))
         base = [iou(baseline.get(label, np.zeros(grid, bool)), mask) for (_, label), mask in truth.items()]
-        scores.append(LayoutScore(sae.block, sae.t, mean_layout_iou(test, truth, concepts, vectors, sae, similarity),
-                                  float(np.mean(base)), len(truth), similarity))
+        scores.append(LayoutScore(sae.block, sae.t, config.method,
+                                  mean_layout_iou(test, truth, predict, sae, threshold), float(np.mean(base)),
+                                  len(truth), threshold))
     return scores
 
 
@@ -182,7 +238,7 @@ class PromptLayout:
     predicted: np.ndarray  # (gh, gw) bool
     annotated: np.ndarray  # (gh, gw) bool
     iou: float
-    similarity: float  # the threshold used
+    threshold: float  # the one used
 
 
 def atlas_model_name(atlas: Atlas) -> str:
@@ -223,15 +279,16 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     latents = out.top_indices.numpy().reshape(*grid, -1)
     values = out.top_acts.numpy().reshape(*grid, -1)
     vectors = label_vectors(atlas, embedder)
-    concepts = concept_vectors(atlas, sae_info, vectors, len(vectors[label]))
     source = annotation_source(atlas)
-    similarity = config.similarity
-    if similarity is None:
-        train = scored_masks(label_masks(dictionary_cells(atlas, source, DICTIONARY_SPLITS), grid),
-                             config.include_backgrounds)
-        similarity = fit_similarity(atlas, sae_info, train, concepts, vectors)
-    predicted = predict_layout(latents, values, concepts, vectors[label], similarity)
+    dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
+    dictionary_codes = atlas.sae_codes(sae_info.id, DICTIONARY_SPLITS)
+    predict = make_predictor(atlas, sae_info, config.method, vectors, dictionary_codes, dict_cells)
+    threshold = config.threshold
+    if threshold is None:
+        train = scored_masks(label_masks(dict_cells, grid), config.include_backgrounds)
+        threshold = fit_threshold(codes_by_image(dictionary_codes), train, predict, sae_info, config.method)
+    predicted = predict(latents, values, label, threshold)
     found = get_annotator(source).annotate([image], [prompt])[0]
     masks = [o.mask for o in found if o.label == label]
     annotated = mask_to_grid(np.any(masks, axis=0), grid, COVERAGE) if masks else np.zeros(grid, bool)
-    return PromptLayout(image, predicted, annotated, iou(predicted, annotated), similarity)
+    return PromptLayout(image, predicted, annotated, iou(predicted, annotated), threshold)
