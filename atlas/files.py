@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp)` on a sibling temporary path, then rename it over `path`."""
+    """Call `write(tmp)` on a sibling temporary path, then rename it over `path`.
+
+    The temporary name is unique to the call (two writers of one file never share it; the last rename wins)
+    and ends in `.tmp`, which `atlas check` lists as an orphan if a killed writer leaves it behind."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas.files import atomic_write
 from atlas.store.errors import InvalidInputError
 
 LATENTS_PER_BUCKET = 1024
@@ -112,17 +113,20 @@ def token() -> str:
 
 def _atomic_parquet(path: Path, batches: Iterator[pa.RecordBatch] | pa.Table, schema: pa.Schema,
                     options: dict, metadata: dict[str, str]) -> int:
-    """Write to `<path>.tmp`, rename; returns the row count."""
+    """Write through a temporary file and rename (atomic_write); returns the row count."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     schema = schema.with_metadata(metadata)
     rows = 0
-    with pq.ParquetWriter(tmp, schema, **options) as writer:
-        for batch in ([batches] if isinstance(batches, pa.Table) else batches):
-            table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-            writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
-            rows += table.num_rows
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(tmp, schema, **options) as writer:
+            for batch in ([batches] if isinstance(batches, pa.Table) else batches):
+                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+                writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
+                rows += table.num_rows
+
+    atomic_write(path, write)
     return rows
 
 

@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from atlas import index as faiss_index
-from atlas.files import file_lock
+from atlas.files import atomic_write, file_lock
 from atlas.store import codes, snapshot
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError, ReadOnlyAtlasError
@@ -440,6 +440,4 @@ def _upsert_concepts(tx: Transaction, sae_id: int, stats: dict[str, np.ndarray])
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    PILImage.fromarray((mask > 0).astype(np.uint8) * 255).save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: PILImage.fromarray((mask > 0).astype(np.uint8) * 255).save(tmp, format="PNG"))
