@@ -93,6 +93,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "device": DEVICE_NAME,
     "latents": LatentCount(),
     "t": FloatList(0, 1),
+    "concepts_t": FloatList(0, 1),
     "strengths": FloatList(0),
     "preset": click.Choice(("shapes", "sd14")),
     "schedule": click.Choice(("zero-snr", "sd")),

@@ -179,3 +179,31 @@ def test_runs_saving_curves_at_once_keep_every_curve(tmp_path):
     curves = load_curves(tmp_path)["spatial"]
     assert sorted(curves) == [f"block{i}" for i in range(8)]
     assert [curves[f"block{i}"]["windows"]["early"]["success"] for i in range(8)] == [[i / 10] for i in range(8)]
+
+
+@pytest.mark.slow
+def test_concepts_of_one_sae_edit_every_window_and_auto_reuses_them(shapes_atlas, model, tmp_path):
+    """--concepts-t 1.0 edits the middle window with the first step's concepts (the shapes model's stripe concepts
+    are strong there); the curve is kept apart from the paper-rule ones and auto, finding it best, edits the same
+    way: the t = 1.0 SAE in the middle window."""
+    copy = tmp_path / "atlas"
+    shutil.copytree(shapes_atlas, copy)
+    config = EvalEditsConfig(kind="style", n=2, windows="middle", strengths="512", block="up", concepts_t="1.0")
+    with open_atlas(copy) as atlas:
+        result = eval_edits(atlas, config, tmp_path / "eval", model=model, progress=False, say=lambda line: None)
+        striped = atlas.concepts(label="striped background", t=1.0, block="up", limit=1)
+    assert result.concepts_t == 1.0 and "the concepts of the t = 1 SAE in every window" in result.table()
+    assert result.points[0].resolved == (2 if striped else 0)
+    curves = json.loads((copy / "edits" / "curves.json").read_text())["global"]
+    assert list(curves) == ["up, concepts t=1"] and curves["up, concepts t=1"]["concepts_t"] == 1.0
+    assert curves["up, concepts t=1"]["command"].endswith("--concepts-t 1")
+    label = "striped background" if striped else linked(copy, "up", 1.0)
+    auto = edit(copy, "a red circle", label, "", EditConfig(log=False), model=model)
+    plan = auto.plans[0]
+    assert plan.sae.block == "up" and plan.sae.t == 1.0 and str(plan.window) == "middle" and plan.strength == 512
+    assert "succeeded most in the middle window with the concepts of t = 1" in auto.said[0]
+    with open_atlas(copy) as atlas, pytest.raises(ValueError, match="no cond SAE of up at t=0.3 for --concepts-t"):
+        eval_edits(atlas, EvalEditsConfig(kind="style", n=1, windows="middle", concepts_t="0.3"),
+                   tmp_path / "eval", model=model, progress=False, say=lambda line: None)
+    with pytest.raises(ValueError, match="no cond SAE of up at t=0.3 for --concepts-t"):
+        edit(copy, "a red circle", label, "", EditConfig(concepts_t="0.3", block="up", log=False), model=model)

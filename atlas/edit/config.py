@@ -24,6 +24,20 @@ def _strength(value: float, name: str = "strength") -> float:
     return float(value)
 
 
+def parse_concepts_t(text: str) -> float | None:
+    """The t of a --concepts-t value, or None when empty (each window's own SAE)."""
+    if not str(text).strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"bad --concepts-t {text!r}: give the t of one SAE, e.g. 1.0, or nothing for each "
+                         "window's own") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"bad --concepts-t {text!r}: t lies in [0, 1] (1.0 is the first step)")
+    return value
+
+
 def _branch(value: str) -> None:
     if value not in BRANCHES:
         raise ValueError(f"unknown branch {value!r}; use one of {', '.join(BRANCHES)}")
@@ -47,6 +61,10 @@ class EditConfig:
     as in the paper); concept ids carry their own block."""
     max_concepts: int = 5
     """A label resolves to its best N concepts (by mean IoU) at the window's SAE."""
+    concepts_t: str = ""
+    """t of the SAE whose concepts a label resolves to, whatever the window (empty = the window's own SAE, the
+    paper's rule, or with --when auto the one of the best measured curve). In the shapes model the t = 1.0
+    stripe concepts restyle best in the middle window."""
     seed: int = 0
     """Seed of both images (the unedited and the edited one start from the same noise)."""
     steps: int = 0
@@ -60,6 +78,7 @@ class EditConfig:
         if self.strength is not None:
             _strength(self.strength)
         _branch(self.branch)
+        parse_concepts_t(self.concepts_t)
         for name, low in (("max_concepts", 1), ("seed", 0), ("steps", 0)):
             _at_least(name, getattr(self, name), low)
 
@@ -81,6 +100,9 @@ class EvalEditsConfig:
     """Block to edit (the paper edits mid; in the shapes model mid edits stay at chance, see bench/RESULTS.md)."""
     max_concepts: int = 5
     """Concepts per label (its best by mean IoU at the window's SAE)."""
+    concepts_t: str = ""
+    """t of the SAE whose concepts edit every window (empty = each window's own SAE, the paper's rule: early
+    t = 1.0, middle 0.5, final 0.0). Its curves are kept apart from the paper-rule ones."""
     branch: str = "cond"
     """CFG half to edit: cond or both."""
     seed: int = 1000
@@ -92,6 +114,7 @@ class EvalEditsConfig:
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; use spatial or style")
         _branch(self.branch)
+        parse_concepts_t(self.concepts_t)
         for name, low in (("n", 1), ("max_concepts", 1), ("seed", 0), ("batch_size", 1)):
             _at_least(name, getattr(self, name), low)
         self.sweep()

@@ -23,10 +23,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from atlas.edit.config import EvalEditsConfig
+from atlas.edit.config import EvalEditsConfig, parse_concepts_t
 from atlas.edit.core import WINDOWS, ConceptEdit, box_mask, parse_window, region_to_grid
 from atlas.edit.judge import main_object, moved_into, styled
-from atlas.edit.run import CURVES_FILE, DEFAULT_STRENGTH, atlas_model, load_curves, pixel_change, sae_path
+from atlas.edit.run import (
+    CURVES_FILE,
+    DEFAULT_STRENGTH,
+    atlas_model,
+    curve_key,
+    load_curves,
+    pixel_change,
+    sae_path,
+)
 from atlas.files import atomic_write, file_lock
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
@@ -78,6 +86,8 @@ class EvalResult:
     """Success rate of the unedited images (spatial: already in the quadrant; style: already striped)."""
     n_cases: int
     date: str
+    concepts_t: float | None = None
+    """The t of the SAE whose concepts edited every window (None: each window's own)."""
 
     def best(self, window: str) -> Point:
         return max((p for p in self.points if p.window == window),
@@ -86,7 +96,9 @@ class EvalResult:
     def table(self) -> str:
         """Markdown: the best strength per window beside the paper's figure, then the whole sweep."""
         windows = list(dict.fromkeys(p.window for p in self.points))
-        lines = [f"{self.kind} edits on {self.block}, {self.n_cases} cases per window and strength "
+        source = ("each window's own SAE" if self.concepts_t is None
+                  else f"the concepts of the t = {self.concepts_t:g} SAE in every window")
+        lines = [f"{self.kind} edits on {self.block} with {source}, {self.n_cases} cases per window and strength "
                  f"(unedited baseline {self.baseline:.2f})", "",
                  f"| window | best strength | success | paper | {TARGET[self.kind]} | pixel change | concepts found |",
                  "|---|---|---|---|---|---|---|"]
@@ -166,11 +178,15 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     baseline = float(np.mean([judge_case(config.kind, c, o, o, size)[1] for c, o in zip(cases, originals)]))
     kind_key = "spatial" if config.kind == "spatial" else "global"
     ts = sorted({s.t for s in store.saes() if s.block == config.block and s.branch == "cond"}, reverse=True)
+    fixed_t = parse_concepts_t(config.concepts_t)
+    if fixed_t is not None and fixed_t not in ts:
+        raise ValueError(f"no cond SAE of {config.block} at t={fixed_t:g} for --concepts-t; it has t = "
+                         f"{', '.join(f'{t:g}' for t in ts)}")
     points, examples = [], {}
     total = len(windows) * len(sweep or SWEEP) * len(cases)
     bar = tqdm(total=total, unit="img", desc=f"eval-edits ({config.kind})", disable=not progress)
     for window in windows:
-        t = window.sae_t(ts)
+        t = window.sae_t(ts) if fixed_t is None else fixed_t
         info = next(s for s in store.saes() if s.block == config.block and s.t == t and s.branch == "cond")
         sae = Sae.from_pretrained(sae_path(store, info))
         latents = {label: [c.latent for c in store.concepts(label=label, t=t, block=config.block,
@@ -194,7 +210,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
             say(f"{window.name:6s} strength {strength:<8g} success {points[-1].success:.2f}  "
                 f"target {points[-1].target:.2f}  pixel change {points[-1].pixel_change:.3f}")
     bar.close()
-    result = EvalResult(config.kind, config.block, points, baseline, len(cases), date.today().isoformat())
+    result = EvalResult(config.kind, config.block, points, baseline, len(cases), date.today().isoformat(), fixed_t)
     write_outputs(result, config, cases, originals, examples, Path(out_dir))
     save_curves(store.root, kind_key, result, config)
     return result
@@ -242,8 +258,8 @@ def write_outputs(result: EvalResult, config: EvalEditsConfig, cases: list[Case]
 
 
 def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConfig) -> None:
-    """Merge this run's curve into <atlas>/edits/curves.json (one curve per edit kind and block), under a lock so
-    that two runs at once both keep theirs."""
+    """Merge this run's curve into <atlas>/edits/curves.json (one curve per edit kind, block and concepts' t), under
+    a lock so that two runs at once both keep theirs."""
     windows: dict[str, dict[str, list]] = {}
     for p in result.points:
         row = windows.setdefault(p.window, {"strength": [], "success": [], "pixel_change": [], "resolved": []})
@@ -253,7 +269,9 @@ def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConf
     path = root / CURVES_FILE
     with file_lock(path.with_name(path.name + ".lock")):
         curves = load_curves(root)
-        curves.setdefault(kind, {})[result.block] = {
-            "n": result.n_cases, "date": result.date, "baseline": result.baseline, "windows": windows,
-            "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}"}
+        fixed = "" if result.concepts_t is None else f" --concepts-t {result.concepts_t:g}"
+        curves.setdefault(kind, {})[curve_key(result.block, result.concepts_t)] = {
+            "block": result.block, "concepts_t": result.concepts_t, "n": result.n_cases, "date": result.date,
+            "baseline": result.baseline, "windows": windows,
+            "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}{fixed}"}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(curves, indent=2)))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atlas.edit.config import EditConfig
+from atlas.edit.config import EditConfig, parse_concepts_t
 from atlas.edit.core import WINDOWS, ConceptEdit, Window, edit_hooks, parse_region, parse_window, region_to_grid
 from atlas.files import atomic_write
 from atlas.models import Hooks, TextToImageModel, generate, load_model, t_to_step
@@ -163,15 +163,18 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
     kind = "spatial" if region else "global"
     query = query.strip()
     pixels = parse_region(region, size) if region else None  # a bad region fails before any lookup
-    curves = load_curves(store.root).get(kind, {})  # block -> curve
+    fixed_t = parse_concepts_t(config.concepts_t)
+    curves = {key: curve for key, curve in load_curves(store.root).get(kind, {}).items()
+              if fixed_t is None or curve.get("concepts_t") == fixed_t}
     by_label = not is_sql(query) and "/" not in query
     window, strength, why = None, None, ""
-    block = config.block or best_block(curves) or "mid"
+    block = config.block or block_of(curves, best_curve(curves)) or "mid"
     if config.when.strip().lower() != "auto":
         window = parse_window(config.when)
     elif by_label:
-        block, window_name, strength, why = auto_choice(curves, kind, config.block or None)
+        block, window_name, strength, curve_t, why = auto_choice(curves, kind, config.block or None)
         window = WINDOWS[window_name]
+        fixed_t = curve_t if fixed_t is None else fixed_t
     else:  # a concept id or SQL fixes the SAE, hence the window
         why = "auto: the window of the concepts' SAE"
     if by_label:
@@ -179,9 +182,13 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
         if not ts:
             raise ValueError(f"the atlas has no SAE of block {block!r}; blocks: "
                              f"{', '.join(sorted({s.block for s in store.saes()}))}")
-        found = store.concepts(label=query, t=window.sae_t(ts), block=block, limit=config.max_concepts)
+        t = window.sae_t(ts) if fixed_t is None else fixed_t
+        if t not in ts:
+            raise ValueError(f"no cond SAE of {block} at t={t:g} for --concepts-t; it has t = "
+                             f"{', '.join(f'{x:g}' for x in ts)}")
+        found = store.concepts(label=query, t=t, block=block, limit=config.max_concepts)
         if not found:
-            raise ValueError(f"no concept of {block} at t={window.sae_t(ts)!r} is linked to {query!r}; "
+            raise ValueError(f"no concept of {block} at t={t!r} is linked to {query!r}; "
                              "try another --when or --block, or a concept id")
         target = query
     else:
@@ -193,7 +200,8 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
     if config.strength is not None:
         strength = float(config.strength)
     elif strength is None:
-        strength, how = default_strength(curves.get(sae.block), kind, window)
+        own = sae.t == window.sae_t(sorted({s.t for s in store.saes() if s.block == sae.block}, reverse=True))
+        strength, how = default_strength(curves.get(curve_key(sae.block, None if own else sae.t)), kind, window)
         why = f"{why}; {how}" if why else how
     if not window.steps(steps):
         raise ValueError(f"window {window} holds none of the {steps} denoising steps; widen it")
@@ -245,26 +253,39 @@ def best_point(curve: dict, window: str | None = None) -> tuple[str, float, floa
     return w, s, ok
 
 
-def best_block(curves: dict) -> str | None:
-    """The block whose measured curve reaches the highest success (None without curves)."""
-    scored = [(best[2], block) for block, curve in curves.items() if (best := best_point(curve))]
+def curve_key(block: str, concepts_t: float | None) -> str:
+    """Where a curve lives in curves.json: the block, plus the concepts' t when they came from one fixed SAE."""
+    return block if concepts_t is None else f"{block}, concepts t={concepts_t:g}"
+
+
+def block_of(curves: dict, key: str | None) -> str | None:
+    return None if key is None else curves[key].get("block", key)
+
+
+def best_curve(curves: dict) -> str | None:
+    """The key of the curve that reaches the highest success (None without curves)."""
+    scored = [(best[2], key) for key, curve in curves.items() if (best := best_point(curve))]
     return max(scored)[1] if scored else None
 
 
-def auto_choice(curves: dict, kind: str, block: str | None) -> tuple[str, str, float | None, str]:
-    """Block, window and strength for `--when auto` from the kind's curves (block -> curve), and why."""
-    mine = {b: c for b, c in curves.items() if block in (None, b)}
-    chosen = block or best_block(mine)
-    best = best_point(mine[chosen]) if chosen in mine else None
+def auto_choice(curves: dict, kind: str, block: str | None) -> tuple[str, str, float | None, float | None, str]:
+    """Block, window, strength and concepts' t (None: the window's own SAE) for `--when auto` from the kind's
+    curves (curve_key -> curve), and why."""
+    mine = {key: c for key, c in curves.items() if block in (None, c.get("block", key))}
+    chosen = best_curve(mine)
+    best = best_point(mine[chosen]) if chosen else None
     if best is None:
         window = PAPER_WINDOW[kind]
-        return block or "mid", window, None, (
+        return block or "mid", window, None, None, (
             f"auto: no measured {kind} curves in this atlas (run `atlas eval-edits --kind "
             f"{'spatial' if kind == 'spatial' else 'style'}`), so the paper's {window} window")
     w, s, ok = best
     curve = mine[chosen]
-    return chosen, w, s, (f"auto: {kind} edits on {chosen} succeeded most in the {w} window at strength {s:g} "
-                          f"({ok:.2f} of {curve['n']} edits, atlas eval-edits {curve.get('date', '')})")
+    concepts_t = curve.get("concepts_t")
+    source = "" if concepts_t is None else f" with the concepts of t = {concepts_t:g}"
+    return block_of(mine, chosen), w, s, concepts_t, (
+        f"auto: {kind} edits on {block_of(mine, chosen)} succeeded most in the {w} window{source} at strength "
+        f"{s:g} ({ok:.2f} of {curve['n']} edits, atlas eval-edits {curve.get('date', '')})")
 
 
 def default_strength(curve: dict | None, kind: str, window: Window) -> tuple[float, str]:
