@@ -213,7 +213,8 @@ def demo(atlas_dir, n_images, device) -> None:
 @click.argument("prompt", type=PROMPT)
 @click.option("--label", required=True, help="The object whose place to predict, e.g. 'red circle'.")
 @click.option("--t", "t", type=float, default=1.0, show_default=True, help="Timestep whose codes are read.")
-@click.option("--block", default="mid", show_default=True, help="Block whose SAE reads them.")
+@click.option("--block", default="up", show_default=True,
+              help="Block whose SAE reads them (up predicts the shapes model's layouts best; the paper reads mid).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--method", default="weighted", show_default=True, type=click.Choice(METHODS),
               help="weighted: every active concept adds evidence for the label (its mean IoU with the label's "
@@ -234,7 +235,7 @@ def predict_layout(prompt, label, t, block, seed, method, threshold, out_path, a
 
     \b
     Example:
-      atlas predict-layout "a red circle on the left" --label "red circle" --t 1.0 --block mid
+      atlas predict-layout "a red circle on the left" --label "red circle" --t 1.0 --block up
     """
     import numpy as np
 

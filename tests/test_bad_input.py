@@ -232,7 +232,7 @@ CLI_CASES = [
     cli("predict-layout", HUGE, "--label", "red circle", *A, expect="give at most 1000"),
     cli("predict-layout", "a red circle", "--label", "nope", *A, expect="unknown label 'nope'"),
     cli("predict-layout", "a red circle", "--label", "red circle", "--t", "7", *A,
-        expect="no cond SAE for block 'mid' at t=7.0; this atlas has"),
+        expect="no cond SAE for block 'up' at t=7.0; this atlas has"),
     cli("predict-layout", "a red circle", "--label", "red circle", "--block", "nope", *A,
         expect="no cond SAE for block 'nope'"),
     cli("predict-layout", "a red circle", "--label", "red circle", "--threshold", "5", *A,

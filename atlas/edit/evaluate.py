@@ -247,12 +247,15 @@ def write_outputs(result: EvalResult, config: EvalEditsConfig, cases: list[Case]
         for r in range(rows):
             first = r * per_row
             tiles.append(originals[first])
-            labels.append(f"unedited: {cases[first].prompt}")
+            labels.append(f"unedited: {cases[first].prompt.removesuffix(' on a plain background')}")
             for i in range(first, first + per_row):
                 tiles.append(edited[i])
-                obj = main_object(annotate(edited[i]), cases[i].label) if result.kind == "spatial" else None
-                where = cases[i].quadrant or "striped"
-                labels.append(f"-> {where}" + ("" if obj or result.kind != "spatial" else " (object lost)"))
+                if result.kind == "spatial":
+                    lost = main_object(annotate(edited[i]), cases[i].label) is None
+                    labels.append(f"-> {cases[i].quadrant}" + (" (object lost)" if lost else ""))
+                else:
+                    ok = styled(originals[first], edited[i], cases[i].label)
+                    labels.append("-> striped" + ("" if ok else " (failed)"))
         grid = image_grid(tiles, labels, cols=per_row + 1, cell=96, label_lines=2)
         atomic_write(out / f"eval-{result.kind}-{window}.png", lambda tmp, grid=grid: grid.save(tmp, format="PNG"))
 

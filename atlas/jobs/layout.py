@@ -248,7 +248,7 @@ def atlas_model_name(atlas: Atlas) -> str:
     return names[0]
 
 
-def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "mid", seed: int = 0,
+def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "up", seed: int = 0,
                    config: LayoutConfig | None = None, embedder: TextEmbedder | None = None) -> PromptLayout:
     """Generate `prompt`, read its codes at (block, t) through the atlas's SAE, predict where `label` goes."""
     import torch
