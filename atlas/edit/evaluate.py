@@ -163,6 +163,11 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     if config.block not in blocks:
         raise ValueError(f"the atlas has no cond SAE of block {config.block!r}; blocks: {', '.join(sorted(blocks))}")
     sweep = config.sweep()
+    ts = sorted({s.t for s in store.saes() if s.block == config.block and s.branch == "cond"}, reverse=True)
+    fixed_t = parse_concepts_t(config.concepts_t)
+    if fixed_t is not None and fixed_t not in ts:
+        raise ValueError(f"no cond SAE of {config.block} at t={fixed_t:g} for --concepts-t; it has t = "
+                         f"{', '.join(f'{t:g}' for t in ts)}")
     spec = atlas_model(store)
     if spec["name"] != "shapes":
         raise ValueError(f"eval-edits judges with the shapes world's annotator; {store.root} is an atlas of "
@@ -177,11 +182,6 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     originals = [base[(c.prompt, c.seed)] for c in cases]
     baseline = float(np.mean([judge_case(config.kind, c, o, o, size)[1] for c, o in zip(cases, originals)]))
     kind_key = "spatial" if config.kind == "spatial" else "global"
-    ts = sorted({s.t for s in store.saes() if s.block == config.block and s.branch == "cond"}, reverse=True)
-    fixed_t = parse_concepts_t(config.concepts_t)
-    if fixed_t is not None and fixed_t not in ts:
-        raise ValueError(f"no cond SAE of {config.block} at t={fixed_t:g} for --concepts-t; it has t = "
-                         f"{', '.join(f'{t:g}' for t in ts)}")
     points, examples = [], {}
     total = len(windows) * len(sweep or SWEEP) * len(cases)
     bar = tqdm(total=total, unit="img", desc=f"eval-edits ({config.kind})", disable=not progress)
