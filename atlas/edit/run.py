@@ -259,6 +259,7 @@ def curve_key(block: str, concepts_t: float | None) -> str:
 
 
 def block_of(curves: dict, key: str | None) -> str | None:
+    """The block a curve measured (curves written before concepts' t was recorded are keyed by block alone)."""
     return None if key is None else curves[key].get("block", key)
 
 
