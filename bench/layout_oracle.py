@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 
 from atlas.concepts import iou
-from atlas.jobs.layout import METHODS, LayoutConfig, codes_by_image, label_masks, layout_iou, scored_masks
+from atlas.jobs.layout import METHODS, codes_by_image, label_masks, layout_iou, scored_masks
 from atlas.jobs.link import annotation_source, dictionary_cells
 from atlas.store import open_atlas
 
@@ -44,7 +44,7 @@ def main() -> None:
     results = {}
     with open_atlas(args.atlas) as atlas:
         cells = dictionary_cells(atlas, annotation_source(atlas), ("test",))
-        predicted = {(m, s.block, s.t): s for m in METHODS for s in layout_iou(atlas, LayoutConfig(method=m))}
+        predicted = {(s.method, s.block, s.t): s for s in layout_iou(atlas, methods=METHODS)}
         print("block    t  pairs  oracle  chance  weighted  top-concept  baseline")
         for sae in atlas.saes():
             truth = scored_masks(label_masks(cells, (sae.grid_h, sae.grid_w)), False)

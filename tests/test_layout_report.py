@@ -79,9 +79,11 @@ def test_the_threshold_is_the_best_on_the_dictionary_images(shapes_atlas, method
         assert same[("up", 0.0)].iou == up.iou
 
 
-def test_an_unknown_layout_method_is_refused():
+def test_an_unknown_layout_method_is_refused(shapes_atlas):
     with pytest.raises(ValueError, match="unknown layout method 'best'; choose one of weighted, top-concept"):
         LayoutConfig(method="best")
+    with open_atlas(shapes_atlas) as atlas, pytest.raises(ValueError, match="unknown layout method 'best'"):
+        layout_iou(atlas, methods=("weighted", "best"))
 
 
 def test_report_writes_tables_and_plots(shapes_atlas):

@@ -30,6 +30,7 @@ from atlas.edit.run import (
     CURVES_FILE,
     DEFAULT_STRENGTH,
     atlas_model,
+    check_concepts_t,
     curve_key,
     load_curves,
     pixel_change,
@@ -165,9 +166,8 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     sweep = config.sweep()
     ts = sorted({s.t for s in store.saes() if s.block == config.block and s.branch == "cond"}, reverse=True)
     fixed_t = parse_concepts_t(config.concepts_t)
-    if fixed_t is not None and fixed_t not in ts:
-        raise ValueError(f"no cond SAE of {config.block} at t={fixed_t:g} for --concepts-t; it has t = "
-                         f"{', '.join(f'{t:g}' for t in ts)}")
+    if fixed_t is not None:
+        check_concepts_t(fixed_t, ts, config.block)
     spec = atlas_model(store)
     if spec["name"] != "shapes":
         raise ValueError(f"eval-edits judges with the shapes world's annotator; {store.root} is an atlas of "

@@ -182,10 +182,7 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
         if not ts:
             raise ValueError(f"the atlas has no SAE of block {block!r}; blocks: "
                              f"{', '.join(sorted({s.block for s in store.saes()}))}")
-        t = window.sae_t(ts) if fixed_t is None else fixed_t
-        if t not in ts:
-            raise ValueError(f"no cond SAE of {block} at t={t:g} for --concepts-t; it has t = "
-                             f"{', '.join(f'{x:g}' for x in ts)}")
+        t = window.sae_t(ts) if fixed_t is None else check_concepts_t(fixed_t, ts, block)
         found = store.concepts(label=query, t=t, block=block, limit=config.max_concepts)
         if not found:
             raise ValueError(f"no concept of {block} at t={t!r} is linked to {query!r}; "
@@ -209,6 +206,14 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
     plan = PlannedEdit(query, region, found, sae, window, strength, target, cells)
     said.append(plan.describe() + (f" ({why})" if why else ""))
     return plan
+
+
+def check_concepts_t(t: float, ts: list[float], block: str) -> float:
+    """`t` when the block has a cond SAE there (`ts`), else a one-line error naming the ones it has."""
+    if t not in ts:
+        raise ValueError(f"no cond SAE of {block} at t={t:g} for --concepts-t; it has t = "
+                         f"{', '.join(f'{x:g}' for x in ts)}")
+    return t
 
 
 def concepts_of(store: Atlas, query: str) -> list[ConceptInfo]:

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from atlas.concepts import TextEmbedder, iou, link, predict_layout, weighted_layout
-from atlas.jobs.link import DICTIONARY_SPLITS, annotation_source, dictionary_cells
+from atlas.jobs.link import DICTIONARY_SPLITS, annotation_source, dictionary_cells, grid_cells
 from atlas.store import Atlas, SaeInfo
 
 METHODS = ("weighted", "top-concept")
@@ -53,8 +52,12 @@ class LayoutConfig:
     """Also score background labels (style), not only objects."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown layout method {self.method!r}; choose one of {', '.join(METHODS)}")
+        check_method(self.method)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown layout method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def top_codes(mine: pa.Table, grid: tuple[int, int], k: int) -> tuple[np.ndarray
 
 def label_masks(cells: pa.Table, grid: tuple[int, int]) -> dict[tuple[int, str], np.ndarray]:
     """(image_id, label) -> union of that label's object cells on one grid."""
-    mine = cells.filter(pc.and_(pc.equal(cells["grid_h"], grid[0]), pc.equal(cells["grid_w"], grid[1])))
+    mine = grid_cells(cells, grid)
     masks: dict[tuple[int, str], np.ndarray] = {}
     for image_id, label, row, col in zip(*(mine[c].to_pylist() for c in ("image_id", "label", "row", "col"))):
         masks.setdefault((image_id, label), np.zeros(grid, bool))[row, col] = True
@@ -143,12 +146,6 @@ def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.nda
         scores = [np.mean([iou(mean >= level, m) for m in masks]) for level in levels]
         out[label] = mean >= levels[int(np.argmax(scores))]
     return out
-
-
-def grid_cells(cells: pa.Table, grid: tuple[int, int]) -> pa.Table:
-    """The object cells of one grid, in the columns `link` expects."""
-    mine = cells.filter(pc.and_(pc.equal(cells["grid_h"], grid[0]), pc.equal(cells["grid_w"], grid[1])))
-    return mine.select(["object_id", "image_id", "label", "row", "col"])
 
 
 def label_weights(codes: pa.Table, cells: pa.Table, n_latents: int) -> dict[str, np.ndarray]:
@@ -188,19 +185,28 @@ def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.
     return float(np.mean(ious)) if ious else 0.0
 
 
-def fit_threshold(codes: dict[int, pa.Table], train: dict[tuple[int, str], np.ndarray], predict: Predictor,
-                  sae: SaeInfo, method: str) -> float:
-    """The threshold of THRESHOLDS[method] that scores best on the dictionary images' (image, label) masks `train`."""
+def fit_threshold(dictionary_codes: pa.Table, train: dict[tuple[int, str], np.ndarray], predict: Predictor,
+                  sae: SaeInfo, method: str, threshold: float | None = None) -> float:
+    """`threshold` when given, else the value of THRESHOLDS[method] that scores best on the dictionary images'
+    (image, label) masks `train`."""
+    if threshold is not None:
+        return threshold
+    codes = codes_by_image(dictionary_codes)
     candidates = THRESHOLDS[method]
     fit = [mean_layout_iou(codes, train, predict, sae, x) for x in candidates]
     return candidates[int(np.argmax(fit))]
 
 
 def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | None = None,
-               embedder: TextEmbedder | None = None, splits: tuple[str, ...] = ("test",)) -> list[LayoutScore]:
+               embedder: TextEmbedder | None = None, splits: tuple[str, ...] = ("test",),
+               methods: tuple[str, ...] = ()) -> list[LayoutScore]:
     """Mean IoU of predicted vs. annotated masks on the images of `splits` (the held-out test split by default),
-    per SAE, with the average-mask baseline."""
+    per SAE and method of `methods` (default: the config's), with the average-mask baseline. Each SAE's codes and
+    masks are read once for all methods."""
     config = config or LayoutConfig()
+    methods = methods or (config.method,)
+    for method in methods:
+        check_method(method)
     embedder = embedder or TextEmbedder()
     source = annotation_source(atlas, source)
     test_cells = dictionary_cells(atlas, source, splits)
@@ -218,15 +224,14 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
                              scored_masks(dictionary, config.include_backgrounds), baseline_masks(dictionary))
         truth, train, baseline = by_grid[grid]
         dictionary_codes = atlas.sae_codes(sae.id, DICTIONARY_SPLITS)
-        predict = make_predictor(atlas, sae, config.method, vectors, dictionary_codes, dict_cells)
-        threshold = config.threshold
-        if threshold is None:
-            threshold = fit_threshold(codes_by_image(dictionary_codes), train, predict, sae, config.method)
         test = codes_by_image(atlas.sae_codes(sae.id, splits))
-        base = [iou(baseline.get(label, np.zeros(grid, bool)), mask) for (_, label), mask in truth.items()]
-        scores.append(LayoutScore(sae.block, sae.t, config.method,
-                                  mean_layout_iou(test, truth, predict, sae, threshold), float(np.mean(base)),
-                                  len(truth), threshold))
+        base = float(np.mean([iou(baseline.get(label, np.zeros(grid, bool)), mask)
+                              for (_, label), mask in truth.items()]))
+        for method in methods:
+            predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells)
+            threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold)
+            scores.append(LayoutScore(sae.block, sae.t, method, mean_layout_iou(test, truth, predict, sae, threshold),
+                                      base, len(truth), threshold))
     return scores
 
 
@@ -283,10 +288,8 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
     dictionary_codes = atlas.sae_codes(sae_info.id, DICTIONARY_SPLITS)
     predict = make_predictor(atlas, sae_info, config.method, vectors, dictionary_codes, dict_cells)
-    threshold = config.threshold
-    if threshold is None:
-        train = scored_masks(label_masks(dict_cells, grid), config.include_backgrounds)
-        threshold = fit_threshold(codes_by_image(dictionary_codes), train, predict, sae_info, config.method)
+    train = scored_masks(label_masks(dict_cells, grid), config.include_backgrounds)
+    threshold = fit_threshold(dictionary_codes, train, predict, sae_info, config.method, config.threshold)
     predicted = predict(latents, values, label, threshold)
     found = get_annotator(source).annotate([image], [prompt])[0]
     masks = [o.mask for o in found if o.label == label]

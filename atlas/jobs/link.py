@@ -42,6 +42,12 @@ def dictionary_cells(atlas: Atlas, source: str, splits: tuple[str, ...] = DICTIO
     return cells.filter(pc.is_in(cells["image_id"], keep.cast(pa.int32())))
 
 
+def grid_cells(cells: pa.Table, grid: tuple[int, int]) -> pa.Table:
+    """The object cells of one grid, in the columns `link` expects."""
+    mine = cells.filter(pc.and_(pc.equal(cells["grid_h"], grid[0]), pc.equal(cells["grid_w"], grid[1])))
+    return mine.select(["object_id", "image_id", "label", "row", "col"])
+
+
 def link_atlas(atlas: Atlas, config: LinkConfig | None = None, source: str | None = None,
                splits: tuple[str, ...] = DICTIONARY_SPLITS, progress: bool = True) -> dict[str, int]:
     """Link every SAE's latents to labels; returns the number of (concept, label) pairs stored per SAE."""
@@ -50,11 +56,8 @@ def link_atlas(atlas: Atlas, config: LinkConfig | None = None, source: str | Non
     cells = dictionary_cells(atlas, source, splits)
     stored: dict[str, int] = {}
     for sae in tqdm(atlas.saes(), desc="link", unit="sae", disable=not progress):
-        grid_cells = cells.filter(pc.and_(pc.equal(cells["grid_h"], sae.grid_h), pc.equal(cells["grid_w"],
-                                                                                            sae.grid_w)))
         codes = atlas.sae_codes(sae.id, splits)
-        result = link(codes, grid_cells.select(["object_id", "image_id", "label", "row", "col"]), config,
-                      threads=atlas.threads)
+        result = link(codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), config, threads=atlas.threads)
         passing = result.filter(result["passes"])
         rows = [{**r, "sae_id": sae.id} for r in passing.to_pylist()]
         atlas.set_concept_labels(rows, replace=True)

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from atlas.jobs.layout import METHODS, LayoutConfig, LayoutScore, layout_iou  # noqa: E402
+from atlas.jobs.layout import METHODS, LayoutScore, layout_iou  # noqa: E402
 from atlas.store import Atlas, SaeInfo  # noqa: E402
 
 PAPER_LAYOUT_IOU_MID_T1 = 0.26
@@ -87,7 +87,7 @@ def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
     ev = [{"block": s.block, "t": s.t, "branch": s.branch, "explained_variance": s.metrics.get("explained_variance"),
            "fvu": s.metrics.get("fvu"), "dead_fraction": s.metrics.get("dead_fraction"), "k": s.k,
            "n_latents": s.n_latents} for s in saes]
-    scores = [score for method in METHODS for score in layout_iou(atlas, LayoutConfig(method=method))]
+    scores = sorted(layout_iou(atlas, methods=METHODS), key=lambda score: METHODS.index(score.method))
     structure = []
     for s in saes:
         cohesion, separability, n_labels = cohesion_separability(atlas, s)
