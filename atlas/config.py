@@ -55,6 +55,13 @@ class ShapesTrainConfig:
     """trained (learned with the UNet) or frozen (kept at its seeded random initialisation, as SD keeps CLIP
     frozen: a jointly trained one learned to map 'left' and 'right' to the same output). With --init-from and
     frozen, only the UNet is loaded. A resumed run keeps its own."""
+    fine_cross_attention: bool = False
+    """Cross-attention at the 16 x 16 level too (down_blocks.0, up_blocks.2), so that the text reaches the
+    resolution where shapes are drawn. With --init-from a model without it, the new attention starts at zero
+    (the model first draws what it drew) and learns from there. A resumed run keeps its own."""
+    object_count_weights: str = "0.4,0.35,0.25"
+    """Relative frequency of training scenes with 1, 2, 3 ... objects (more weight on crowded scenes teaches
+    them more often)."""
     high_noise_fraction: float = 0.0
     """Fraction of each batch trained at the noisiest 10 % of timesteps. There the noisy image hardly shows where
     the objects are, so only the caption can say it: without this the model reads layout off the noise at every

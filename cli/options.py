@@ -95,6 +95,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "t": FloatList(0, 1),
     "concepts_t": FloatList(0, 1),
     "strengths": FloatList(0),
+    "object_count_weights": FloatList(0),
     "preset": click.Choice(("shapes", "sd14")),
     "schedule": click.Choice(("zero-snr", "sd")),
     "text_encoder": click.Choice(("trained", "frozen")),

@@ -109,3 +109,54 @@ def test_the_shipped_text_encoder_tells_positions_apart():
         for j in range(i + 1, len(words)):
             gap = (text[i] - text[j]).norm(dim=-1).max().item()
             assert gap > 0.1 * text[i].norm(dim=-1).mean().item(), (words[i], words[j], gap)
+
+
+def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_fine_attention(tmp_path):
+    from dataclasses import replace
+
+    from atlas.shapes.card import write_model_card
+    from atlas.shapes.train import load_checkpoint_model, load_growing
+
+    small = tmp_path / "small"
+    export(train(ShapesTrainConfig(run_dir=str(tmp_path / "run"), max_steps=1, batch_size=2, warmup_steps=1,
+                                   threads=1), TINY, progress=False), small)
+    grown_config = ShapesTrainConfig(run_dir=str(tmp_path / "grown"), max_steps=1, batch_size=2, threads=1,
+                                     init_from=str(small))
+    ckpt = train(grown_config, replace(TINY, fine_cross_attention=True), progress=False)  # step 1: nothing trained
+    before, grown = load_model(str(small), device="cpu"), load_checkpoint_model(ckpt)
+    assert hasattr(grown.unet.down_blocks[0], "attentions") and not hasattr(before.unet.down_blocks[0], "attentions")
+    torch.manual_seed(0)
+    sample, text = torch.randn(2, 14, 16, 16), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = before.unet(sample, torch.tensor([3, 900]), text).sample
+        assert torch.allclose(grown.unet(sample, torch.tensor([3, 900]), text).sample, expected, atol=1e-5)
+
+    grown_config.max_steps = 3
+    facts = export(train(grown_config, progress=False), tmp_path / "grown-model")  # resumed: keeps the attention
+    model = load_model(str(tmp_path / "grown-model"), device="cpu")
+    card = write_model_card(tmp_path / "grown-model", facts, {"text_encoder": "trained"}, "atlas shapes train")
+    assert "- cross-attention to the text at 16x16, 8x8 and 4x4 (mid block)" in card.read_text()
+    assert json.loads((tmp_path / "grown" / "train_config.json").read_text())["fine_cross_attention"]
+    assert model.unet.up_blocks[2].attentions[0].proj_out.weight.abs().sum() > 0  # it learned from zero
+    assert model.spec.hook_points["down"] == "down_blocks.1.attentions.0"
+    try:
+        load_growing(before.unet, model.unet.state_dict())
+    except ValueError as err:
+        assert "does not fit this run's sizes" in str(err) and "unexpected" in str(err)
+    else:
+        raise AssertionError("a larger UNet's weights loaded into a smaller one")
+
+
+def test_object_count_weights_set_how_crowded_training_scenes_are():
+    import random
+
+    import pytest
+
+    from atlas.shapes.train import world_config
+    from atlas.shapes.world import random_scene
+
+    rng = random.Random(0)
+    assert {len(random_scene(rng, world_config("0,0,1")).objects) for _ in range(50)} == {3}
+    assert {len(random_scene(rng, world_config("1,1")).objects) for _ in range(50)} == {1, 2}
+    with pytest.raises(ValueError, match="one weight per object count"):
+        world_config("0,0")

@@ -36,6 +36,14 @@ def _schedule_line(model_dir: Path) -> str:
             f"{config['timestep_spacing']} timesteps (the first step still sees some of the image)")
 
 
+def _attention_line(model_dir: Path, spec: dict) -> str:
+    config = json.loads((model_dir / "unet" / "config.json").read_text())
+    side = spec["resolution"] // spec["pixel_unshuffle"]
+    grids = [f"{side >> i}x{side >> i}" for i, kind in enumerate(config["down_block_types"]) if "CrossAttn" in kind]
+    mid = side >> (len(config["down_block_types"]) - 1)
+    return f"cross-attention to the text at {', '.join(grids)} and {mid}x{mid} (mid block)"
+
+
 def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, command: str,
                      result: EvalResult | None = None, eval_command: str = "") -> Path:
     """MODEL_CARD.md + loss.png in `model_dir`."""
@@ -55,6 +63,7 @@ def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, com
         f"- pixel space {spec['resolution']}x{spec['resolution']}, folded {spec['pixel_unshuffle']}x"
         f"{spec['pixel_unshuffle']} into channels, x/y coordinate planes appended to the UNet input",
         f"- v-prediction, {_schedule_line(model_dir)}",
+        f"- {_attention_line(model_dir, spec)}",
         "- text encoder: " + ("kept at its seeded random initialisation (frozen, as SD keeps CLIP frozen)"
                               if train_config.get("text_encoder") == "frozen" else "trained with the UNet"),
         f"- hook points: {', '.join(f'`{k}` = `{v}`' for k, v in spec['hook_points'].items())}",

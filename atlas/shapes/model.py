@@ -38,6 +38,8 @@ class ShapesModelConfig:
     (Stable Diffusion v1's scaled-linear betas and leading steps, whose first step still sees some signal)."""
     frozen_text_encoder: bool = False
     """The text encoder keeps its seeded random initialisation; only the UNet is trained."""
+    fine_cross_attention: bool = False
+    """Cross-attention at the 16 x 16 level too (down_blocks.0, up_blocks.2), not only at 8 x 8 and 4 x 4."""
 
 
 SHAPES_HOOK_POINTS = {
@@ -77,15 +79,16 @@ def build_text_encoder(config: ShapesModelConfig, tokenizer: PreTrainedTokenizer
 
 def build_unet(config: ShapesModelConfig) -> UNet2DConditionModel:
     f = config.pixel_unshuffle
+    fine = "CrossAttnDownBlock2D" if config.fine_cross_attention else "DownBlock2D"
     return UNet2DConditionModel(
         sample_size=config.resolution // f,
         in_channels=3 * f * f + 2,
         out_channels=3 * f * f,
         # Cross-attention where the hooks are (8 x 8 and the 4 x 4 mid block); the 16 x 16 level is
-        # convolution only, which keeps a training step affordable on one CPU core.
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        # convolution only unless fine_cross_attention, which keeps a training step affordable on CPU.
+        down_block_types=(fine, "CrossAttnDownBlock2D", "DownBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", fine.replace("Down", "Up")),
         block_out_channels=config.channels,
         layers_per_block=1,
         cross_attention_dim=config.text_width,

@@ -74,7 +74,8 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     if config.text_encoder not in ("trained", "frozen"):
         raise ValueError(f"unknown text encoder mode {config.text_encoder!r}; use trained or frozen")
     model_config = model_config or ShapesModelConfig(schedule=config.schedule,
-                                                     frozen_text_encoder=config.text_encoder == "frozen")
+                                                     frozen_text_encoder=config.text_encoder == "frozen",
+                                                     fine_cross_attention=config.fine_cross_attention)
     model = new_shapes_model(model_config, seed=config.seed)
     model.text_encoder.requires_grad_(not model_config.frozen_text_encoder)
     params = _trainable(model, model_config)
@@ -96,12 +97,13 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     if config.init_from and ckpt is None:
         state["init_from"] = config.init_from
     effective = dict(asdict(config), schedule=model_config.schedule, init_from=state.get("init_from", ""),
-                     text_encoder="frozen" if model_config.frozen_text_encoder else "trained")
+                     text_encoder="frozen" if model_config.frozen_text_encoder else "trained",
+                     fine_cross_attention=model_config.fine_cross_attention)
     (run_dir / "train_config.json").write_text(json.dumps(effective, indent=2))
     rng = random.Random()
     rng.setstate(state["rng"])
     scheduler = training_scheduler(model_config.schedule)
-    world = WorldConfig()
+    world = world_config(config.object_count_weights)
     stop = _Stop()
     old_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -173,12 +175,41 @@ def _init_from_export(model: TextToImageModel, directory: Path, unet_only: bool 
     if not facts_path.exists():
         raise FileNotFoundError(f"{directory} has no training.json: export it with `atlas shapes export` first")
     unet = UNet2DConditionModel.from_pretrained(directory / "unet", torch_dtype=torch.float32)
-    model.unet.load_state_dict(unet.state_dict())
+    load_growing(model.unet, unet.state_dict())
     if not unet_only:
         text = CLIPTextModel.from_pretrained(directory / "text_encoder", torch_dtype=torch.float32)
         model.text_encoder.load_state_dict(text.state_dict())
     facts = json.loads(facts_path.read_text())
     return {"step": facts["steps"], "seconds": facts["hours"] * 3600, "losses": [tuple(x) for x in facts["losses"]]}
+
+
+def world_config(object_count_weights: str) -> WorldConfig:
+    """The training world, with scenes of 1, 2, 3 ... objects in the given proportions."""
+    weights = tuple(float(w) for w in object_count_weights.split(",") if w.strip())
+    if not weights or sum(weights) <= 0:
+        raise ValueError(f"object count weights {object_count_weights!r}: give one weight per object count, "
+                         "e.g. 0.4,0.35,0.25")
+    return WorldConfig(max_objects=len(weights), weights_n_objects=weights)
+
+
+def load_growing(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` into `unet`, which may have attention blocks that `state` lacks: those start with a zero
+    output projection, so the grown UNet computes exactly what the smaller one did and learns from there."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    new = [name for name, module in unet.named_modules()
+           if isinstance(module, Transformer2DModel) and not any(k.startswith(name + ".") for k in state)]
+    unexplained = [k for k in missing if not any(k.startswith(name + ".") for name in new)]
+    if unexpected or unexplained:
+        raise ValueError(f"the exported UNet does not fit this run's sizes ({len(unexplained)} missing, "
+                         f"{len(unexpected)} unexpected weights, e.g. {(unexplained + unexpected)[0]}): "
+                         "start the run with the export's sizes")
+    with torch.no_grad():
+        for name in new:
+            proj_out = unet.get_submodule(name).proj_out
+            proj_out.weight.zero_()
+            proj_out.bias.zero_()
 
 
 def _write_loss_log(run_dir: Path, losses: list[tuple[int, float]]) -> None:
