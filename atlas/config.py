@@ -59,6 +59,9 @@ class ShapesTrainConfig:
     """Cross-attention at the 16 x 16 level too (down_blocks.0, up_blocks.2), so that the text reaches the
     resolution where shapes are drawn. With --init-from a model without it, the new attention starts at zero
     (the model first draws what it drew) and learns from there. A resumed run keeps its own."""
+    attention_depth: int = 1
+    """Transformer layers in each attention block (SD v1.4 has 1 per block but 16 blocks; this model has 4).
+    With --init-from a shallower model, the new layers start at zero. A resumed run keeps its own."""
     object_count_weights: str = "0.4,0.35,0.25"
     """Relative frequency of training scenes with 1, 2, 3 ... objects (more weight on crowded scenes teaches
     them more often)."""

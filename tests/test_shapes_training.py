@@ -111,7 +111,7 @@ def test_the_shipped_text_encoder_tells_positions_apart():
             assert gap > 0.1 * text[i].norm(dim=-1).mean().item(), (words[i], words[j], gap)
 
 
-def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_fine_attention(tmp_path):
+def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_new_attention(tmp_path):
     from dataclasses import replace
 
     from atlas.shapes.card import write_model_card
@@ -122,7 +122,8 @@ def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_fine_attention(
                                    threads=1), TINY, progress=False), small)
     grown_config = ShapesTrainConfig(run_dir=str(tmp_path / "grown"), max_steps=1, batch_size=2, threads=1,
                                      init_from=str(small))
-    ckpt = train(grown_config, replace(TINY, fine_cross_attention=True), progress=False)  # step 1: nothing trained
+    deeper = replace(TINY, fine_cross_attention=True, attention_depth=2)
+    ckpt = train(grown_config, deeper, progress=False)  # at step 1 already: nothing trained
     before, grown = load_model(str(small), device="cpu"), load_checkpoint_model(ckpt)
     assert hasattr(grown.unet.down_blocks[0], "attentions") and not hasattr(before.unet.down_blocks[0], "attentions")
     torch.manual_seed(0)
@@ -135,9 +136,11 @@ def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_fine_attention(
     facts = export(train(grown_config, progress=False), tmp_path / "grown-model")  # resumed: keeps the attention
     model = load_model(str(tmp_path / "grown-model"), device="cpu")
     card = write_model_card(tmp_path / "grown-model", facts, {"text_encoder": "trained"}, "atlas shapes train")
-    assert "- cross-attention to the text at 16x16, 8x8 and 4x4 (mid block)" in card.read_text()
+    assert ("- cross-attention to the text at 16x16, 8x8 and 4x4 (mid block), 2 transformer layers per attention "
+            "block") in card.read_text()
     assert json.loads((tmp_path / "grown" / "train_config.json").read_text())["fine_cross_attention"]
     assert model.unet.up_blocks[2].attentions[0].proj_out.weight.abs().sum() > 0  # it learned from zero
+    assert model.unet.mid_block.attentions[0].transformer_blocks[1].attn2.to_out[0].weight.abs().sum() > 0
     assert model.spec.hook_points["down"] == "down_blocks.1.attentions.0"
     try:
         load_growing(before.unet, model.unet.state_dict())

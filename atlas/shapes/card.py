@@ -41,7 +41,9 @@ def _attention_line(model_dir: Path, spec: dict) -> str:
     side = spec["resolution"] // spec["pixel_unshuffle"]
     grids = [f"{side >> i}x{side >> i}" for i, kind in enumerate(config["down_block_types"]) if "CrossAttn" in kind]
     mid = side >> (len(config["down_block_types"]) - 1)
-    return f"cross-attention to the text at {', '.join(grids)} and {mid}x{mid} (mid block)"
+    depth = config.get("transformer_layers_per_block", 1)
+    layers = f", {depth} transformer layers per attention block" if depth != 1 else ""
+    return f"cross-attention to the text at {', '.join(grids)} and {mid}x{mid} (mid block){layers}"
 
 
 def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, command: str,

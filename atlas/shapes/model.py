@@ -40,6 +40,8 @@ class ShapesModelConfig:
     """The text encoder keeps its seeded random initialisation; only the UNet is trained."""
     fine_cross_attention: bool = False
     """Cross-attention at the 16 x 16 level too (down_blocks.0, up_blocks.2), not only at 8 x 8 and 4 x 4."""
+    attention_depth: int = 1
+    """Transformer layers (self-attention, cross-attention, feed-forward) in each attention block."""
 
 
 SHAPES_HOOK_POINTS = {
@@ -93,6 +95,7 @@ def build_unet(config: ShapesModelConfig) -> UNet2DConditionModel:
         layers_per_block=1,
         cross_attention_dim=config.text_width,
         attention_head_dim=config.attention_heads,
+        transformer_layers_per_block=config.attention_depth,
         norm_num_groups=32,
     )
 

@@ -75,7 +75,8 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
         raise ValueError(f"unknown text encoder mode {config.text_encoder!r}; use trained or frozen")
     model_config = model_config or ShapesModelConfig(schedule=config.schedule,
                                                      frozen_text_encoder=config.text_encoder == "frozen",
-                                                     fine_cross_attention=config.fine_cross_attention)
+                                                     fine_cross_attention=config.fine_cross_attention,
+                                                     attention_depth=config.attention_depth)
     model = new_shapes_model(model_config, seed=config.seed)
     model.text_encoder.requires_grad_(not model_config.frozen_text_encoder)
     params = _trainable(model, model_config)
@@ -98,7 +99,8 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
         state["init_from"] = config.init_from
     effective = dict(asdict(config), schedule=model_config.schedule, init_from=state.get("init_from", ""),
                      text_encoder="frozen" if model_config.frozen_text_encoder else "trained",
-                     fine_cross_attention=model_config.fine_cross_attention)
+                     fine_cross_attention=model_config.fine_cross_attention,
+                     attention_depth=model_config.attention_depth)
     (run_dir / "train_config.json").write_text(json.dumps(effective, indent=2))
     rng = random.Random()
     rng.setstate(state["rng"])
@@ -193,13 +195,18 @@ def world_config(object_count_weights: str) -> WorldConfig:
 
 
 def load_growing(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load `state` into `unet`, which may have attention blocks that `state` lacks: those start with a zero
-    output projection, so the grown UNet computes exactly what the smaller one did and learns from there."""
+    """Load `state` into `unet`, which may have attention blocks or transformer layers that `state` lacks: their
+    outputs start at zero, so the grown UNet computes exactly what the smaller one did and learns from there."""
+    from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     missing, unexpected = unet.load_state_dict(state, strict=False)
-    new = [name for name, module in unet.named_modules()
-           if isinstance(module, Transformer2DModel) and not any(k.startswith(name + ".") for k in state)]
+    new: list[str] = []
+    for name, module in unet.named_modules():
+        if (isinstance(module, (Transformer2DModel, BasicTransformerBlock))
+                and not any(name.startswith(outer + ".") for outer in new)
+                and not any(k.startswith(name + ".") for k in state)):
+            new.append(name)
     unexplained = [k for k in missing if not any(k.startswith(name + ".") for name in new)]
     if unexpected or unexplained:
         raise ValueError(f"the exported UNet does not fit this run's sizes ({len(unexplained)} missing, "
@@ -207,9 +214,12 @@ def load_growing(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
                          "start the run with the export's sizes")
     with torch.no_grad():
         for name in new:
-            proj_out = unet.get_submodule(name).proj_out
-            proj_out.weight.zero_()
-            proj_out.bias.zero_()
+            module = unet.get_submodule(name)
+            outputs = ([module.proj_out] if isinstance(module, Transformer2DModel)
+                       else [module.attn1.to_out[0], module.attn2.to_out[0], module.ff.net[-1]])
+            for linear in outputs:
+                linear.weight.zero_()
+                linear.bias.zero_()
 
 
 def _write_loss_log(run_dir: Path, losses: list[tuple[int, float]]) -> None:
