@@ -65,6 +65,10 @@ class ShapesTrainConfig:
     object_count_weights: str = "0.4,0.35,0.25"
     """Relative frequency of training scenes with 1, 2, 3 ... objects (more weight on crowded scenes teaches
     them more often)."""
+    shared_colour_fraction: float = 0.0
+    """Of the training scenes with two or more objects, the share in which two objects have the same colour
+    ('a red square and a red circle', the scenes the model most often draws wrong); 0 leaves it to chance
+    (about 2 in 11 two-object scenes)."""
     high_noise_fraction: float = 0.0
     """Fraction of each batch trained at the noisiest 10 % of timesteps. There the noisy image hardly shows where
     the objects are, so only the caption can say it: without this the model reads layout off the noise at every

@@ -87,7 +87,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("batch_size", "n_per_prompt", "k", "attention_depth", "sae_tokens", "dead_tokens",
                      "max_concepts", "n", "min_hits"), POSITIVE),
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
-    **dict.fromkeys(("caption_dropout", "threshold", "iou"), FRACTION),
+    **dict.fromkeys(("caption_dropout", "threshold", "iou", "shared_colour_fraction"), FRACTION),
     "ema_decay": FiniteFloat(0, 1, max_open=True),
     "guidance": FiniteFloat(),
     "device": DEVICE_NAME,

@@ -150,7 +150,7 @@ def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_new_attention(t
         raise AssertionError("a larger UNet's weights loaded into a smaller one")
 
 
-def test_object_count_weights_set_how_crowded_training_scenes_are():
+def test_training_scenes_can_be_made_more_crowded_and_share_colours_more_often():
     import random
 
     import pytest
@@ -161,5 +161,11 @@ def test_object_count_weights_set_how_crowded_training_scenes_are():
     rng = random.Random(0)
     assert {len(random_scene(rng, world_config("0,0,1")).objects) for _ in range(50)} == {3}
     assert {len(random_scene(rng, world_config("1,1")).objects) for _ in range(50)} == {1, 2}
+    def shared(scene):
+        return len({o.color for o in scene.objects}) < len(scene.objects)
+
+    assert sum(shared(random_scene(rng, world_config("0,1"))) for _ in range(400)) < 120  # chance: about 73
+    assert 170 < sum(shared(random_scene(rng, world_config("0,1", 0.5))) for _ in range(400)) < 230
+    assert all(shared(random_scene(rng, world_config("0,0,1", 1.0))) for _ in range(50))
     with pytest.raises(ValueError, match="one weight per object count"):
         world_config("0,0")

@@ -105,7 +105,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     rng = random.Random()
     rng.setstate(state["rng"])
     scheduler = training_scheduler(model_config.schedule)
-    world = world_config(config.object_count_weights)
+    world = world_config(config.object_count_weights, config.shared_colour_fraction)
     stop = _Stop()
     old_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -185,13 +185,15 @@ def _init_from_export(model: TextToImageModel, directory: Path, unet_only: bool 
     return {"step": facts["steps"], "seconds": facts["hours"] * 3600, "losses": [tuple(x) for x in facts["losses"]]}
 
 
-def world_config(object_count_weights: str) -> WorldConfig:
-    """The training world, with scenes of 1, 2, 3 ... objects in the given proportions."""
+def world_config(object_count_weights: str, shared_colour_fraction: float = 0.0) -> WorldConfig:
+    """The training world: scenes of 1, 2, 3 ... objects in the given proportions, and of the crowded ones
+    `shared_colour_fraction` with a repeated colour (0: as chance has it)."""
     weights = tuple(float(w) for w in object_count_weights.split(",") if w.strip())
     if not weights or sum(weights) <= 0:
         raise ValueError(f"object count weights {object_count_weights!r}: give one weight per object count, "
                          "e.g. 0.4,0.35,0.25")
-    return WorldConfig(max_objects=len(weights), weights_n_objects=weights)
+    return WorldConfig(max_objects=len(weights), weights_n_objects=weights,
+                       shared_colour_fraction=shared_colour_fraction or None)
 
 
 def load_growing(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

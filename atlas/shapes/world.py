@@ -80,6 +80,9 @@ class WorldConfig:
     p_striped: float = 0.5
     gap: float = 2.0
     weights_n_objects: tuple[float, ...] = field(default=(0.4, 0.35, 0.25))
+    shared_colour_fraction: float | None = None
+    """Of the scenes with two or more objects, the fraction in which two objects share a colour (None: as
+    chance has it, about 2 in 11 two-object scenes)."""
 
 
 def caption_of(scene: Scene) -> str:
@@ -121,7 +124,7 @@ def random_scene(rng: random.Random, config: WorldConfig | None = None, split: s
 
 def _draw_scene(rng: random.Random, config: WorldConfig) -> Scene | None:
     n = rng.choices(range(1, config.max_objects + 1), weights=config.weights_n_objects[: config.max_objects])[0]
-    kinds = rng.sample([(s, c) for s in SHAPES for c in COLORS], n)
+    kinds = _draw_kinds(rng, n, config.shared_colour_fraction)
     named = rng.random() < config.p_named_positions
     positions = rng.sample(list(POSITIONS), n) if named else [None] * n
     objects: list[ShapeObject] = []
@@ -138,6 +141,17 @@ def _draw_scene(rng: random.Random, config: WorldConfig) -> Scene | None:
     style_named = rng.random() < config.p_named_style
     style = ("striped" if rng.random() < config.p_striped else "plain") if style_named else DEFAULT_STYLE
     return Scene(tuple(objects), style, style_named, config.size)
+
+
+def _draw_kinds(rng: random.Random, n: int, shared_colour_fraction: float | None) -> list[tuple[str, str]]:
+    """`n` distinct (shape, colour) pairs; with a fraction, some colour repeats in that share of the draws."""
+    kinds = rng.sample([(s, c) for s in SHAPES for c in COLORS], n)
+    if n < 2 or shared_colour_fraction is None:
+        return kinds
+    want_shared = rng.random() < shared_colour_fraction
+    while (len({c for _, c in kinds}) < n) != want_shared:
+        kinds = rng.sample([(s, c) for s in SHAPES for c in COLORS], n)
+    return kinds
 
 
 def _boxes_apart(a: tuple[float, float, float], b: tuple[float, float, float], gap: float) -> bool:
