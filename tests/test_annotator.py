@@ -79,3 +79,17 @@ def test_score_counts_hits_extras_positions_and_styles_by_hand():
     assert result.style_respected == 1.0 and result.n_styles == 1
     assert not result.passes()
     assert "NO" in result.table() and set(BARS) <= set(result.table().split())
+
+
+def test_a_stretched_shape_keeps_its_name():
+    from atlas.shapes.world import COLORS, PLAIN_BACKGROUND, unit_shape
+
+    ys, xs = np.mgrid[0:32, 0:32] + 0.5
+    for shape in ("circle", "square", "triangle"):
+        for rx, ry in ((6.0, 7.5), (7.5, 6.0), (5.0, 6.5)):  # as oblong as a generated 'square' can be: 12 x 15
+            img = np.empty((32, 32, 3), np.uint8)
+            img[:] = PLAIN_BACKGROUND
+            img[unit_shape(shape, (xs - 16) / rx, (ys - 16) / ry)] = COLORS["red"]
+            found = annotate(img).objects
+            assert [o.label for o in found] == [f"red {shape}"], (shape, rx, ry)
+            assert found[0].score > 0.85

@@ -2,7 +2,7 @@
 
 It finds coloured blobs (saturated pixels, by hue), splits them into connected components,
 names each component's shape by its best overlap with a circle, square and triangle template
-drawn in the component's bounding box, and reads the background style from the row profile
+stretched to the component's bounding box, and reads the background style from the row profile
 of the unsaturated pixels (stripes are horizontal).
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from atlas.shapes.world import COLORS, POSITIONS, SHAPES, shape_mask
+from atlas.shapes.world import COLORS, POSITIONS, SHAPES, unit_shape
 
 
 @dataclass(frozen=True)
@@ -77,26 +77,22 @@ def _nearest_colour(hues: np.ndarray) -> np.ndarray:
 
 
 def _classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """Best template IoU over shapes drawn (like the renderer) in the component's bounding box."""
+    """Best template IoU over shapes fitted to the component's bounding box (stretched to its width and height,
+    so that a slightly oblong square still reads as a square, not as the circle that fits inside it)."""
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     pad = 2
     crop = np.pad(mask[y0:y1, x0:x1], pad)
     h, w = crop.shape
-    cx, cy = w / 2, h / 2
+    gy, gx = np.mgrid[0:h, 0:w] + 0.5
     best, best_iou = SHAPES[0], -1.0
     for shape in SHAPES:
-        for r in (max(h, w) / 2 - pad + dr for dr in (-0.5, -0.25, 0.0, 0.25, 0.5)):
-            tpl = _template(shape, cx, cy, r, h, w)
+        for dr in (-0.5, -0.25, 0.0, 0.25, 0.5):
+            tpl = unit_shape(shape, (gx - w / 2) / (w / 2 - pad + dr), (gy - h / 2) / (h / 2 - pad + dr))
             iou = float((tpl & crop).sum() / max((tpl | crop).sum(), 1))
             if iou > best_iou:
                 best, best_iou = shape, iou
     return best, best_iou
-
-
-def _template(shape: str, cx: float, cy: float, r: float, h: int, w: int) -> np.ndarray:
-    size = max(h, w)
-    return shape_mask(shape, cx, cy, r, size)[:h, :w]
 
 
 def annotate(image: np.ndarray, config: AnnotatorConfig | None = None) -> Annotation:

@@ -162,15 +162,18 @@ def _boxes_apart(a: tuple[float, float, float], b: tuple[float, float, float], g
 def shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
     """Boolean mask of one filled shape, sampled at pixel centres."""
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
-    dx, dy = xs - cx, ys - cy
+    return unit_shape(shape, (xs - cx) / r, (ys - cy) / r)
+
+
+def unit_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether points (u, v), in half-sizes from the centre (v down), lie inside a shape; scaling u and v apart
+    gives the shape stretched to any box."""
     if shape == "circle":
-        return dx * dx + dy * dy <= r * r
+        return u * u + v * v <= 1.0
     if shape == "square":
-        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
     if shape == "triangle":  # apex up, base at the bottom of the box
-        inside_y = (dy >= -r) & (dy <= r)
-        half_width = (dy + r) / 2.0
-        return inside_y & (np.abs(dx) <= half_width)
+        return (v >= -1.0) & (v <= 1.0) & (np.abs(u) <= (v + 1.0) / 2.0)
     raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
 
 
