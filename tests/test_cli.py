@@ -65,3 +65,15 @@ def test_shapes_export_without_a_run_explains_what_to_do(runner, tmp_path):
     result = runner.invoke(main, ["shapes", "export", "--run-dir", str(tmp_path / "none")])
     assert result.exit_code == 1
     assert "atlas shapes train --run-dir" in result.output
+
+
+def test_shapes_eval_scores_other_held_out_captions_with_another_seed(runner, tmp_path):
+    grids = {}
+    for seed in ("0", "1"):
+        out = tmp_path / seed
+        result = runner.invoke(main, ["shapes", "eval", "--n", "3", "--steps", "2", "--seed", seed, "--out", str(out),
+                                      "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert "no_extra_objects" in result.output and json.loads((out / "eval.json").read_text())["n_images"] == 3
+        grids[seed] = Image.open(out / "eval_grid.png").tobytes()
+    assert grids["0"] != grids["1"]  # other captions, other noise
