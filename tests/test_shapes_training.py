@@ -150,7 +150,7 @@ def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_new_attention(t
         raise AssertionError("a larger UNet's weights loaded into a smaller one")
 
 
-def test_training_scenes_can_be_made_more_crowded_and_share_colours_more_often():
+def test_training_scenes_can_be_made_more_crowded_and_share_colours_more_often(tmp_path):
     import random
 
     import pytest
@@ -169,3 +169,6 @@ def test_training_scenes_can_be_made_more_crowded_and_share_colours_more_often()
     assert all(shared(random_scene(rng, world_config("0,0,1", 1.0))) for _ in range(50))
     with pytest.raises(ValueError, match="one weight per object count"):
         world_config("0,0")
+    with pytest.raises(ValueError, match="one weight per object count"):
+        train(ShapesTrainConfig(run_dir=str(tmp_path / "run"), object_count_weights=""), TINY, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -63,6 +63,7 @@ def _trainable(model: TextToImageModel, config: ShapesModelConfig) -> list[torch
 
 def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = None, progress: bool = True) -> Path:
     """Train (or resume) until the time budget or `max_steps`; returns the checkpoint path."""
+    world = world_config(config.object_count_weights, config.shared_colour_fraction)  # checked before any write
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
@@ -105,7 +106,6 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     rng = random.Random()
     rng.setstate(state["rng"])
     scheduler = training_scheduler(model_config.schedule)
-    world = world_config(config.object_count_weights, config.shared_colour_fraction)
     stop = _Stop()
     old_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
