@@ -264,8 +264,10 @@ CLI_CASES = [
     cli("shapes", "train", "--object-count-weights", "0,0", expect="give one weight per object count, e.g. 0.4"),
     cli("shapes", "train", "--object-count-weights", "few", expect="'few' is not a number"),
     cli("shapes", "train", "--attention-depth", "0", expect="not in the range x>=1"),
+    cli("shapes", "train", "--shared-colour-fraction", "2", expect="2.0 is not in the range 0<=x<=1"),
     cli("shapes", "export", "--run-dir", "../../etc", expect="no checkpoint in ../../etc: run `atlas shapes train"),
     cli("shapes", "eval", "--n", "0", expect="not in the range x>=1"),
+    cli("shapes", "eval", "--seed", "-1", expect="not in the range x>=0"),
     cli("shapes", "eval", "--model", "../../etc/passwd", expect="no model '../../etc/passwd'"),
     cli("shapes", "draw", expect="No such command 'draw'"),
     # train, encode, annotate, link: unknown blocks, timesteps, branches, sizes

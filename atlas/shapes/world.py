@@ -19,6 +19,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "blue": (50, 90, 235),
     "yellow": (235, 215, 40),
 }
+KINDS = tuple((shape, color) for shape in SHAPES for color in COLORS)
 STYLES = ("plain", "striped")
 DEFAULT_STYLE = "plain"
 # Named positions and the box (x0, y0, x1, y1, as fractions of the image) an object's centre must fall in.
@@ -145,12 +146,12 @@ def _draw_scene(rng: random.Random, config: WorldConfig) -> Scene | None:
 
 def _draw_kinds(rng: random.Random, n: int, shared_colour_fraction: float | None) -> list[tuple[str, str]]:
     """`n` distinct (shape, colour) pairs; with a fraction, some colour repeats in that share of the draws."""
-    kinds = rng.sample([(s, c) for s in SHAPES for c in COLORS], n)
+    kinds = rng.sample(KINDS, n)
     if n < 2 or shared_colour_fraction is None:
         return kinds
     want_shared = rng.random() < shared_colour_fraction
     while (len({c for _, c in kinds}) < n) != want_shared:
-        kinds = rng.sample([(s, c) for s in SHAPES for c in COLORS], n)
+        kinds = rng.sample(KINDS, n)
     return kinds
 
 
