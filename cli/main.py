@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from atlas.config import CaptureConfig, ExecutorConfig, GenerateConfig, ShapesTrainConfig
-from cli.common import CONTEXT, PROMPT, device_option, model_option, one_line_errors
+from cli.common import CONTEXT, PROMPT, FiniteFloat, device_option, model_option, one_line_errors
 from cli.options import build_config, config_options
 
 
@@ -108,8 +108,11 @@ def shapes_train(**options) -> None:
               help="Score the exported model on 256 held-out captions and put the table in the model card.")
 @click.option("--command", "train_command", default="atlas shapes train --run-dir runs/shapes", show_default=True,
               help="The training command to record in the model card.")
+@click.option("--guidance", default=None, type=FiniteFloat(min=0, min_open=True),
+              help="Default CFG scale to ship with the weights (used by eval, generate and atlas builds when not "
+                   "told) [default: 3.0]; pick it with `atlas shapes eval --guidance` on two --seed sets.")
 @one_line_errors
-def shapes_export(run_dir, out_dir, run_eval, train_command) -> None:
+def shapes_export(run_dir, out_dir, run_eval, train_command, guidance) -> None:
     """Write a run's EMA weights (diffusers layout, fp16 safetensors) and its model card with the quality table."""
     ckpt = Path(run_dir) / "checkpoint.pt"
     if not ckpt.exists():  # before the imports: they take seconds
@@ -123,7 +126,7 @@ def shapes_export(run_dir, out_dir, run_eval, train_command) -> None:
     from atlas.shapes.train import export
 
     out = Path(out_dir) if out_dir else shapes_model_dir()
-    facts = export(ckpt, out)
+    facts = export(ckpt, out, guidance)
     click.echo(f"exported step {facts['steps']} ({facts['hours']:.2f} h of training) to {out}")
     result = None
     if run_eval:

@@ -266,6 +266,7 @@ CLI_CASES = [
     cli("shapes", "train", "--attention-depth", "0", expect="not in the range x>=1"),
     cli("shapes", "train", "--shared-colour-fraction", "2", expect="2.0 is not in the range 0<=x<=1"),
     cli("shapes", "export", "--run-dir", "../../etc", expect="no checkpoint in ../../etc: run `atlas shapes train"),
+    cli("shapes", "export", "--guidance", "0", expect="0.0 is not in the range x>0"),
     cli("shapes", "eval", "--n", "0", expect="not in the range x>=1"),
     cli("shapes", "eval", "--seed", "-1", expect="not in the range x>=0"),
     cli("shapes", "eval", "--model", "../../etc/passwd", expect="no model '../../etc/passwd'"),

@@ -29,13 +29,14 @@ def test_training_resumes_and_exports(tmp_path):
     assert json.loads((run / "train_config.json").read_text())["max_steps"] == 5
 
     out = tmp_path / "model"
-    facts = export(ckpt, out)
+    facts = export(ckpt, out, guidance=4.5)
     assert facts["steps"] == 5
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                  "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "atlas_model.json"):
         assert (out / part).exists(), part
     model = load_model(str(out), device="cpu")
     assert model.spec.hook_points["mid"] == "mid_block.attentions.0"
+    assert model.spec.default_guidance == 4.5  # the scale chosen at export ships with the weights
     images = generate(model, ["a red circle"], [0], steps=2)
     assert images.shape == (1, 32, 32, 3)
     ema = torch.load(ckpt, weights_only=False)["ema"][0]

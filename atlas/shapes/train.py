@@ -249,9 +249,14 @@ def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextTo
     return model
 
 
-def export(ckpt_path: str | Path, out_dir: str | Path) -> dict:
-    """Write the EMA weights of a checkpoint to `out_dir` in diffusers layout; returns training facts."""
+def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = None) -> dict:
+    """Write the EMA weights of a checkpoint to `out_dir` in diffusers layout; returns training facts.
+
+    `guidance` becomes the model's default CFG scale (what eval, generate and atlas builds use when not told):
+    the scale that draws captions best is a property of the weights, measured after training."""
     model = load_checkpoint_model(ckpt_path)
+    if guidance is not None:
+        model.spec.default_guidance = guidance
     model.save_pretrained(out_dir, half=True)
     state = torch.load(ckpt_path, weights_only=False)["state"]
     _write_loss_log(Path(out_dir), state["losses"])
