@@ -93,3 +93,19 @@ def test_a_stretched_shape_keeps_its_name():
             found = annotate(img).objects
             assert [o.label for o in found] == [f"red {shape}"], (shape, rx, ry)
             assert found[0].score > 0.85
+
+
+def test_a_one_pixel_line_is_annotated_without_dividing_by_zero():
+    """Edited images can hold a thin coloured streak; its fitted template must stay finite (the old fit divided
+    by a half-width of zero and warned)."""
+    import warnings
+
+    from atlas.shapes.world import COLORS, PLAIN_BACKGROUND
+
+    img = np.empty((32, 32, 3), np.uint8)
+    img[:] = PLAIN_BACKGROUND
+    img[4:28, 10] = COLORS["blue"]  # 24 pixels, 1 wide
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = annotate(img).objects
+    assert [o.color for o in found] == ["blue"] and 0 < found[0].score <= 1

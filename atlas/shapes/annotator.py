@@ -88,7 +88,8 @@ def _classify_shape(mask: np.ndarray) -> tuple[str, float]:
     best, best_iou = SHAPES[0], -1.0
     for shape in SHAPES:
         for dr in (-0.5, -0.25, 0.0, 0.25, 0.5):
-            tpl = unit_shape(shape, (gx - w / 2) / (w / 2 - pad + dr), (gy - h / 2) / (h / 2 - pad + dr))
+            rx, ry = max(w / 2 - pad + dr, 0.25), max(h / 2 - pad + dr, 0.25)  # a one-pixel line has half-width 0.5
+            tpl = unit_shape(shape, (gx - w / 2) / rx, (gy - h / 2) / ry)
             iou = float((tpl & crop).sum() / max((tpl | crop).sum(), 1))
             if iou > best_iou:
                 best, best_iou = shape, iou
