@@ -110,7 +110,8 @@ def shapes_train(**options) -> None:
               help="The training command to record in the model card.")
 @click.option("--guidance", default=None, type=FiniteFloat(min=0, min_open=True),
               help="Default CFG scale to ship with the weights (used by eval, generate and atlas builds when not "
-                   "told) [default: 3.0]; pick it with `atlas shapes eval --guidance` on two --seed sets.")
+                   "told) [default: that of the export the run started from (--init-from), else 3.0]; pick it with "
+                   "`atlas shapes eval --guidance` on two --seed sets.")
 @one_line_errors
 def shapes_export(run_dir, out_dir, run_eval, train_command, guidance) -> None:
     """Write a run's EMA weights (diffusers layout, fp16 safetensors) and its model card with the quality table."""

@@ -50,6 +50,10 @@ def test_training_resumes_and_exports(tmp_path):
     resumed.max_steps, resumed.init_from = 7, ""
     train(resumed, TINY, progress=False)  # resumed again: train_config.json still names the starting point
     assert json.loads((tmp_path / "run2" / "train_config.json").read_text())["init_from"] == str(out)
+    export(tmp_path / "run2" / "checkpoint.pt", tmp_path / "model2")  # no scale given: the starting export's
+    assert load_model(str(tmp_path / "model2"), device="cpu").spec.default_guidance == 4.5
+    export(ckpt, tmp_path / "model3")  # a run from scratch: the architecture's default
+    assert load_model(str(tmp_path / "model3"), device="cpu").spec.default_guidance == 3.0
 
 
 def test_a_run_keeps_its_noise_schedule(tmp_path):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from atlas.config import ShapesTrainConfig
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
+from atlas.models.spec import SPEC_FILE, ModelSpec
 from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
 from atlas.shapes.world import WorldConfig, random_scene, render
 
@@ -249,12 +250,22 @@ def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextTo
     return model
 
 
+def _starting_guidance(run_dir: Path) -> float | None:
+    """The default CFG scale of the export this run started from (`--init-from`), if it started from one."""
+    config = run_dir / "train_config.json"
+    start = json.loads(config.read_text()).get("init_from") if config.exists() else ""
+    spec = Path(start, SPEC_FILE) if start else None
+    return ModelSpec.load(start).default_guidance if spec and spec.exists() else None
+
+
 def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = None) -> dict:
     """Write the EMA weights of a checkpoint to `out_dir` in diffusers layout; returns training facts.
 
     `guidance` becomes the model's default CFG scale (what eval, generate and atlas builds use when not told):
-    the scale that draws captions best is a property of the weights, measured after training."""
+    the scale that draws captions best is a property of the weights, measured after training. Without it, a run
+    continued from an export keeps that export's scale, so re-exporting the shipped model does not reset it."""
     model = load_checkpoint_model(ckpt_path)
+    guidance = guidance if guidance is not None else _starting_guidance(Path(ckpt_path).parent)
     if guidance is not None:
         model.spec.default_guidance = guidance
     model.save_pretrained(out_dir, half=True)
