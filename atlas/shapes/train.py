@@ -250,12 +250,9 @@ def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextTo
     return model
 
 
-def _starting_guidance(run_dir: Path) -> float | None:
-    """The default CFG scale of the export this run started from (`--init-from`), if it started from one."""
-    config = run_dir / "train_config.json"
-    start = json.loads(config.read_text()).get("init_from") if config.exists() else ""
-    spec = Path(start, SPEC_FILE) if start else None
-    return ModelSpec.load(start).default_guidance if spec and spec.exists() else None
+def _starting_guidance(init_from: str) -> float | None:
+    """The default CFG scale of the export a run started from (`--init-from`), if it started from one."""
+    return ModelSpec.load(init_from).default_guidance if init_from and Path(init_from, SPEC_FILE).exists() else None
 
 
 def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = None) -> dict:
@@ -265,11 +262,11 @@ def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = 
     the scale that draws captions best is a property of the weights, measured after training. Without it, a run
     continued from an export keeps that export's scale, so re-exporting the shipped model does not reset it."""
     model = load_checkpoint_model(ckpt_path)
-    guidance = guidance if guidance is not None else _starting_guidance(Path(ckpt_path).parent)
+    state = torch.load(ckpt_path, weights_only=False)["state"]
+    guidance = guidance if guidance is not None else _starting_guidance(state.get("init_from", ""))
     if guidance is not None:
         model.spec.default_guidance = guidance
     model.save_pretrained(out_dir, half=True)
-    state = torch.load(ckpt_path, weights_only=False)["state"]
     _write_loss_log(Path(out_dir), state["losses"])
     facts = {"steps": state["step"], "hours": state["seconds"] / 3600,
              "final_loss": state["losses"][-1][1] if state["losses"] else math.nan}
