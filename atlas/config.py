@@ -63,8 +63,8 @@ class ShapesTrainConfig:
     """Transformer layers in each attention block (SD v1.4 has 1 per block but 16 blocks; this model has 4).
     With --init-from a shallower model, the new layers start at zero. A resumed run keeps its own."""
     object_count_weights: str = "0.4,0.35,0.25"
-    """Relative frequency of training scenes with 1, 2, 3 ... objects (more weight on crowded scenes teaches
-    them more often)."""
+    """Relative frequency of training scenes with 1, 2, 3 ... objects, at most 4 (more weight on crowded scenes
+    teaches them more often)."""
     shared_colour_fraction: float = 0.0
     """Of the training scenes with two or more objects, the share in which two objects have the same colour
     ('a red square and a red circle', the scenes the model most often draws wrong); 0 leaves it to chance

@@ -263,6 +263,7 @@ CLI_CASES = [
     cli("shapes", "train", "--schedule", "cosine", expect="'cosine' is not one of 'zero-snr', 'sd'"),
     cli("shapes", "train", "--object-count-weights", "0,0", expect="give one weight per object count, e.g. 0.4"),
     cli("shapes", "train", "--object-count-weights", "few", expect="'few' is not a number"),
+    cli("shapes", "train", "--object-count-weights", "0,0,0,0,1", expect="a scene holds at most 4 objects"),
     cli("shapes", "train", "--attention-depth", "0", expect="not in the range x>=1"),
     cli("shapes", "train", "--shared-colour-fraction", "2", expect="2.0 is not in the range 0<=x<=1"),
     cli("shapes", "export", "--run-dir", "../../etc", expect="no checkpoint in ../../etc: run `atlas shapes train"),

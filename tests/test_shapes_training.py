@@ -174,6 +174,9 @@ def test_training_scenes_can_be_made_more_crowded_and_share_colours_more_often(t
     assert all(shared(random_scene(rng, world_config("0,0,1", 1.0))) for _ in range(50))
     with pytest.raises(ValueError, match="one weight per object count"):
         world_config("0,0")
+    assert len(random_scene(rng, world_config("0,0,0,1", 0.5)).objects) == 4  # the most a scene can place
+    with pytest.raises(ValueError, match="at most 4 objects"):
+        world_config("0,0,0,0,1")  # five never fit: drawing such a world would never return
     with pytest.raises(ValueError, match="one weight per object count"):
         train(ShapesTrainConfig(run_dir=str(tmp_path / "run"), object_count_weights=""), TINY, progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -68,6 +68,11 @@ class Scene:
         return caption_of(self)
 
 
+# Most objects one 32 x 32 scene can place apart at the default sizes (half-size >= 4.5, gap 2): five never fit
+# (0 of 20,000 draws), so a world asking for five would redraw forever.
+MAX_OBJECTS = 4
+
+
 @dataclass
 class WorldConfig:
     """How scenes are drawn. The defaults are the world the shipped shapes model was trained on."""
