@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -14,14 +16,15 @@ MAX_PROMPT_CHARS = 1000
 """Text encoders read 77 tokens (about 300 characters); a prompt far longer than that is a mistake."""
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 SURROGATE = re.compile("[\udc80-\udcff]")  # how Python keeps argv bytes that are not UTF-8
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def one_line_errors(func):
+def one_line_errors(func: Command) -> Command:
     """Turn the library's expected errors into a one-line `Error: ...` and exit code 1, not a traceback.
     Arguments that are not UTF-8 are refused first: nothing downstream (SQL, JSON, the catalog) can store them."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         _refuse_undecodable(kwargs)
         try:
             return func(*args, **kwargs)
@@ -29,7 +32,7 @@ def one_line_errors(func):
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise click.ClickException(str(message).splitlines()[0] if message else type(err).__name__) from None
 
-    return wrapper
+    return cast(Command, wrapper)
 
 
 def _refuse_undecodable(values: dict) -> None:
@@ -47,7 +50,7 @@ class PromptText(click.ParamType):
 
     name = "prompt"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
         if not text.strip():
             self.fail("is empty: give the text of the image, e.g. 'a red circle on the left'", param, ctx)
@@ -60,7 +63,7 @@ class PromptText(click.ParamType):
 class DeviceName(click.ParamType):
     name = "device"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         if not DEVICE.fullmatch(str(value)):
             self.fail(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps", param, ctx)
         return str(value)
@@ -69,7 +72,7 @@ class DeviceName(click.ParamType):
 class FiniteFloat(click.FloatRange):
     """A float in a range that is also finite: `nan` passes every comparison of a plain FloatRange."""
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
@@ -80,18 +83,18 @@ PROMPT = PromptText()
 DEVICE_NAME = DeviceName()
 
 
-def device_option(func):
+def device_option(func: Command) -> Command:
     return click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
                         help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")(func)
 
 
-def model_option(func):
+def model_option(func: Command) -> Command:
     return click.option("--model", "model_name", default="shapes", show_default=True,
                         help="shapes (embedded), sd14 (CompVis/stable-diffusion-v1-4 from ATLAS_SD14_PATH or "
                              "the Hugging Face cache), a diffusers directory, or a cached hub id.")(func)
 
 
-def atlas_option(func):
+def atlas_option(func: Command) -> Command:
     return click.option("--atlas", "atlas_dir", type=click.Path(file_okay=False), default=None,
                         help="Atlas directory  [default: $ATLAS_DIR, else ./atlas; demo/atlas in a source "
                              "checkout]")(func)

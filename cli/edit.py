@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from atlas.edit.config import EditConfig, EvalEditsConfig
@@ -24,7 +26,8 @@ from cli.options import build_config, config_options, field_docs
 @atlas_option
 @config_options(EditConfig, exclude=("strength",))
 @one_line_errors
-def edit(prompt, concepts, regions, strength, out, atlas_dir, **options) -> None:
+def edit(prompt: str, concepts: tuple[str, ...], regions: tuple[str, ...], strength: float | None, out: str,
+         atlas_dir: str | None, **options) -> None:
     """Generate PROMPT unedited and edited with atlas concepts (same seed), side by side.
 
     A spatial edit (--region) sets the concepts to beta * ||z|| inside the region and to 0 outside; a
@@ -55,7 +58,7 @@ def edit(prompt, concepts, regions, strength, out, atlas_dir, **options) -> None
               help="Directory for eval-<kind>.md/.json and example PNGs per window  [default: <atlas>/edits]")
 @config_options(EvalEditsConfig)
 @one_line_errors
-def eval_edits(atlas_dir, out_dir, **options) -> None:
+def eval_edits(atlas_dir: str | None, out_dir: str | None, **options) -> None:
     """Measure edit success per window and strength on a shapes atlas (the paper's Tables 4 and 5).
 
     Prints the table, writes it with example PNGs to --out, and stores the curves in the atlas
@@ -71,7 +74,7 @@ def eval_edits(atlas_dir, out_dir, **options) -> None:
 
     config = build_config(EvalEditsConfig, options)
     with open_atlas(atlas_dir or default_path()) as store:
-        out_dir = out_dir or store.root / "edits"
-        result = run_eval(store, config, out_dir, say=click.echo)
+        out = Path(out_dir) if out_dir else store.root / "edits"
+        result = run_eval(store, config, out, say=click.echo)
     click.echo(result.table())
-    click.echo(f"wrote {out_dir}/eval-{result.kind}.md, .json and PNGs; curves in {store.root}/edits/curves.json")
+    click.echo(f"wrote {out}/eval-{result.kind}.md, .json and PNGs; curves in {store.root}/edits/curves.json")

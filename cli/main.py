@@ -30,7 +30,8 @@ def main() -> None:
 @click.option("--out", "out_dir", default="generated", show_default=True, help="Output directory.")
 @config_options(GenerateConfig)
 @one_line_errors
-def generate(prompt, prompts_file, model_name, device, out_dir, **options) -> None:
+def generate(prompt: tuple[str, ...], prompts_file: str | None, model_name: str, device: str, out_dir: str,
+             **options) -> None:
     """Generate images: DIR/0000.png ... (prompt order), DIR/images.jsonl and a labelled DIR/grid.png.
 
     Example: atlas generate "a red circle on the left" "a blue square" --n-per-prompt 4 --out out
@@ -58,7 +59,8 @@ def generate(prompt, prompts_file, model_name, device, out_dir, **options) -> No
 @config_options(CaptureConfig)
 @config_options(ExecutorConfig)
 @one_line_errors
-def capture(prompts_file, n_prompts, model_name, device, out_dir, **options) -> None:
+def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: str, out_dir: str,
+            **options) -> None:
     """Generate images and record delta = output - input of the hooked blocks (dense fp16 shards).
 
     Every prompt gets a split (train / dictionary / test, from a stable hash of its text), recorded
@@ -113,7 +115,8 @@ def shapes_train(**options) -> None:
                    "told) [default: that of the export the run started from (--init-from), else 3.0]; pick it with "
                    "`atlas shapes eval --guidance` on two --seed sets.")
 @one_line_errors
-def shapes_export(run_dir, out_dir, run_eval, train_command, guidance) -> None:
+def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_command: str,
+                  guidance: float | None) -> None:
     """Write a run's EMA weights (diffusers layout, fp16 safetensors) and its model card with the quality table."""
     ckpt = Path(run_dir) / "checkpoint.pt"
     if not ckpt.exists():  # before the imports: they take seconds
@@ -152,7 +155,8 @@ def shapes_export(run_dir, out_dir, run_eval, train_command, guidance) -> None:
 @click.option("--out", "out_dir", default=None, help="Also write eval.json and a grid of the images here.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any figure is under its bar.")
 @one_line_errors
-def shapes_eval(model_name, device, n, steps, guidance, seed, out_dir, strict) -> None:
+def shapes_eval(model_name: str, device: str, n: int, steps: int, guidance: float, seed: int, out_dir: str | None,
+                strict: bool) -> None:
     """Score a model on held-out captions with the classical annotator and print the quality table."""
     from atlas.models import load_model
     from atlas.shapes.evaluate import evaluate, write_eval

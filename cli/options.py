@@ -13,6 +13,7 @@ import math
 import textwrap
 import typing
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -28,7 +29,7 @@ class FloatList(click.ParamType):
     def __init__(self, lo: float, hi: float = math.inf) -> None:
         self.lo, self.hi = lo, hi
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         for item in filter(str.strip, str(value).split(",")):
             try:
                 number = float(item)
@@ -48,7 +49,7 @@ class ChoiceList(click.ParamType):
     def __init__(self, *choices: str) -> None:
         self.choices = choices
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         for item in str(value).split(","):
             if item.strip() not in self.choices:
                 self.fail(f"{item.strip()!r} is not one of {', '.join(self.choices)} (comma-separated)", param, ctx)
@@ -61,14 +62,14 @@ class OptionalFile(click.Path):
     def __init__(self) -> None:
         super().__init__(exists=True, dir_okay=False)
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         return value if value == "" else super().convert(value, param, ctx)
 
 
 class LatentCount(click.ParamType):
     name = "count|Nx"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
         try:
             number = float(text[:-1]) if text.endswith("x") else int(text)

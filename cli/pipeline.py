@@ -29,7 +29,8 @@ def _atlas_dir(atlas_dir: str | None) -> str:
               help="Train one SAE per captured (block, t) of --branch and print the explained-variance table.")
 @config_options(SaeJobConfig)
 @one_line_errors
-def train(acts_dir, out_dir, block, t, branch, train_everything, **options) -> None:
+def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branch: str, train_everything: bool,
+          **options) -> None:
     """Train TopK sparse autoencoders on captured activations.
 
     Each SAE trains on the train split and is scored on held-out images; checkpoints are written as
@@ -70,7 +71,7 @@ def train(acts_dir, out_dir, block, t, branch, train_everything, **options) -> N
 @atlas_option
 @config_options(ExecutorConfig)
 @one_line_errors
-def encode(acts_dir, saes_dir, branch, atlas_dir, **options) -> None:
+def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | None, **options) -> None:
     """Run the trained SAEs over captured activations and store their top-k codes in an atlas.
 
     Creates the atlas if needed; adds the model, prompts, images, SAEs (with FAISS indexes) and
@@ -103,7 +104,8 @@ def encode(acts_dir, saes_dir, branch, atlas_dir, **options) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @atlas_option
 @one_line_errors
-def annotate(annotator, grounding_dino, sam, tagger, batch_size, atlas_dir) -> None:
+def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger: str, batch_size: int,
+             atlas_dir: str | None) -> None:
     """Find the objects in the atlas's images and store them with their masks.
 
     Masks are kept at image resolution (masks/) and at every SAE grid (annotations/<annotator>/), which
@@ -134,7 +136,7 @@ def annotate(annotator, grounding_dino, sam, tagger, batch_size, atlas_dir) -> N
 @config_options(LinkConfig)
 @atlas_option
 @one_line_errors
-def link(source, atlas_dir, **options) -> None:
+def link(source: str | None, atlas_dir: str | None, **options) -> None:
     """Build the concept dictionary: which concepts' activation maps match which objects' masks.
 
     For every SAE latent and annotated object (dictionary images: every split but test) the latent's
@@ -188,7 +190,7 @@ def build(**options) -> None:
 @click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
               help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
-def demo(atlas_dir, n_images, device) -> None:
+def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
     from atlas.jobs.build import build_atlas
     from atlas.jobs.demo import answer_queries, top_images_grid
@@ -227,7 +229,8 @@ def demo(atlas_dir, n_images, device) -> None:
 @click.option("--out", "out_path", default="layout.png", show_default=True, help="PNG to write.")
 @atlas_option
 @one_line_errors
-def predict_layout(prompt, label, t, block, seed, method, threshold, out_path, atlas_dir) -> None:
+def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, method: str, threshold: float | None,
+                   out_path: str, atlas_dir: str | None) -> None:
     """Predict where an object will be from one early denoising step, and compare with the final image.
 
     Reads the codes of (block, t) through the atlas's SAE and turns them into a mask of the label
@@ -247,7 +250,7 @@ def predict_layout(prompt, label, t, block, seed, method, threshold, out_path, a
         result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(method, threshold))
     size = result.image.shape[0]
 
-    def tile(mask):
+    def tile(mask: np.ndarray) -> np.ndarray:
         scaled = np.kron(mask.astype(np.uint8), np.ones((size // mask.shape[0],) * 2, np.uint8)) * 255
         return np.repeat(scaled[..., None], 3, axis=2)
 
@@ -261,7 +264,7 @@ def predict_layout(prompt, label, t, block, seed, method, threshold, out_path, a
 @click.option("--out", "out_dir", default=None, help="Report directory  [default: <atlas>/report]")
 @atlas_option
 @one_line_errors
-def report(out_dir, atlas_dir) -> None:
+def report(out_dir: str | None, atlas_dir: str | None) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
     Explained variance per SAE, layout-prediction IoU per block and t on the test split against the
@@ -293,7 +296,7 @@ def report(out_dir, atlas_dir) -> None:
               "interrupted writes), one line each; refused while another process writes to the atlas.")
 @atlas_option
 @one_line_errors
-def check(max_lines, repair, atlas_dir) -> None:
+def check(max_lines: int, repair: bool, atlas_dir: str | None) -> None:
     """Verify an atlas: every listed file exists and reads, counts match the catalog, SAEs load.
 
     Read-only (safe while a build writes) unless --repair. Prints one problem per line and exits with 1

@@ -8,6 +8,7 @@ from the tokenizer's character offsets), so labels are always whole tags, never 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from atlas.annotate.base import ObjectAnnotation, check_batch
 from atlas.annotate.checkpoints import load_pretrained
 from atlas.annotate.taggers import Tagger, get_tagger
 from atlas.models.device import pick_device
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 DEFAULT_GROUNDING_DINO = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SAM = "facebook/sam-vit-base"
@@ -43,7 +47,7 @@ class GroundedSamAnnotator:
         self.mask_threshold, self.batch_size = mask_threshold, batch_size
         self.device = pick_device(device)
 
-        def load(cls, name: str, what: str, flag: str):
+        def load(cls: type[PreTrainedModel], name: str, what: str, flag: str) -> PreTrainedModel:
             return load_pretrained(cls.from_pretrained, str(name), what, flag, cache_dir)
 
         self.detector = load(GroundingDinoForObjectDetection, grounding_dino, "Grounding DINO weights",

@@ -217,7 +217,8 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
 
 
 def run_batched(model: TextToImageModel, cases: list[Case], edits: list[ConceptEdit | None], block: str,
-                window_steps: list[int], steps: int, guidance: float | None, batch_size: int, bar) -> list[np.ndarray]:
+                window_steps: list[int], steps: int, guidance: float | None, batch_size: int,
+                bar: tqdm) -> list[np.ndarray]:
     images = []
     for start in range(0, len(cases), batch_size):
         chunk = slice(start, start + batch_size)

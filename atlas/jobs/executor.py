@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from atlas.config import ExecutorConfig
+
+if TYPE_CHECKING:
+    import ray
 
 EXECUTORS = ("local", "ray")
 IN_FLIGHT = 2  # items queued per actor, so an actor never waits for the driver between batches
@@ -138,7 +141,7 @@ class RayExecutor(Executor):
         running: dict = {}
         queue = iter(items)
 
-        def submit(actor) -> None:
+        def submit(actor: ray.actor.ActorHandle) -> None:
             for item in queue:
                 running[actor.run.remote(item)] = actor
                 return

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from atlas.models.base import TextToImageModel
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Hooks:
     def __bool__(self) -> bool:
         return bool(self._registrations)
 
-    def attach(self, model) -> list[torch.utils.hooks.RemovableHandle]:
+    def attach(self, model: TextToImageModel) -> list[torch.utils.hooks.RemovableHandle]:
         """Register forward hooks on `model.unet`; remove them with `handle.remove()`."""
         by_module: dict[str, list[_Registration]] = {}
         for reg in self._registrations:
@@ -75,7 +79,7 @@ class Hooks:
                 for name, regs in by_module.items()]
 
     def _make_hook(self, regs: list[_Registration]):
-        def hook(module, args, kwargs, output):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             step = self.step
             active = [r for r in regs if step is not None and (r.steps is None or step.index in r.steps)]
             if not active:

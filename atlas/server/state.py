@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from fastapi import Depends, Request
@@ -21,6 +21,9 @@ from fastapi import Depends, Request
 from atlas.server.errors import NotFoundError, ReadOnlyServerError
 from atlas.store import Atlas, SaeInfo, UnknownSaeError, open_atlas
 from atlas.store.ids import DEFAULT_BRANCH
+
+if TYPE_CHECKING:
+    from atlas.models import TextToImageModel
 
 
 def sql_text(value: str) -> str:
@@ -50,7 +53,7 @@ class ServerState:
         with self._write_lock, open_atlas(self.root, readonly=False, threads=self.threads) as atlas:
             yield atlas
 
-    def model(self, name: str):
+    def model(self, name: str) -> TextToImageModel:
         """The atlas's text-to-image model, loaded on the first edit and kept (call under `writable`)."""
         if self._model is None or self._model[0] != name:
             from atlas.models import load_model

@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class _Stop:
     def __init__(self) -> None:
         self.requested = False
 
-    def __call__(self, signum, frame) -> None:
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
 
 

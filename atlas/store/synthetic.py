@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from atlas.store import Atlas
 
 
 def zipf_probabilities(rng: np.random.Generator, n_latents: int, exponent: float = 0.8,
@@ -50,7 +54,8 @@ class Synthetic:
 
 def build(path: str | Path, n_images: int = 50, blocks: tuple[str, ...] = ("mid", "up"),
           times: tuple[float, ...] = (1.0, 0.0), n_latents: int = 64, d: int = 16, k: int = 4,
-          grid: tuple[int, int] = (4, 4), batch_images: int = 16, seed: int = 0, threads: int | None = None):
+          grid: tuple[int, int] = (4, 4), batch_images: int = 16, seed: int = 0,
+          threads: int | None = None) -> tuple[Atlas, Synthetic]:
     """A finished atlas (codes finalized, indexes built, concept stats) and the truth it was built from."""
     from atlas.store import Atlas
 

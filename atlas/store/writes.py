@@ -71,7 +71,7 @@ class Writes:
             return [ids[t] for t in texts]
 
     @staticmethod
-    def _existing(tx, table: str, column: str, values: list) -> dict:
+    def _existing(tx: Transaction, table: str, column: str, values: list) -> dict:
         tx.raw.register("_lookup", pa.table({"v": pa.array(list(set(values)), pa.string())}))
         try:
             return dict(tx.raw.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN (SELECT v FROM _lookup)"
@@ -255,7 +255,7 @@ class Writes:
         with self._writable("add labels").write("labels") as tx:
             return self._label_ids(tx, [str(n) for n in names], source)
 
-    def _label_ids(self, tx, names: list[str], source: str | None) -> list[int]:
+    def _label_ids(self, tx: Transaction, names: list[str], source: str | None) -> list[int]:
         if any(not n.strip() for n in names):
             raise InvalidInputError("labels must be non-empty strings")
         ids = self._existing(tx, "labels", "name", names)
