@@ -240,7 +240,10 @@ def _model_config(ckpt: dict) -> ShapesModelConfig:
 
 def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextToImageModel:
     """The model stored in a training checkpoint (EMA weights by default), in eval mode."""
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    return _checkpoint_model(torch.load(ckpt_path, weights_only=False), use_ema)
+
+
+def _checkpoint_model(ckpt: dict, use_ema: bool = True) -> TextToImageModel:
     model_config = _model_config(ckpt)
     model = new_shapes_model(model_config)
     model.unet.load_state_dict(ckpt["unet"])
@@ -265,8 +268,8 @@ def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = 
     `guidance` becomes the model's default CFG scale (what eval, generate and atlas builds use when not told):
     the scale that draws captions best is a property of the weights, measured after training. Without it, a run
     continued from an export keeps that export's scale, so re-exporting the shipped model does not reset it."""
-    model = load_checkpoint_model(ckpt_path)
-    state = torch.load(ckpt_path, weights_only=False)["state"]
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    model, state = _checkpoint_model(ckpt), ckpt["state"]
     guidance = guidance if guidance is not None else _starting_guidance(state.get("init_from", ""))
     if guidance is not None:
         model.spec.default_guidance = guidance
