@@ -90,3 +90,5 @@ def test_world_config_limits_objects():
     rng = random.Random(4)
     config = WorldConfig(max_objects=1, weights_n_objects=(1.0,))
     assert all(len(random_scene(rng, config).objects) == 1 for _ in range(50))
+    with pytest.raises(ValueError, match="at most 4 objects, not 5"):
+        WorldConfig(max_objects=5, weights_n_objects=(0, 0, 0, 0, 1))  # five never fit: drawing would never return

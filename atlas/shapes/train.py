@@ -26,7 +26,7 @@ from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.spec import SPEC_FILE, ModelSpec
 from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
-from atlas.shapes.world import MAX_OBJECTS, WorldConfig, random_scene, render
+from atlas.shapes.world import WorldConfig, random_scene, render
 
 
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -194,9 +194,6 @@ def world_config(object_count_weights: str, shared_colour_fraction: float = 0.0)
     if not weights or sum(weights) <= 0:
         raise ValueError(f"object count weights {object_count_weights!r}: give one weight per object count, "
                          "e.g. 0.4,0.35,0.25")
-    if len(weights) > MAX_OBJECTS:
-        raise ValueError(f"object count weights {object_count_weights!r}: a scene holds at most {MAX_OBJECTS} "
-                         f"objects, so give at most {MAX_OBJECTS} weights, e.g. 0.4,0.35,0.25")
     return WorldConfig(max_objects=len(weights), weights_n_objects=weights,
                        shared_colour_fraction=shared_colour_fraction or None)
 

@@ -90,6 +90,11 @@ class WorldConfig:
     """Of the scenes with two or more objects, the fraction in which two objects share a colour (None: as
     chance has it, about 2 in 11 two-object scenes)."""
 
+    def __post_init__(self) -> None:
+        if self.max_objects > MAX_OBJECTS:
+            raise ValueError(f"a scene holds at most {MAX_OBJECTS} objects, not {self.max_objects}: give at most "
+                             f"{MAX_OBJECTS} object-count weights, e.g. 0.4,0.35,0.25")
+
 
 def caption_of(scene: Scene) -> str:
     """Plain English for a scene, e.g. 'a red circle on the left and a blue square on a striped background'."""
