@@ -5,15 +5,22 @@ Everything the `atlas` command does can be done from here, e.g.
     import atlas
     model = atlas.load_model("shapes")
     images = atlas.generate(model, ["a red circle on the left"], seeds=[0])
-    store = atlas.open("atlas")                      # a built atlas, read-only
+    store = atlas.open()                             # the default atlas, read-only; or atlas.open(path)
     store.concepts(label="red circle", t=1.0, block="mid")
+
+The face is lazy: `import atlas` loads nothing heavy; each name loads its room on first use.
 """
 
-from atlas.models import Hooks, ModelNotFoundError, TextToImageModel, generate, load_model, t_to_step
-from atlas.store import Atlas, open_atlas
-
-open = open_atlas  # noqa: A001 - `atlas.open(path)` reads as the product's name for it
+from atlas.lazy import lazy_face
 
 __version__ = "0.1.0"
-__all__ = ["Atlas", "Hooks", "ModelNotFoundError", "TextToImageModel", "generate", "load_model", "open", "open_atlas",
-           "t_to_step"]
+_NAMES = {
+    "AtlasError": "atlas.errors",
+    "Atlas": "atlas.store", "open_atlas": "atlas.store", "open": "atlas.store:open_atlas",
+    "Hooks": "atlas.models", "ModelNotFoundError": "atlas.models", "TextToImageModel": "atlas.models",
+    "generate": "atlas.models", "load_model": "atlas.models", "t_to_step": "atlas.models",
+    "edit": "atlas.pipeline.edits",
+    "build": "atlas.pipeline.build:build_atlas",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_face(__name__, _NAMES)

@@ -31,7 +31,7 @@ from pathlib import Path
 def ingest(model, prompts: list[str], root: Path, config, saes: Path, executor=None) -> dict[str, float]:
     """Capture + encode into a fresh atlas at `root`; seconds per phase."""
     from atlas.capture import ActivationSet, capture
-    from atlas.jobs.encode import encode_atlas
+    from atlas.pipeline.encode import encode_atlas
     from atlas.store import Atlas
 
     start = time.perf_counter()
@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from atlas.capture import ActivationSet, capture
-    from atlas.config import CaptureConfig, ExecutorConfig, SaeJobConfig
-    from atlas.jobs.executor import open_executor
-    from atlas.jobs.train import train_all
+    from atlas.capture.config import CaptureConfig
     from atlas.models import generate, load_model
+    from atlas.pipeline.config import ExecutorConfig, SaeJobConfig
+    from atlas.pipeline.executor import open_executor
+    from atlas.pipeline.train import train_all
     from atlas.shapes.world import captions
 
     if args.threads:

@@ -3,7 +3,7 @@
 For every (test image, object label) pair of an atlas, the best IoU any single latent's binarised
 map (normalised to [0, 1], threshold 0.1, as `atlas link` binarises) reaches with the object mask,
 picked with hindsight per pair; the same hindsight pick from another test image's codes (its chance
-level: on a small grid some latent matches by luck); then the two predictors of `atlas.jobs.layout`
+level: on a small grid some latent matches by luck); then the two predictors of `atlas.layout.score`
 and the baseline, all on the same pairs. A predictor far below the oracle's margin over chance leaves
 layout information in the codes unread. Last line:
 
@@ -18,9 +18,10 @@ import argparse
 
 import numpy as np
 
-from atlas.concepts import iou
-from atlas.jobs.layout import METHODS, codes_by_image, label_masks, layout_iou, scored_masks
-from atlas.jobs.link import annotation_source, dictionary_cells
+from atlas.dictionary.run import annotation_source, dictionary_cells
+from atlas.grids import iou
+from atlas.layout.config import METHODS
+from atlas.layout.score import codes_by_image, label_masks, layout_iou, scored_masks
 from atlas.store import open_atlas
 
 

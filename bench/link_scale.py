@@ -2,7 +2,7 @@
 
 Takes an atlas built by `bench/store_scale.py --out DIR` (80M stored nonzeros by default: 6 SAEs, 5120
 latents, k = 10, 16x16 grid), adds synthetic objects (2-3 per image, rectangles of 2-8 cells a side on
-the grid, 40 labels) as annotation cells, and times `atlas.jobs.link.link_atlas` over every SAE. There is
+the grid, 40 labels) as annotation cells, and times `atlas.dictionary.run.link_atlas` over every SAE. There is
 no peer to run beside it: the paper's code is not public. Last line:
 
 RESULT nonzeros=.. objects=.. link_seconds=.. seconds_per_sae=.. pairs=..
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from atlas.jobs.annotate import CELLS_DIR
-    from atlas.jobs.link import link_atlas
+    from atlas.annotate.run import CELLS_DIR
+    from atlas.dictionary.run import link_atlas
     from atlas.store import open_atlas
 
     rng = np.random.default_rng(args.seed)

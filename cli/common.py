@@ -96,5 +96,5 @@ def model_option(func: Command) -> Command:
 
 def atlas_option(func: Command) -> Command:
     return click.option("--atlas", "atlas_dir", type=click.Path(file_okay=False), default=None,
-                        help="Atlas directory  [default: $ATLAS_DIR, else ./atlas; demo/atlas in a source "
+                        help="Atlas directory  [default: $ATLAS_DIR, else ./atlas-data; demo/atlas in a source "
                              "checkout]")(func)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from atlas.cli.common import CONTEXT, PROMPT, FiniteFloat, atlas_option, one_line_errors
+from atlas.cli.options import build_config, config_options, field_docs
 from atlas.edit.config import EditConfig, EvalEditsConfig
-from cli.common import CONTEXT, PROMPT, FiniteFloat, atlas_option, one_line_errors
-from cli.options import build_config, config_options, field_docs
 
 
 @click.command(context_settings=CONTEXT)
@@ -40,7 +40,7 @@ def edit(prompt: str, concepts: tuple[str, ...], regions: tuple[str, ...], stren
       atlas edit "a blue circle" --concept "striped background" --when early --strength 4096
       atlas edit "a red circle" --concept up/0.5/2 --region 0,0,0.5,1 --concept "yellow circle" --region right
     """
-    from atlas.edit import edit as run_edit
+    from atlas.pipeline.edits import edit as run_edit
     from atlas.store import default_path
 
     config = build_config(EditConfig, {**options, "strength": strength})
@@ -69,7 +69,7 @@ def eval_edits(atlas_dir: str | None, out_dir: str | None, **options) -> None:
       atlas eval-edits --kind spatial --block up
       atlas eval-edits --kind style --n 16 --strengths 2,8,32
     """
-    from atlas.edit.evaluate import eval_edits as run_eval
+    from atlas.pipeline.edits import eval_edits as run_eval
     from atlas.store import default_path, open_atlas
 
     config = build_config(EvalEditsConfig, options)

@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from atlas.annotate.base import ANNOTATOR_NAMES
-from cli.common import DEVICE_NAME, FiniteFloat
+from atlas.cli.common import DEVICE_NAME, FiniteFloat
+from atlas.pipeline.presets import ANNOTATOR_NAMES
 
 
 class FloatList(click.ParamType):

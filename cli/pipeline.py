@@ -1,15 +1,15 @@
-"""`atlas train`, `encode`, `annotate`, `link`, `build` and `demo`: the pipeline stages over atlas.jobs."""
+"""`atlas train`, `encode`, `annotate`, `link`, `build` and `demo`: the pipeline stages over atlas.pipeline."""
 
 from __future__ import annotations
 
 import click
 
-from atlas.concepts import LinkConfig
-from atlas.config import BuildConfig, ExecutorConfig, SaeJobConfig
-from atlas.jobs.layout import METHODS
-from cli.common import CONTEXT, DEVICE_NAME, PROMPT, FiniteFloat, atlas_option, one_line_errors
-from cli.options import build_config, config_options
-from cli.store import format_table
+from atlas.cli.common import CONTEXT, DEVICE_NAME, PROMPT, FiniteFloat, atlas_option, one_line_errors
+from atlas.cli.options import build_config, config_options
+from atlas.cli.store import format_table
+from atlas.dictionary.config import LinkConfig
+from atlas.layout.config import METHODS
+from atlas.pipeline.config import BuildConfig, ExecutorConfig, SaeJobConfig
 
 
 def _atlas_dir(atlas_dir: str | None) -> str:
@@ -43,7 +43,7 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
       atlas train --activations acts --all
     """
     from atlas.capture import ActivationSet
-    from atlas.jobs.train import ev_table, train_all, train_one
+    from atlas.pipeline.train import ev_table, train_all, train_one
 
     config = build_config(SaeJobConfig, options)
     acts = ActivationSet(acts_dir)
@@ -83,8 +83,8 @@ def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | No
       atlas encode --activations s3://bucket/acts --saes saes --atlas atlas --executor ray --ray-address auto
     """
     from atlas.capture import ActivationSet
-    from atlas.jobs.encode import encode_atlas
-    from atlas.jobs.executor import open_executor
+    from atlas.pipeline.encode import encode_atlas
+    from atlas.pipeline.executor import open_executor
     from atlas.store import Atlas
 
     with open_executor(build_config(ExecutorConfig, options)) as executor, \
@@ -117,8 +117,8 @@ def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger
       atlas annotate --annotator grounded-sam --grounding-dino IDEA-Research/grounding-dino-tiny \\
                      --sam facebook/sam-vit-base --atlas sd-atlas
     """
-    from atlas.annotate import get_annotator
-    from atlas.jobs.annotate import annotate_atlas
+    from atlas.annotate.run import annotate_atlas
+    from atlas.pipeline.presets import get_annotator
     from atlas.store import open_atlas
 
     options = {}
@@ -147,7 +147,7 @@ def link(source: str | None, atlas_dir: str | None, **options) -> None:
     Example:
       atlas link --atlas atlas && atlas search "red circle" --t 1.0 --block mid
     """
-    from atlas.jobs.link import link_atlas
+    from atlas.dictionary.run import link_atlas
     from atlas.store import open_atlas
 
     config = build_config(LinkConfig, options)
@@ -172,8 +172,8 @@ def build(**options) -> None:
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas   # GPU and local SD v1.4 weights
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas --executor ray --ray-address auto
     """
-    from atlas.jobs.build import build_atlas
-    from atlas.jobs.executor import open_executor
+    from atlas.pipeline.build import build_atlas
+    from atlas.pipeline.executor import open_executor
 
     with open_executor(build_config(ExecutorConfig, options)) as executor:
         result = build_atlas(build_config(BuildConfig, options), executor=executor)
@@ -183,7 +183,7 @@ def build(**options) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("--atlas", "atlas_dir", default=None,
-              help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas, or demo/atlas in a "
+              help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
 @click.option("--n-images", default=0, show_default=True, type=click.IntRange(min=0),
               help="Images to generate (0 = the shapes preset's).")
@@ -192,8 +192,8 @@ def build(**options) -> None:
 @one_line_errors
 def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
-    from atlas.jobs.build import build_atlas
-    from atlas.jobs.demo import answer_queries, top_images_grid
+    from atlas.pipeline.build import build_atlas
+    from atlas.report.demo import answer_queries, top_images_grid
     from atlas.store import open_atlas
 
     atlas_dir = _atlas_dir(atlas_dir)
@@ -242,7 +242,8 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
     """
     import numpy as np
 
-    from atlas.jobs.layout import LayoutConfig, predict_prompt
+    from atlas.layout.config import LayoutConfig
+    from atlas.pipeline.predict import predict_prompt
     from atlas.store import open_atlas
     from atlas.viz import image_grid
 
@@ -277,7 +278,7 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
     """
     from pathlib import Path
 
-    from atlas.jobs.report import build_report
+    from atlas.report.report import build_report
     from atlas.store import open_atlas
 
     with open_atlas(atlas_dir) as atlas:
@@ -307,8 +308,8 @@ def check(max_lines: int, repair: bool, atlas_dir: str | None) -> None:
       atlas check --atlas atlas
       atlas check --atlas atlas --repair
     """
-    from atlas.jobs.check import check_atlas, repair_atlas
     from atlas.store import open_atlas
+    from atlas.store.check import check_atlas, repair_atlas
 
     if repair:
         for path in repair_atlas(atlas_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import CONTEXT, atlas_option, one_line_errors
+from atlas.cli.common import CONTEXT, atlas_option, one_line_errors
 
 
 @click.command(context_settings=CONTEXT)

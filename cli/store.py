@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import click
 
-from cli.common import CONTEXT, atlas_option, one_line_errors
+from atlas.cli.common import CONTEXT, atlas_option, one_line_errors
 
 CELL_WIDTH = 60
 
@@ -157,7 +157,7 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
             found = [asdict(n) for n in atlas.nearest(like, k=k, t=t)]
             columns = ["concept_id", "score", "block", "t", "branch", "latent"]
         else:
-            from atlas.jobs.search import search_concepts
+            from atlas.search.search import search_concepts
 
             result = search_concepts(atlas, label, t=t, block=block, branch=branch, k=k)
             found = [asdict(c) for c in result.concepts]

@@ -56,8 +56,8 @@ def tiny_sd_dir(tmp_path_factory):
 def shapes_atlas(tmp_path_factory):
     """A small real atlas of the shipped shapes model (48 images, 9 cond SAEs, codes, objects, concept labels),
     built once per test session by the same `build_atlas` that `atlas build` runs. Treat it as read-only."""
-    from atlas.config import BuildConfig
-    from atlas.jobs.build import build_atlas
+    from atlas.pipeline.build import build_atlas
+    from atlas.pipeline.config import BuildConfig
 
     path = tmp_path_factory.mktemp("shapes-atlas") / "atlas"
     build_atlas(BuildConfig(atlas=str(path), n_images=48, sae_tokens=100_000), progress=False, say=lambda line: None)

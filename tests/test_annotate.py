@@ -7,8 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from atlas.annotate import ANNOTATOR_NAMES, Annotator, ObjectAnnotation, get_annotator, grid_coverage, mask_to_grid
+from atlas.annotate.base import Annotator, ObjectAnnotation
 from atlas.annotate.nouns import prompt_nouns
+from atlas.grids import grid_coverage, mask_to_grid
+from atlas.pipeline.presets import ANNOTATOR_NAMES, get_annotator
 from atlas.shapes.world import random_scene, render
 
 # 4x4 mask -> 2x2 grid: top-left cell full, top-right 1/4, bottom-left 1/2, bottom-right empty.

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.annotate import Annotator, AnnotatorNotAvailable, ObjectAnnotation, get_annotator, mask_to_grid
+from atlas.annotate.base import Annotator, AnnotatorNotAvailable, ObjectAnnotation
 from atlas.annotate.grounded_sam import _tag_token_masks
 from atlas.annotate.taggers import get_tagger
+from atlas.grids import mask_to_grid
+from atlas.pipeline.presets import get_annotator
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "and", "dog", "red", "car", "cat", "on", "the"]
 PROMPTS = ["a dog and a red car", "a cat on the car"]

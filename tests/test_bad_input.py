@@ -35,7 +35,7 @@ import pytest
 from click.testing import CliRunner
 
 import atlas
-from cli.main import main
+from atlas.cli.main import main
 
 CASE_SECONDS = 20
 """Longer than any refusal here takes (model-free checks take milliseconds), far shorter than any real job."""

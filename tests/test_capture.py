@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from atlas.capture import ActivationSet, capture
-from atlas.config import CaptureConfig
+from atlas.capture.config import CaptureConfig
 from atlas.models import Hooks, generate, load_model
 
 

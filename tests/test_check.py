@@ -10,9 +10,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from atlas.cli.main import main
 from atlas.store import open_atlas, snapshot
 from atlas.store.catalog import WRITERS_LOCK, Catalog
-from cli.main import main
 
 
 def test_check_finds_nothing_on_a_built_atlas_and_each_planted_fault(shapes_atlas, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import main
+from atlas.cli.main import main
 
 
 @pytest.fixture()

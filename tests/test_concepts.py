@@ -6,7 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas.concepts import LinkConfig, TextEmbedder, iou, link, mask_cells, predict_layout, weighted_layout
+from atlas.dictionary.link import LinkConfig, link
+from atlas.grids import iou, mask_cells
+from atlas.layout.predict import predict_layout, weighted_layout
+from atlas.models.text import TextEmbedder
 
 
 def test_link_golden_values():

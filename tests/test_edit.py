@@ -175,3 +175,11 @@ def test_bad_edits_are_refused(mid_sae):
         ConceptEdit(mid_sae, [], "mid", [0], 1.0)
     with pytest.raises(ValueError, match="window"):
         ConceptEdit(mid_sae, [1], "mid", [], 1.0)
+
+
+def test_named_regions_are_the_shapes_worlds_positions():
+    """The edit stage names its own regions; they are the halves and quadrants the shapes captions name."""
+    from atlas.edit.core import NAMED_REGIONS
+    from atlas.shapes.world import POSITIONS
+
+    assert NAMED_REGIONS == POSITIONS

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from atlas.edit import EditConfig, edit
+from atlas.cli.main import main
+from atlas.edit import EditConfig
 from atlas.edit.config import EvalEditsConfig
-from atlas.edit.evaluate import eval_edits
 from atlas.models import load_model
+from atlas.pipeline.edits import edit, eval_edits
 from atlas.store import open_atlas
-from cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +162,8 @@ def test_runs_saving_curves_at_once_keep_every_curve(tmp_path):
     """eval-edits runs on different blocks merge into one curves.json: none may overwrite another's curve."""
     import threading
 
-    from atlas.edit.evaluate import EvalResult, Point, save_curves
     from atlas.edit.run import load_curves
+    from atlas.pipeline.edits import EvalResult, Point, save_curves
 
     results = [EvalResult("spatial", f"block{i}", [Point("early", 4.0, i / 10, 0.1, 8, 8, 0.5)], 0.25, 8,
                           "2026-12-01") for i in range(8)]

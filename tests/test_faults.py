@@ -44,7 +44,7 @@ TOKEN = re.compile(r"\d{20}-\d+")
 
 
 def atlas_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return [sys.executable, "-c", "from atlas.cli.main import main; main()", *args]
 
 
 def run_atlas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

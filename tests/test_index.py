@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas import index as faiss_index
 from atlas.store import Atlas, CorruptFileError, NoIndexError, open_atlas, synthetic
+from atlas.store import index as faiss_index
 
 
 @pytest.fixture(scope="module")

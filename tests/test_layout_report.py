@@ -9,19 +9,17 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from atlas.jobs.layout import (
-    METHODS,
-    THRESHOLDS,
-    LayoutConfig,
+from atlas.cli.main import main
+from atlas.dictionary.run import DICTIONARY_SPLITS
+from atlas.layout.config import METHODS, THRESHOLDS, LayoutConfig
+from atlas.layout.score import (
     baseline_masks,
     codes_by_image,
     label_masks,
     layout_iou,
     top_codes,
 )
-from atlas.jobs.link import DICTIONARY_SPLITS
 from atlas.store import open_atlas
-from cli.main import main
 
 
 def test_top_codes_orders_each_position_by_value():

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.capture import ActivationSet
-from atlas.config import BuildConfig, SaeJobConfig
-from atlas.jobs.build import STAGES, build_atlas
-from atlas.jobs.demo import answer_queries, top_images_grid
-from atlas.jobs.train import ev_table, parse_latents, train_one
+from atlas.cli.main import main
+from atlas.pipeline.build import STAGES, build_atlas
+from atlas.pipeline.config import BuildConfig, SaeJobConfig
+from atlas.pipeline.train import ev_table, parse_latents, train_one
+from atlas.report.demo import answer_queries, top_images_grid
 from atlas.store import open_atlas
-from cli.main import main
 
 
 def test_build_fills_every_part_of_the_atlas(shapes_atlas):

@@ -8,15 +8,16 @@ import torch
 from click.testing import CliRunner
 
 from atlas.capture import ActivationSet, capture
-from atlas.config import CaptureConfig, ExecutorConfig, SaeJobConfig
-from atlas.jobs.encode import encode_atlas
-from atlas.jobs.executor import RayExecutor, open_executor
-from atlas.jobs.train import train_all
+from atlas.capture.config import CaptureConfig
+from atlas.cli.main import main
 from atlas.location import Location
 from atlas.models import load_model
+from atlas.pipeline.config import ExecutorConfig, SaeJobConfig
+from atlas.pipeline.encode import encode_atlas
+from atlas.pipeline.executor import RayExecutor, open_executor
+from atlas.pipeline.train import train_all
 from atlas.shapes.world import captions
 from atlas.store import Atlas, open_atlas
-from cli.main import main
 
 TABLES = {  # every catalog table encode fills, with an order that makes the rows comparable
     "models": "SELECT * EXCLUDE (created_at) FROM models ORDER BY id",

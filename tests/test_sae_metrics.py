@@ -19,6 +19,7 @@ from atlas.sae import (
     fvu,
     l0,
     latent_stats,
+    write_metrics,
 )
 
 
@@ -108,7 +109,8 @@ def test_evaluate_accumulates_sums_not_per_batch_ratios():
 def test_save_pretrained_writes_metrics_and_stats(tmp_path):
     sae = identity_sae()
     metrics, stats = evaluate_with_stats(sae, X)
-    sae.save_pretrained(tmp_path / "s", metrics=metrics, stats=stats)
+    sae.save_pretrained(tmp_path / "s")
+    write_metrics(sae, tmp_path / "s", metrics=metrics, stats=stats)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "config.json", "metrics.json", "sae.safetensors", "stats.parquet"]
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["l0"] == 0.75

@@ -33,7 +33,7 @@ STARTUP_SECONDS = 120
 @contextmanager
 def serve_atlas(atlas_dir: Path, *flags: str, log: Path) -> Iterator[str]:
     """Run `atlas serve --port 0` (the Click command itself) and yield its base URL; stderr goes to `log`."""
-    command = [sys.executable, "-c", "from cli.serve import serve; serve()", "--atlas", str(atlas_dir),
+    command = [sys.executable, "-c", "from atlas.cli.serve import serve; serve()", "--atlas", str(atlas_dir),
                "--port", "0", "--threads", "1", *flags]
     with open(log, "w") as err:
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import torch
 
-from atlas.config import ShapesTrainConfig
 from atlas.models import generate, load_model
+from atlas.shapes.config import ShapesTrainConfig
 from atlas.shapes.model import ShapesModelConfig
 from atlas.shapes.train import export, train
 

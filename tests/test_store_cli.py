@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from atlas.cli.store import search, sql, upgrade
 from atlas.store import synthetic
-from cli.store import search, sql, upgrade
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.annotate import mask_to_grid
 from atlas.edit.config import BRANCHES
+from atlas.grids import mask_to_grid
 from atlas.models.hooks import Hooks, StepInfo, step_to_t, t_to_step
 from atlas.sae import Sae
-from atlas.shapes.world import POSITIONS
 
 KINDS = ("spatial", "global")
 REGION_COVERAGE = 0.5  # a grid cell is inside the region when the region covers at least half of it
+NAMED_REGIONS: dict[str, tuple[float, float, float, float]] = {
+    "left": (0.0, 0.0, 0.5, 1.0), "right": (0.5, 0.0, 1.0, 1.0), "top": (0.0, 0.0, 1.0, 0.5),
+    "bottom": (0.0, 0.5, 1.0, 1.0), "top left": (0.0, 0.0, 0.5, 0.5), "top right": (0.5, 0.0, 1.0, 0.5),
+    "bottom left": (0.0, 0.5, 0.5, 1.0), "bottom right": (0.5, 0.5, 1.0, 1.0),
+}
+"""Regions an edit can name: halves and quadrants of the image, as boxes (x0, y0, x1, y1) in fractions of it."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +88,18 @@ def parse_window(text: str) -> Window:
     return Window(text, lo, hi)
 
 
-def parse_region(text: str, size: int) -> np.ndarray:
+def parse_region(text: str, size: int,
+                 named: dict[str, tuple[float, float, float, float]] = NAMED_REGIONS) -> np.ndarray:
     """Target region as a (size, size) bool mask at image resolution.
 
-    top-left | top-right | bottom-left | bottom-right | left | right | top | bottom, a box x0,y0,x1,y1
-    (fractions of the image, or pixels when any value exceeds 1), or a mask image (white = inside).
+    A name of `named` (by default top-left | top-right | bottom-left | bottom-right | left | right | top |
+    bottom), a box x0,y0,x1,y1 (fractions of the image, or pixels when any value exceeds 1), or a mask image
+    (white = inside).
     """
     text = str(text).strip()
     name = text.lower().replace("-", " ").replace("_", " ")
-    if name in POSITIONS:
-        return box_mask(POSITIONS[name], size)
+    if name in named:
+        return box_mask(named[name], size)
     if re.fullmatch(r"[\d.\s]+(,[\d.\s]+){3}", text):
         box = [float(v) for v in text.split(",")]
         if max(box) > 1:
@@ -107,14 +114,14 @@ def parse_region(text: str, size: int) -> np.ndarray:
             raise FileNotFoundError(f"region mask {text} does not exist")
         gray = np.asarray(Image.open(path).convert("L").resize((size, size), Image.BILINEAR))
         return gray >= 128
-    names = ", ".join(p.replace(" ", "-") for p in POSITIONS)
+    names = ", ".join(p.replace(" ", "-") for p in named)
     raise ValueError(f"bad region {text!r}: use one of {names}, a box x0,y0,x1,y1 or a mask .png")
 
 
 def is_mask_file(region: str) -> bool:
     """Whether parse_region reads `region` as a mask image (a named region or a box never is)."""
     text = str(region).strip()
-    return bool(text) and text.lower().replace("-", " ").replace("_", " ") not in POSITIONS and (
+    return bool(text) and text.lower().replace("-", " ").replace("_", " ") not in NAMED_REGIONS and (
         Path(text).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") or Path(text).exists())
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -78,22 +79,24 @@ class EditResult:
 
 def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str] = "",
          config: EditConfig | None = None, out: str | Path | None = None,
-         model: TextToImageModel | None = None, load: Callable[[str], TextToImageModel] = load_model) -> EditResult:
+         model: TextToImageModel | None = None, load: Callable[[str], TextToImageModel] = load_model,
+         judge_for: Callable[[str], Judge | None] | None = None) -> EditResult:
     """Edit `prompt` with each concept query (label, concept id or SQL) in its region ("" = global).
 
     One region applies to every concept; otherwise give one region per concept. Bad input raises before
     anything is generated or written, and before `load` (the atlas's model by name) is called when no
-    `model` is given.
+    `model` is given. `judge_for` gives the judge of the atlas's model by name (None: only the pixel change
+    is reported; atlas.pipeline.presets.judge_for knows the shapes world's).
     """
     if isinstance(atlas, Atlas):
-        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model, load)
+        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for)
     with open_atlas(atlas) as store:
-        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model, load)
+        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for)
 
 
 def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str],
           config: EditConfig, out: str | Path | None, model: TextToImageModel | None,
-          load: Callable[[str], TextToImageModel]) -> EditResult:
+          load: Callable[[str], TextToImageModel], judge_for: Callable[[str], Judge | None] | None) -> EditResult:
     queries = [concepts] if isinstance(concepts, str) else list(concepts)
     region_list = [regions] if isinstance(regions, str) else list(regions)
     if not prompt.strip():
@@ -122,7 +125,7 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     recorder = MapRecorder(edits, plans, steps)
     original = generate(model, [prompt], [config.seed], steps, guidance, recorder.hooks())[0]
     edited = generate(model, [prompt], [config.seed], steps, guidance, edit_hooks(edits))[0]
-    outcome = judge_outcome(spec["name"], original, edited, plans, size)
+    outcome = judge_outcome(judge_for(spec["name"]) if judge_for else None, original, edited, plans, size)
     said.append(outcome_line(outcome))
     result = EditResult(prompt, config.seed, original, edited, plans, recorder.maps(), outcome, said)
     if out is not None:
@@ -331,23 +334,23 @@ class MapRecorder:
         return [np.zeros((1, 1), np.float32) if m is None else m for m in self._maps]
 
 
-def judge_outcome(model_name: str, original: np.ndarray, edited: np.ndarray, plans: list[PlannedEdit],
-                  size: int) -> dict:
-    """Pixel change always; on the shapes world also whether each edit did what it asked (the annotator)."""
-    outcome: dict = {"pixel_change": pixel_change(original, edited)}
-    if model_name != "shapes":
-        return outcome
-    from atlas.edit.judge import moved_into, styled
+class Judge(Protocol):
+    """Whether one edit did what it asked: `kind` spatial (move `target` into `region`, an image-resolution mask)
+    or global (give the image the `target` style); None when it cannot tell."""
 
-    results = []
-    for p in plans:
-        if p.target is None:
-            results.append(None)
-        elif p.kind == "spatial":
-            results.append(moved_into(original, edited, p.target, parse_region(p.region, size)))
-        else:
-            results.append(styled(original, edited, p.target))
-    outcome["success"] = results
+    def __call__(self, original: np.ndarray, edited: np.ndarray, kind: str, target: str,
+                 region: np.ndarray | None) -> bool | None: ...
+
+
+def judge_outcome(judge: Judge | None, original: np.ndarray, edited: np.ndarray, plans: list[PlannedEdit],
+                  size: int) -> dict:
+    """Pixel change always; with a judge also whether each edit did what it asked."""
+    outcome: dict = {"pixel_change": pixel_change(original, edited)}
+    if judge is None:
+        return outcome
+    outcome["success"] = [None if p.target is None else
+                          judge(original, edited, p.kind, p.target, parse_region(p.region, size) if p.region else None)
+                          for p in plans]
     return outcome
 
 

@@ -1,11 +1,13 @@
-"""Text-to-image models: loading (`load_model`), hook points, and the DDIM + CFG sampler."""
+"""Text-to-image models: loading (`load_model`), hook points, the DDIM + CFG sampler, label embeddings."""
 
-from atlas.models.base import TextToImageModel
-from atlas.models.device import pick_device, pick_dtype
-from atlas.models.hooks import Hooks, StepInfo, step_to_t, t_to_step
-from atlas.models.loader import ModelNotFoundError, load_model
-from atlas.models.sampler import generate, sample_latents
-from atlas.models.spec import SD14_SPEC, ModelSpec
+from atlas.lazy import lazy_face
 
-__all__ = ["Hooks", "ModelNotFoundError", "ModelSpec", "SD14_SPEC", "StepInfo", "TextToImageModel", "generate",
-           "load_model", "pick_device", "pick_dtype", "sample_latents", "step_to_t", "t_to_step"]
+_NAMES = {
+    "TextToImageModel": "atlas.models.base", "pick_device": "atlas.models.device", "pick_dtype": "atlas.models.device",
+    "Hooks": "atlas.models.hooks", "StepInfo": "atlas.models.hooks", "step_to_t": "atlas.models.hooks",
+    "t_to_step": "atlas.models.hooks", "ModelNotFoundError": "atlas.models.loader", "load_model": "atlas.models.loader",
+    "generate": "atlas.models.sampler", "sample_latents": "atlas.models.sampler", "SD14_SPEC": "atlas.models.spec",
+    "ModelSpec": "atlas.models.spec", "TextEmbedder": "atlas.models.text",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_face(__name__, _NAMES)

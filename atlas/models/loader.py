@@ -16,7 +16,6 @@ from atlas.models.device import pick_device, pick_dtype
 from atlas.models.spec import SD14_SPEC, SPEC_FILE, ModelSpec
 
 SD14_REPO = "CompVis/stable-diffusion-v1-4"
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -24,7 +23,9 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def shapes_model_dir() -> Path:
-    return Path(os.environ.get("ATLAS_SHAPES_MODEL", DATA_DIR / "shapes"))
+    import atlas.data  # the repository's data/ folder, installed as package data (atlas.data)
+
+    return Path(os.environ.get("ATLAS_SHAPES_MODEL", Path(atlas.data.__file__).parent / "shapes"))
 
 
 def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:

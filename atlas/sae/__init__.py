@@ -1,43 +1,20 @@
 """Sparse autoencoders on diffusion-UNet residual updates: TopK + AuxK model, training, metrics.
 
-    from atlas.sae import SaeConfig, SaeTrainConfig, train_sae, evaluate
+    from atlas.sae import SaeConfig, SaeTrainConfig, train_sae, evaluate, write_metrics
     result = train_sae(acts, SaeConfig(d_in=1280, k=20))       # acts: (N, 1280) CPU tensor
-    result.sae.save_pretrained("runs/sae/mid", metrics=evaluate(result.sae, held_out))
+    result.sae.save_pretrained("runs/sae/mid")
+    write_metrics(result.sae, "runs/sae/mid", metrics=evaluate(result.sae, held_out))
 """
 
-from atlas.sae.config import SaeConfig, SaeTrainConfig
-from atlas.sae.metrics import (
-    DeadLatentTracker,
-    LatentStats,
-    dead_fraction,
-    evaluate,
-    evaluate_with_stats,
-    explained_variance,
-    fvu,
-    l0,
-    latent_stats,
-    write_metrics,
-)
-from atlas.sae.model import EncoderOutput, ForwardOutput, Sae, geometric_median
-from atlas.sae.train import TrainResult, train_sae
+from atlas.lazy import lazy_face
 
-__all__ = [
-    "DeadLatentTracker",
-    "EncoderOutput",
-    "ForwardOutput",
-    "LatentStats",
-    "Sae",
-    "SaeConfig",
-    "SaeTrainConfig",
-    "TrainResult",
-    "dead_fraction",
-    "evaluate",
-    "evaluate_with_stats",
-    "explained_variance",
-    "fvu",
-    "geometric_median",
-    "l0",
-    "latent_stats",
-    "train_sae",
-    "write_metrics",
-]
+_METRICS = ("DeadLatentTracker", "LatentStats", "dead_fraction", "evaluate", "evaluate_with_stats",
+            "explained_variance", "fvu", "l0", "latent_stats", "write_metrics")
+_NAMES = {
+    "SaeConfig": "atlas.sae.config", "SaeTrainConfig": "atlas.sae.config",
+    **dict.fromkeys(_METRICS, "atlas.sae.metrics"),
+    **dict.fromkeys(("EncoderOutput", "ForwardOutput", "Sae", "geometric_median"), "atlas.sae.model"),
+    "TrainResult": "atlas.sae.train", "train_sae": "atlas.sae.train",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_face(__name__, _NAMES)

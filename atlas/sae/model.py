@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,6 @@ from torch import Tensor, nn
 
 from atlas.files import atomic_write
 from atlas.sae.config import SaeConfig
-
-if TYPE_CHECKING:
-    from atlas.sae.metrics import LatentStats
 
 CONFIG_NAME = "config.json"
 DENSE_AUX_DENSITY = 8
@@ -267,25 +264,15 @@ class Sae(nn.Module):
 
     # --- persistence ----------------------------------------------------------------------------------------
 
-    def save_pretrained(
-        self,
-        save_directory: str | Path,
-        metrics: dict[str, Any] | None = None,
-        stats: LatentStats | None = None,
-    ) -> Path:
-        """Write config.json + sae.safetensors (+ stats.parquet and metrics.json when given) to the directory.
-
-        Each file is written atomically and metrics.json last: `atlas train` takes it to mean the SAE is done."""
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write config.json + sae.safetensors to the directory, each atomically (atlas.sae.metrics.write_metrics
+        adds stats.parquet and metrics.json beside them)."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         config = json.dumps({"_class_name": "Sae", **self.cfg.to_dict()}, indent=2) + "\n"
         atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(config))
         tensors = {name: p.detach().contiguous().cpu() for name, p in self.state_dict().items()}
         atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-        if metrics is not None or stats is not None:
-            from atlas.sae.metrics import write_metrics
-
-            write_metrics(self, path, metrics=metrics, stats=stats)
         return path
 
     @classmethod

@@ -112,7 +112,7 @@ class ServerState:
             if key in self._vectors:
                 return self._vectors[key]
             if self._embedder is None:
-                from atlas.concepts import TextEmbedder
+                from atlas.models.text import TextEmbedder
 
                 self._embedder = TextEmbedder()
             vectors = self._embedder.embed(list(texts)) if texts else np.zeros((0, 384), np.float32)

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from atlas.config import ShapesTrainConfig
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.spec import SPEC_FILE, ModelSpec
+from atlas.shapes.config import ShapesTrainConfig
 from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
 from atlas.shapes.world import WorldConfig, random_scene, render
 

@@ -6,11 +6,12 @@ measurement the atlas makes on the shapes model (layout IoU, edit success) can b
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from atlas.capture.splits import split_of
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -108,12 +109,6 @@ def caption_of(scene: Scene) -> str:
     if scene.style_named:
         text += f" on a {scene.style} background"
     return text
-
-
-def split_of(caption: str) -> str:
-    """Deterministic split of a caption: 80 % train, 10 % dictionary, 10 % test (by a stable hash)."""
-    bucket = int.from_bytes(hashlib.sha1(caption.encode()).digest()[:4], "little") % 10
-    return "train" if bucket < 8 else ("dictionary" if bucket == 8 else "test")
 
 
 def _inside(box: tuple[float, float, float, float], size: int, r: float, rng: random.Random) -> tuple[float, float]:

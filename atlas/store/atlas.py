@@ -27,14 +27,17 @@ from atlas.store.reads import Reads
 from atlas.store.views import Views
 from atlas.store.writes import Writes
 
+DEFAULT_DIR = Path("atlas-data")
+"""Not ./atlas: a folder of that name beside a script would shadow the package (`import atlas` finds it first)."""
 SOURCE_CHECKOUT_DEFAULT = Path("demo") / "atlas"
 
 
 def default_path() -> Path:
-    """--atlas default: $ATLAS_DIR, else ./atlas; in a source checkout, where ./atlas is the library, demo/atlas."""
+    """--atlas default: $ATLAS_DIR, else ./atlas-data; in a source checkout (where `make demo` builds it),
+    demo/atlas."""
     if os.environ.get("ATLAS_DIR"):
         return Path(os.environ["ATLAS_DIR"])
-    return SOURCE_CHECKOUT_DEFAULT if (Path("atlas") / "__init__.py").exists() else Path("atlas")
+    return SOURCE_CHECKOUT_DEFAULT if (Path("atlas") / "__init__.py").exists() else DEFAULT_DIR
 
 
 class Atlas(Reads, Writes):
@@ -92,7 +95,7 @@ def _refuse_newer(root: Path) -> None:
 
 
 def open_atlas(path: str | Path | None = None, readonly: bool = True, threads: int | None = None) -> Atlas:
-    """Open an atlas (default $ATLAS_DIR or ./atlas); writable opens upgrade an older schema first."""
+    """Open an atlas (default: `default_path()`); writable opens upgrade an older schema first."""
     root = Path(path) if path is not None else default_path()
     if not root.is_dir() or snapshot.current(root) is None:
         raise AtlasNotFoundError(root)

@@ -8,7 +8,6 @@ revision this code does not know was made by a newer version.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -27,12 +26,10 @@ class DuckDBImpl(DefaultImpl):
 
 @cache
 def migrations_dir() -> Path:
-    """The `migrations` package beside the `atlas` package (a source checkout or site-packages)."""
-    beside = Path(__file__).resolve().parents[2] / "migrations"
-    if (beside / "env.py").exists():
-        return beside
-    spec = importlib.util.find_spec("migrations")
-    return Path(spec.origin).parent if spec and spec.origin else beside
+    """The Alembic scripts: the repository's migrations/ folder, installed as the package atlas.migrations."""
+    import atlas.migrations
+
+    return Path(atlas.migrations.__file__).parent
 
 
 def _config(connection: Connection | None = None) -> Config:

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atlas import index as faiss_index
 from atlas.store import codes, snapshot
+from atlas.store import index as faiss_index
 from atlas.store.errors import (
     CorruptFileError,
     InvalidInputError,

@@ -20,9 +20,9 @@ import pyarrow as pa
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from atlas import index as faiss_index
 from atlas.files import atomic_write, file_lock
 from atlas.store import codes, snapshot
+from atlas.store import index as faiss_index
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError, ReadOnlyAtlasError
 from atlas.store.ids import concept_id, parse_concept_id

@@ -93,8 +93,9 @@ def parse_cells(text: str) -> np.ndarray | None:
 
 
 def run_edit(state: ServerState, request: EditRequest) -> EditData:
-    from atlas.edit import EditConfig, edit
+    from atlas.edit import EditConfig
     from atlas.edit.core import is_mask_file
+    from atlas.pipeline.edits import edit
 
     region = request.region.strip()
     cells = parse_cells(region)

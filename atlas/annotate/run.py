@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from atlas.annotate import Annotator, mask_to_grid
-from atlas.concepts import mask_cells
+from atlas.annotate.base import Annotator
 from atlas.files import atomic_write
+from atlas.grids import mask_cells, mask_to_grid
 from atlas.store import Atlas
 
 CELLS_DIR = "annotations"

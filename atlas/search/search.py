@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atlas.concepts import TextEmbedder
+from atlas.models.text import TextEmbedder
 from atlas.store import Atlas, ConceptInfo, InvalidInputError, Neighbor, NoLabelsError, UnknownLabelError
 
 MAX_TEXT = 200
@@ -70,7 +70,7 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
 def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int) -> list[Neighbor]:
     """Concepts whose decoder direction is closest to TEXT's mean residual update at (block, t)."""
     from atlas.capture import delta_at
-    from atlas.jobs.layout import atlas_model_name
+    from atlas.layout.score import atlas_model_name
     from atlas.models import load_model, t_to_step
 
     model = load_model(atlas_model_name(atlas))

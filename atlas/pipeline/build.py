@@ -9,7 +9,7 @@
 
 Each stage skips the work it finds done, so re-running the same command after an interruption
 continues where it stopped and a finished atlas is not rebuilt. Capture and encode run their batches
-on the given executor (atlas.jobs.executor: this process, or Ray actors); the other stages run here.
+on the given executor (atlas.pipeline.executor: this process, or Ray actors); the other stages run here.
 """
 
 from __future__ import annotations
@@ -21,33 +21,18 @@ from pathlib import Path
 
 import torch
 
+from atlas.annotate.run import annotate_atlas
 from atlas.capture import ActivationSet, capture
-from atlas.concepts import LinkConfig
-from atlas.config import BuildConfig, CaptureConfig, SaeJobConfig
-from atlas.jobs.annotate import annotate_atlas
-from atlas.jobs.encode import encode_atlas
-from atlas.jobs.executor import Executor
-from atlas.jobs.link import link_atlas
-from atlas.jobs.train import SaeReport, ev_table, train_all
+from atlas.capture.config import CaptureConfig
+from atlas.dictionary.config import LinkConfig
+from atlas.dictionary.run import link_atlas
+from atlas.pipeline.config import BuildConfig, SaeJobConfig
+from atlas.pipeline.encode import encode_atlas
+from atlas.pipeline.executor import Executor
+from atlas.pipeline.presets import PRESETS, Preset, shapes_captions
+from atlas.pipeline.train import SaeReport, ev_table, train_all
 from atlas.store import Atlas, default_path
 
-
-@dataclass(frozen=True)
-class Preset:
-    """Defaults of one kind of atlas; BuildConfig fields left at 0 / "" take these."""
-
-    model: str
-    n_images: int
-    annotator: str
-    blocks: str = "down,mid,up"
-    t: str = "1.0,0.5,0.0"
-    prompts_needed: bool = False
-
-
-PRESETS = {
-    "shapes": Preset(model="shapes", n_images=640, annotator="shapes"),
-    "sd14": Preset(model="sd14", n_images=1000, annotator="grounded-sam", prompts_needed=True),
-}
 STAGES = ("capture", "train", "encode", "annotate", "link", "report")
 
 
@@ -70,12 +55,11 @@ def resolve(config: BuildConfig) -> tuple[BuildConfig, Preset]:
 
 
 def build_prompts(config: BuildConfig) -> list[str]:
-    from atlas.jobs.generate import read_prompts
-    from atlas.shapes.world import captions
+    from atlas.pipeline.generate import read_prompts
 
     if config.prompts:
         return read_prompts(config.prompts)[: config.n_images]
-    return captions(config.n_images, split=None, seed=config.seed)
+    return shapes_captions(config.n_images, split=None, seed=config.seed)
 
 
 def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print,
@@ -116,7 +100,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
 
     def run_annotate() -> str:
-        from atlas.annotate import get_annotator
+        from atlas.pipeline.presets import get_annotator
 
         return f"{annotate_atlas(atlas, get_annotator(config.annotator), progress=progress)} objects found"
 
@@ -125,7 +109,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{sum(stored.values())} (concept, label) pairs pass the IoU rule"
 
     def run_report() -> str:
-        from atlas.jobs.report import build_report
+        from atlas.report.report import build_report
 
         figures = build_report(atlas, root / "report")
         first = [x for x in figures["layout"] if x["method"] == "weighted" and x["t"] == 1.0]

@@ -113,7 +113,7 @@ def repair_atlas(root: str | Path | None = None) -> list[str]:
 
 
 def _check_files(atlas: Atlas, report: CheckReport) -> None:
-    from atlas import index as faiss_index
+    from atlas.store import index as faiss_index
 
     rows = atlas.sql("SELECT path, kind, rows FROM files ORDER BY path", max_rows=10_000_000).rows
     for path, kind, expected in rows:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.capture import ActivationSet
-from atlas.config import SaeJobConfig
-from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae
+from atlas.pipeline.config import SaeJobConfig
+from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae, write_metrics
 
 HELD_OUT_SPLITS = ("test", "dictionary")
 
@@ -68,7 +68,8 @@ def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str |
     test = acts.load(block, t, branch, split=held_out)["x"].float() if held_out else x
     metrics, stats = evaluate_with_stats(result.sae, test)
     metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": int(x.shape[0])}
-    result.sae.save_pretrained(path, metrics=metrics, stats=stats)
+    result.sae.save_pretrained(path)
+    write_metrics(result.sae, path, metrics=metrics, stats=stats)  # metrics.json last: the SAE is done
     return SaeReport(block, float(t), branch, path, metrics, scored_on)
 
 

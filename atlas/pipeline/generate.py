@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from atlas.config import GenerateConfig
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.sampler import generate
+from atlas.pipeline.config import GenerateConfig
 from atlas.viz import image_grid
 
 

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from atlas.concepts import LinkConfig, link
-from atlas.jobs.annotate import CELLS_DIR, cells_files
+from atlas.annotate.run import CELLS_DIR, cells_files
+from atlas.dictionary.link import LinkConfig, link
 from atlas.store import Atlas
 
 DICTIONARY_SPLITS = ("train", "dictionary")

@@ -2,7 +2,7 @@
 
     explained variance per SAE (Table 1)
     layout-prediction IoU per block and t on the test split, beside the average-mask baseline (Table 3),
-      with the paper's top-concept predictor and with the weighted one (atlas.jobs.layout)
+      with the paper's top-concept predictor and with the weighted one (atlas.layout.score)
     concept cohesion and separability per block and t
     context-free latents: those firing at the same place whatever the image (lowest spatial variance)
 
@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from atlas.jobs.layout import METHODS, LayoutScore, layout_iou  # noqa: E402
+from atlas.layout.config import METHODS  # noqa: E402
+from atlas.layout.score import LayoutScore, layout_iou  # noqa: E402
 from atlas.store import Atlas, SaeInfo  # noqa: E402
 
 PAPER_LAYOUT_IOU_MID_T1 = 0.26

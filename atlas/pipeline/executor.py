@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from atlas.config import ExecutorConfig
+from atlas.pipeline.config import ExecutorConfig
 
 if TYPE_CHECKING:
     import ray

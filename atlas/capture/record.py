@@ -11,18 +11,21 @@ An activation directory holds:
 Shards and markers are written to a temporary name and renamed, so an interrupted run leaves no
 half-written file that counts; running again skips complete batches and redoes the others. The
 directory may be a local path or a pyarrow filesystem URI (s3://bucket/acts; atlas.location). The
-batches run on an executor (atlas.jobs.executor): in this process, or on Ray actors that each load
-the model once and write their batches' images and shards; the driver writes the done markers.
+batches run on an executor (any object with `map(job, items)`, such as atlas.pipeline.executor's): in
+this process, or on Ray actors that each load the model once and write their batches' images and
+shards; the driver writes the done markers. Each prompt's split is a stable hash of its text
+(atlas.capture.splits).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,14 +33,13 @@ from PIL import Image
 from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
-from atlas.config import CaptureConfig
-from atlas.jobs.executor import Executor, LocalExecutor
+from atlas.capture.config import CaptureConfig
+from atlas.capture.splits import split_of
 from atlas.location import Location
 from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo, t_to_step
 from atlas.models.loader import load_model
 from atlas.models.sampler import sample_latents
-from atlas.shapes.world import split_of
 
 BRANCHES = ("uncond", "cond")  # the order of the CFG batch
 
@@ -48,6 +50,20 @@ class PromptRecord:
     prompt: str
     split: str
     seed: int
+
+
+class Executor(Protocol):
+    """Runs a job's items and yields their results (atlas.pipeline.executor has a local and a Ray one)."""
+
+    def map(self, job: Any, items: Iterable) -> Iterator: ...
+
+
+def run_here(job: Any, items: Iterable) -> Iterator:
+    """A job's items one after another in this process (what an executor does when none is given)."""
+    items = list(items)
+    if items:
+        worker = job.start(None)
+        yield from (worker(item) for item in items)
 
 
 def parse_list(text: str, kind: type = str) -> list:
@@ -192,7 +208,7 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
                desc="capture", disable=not progress)
     source = model.source or (str(model.path) if model.path else "")
     job = _CaptureJob(out, source, blocks, steps_to_t, branches, steps, guidance, model)
-    for marker in (executor or LocalExecutor()).map(job, todo):
+    for marker in (executor.map(job, todo) if executor is not None else run_here(job, todo)):
         out.write(marker_name(marker["batch"]), json.dumps(marker).encode())
         bar.update(len(marker["image_ids"]))
     bar.close()

@@ -25,39 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from atlas.concepts import TextEmbedder, iou, link, predict_layout, weighted_layout
-from atlas.jobs.link import DICTIONARY_SPLITS, annotation_source, dictionary_cells, grid_cells
+from atlas.dictionary.link import link
+from atlas.dictionary.run import DICTIONARY_SPLITS, annotation_source, dictionary_cells, grid_cells
+from atlas.grids import iou
+from atlas.layout.config import THRESHOLDS, LayoutConfig, check_method
+from atlas.layout.predict import predict_layout, weighted_layout
+from atlas.models.text import TextEmbedder
 from atlas.store import Atlas, SaeInfo
-
-METHODS = ("weighted", "top-concept")
-THRESHOLDS = {
-    "top-concept": (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),  # cosine similarity
-    "weighted": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # fraction of the image's best score
-}
-
-
-@dataclass
-class LayoutConfig:
-    """Options of layout prediction."""
-
-    method: str = "weighted"
-    """'weighted': every active concept adds evidence for the label, weighted by how well it matched the label's
-    objects on the dictionary images; 'top-concept': the paper's vote of each position's most active labelled
-    concept."""
-    threshold: float | None = None
-    """weighted: the fraction of the image's best score a position needs; top-concept: the cosine similarity to the
-    label its concept's embedding needs (None: per SAE, the value of THRESHOLDS that scores best on the dictionary
-    images)."""
-    include_backgrounds: bool = False
-    """Also score background labels (style), not only objects."""
-
-    def __post_init__(self) -> None:
-        check_method(self.method)
-
-
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown layout method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -235,63 +209,8 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     return scores
 
 
-@dataclass
-class PromptLayout:
-    """One prompt's predicted mask (from the step at t) beside the mask the annotator finds in the final image."""
-
-    image: np.ndarray  # (H, W, 3) uint8 final image
-    predicted: np.ndarray  # (gh, gw) bool
-    annotated: np.ndarray  # (gh, gw) bool
-    iou: float
-    threshold: float  # the one used
-
-
 def atlas_model_name(atlas: Atlas) -> str:
     names = [r[0] for r in atlas.sql("SELECT coalesce(path, name) FROM models ORDER BY id").rows]
     if not names:
         raise ValueError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
     return names[0]
-
-
-def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "up", seed: int = 0,
-                   config: LayoutConfig | None = None, embedder: TextEmbedder | None = None) -> PromptLayout:
-    """Generate `prompt`, read its codes at (block, t) through the atlas's SAE, predict where `label` goes."""
-    import torch
-
-    from atlas.annotate import get_annotator, mask_to_grid
-    from atlas.capture import delta_at
-    from atlas.jobs.annotate import COVERAGE
-    from atlas.models import load_model, t_to_step
-    from atlas.sae import Sae
-
-    config = config or LayoutConfig()
-    embedder = embedder or TextEmbedder()
-    sae_info = next((s for s in atlas.saes() if s.block == block and s.t == float(t) and s.branch == "cond"), None)
-    if sae_info is None:
-        have = sorted({(s.block, s.t) for s in atlas.saes()})
-        raise ValueError(f"no cond SAE for block {block!r} at t={t}; this atlas has {have}")
-    if label not in atlas.labels():
-        atlas.concepts(label=label)  # raises UnknownLabelError with close labels
-    model = load_model(atlas_model_name(atlas))
-    steps = model.spec.default_steps
-    latents, cond = delta_at(model, [prompt], [seed], block, t_to_step(t, steps), steps=steps)
-    image = model.to_uint8(model.decode(latents))[0]
-    delta = cond[0].permute(1, 2, 0).reshape(-1, cond.shape[1]).float()
-    sae = Sae.from_pretrained(atlas.file_path(sae_info.path))
-    with torch.no_grad():
-        out = sae.encode(delta)
-    grid = (sae_info.grid_h, sae_info.grid_w)
-    latents = out.top_indices.numpy().reshape(*grid, -1)
-    values = out.top_acts.numpy().reshape(*grid, -1)
-    vectors = label_vectors(atlas, embedder)
-    source = annotation_source(atlas)
-    dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
-    dictionary_codes = atlas.sae_codes(sae_info.id, DICTIONARY_SPLITS)
-    predict = make_predictor(atlas, sae_info, config.method, vectors, dictionary_codes, dict_cells)
-    train = scored_masks(label_masks(dict_cells, grid), config.include_backgrounds)
-    threshold = fit_threshold(dictionary_codes, train, predict, sae_info, config.method, config.threshold)
-    predicted = predict(latents, values, label, threshold)
-    found = get_annotator(source).annotate([image], [prompt])[0]
-    masks = [o.mask for o in found if o.label == label]
-    annotated = mask_to_grid(np.any(masks, axis=0), grid, COVERAGE) if masks else np.zeros(grid, bool)
-    return PromptLayout(image, predicted, annotated, iou(predicted, annotated), threshold)

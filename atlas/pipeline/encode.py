@@ -3,7 +3,7 @@
 The trained SAEs run over every captured position; each position keeps its top-k (latent, value)
 pairs. One SAE is finalised and marked done (in one transaction) at a time, so an interrupted run loses
 at most one SAE and a re-run skips the finished ones; writing the same images again replaces their codes.
-The shards of an SAE are encoded on an executor (atlas.jobs.executor: this process or Ray actors, which
+The shards of an SAE are encoded on an executor (atlas.pipeline.executor: this process or Ray actors, which
 get the SAE once each); the driver stages the codes they return and commits them into the catalog.
 Each SAE costs two catalog transactions (each a snapshot publication): its row with its FAISS indexes
 and concept statistics, then its codes with its done mark.
@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from atlas.capture import ActivationSet
-from atlas.jobs.executor import Executor, LocalExecutor
-from atlas.jobs.train import load_sae, sae_dir
+from atlas.pipeline.executor import Executor, LocalExecutor
+from atlas.pipeline.train import load_sae, sae_dir
 from atlas.sae import Sae
 from atlas.store import Atlas
 from atlas.store.writes import CONCEPT_STATS

@@ -53,3 +53,11 @@ def styled(original: np.ndarray, edited: np.ndarray, target: str) -> bool | None
         return None
     after = annotate(edited)
     return after.style == style and objects_stay(annotate(original), after)
+
+
+def judge(original: np.ndarray, edited: np.ndarray, kind: str, target: str, region: np.ndarray | None) -> bool | None:
+    """The shapes world's judge of one edit (atlas.edit.run.Judge): spatial edits by `moved_into`, global by
+    `styled`; None when a spatial edit has no region."""
+    if kind == "spatial":
+        return None if region is None else moved_into(original, edited, target, region)
+    return styled(original, edited, target)

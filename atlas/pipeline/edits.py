@@ -1,4 +1,5 @@
-"""`atlas eval-edits`: the paper's intervention protocol (its Tables 4 and 5) on a shapes atlas.
+"""`atlas edit` with the atlas model's judge, and `atlas eval-edits`: the paper's intervention protocol (its
+Tables 4 and 5) on a shapes atlas.
 
     spatial  n one-object prompts x 4 quadrants x windows x strengths: the object's concepts are set to
              beta * ||z|| in the quadrant and 0 elsewhere; success = its centre of mass lands in the quadrant
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -23,12 +24,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from atlas.edit.config import EvalEditsConfig, parse_concepts_t
+from atlas.edit.config import EditConfig, EvalEditsConfig, parse_concepts_t
 from atlas.edit.core import WINDOWS, ConceptEdit, box_mask, parse_window, region_to_grid
-from atlas.edit.judge import main_object, moved_into, styled
 from atlas.edit.run import (
     CURVES_FILE,
     DEFAULT_STRENGTH,
+    EditResult,
     atlas_model,
     check_concepts_t,
     curve_key,
@@ -36,11 +37,14 @@ from atlas.edit.run import (
     pixel_change,
     sae_path,
 )
+from atlas.edit.run import edit as run_edit
 from atlas.files import atomic_write, file_lock
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
+from atlas.pipeline.presets import judge_for
 from atlas.sae import Sae
 from atlas.shapes.annotator import annotate
+from atlas.shapes.judge import main_object, moved_into, styled
 from atlas.shapes.world import COLORS, POSITIONS, SHAPES
 from atlas.store import Atlas
 
@@ -51,6 +55,14 @@ PAPER = {"spatial": {"early": 0.80, "middle": 0.35, "final": 0.23},
 TARGET = {"spatial": "in quadrant (image may break)", "style": "striped (objects may move)"}
 SWEEP = (0.25, 1.0, 4.0)
 """Default strength sweep: the window's default strength times these."""
+
+
+def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str] = "",
+         config: EditConfig | None = None, out: str | Path | None = None, model: TextToImageModel | None = None,
+         load: Callable[[str], TextToImageModel] = load_model) -> EditResult:
+    """atlas.edit.run.edit, judged by the judge of the atlas's model where one is known (the shapes world's):
+    the outcome then says whether each edit did what it asked, besides the pixel change."""
+    return run_edit(atlas, prompt, concepts, regions, config, out, model, load, judge_for=judge_for)
 
 
 @dataclass

@@ -1,0 +1,15 @@
+"""Capture: generate images and record each hooked block's residual update at chosen timesteps, as shards.
+
+    from atlas.capture import capture, ActivationSet
+    capture(model, prompts, "acts", CaptureConfig(t=[1.0, 0.0]))
+    ActivationSet("acts").load("mid", 1.0, "cond", split="train")
+"""
+
+from atlas.lazy import lazy_face
+
+_NAMES = {
+    "CaptureConfig": "atlas.capture.config", "split_of": "atlas.capture.splits",
+    **dict.fromkeys(("ActivationSet", "capture", "delta_at"), "atlas.capture.record"),
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_face(__name__, _NAMES)

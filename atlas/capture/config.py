@@ -1,0 +1,27 @@
+"""Options of a capture: which hook points, timesteps and CFG halves to record.
+
+Kept free of heavy imports: the CLI builds its options from it at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CaptureConfig:
+    """Options of `atlas capture`."""
+
+    blocks: str = "down,mid,up"
+    """Hook points: aliases (down, mid, up) or UNet module names, comma separated."""
+    t: str = "1.0,0.5,0.0"
+    """Timesteps to record, comma separated; t = 1.0 is the first denoising step (pure noise)."""
+    branches: str = "cond,uncond"
+    """CFG halves to record: cond, uncond or both."""
+    steps: int = 0
+    """DDIM steps (0 = the model's default)."""
+    guidance: float = -1.0
+    """Classifier-free guidance scale (negative = the model's default)."""
+    seed: int = 0
+    """Image i is generated with seed + i."""
+    batch_size: int = 32
+    """Images per batch; one shard per (block, t, branch) and batch, so memory stays bounded."""

@@ -1,1 +1,0 @@
-"""Pipelines that string the rooms together (generation jobs, and later capture / build stages)."""

@@ -1,0 +1,103 @@
+"""Options of the pipeline's jobs: generate, executors, SAE training jobs, build.
+
+Kept free of heavy imports: the CLI builds its options from it at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `atlas generate`."""
+
+    seed: int = 0
+    """Seed of the first image of every prompt; image j of a prompt uses seed + j."""
+    n_per_prompt: int = 1
+    """Images per prompt (consecutive in the output)."""
+    steps: int = 0
+    """DDIM steps (0 = the model's default)."""
+    guidance: float = -1.0
+    """Classifier-free guidance scale (negative = the model's default)."""
+    batch_size: int = 32
+    """Images denoised together."""
+
+
+
+@dataclass
+class ExecutorConfig:
+    """Where `atlas capture`, `encode` and `build` run their batches (see atlas.pipeline.executor)."""
+
+    executor: str = "local"
+    """local (this process) or ray (batches spread over Ray actors, each loading the model once)."""
+    ray_address: str = ""
+    """ray: address of a running cluster (auto, or ray://head:10001); empty = a local Ray instance for this run."""
+    actors: int = 0
+    """ray: number of actors (0 = as many as the cluster's CPUs and GPUs hold)."""
+    num_gpus_per_actor: float = -1.0
+    """ray: GPUs per actor (negative = 1 when the cluster has GPUs, else 0: CPU actors)."""
+    num_cpus_per_actor: float = 1.0
+    """ray: CPUs per actor; a CPU actor runs torch on this many threads."""
+
+
+
+@dataclass
+class SaeJobConfig:
+    """Options of `atlas train`: one TopK SAE per (block, t, branch) of an activation directory."""
+
+    k: int = 10
+    """Active latents per position (TopK); the paper uses 10 and 20."""
+    latents: str = "4x"
+    """Number of latents: a count (512) or a multiple of the activation width (4x, as in the paper)."""
+    lr: float = 1e-3
+    """Adam learning rate (small activation sets need a larger one than the paper's 1e-4)."""
+    batch_size: int = 1024
+    """Positions per optimiser step."""
+    epochs: float = 20.0
+    """Passes over the training split."""
+    min_tokens: int = 1_000_000
+    """Train on at least this many positions (more passes when the split is small)."""
+    dead_tokens: int = 200_000
+    """A latent that has not fired for this many positions joins the AuxK loss."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
+    retrain: bool = False
+    """Train again even when a checkpoint exists (otherwise finished SAEs are kept, so a rerun resumes)."""
+
+
+
+@dataclass
+class BuildConfig:
+    """Options of `atlas build`: every stage from prompts to a queryable atlas."""
+
+    atlas: str = ""
+    """Atlas directory to build; re-run the same command to resume (empty = $ATLAS_DIR, else ./atlas-data, or
+    demo/atlas in a source checkout)."""
+    preset: str = "shapes"
+    """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's settings; GPU)."""
+    model: str = ""
+    """Model to load (empty = the preset's)."""
+    prompts: str = ""
+    """File with one prompt per line (empty = shapes-world captions, all splits)."""
+    n_images: int = 0
+    """Images to generate (0 = the preset's: 640 for shapes)."""
+    branches: str = "cond"
+    """CFG halves to capture and train SAEs on: cond, uncond or both."""
+    steps: int = 0
+    """DDIM steps (0 = the model's default)."""
+    guidance: float = -1.0
+    """Classifier-free guidance scale (negative = the model's default)."""
+    k: int = 10
+    """Active latents per position of every SAE."""
+    latents: str = "4x"
+    """Latents per SAE: a count or a multiple of the activation width."""
+    sae_tokens: int = 1_000_000
+    """Positions each SAE trains on (several passes over a small capture)."""
+    annotator: str = ""
+    """Annotator backend (empty = the preset's: shapes, or grounded-sam for sd14)."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
+    threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
