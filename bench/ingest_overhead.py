@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     scratch = Path(args.out or tempfile.mkdtemp(prefix="ingest-"))
     model = load_model("shapes", device="cpu")
-    config = CaptureConfig(branches="cond", batch_size=args.batch_size)
+    config = CaptureConfig(branches=["cond"], batch_size=args.batch_size)
     prompts = captions(args.n, split=None, seed=1)
     seeds = list(range(config.seed, config.seed + args.n))
     print(f"{args.n} shapes images, batch {args.batch_size}, {model.spec.default_steps} steps, blocks {config.blocks}, "

@@ -19,17 +19,22 @@ import click
 
 from atlas.cli.common import DEVICE_NAME, FiniteFloat
 from atlas.pipeline.presets import ANNOTATOR_NAMES
+from atlas.sae.config import parse_latents
 
 
 class FloatList(click.ParamType):
-    """Comma-separated numbers in [lo, hi], kept as the text the config field holds (empty: the field's default)."""
+    """Comma-separated numbers in [lo, hi] -> list[float]. With `as_text`, kept as the text the config field holds
+    (for fields still typed str)."""
 
     name = "numbers"
 
-    def __init__(self, lo: float, hi: float = math.inf) -> None:
-        self.lo, self.hi = lo, hi
+    def __init__(self, lo: float, hi: float = math.inf, as_text: bool = False) -> None:
+        self.lo, self.hi, self.as_text = lo, hi, as_text
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[float] | str:
+        if isinstance(value, (list, tuple)):  # a field's default
+            return list(value)
+        numbers = []
         for item in filter(str.strip, str(value).split(",")):
             try:
                 number = float(item)
@@ -38,22 +43,47 @@ class FloatList(click.ParamType):
                           ctx)
             if not self.lo <= number <= self.hi:
                 self.fail(f"{item.strip()} is outside [{self.lo:g}, {self.hi:g}]", param, ctx)
-        return str(value)
+            numbers.append(number)
+        if not numbers and not self.as_text:
+            self.fail("give at least one number (comma-separated, e.g. 1.0,0.5,0.0)", param, ctx)
+        return str(value) if self.as_text else numbers
 
 
 class ChoiceList(click.ParamType):
-    """Comma-separated names, each one of `choices`, kept as the text the config field holds."""
+    """Comma-separated names, each one of `choices` (or an alias of `aliases` standing for several) -> list[str]."""
 
     name = "names"
 
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
+    def __init__(self, *choices: str, aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+        self.choices, self.aliases = choices, aliases or {}
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        for item in str(value).split(","):
-            if item.strip() not in self.choices:
-                self.fail(f"{item.strip()!r} is not one of {', '.join(self.choices)} (comma-separated)", param, ctx)
-        return str(value)
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, (list, tuple)):  # a field's default
+            return list(value)
+        names: list[str] = []
+        for item in (part.strip() for part in str(value).split(",")):
+            if item in self.aliases:
+                names += self.aliases[item]
+            elif item in self.choices:
+                names.append(item)
+            else:
+                known = ", ".join((*self.choices, *self.aliases))
+                self.fail(f"{item!r} is not one of {known} (comma-separated)", param, ctx)
+        return list(dict.fromkeys(names))
+
+
+class NameList(click.ParamType):
+    """Comma-separated names (e.g. hook points, checked where they are used) -> list[str]."""
+
+    name = "names"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        names = [part.strip() for part in str(value).split(",") if part.strip()]
+        if not names:
+            self.fail("give at least one name (comma-separated, e.g. down,mid,up)", param, ctx)
+        return names
 
 
 class OptionalFile(click.Path):
@@ -70,14 +100,11 @@ class LatentCount(click.ParamType):
     name = "count|Nx"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip()
         try:
-            number = float(text[:-1]) if text.endswith("x") else int(text)
-        except ValueError:
-            number = 0
-        if not (number > 0 and math.isfinite(number)):
-            self.fail(f"{value!r}: give a positive count (512) or a multiple of the width (4x)", param, ctx)
-        return text
+            parse_latents(value)
+        except ValueError as err:
+            self.fail(str(err).split(": ", 1)[1], param, ctx)
+        return str(value).strip()
 
 
 POSITIVE = click.IntRange(min=1)
@@ -90,18 +117,19 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
     **dict.fromkeys(("caption_dropout", "threshold", "iou", "shared_colour_fraction"), FRACTION),
     "ema_decay": FiniteFloat(0, 1, max_open=True),
-    "guidance": FiniteFloat(),
+    "guidance": FiniteFloat(min=0),
     "device": DEVICE_NAME,
     "latents": LatentCount(),
     "t": FloatList(0, 1),
-    "concepts_t": FloatList(0, 1),
-    "strengths": FloatList(0),
-    "object_count_weights": FloatList(0),
+    "concepts_t": FloatList(0, 1, as_text=True),
+    "strengths": FloatList(0, as_text=True),
+    "object_count_weights": FloatList(0, as_text=True),
+    "blocks": NameList(),
     "preset": click.Choice(("shapes", "sd14")),
     "schedule": click.Choice(("zero-snr", "sd")),
     "text_encoder": click.Choice(("trained", "frozen")),
     "kind": click.Choice(("spatial", "style")),
-    "branches": ChoiceList("cond", "uncond", "both"),
+    "branches": ChoiceList("cond", "uncond", aliases={"both": ("cond", "uncond")}),
     "prompts": OptionalFile(),
     "branch": click.Choice(("cond", "both")),
     "annotator": click.Choice(("", *ANNOTATOR_NAMES)),
@@ -139,7 +167,8 @@ def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
             else:
                 func = click.option(name, field.name,
                                     type=FIELD_TYPES.get(field.name, kind if kind in (int, float, str) else str),
-                                    default=default, show_default=True, help=docs.get(field.name, ""))(func)
+                                    default=default, show_default=default is not None,
+                                    help=docs.get(field.name, ""))(func)
         return func
 
     return decorate

@@ -77,21 +77,21 @@ def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_comma
 @click.option("--n", default=256, show_default=True, type=click.IntRange(min=1),
               help="Held-out captions to generate and score.")
 @click.option("--steps", default=0, type=click.IntRange(min=0), help="DDIM steps (0 = model default).")
-@click.option("--guidance", default=-1.0, help="CFG scale (negative = model default).")
+@click.option("--guidance", default=None, type=FiniteFloat(min=0), help="CFG scale [default: the model's own].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Which held-out captions and noise seeds: 0 is the model card's set; others confirm a result "
                    "on images nobody chose a checkpoint by.")
 @click.option("--out", "out_dir", default=None, help="Also write eval.json and a grid of the images here.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any figure is under its bar.")
 @one_line_errors
-def shapes_eval(model_name: str, device: str, n: int, steps: int, guidance: float, seed: int, out_dir: str | None,
-                strict: bool) -> None:
+def shapes_eval(model_name: str, device: str, n: int, steps: int, guidance: float | None, seed: int,
+                out_dir: str | None, strict: bool) -> None:
     """Score a model on held-out captions with the classical annotator and print the quality table."""
     from atlas.models import load_model
     from atlas.shapes.evaluate import evaluate, write_eval
 
     model = load_model(model_name, device=device)
-    result, images, scenes = evaluate(model, n, steps or None, None if guidance < 0 else guidance, seed=seed,
+    result, images, scenes = evaluate(model, n, steps or None, guidance, seed=seed,
                                       progress=True)
     click.echo(result.table())
     if out_dir:

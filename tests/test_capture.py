@@ -25,7 +25,7 @@ def model(tiny_shapes_dir):
 
 def test_capture_records_delta_without_changing_images(model, tmp_path):
     prompts = ["a red circle on the left", "a blue square", "a green triangle at the top"]
-    config = CaptureConfig(blocks="down,mid", t="1.0,0.0", steps=4, batch_size=2)
+    config = CaptureConfig(blocks=["down", "mid"], t=[1.0, 0.0], steps=4, batch_size=2)
     out = capture(model, prompts, tmp_path / "acts", config, progress=False)
     acts = ActivationSet(out)
     assert set(acts.keys()) == {(b, t, br) for b in ("down", "mid") for t in (1.0, 0.0) for br in ("cond", "uncond")}
@@ -56,13 +56,13 @@ def test_capture_records_delta_without_changing_images(model, tmp_path):
 
 
 def test_capture_refuses_other_settings_in_the_same_directory(model, tmp_path):
-    capture(model, ["a red circle"], tmp_path, CaptureConfig(blocks="mid", t="1.0", steps=2), progress=False)
+    capture(model, ["a red circle"], tmp_path, CaptureConfig(blocks=["mid"], t=[1.0], steps=2), progress=False)
     with pytest.raises(ValueError, match="other prompts or settings"):
-        capture(model, ["a red circle"], tmp_path, CaptureConfig(blocks="up", t="1.0", steps=2), progress=False)
+        capture(model, ["a red circle"], tmp_path, CaptureConfig(blocks=["up"], t=[1.0], steps=2), progress=False)
     with pytest.raises(ValueError, match="unknown block"):
-        capture(model, ["x"], tmp_path / "b", CaptureConfig(blocks="middle"), progress=False)
+        capture(model, ["x"], tmp_path / "b", CaptureConfig(blocks=["middle"]), progress=False)
     with pytest.raises(ValueError, match="same step"):
-        capture(model, ["x"], tmp_path / "c", CaptureConfig(t="1.0,0.99", steps=4), progress=False)
+        capture(model, ["x"], tmp_path / "c", CaptureConfig(t=[1.0, 0.99], steps=4), progress=False)
     acts = ActivationSet(tmp_path)
     with pytest.raises(ValueError, match="captured: mid"):
         acts.load("down", 1.0, "cond")
@@ -72,7 +72,7 @@ def test_capture_refuses_other_settings_in_the_same_directory(model, tmp_path):
 
 def test_split_filter_and_corrupt_shard(model, tmp_path):
     prompts = [f"a red circle {'and a blue square ' * (i % 3)}".strip() for i in range(6)]
-    out = capture(model, prompts, tmp_path, CaptureConfig(blocks="mid", t="1.0", steps=2, branches="cond"),
+    out = capture(model, prompts, tmp_path, CaptureConfig(blocks=["mid"], t=[1.0], steps=2, branches=["cond"]),
                   progress=False)
     acts = ActivationSet(out)
     splits = {r.image_id: r.split for r in acts.prompts}

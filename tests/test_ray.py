@@ -45,7 +45,7 @@ def _build(root, model, prompts, config, saes, executor=None) -> None:
 def test_ray_executor_writes_what_the_local_executor_writes(tmp_path):
     model = load_model("shapes", device="cpu")
     prompts = captions(6, split=None, seed=0)
-    config = CaptureConfig(blocks="down,mid", t="1.0,0.0", branches="cond", steps=2, batch_size=2)
+    config = CaptureConfig(blocks=["down", "mid"], t=[1.0, 0.0], branches=["cond"], steps=2, batch_size=2)
     saes = tmp_path / "saes"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a 1-CPU Ray actor: float sums (and so fp16 roundings) depend on the threads

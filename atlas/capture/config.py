@@ -4,23 +4,23 @@ Kept free of heavy imports: the CLI builds its options from it at startup."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class CaptureConfig:
     """Options of `atlas capture`."""
 
-    blocks: str = "down,mid,up"
-    """Hook points: aliases (down, mid, up) or UNet module names, comma separated."""
-    t: str = "1.0,0.5,0.0"
-    """Timesteps to record, comma separated; t = 1.0 is the first denoising step (pure noise)."""
-    branches: str = "cond,uncond"
-    """CFG halves to record: cond, uncond or both."""
+    blocks: list[str] = field(default_factory=lambda: ["down", "mid", "up"])
+    """Hook points: aliases (down, mid, up) or UNet module names."""
+    t: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.0])
+    """Timesteps to record; t = 1.0 is the first denoising step (pure noise)."""
+    branches: list[str] = field(default_factory=lambda: ["cond", "uncond"])
+    """CFG halves to record: cond, uncond (both: the two)."""
     steps: int = 0
     """DDIM steps (0 = the model's default)."""
-    guidance: float = -1.0
-    """Classifier-free guidance scale (negative = the model's default)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale (unset: the model's own default)."""
     seed: int = 0
     """Image i is generated with seed + i."""
     batch_size: int = 32

@@ -66,13 +66,6 @@ def run_here(job: Any, items: Iterable) -> Iterator:
         yield from (worker(item) for item in items)
 
 
-def parse_list(text: str, kind: type = str) -> list:
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise ValueError(f"empty list {text!r}")
-    return [kind(s) for s in items]
-
-
 def shard_name(block: str, t: float, branch: str, batch: int) -> str:
     return f"shards/{block}/t{float(t)}/{branch}/batch-{batch:06d}.safetensors"
 
@@ -183,16 +176,15 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
     if not prompts:
         raise ValueError("no prompts to capture")
     out = Location(out_dir)
-    blocks = parse_list(config.blocks)
-    ts = parse_list(config.t, float)
-    branches = parse_list(config.branches)
+    blocks, ts, branches = list(config.blocks), [float(t) for t in config.t], list(config.branches)
+    if not (blocks and ts and branches):
+        raise ValueError("capture needs at least one block, one t and one branch")
     for branch in branches:
         if branch not in BRANCHES:
             raise ValueError(f"unknown branch {branch!r}; use cond, uncond or both")
     for block in blocks:
         model.hook_module_name(block)
-    steps = config.steps or model.spec.default_steps
-    guidance = model.spec.default_guidance if config.guidance < 0 else config.guidance
+    steps, guidance = model.spec.steps(config.steps), model.spec.guidance(config.guidance)
     steps_to_t = {t_to_step(t, steps): t for t in ts}
     if len(steps_to_t) != len(ts):
         raise ValueError(f"timesteps {config.t} fall on the same step of {steps}; use more --steps")

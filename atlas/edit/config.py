@@ -69,8 +69,8 @@ class EditConfig:
     """Seed of both images (the unedited and the edited one start from the same noise)."""
     steps: int = 0
     """DDIM steps (0 = the steps the atlas's images and SAEs were made with)."""
-    guidance: float = -1.0
-    """Classifier-free guidance scale (negative = the atlas's)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale (unset: the one the atlas was built with)."""
     log: bool = True
     """Record the edit (inputs and outcome) in the atlas's interventions table."""
 

@@ -112,7 +112,7 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     spec = atlas_model(store)
     steps = config.steps or int(spec.get("steps") or 0)
     size = int(spec.get("resolution") or 0)
-    guidance = config.guidance if config.guidance >= 0 else spec.get("guidance")
+    guidance = spec.get("guidance") if config.guidance is None else config.guidance
     if model is None and not (steps and size):  # an atlas that does not record them: ask the model
         model = load(spec["name"])
     steps, size = steps or model.spec.default_steps, size or model.spec.resolution

@@ -28,8 +28,7 @@ def sample_latents(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     """Denoise one batch: returns final latents (B, C, H, W). `hooks` see every UNet call with its step."""
     if len(prompts) != len(seeds):
         raise ValueError("need one seed per prompt")
-    steps = steps or model.spec.default_steps
-    guidance = model.spec.default_guidance if guidance is None else guidance
+    steps, guidance = model.spec.steps(steps), model.spec.guidance(guidance)
     scheduler = copy.deepcopy(model.scheduler)
     scheduler.set_timesteps(steps, device=model.device)
     text = model.encode_text([negative_prompt] * len(prompts) + list(prompts))

@@ -29,6 +29,14 @@ class ModelSpec:
     vae_scaling_factor: float = 0.18215
     extra: dict = field(default_factory=dict)
 
+    def guidance(self, guidance: float | None = None) -> float:
+        """The CFG scale to use: `guidance`, or this model's default when it is None (the one place that says so)."""
+        return self.default_guidance if guidance is None else float(guidance)
+
+    def steps(self, steps: int | None = None) -> int:
+        """DDIM steps to use: `steps`, or this model's default when it is None or 0."""
+        return int(steps) if steps else self.default_steps
+
     def save(self, directory: str | Path) -> None:
         Path(directory, SPEC_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 

@@ -85,7 +85,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         from atlas.models import load_model
 
         model = load_model(config.model, device=config.device)
-        capture_config = CaptureConfig(blocks=preset.blocks, t=preset.t, branches=config.branches,
+        capture_config = CaptureConfig(blocks=list(preset.blocks), t=list(preset.t), branches=list(config.branches),
                                        steps=config.steps, guidance=config.guidance, seed=config.seed)
         capture(model, build_prompts(config), acts_dir, capture_config, progress=progress, executor=executor)
         return f"{len(ActivationSet(acts_dir).prompts)} images -> {acts_dir}"

@@ -4,7 +4,9 @@ Kept free of heavy imports: the CLI builds its options from it at startup."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from atlas.sae.config import SaeConfig, SaeTrainConfig
 
 
 @dataclass
@@ -17,11 +19,10 @@ class GenerateConfig:
     """Images per prompt (consecutive in the output)."""
     steps: int = 0
     """DDIM steps (0 = the model's default)."""
-    guidance: float = -1.0
-    """Classifier-free guidance scale (negative = the model's default)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale (unset: the model's own default)."""
     batch_size: int = 32
     """Images denoised together."""
-
 
 
 @dataclass
@@ -40,31 +41,30 @@ class ExecutorConfig:
     """ray: CPUs per actor; a CPU actor runs torch on this many threads."""
 
 
-
 @dataclass
 class SaeJobConfig:
     """Options of `atlas train`: one TopK SAE per (block, t, branch) of an activation directory."""
 
-    k: int = 10
+    k: int = SaeConfig.k
     """Active latents per position (TopK); the paper uses 10 and 20."""
-    latents: str = "4x"
+    latents: str = f"{SaeConfig.expansion_factor}x"
     """Number of latents: a count (512) or a multiple of the activation width (4x, as in the paper)."""
-    lr: float = 1e-3
+    lr: float = SaeTrainConfig.lr
     """Adam learning rate (small activation sets need a larger one than the paper's 1e-4)."""
-    batch_size: int = 1024
+    batch_size: int = SaeTrainConfig.batch_size
     """Positions per optimiser step."""
     epochs: float = 20.0
     """Passes over the training split."""
     min_tokens: int = 1_000_000
     """Train on at least this many positions (more passes when the split is small)."""
-    dead_tokens: int = 200_000
-    """A latent that has not fired for this many positions joins the AuxK loss."""
-    seed: int = 0
+    dead_tokens: int = SaeConfig.dead_tokens
+    """A latent that has not fired for this many positions joins the AuxK loss (0: a fifth of the positions the SAE
+    trains on, at most 10M: 200,000 at the default 1M)."""
+    seed: int = SaeTrainConfig.seed
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
     retrain: bool = False
     """Train again even when a checkpoint exists (otherwise finished SAEs are kept, so a rerun resumes)."""
-
 
 
 @dataclass
@@ -82,17 +82,17 @@ class BuildConfig:
     """File with one prompt per line (empty = shapes-world captions, all splits)."""
     n_images: int = 0
     """Images to generate (0 = the preset's: 640 for shapes)."""
-    branches: str = "cond"
-    """CFG halves to capture and train SAEs on: cond, uncond or both."""
+    branches: list[str] = field(default_factory=lambda: ["cond"])
+    """CFG halves to capture and train SAEs on: cond, uncond (both: the two)."""
     steps: int = 0
     """DDIM steps (0 = the model's default)."""
-    guidance: float = -1.0
-    """Classifier-free guidance scale (negative = the model's default)."""
-    k: int = 10
+    guidance: float | None = None
+    """Classifier-free guidance scale (unset: the model's own default)."""
+    k: int = SaeJobConfig.k
     """Active latents per position of every SAE."""
-    latents: str = "4x"
+    latents: str = SaeJobConfig.latents
     """Latents per SAE: a count or a multiple of the activation width."""
-    sae_tokens: int = 1_000_000
+    sae_tokens: int = SaeJobConfig.min_tokens
     """Positions each SAE trains on (several passes over a small capture)."""
     annotator: str = ""
     """Annotator backend (empty = the preset's: shapes, or grounded-sam for sd14)."""

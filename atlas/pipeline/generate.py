@@ -31,8 +31,7 @@ def generate_to_dir(model: TextToImageModel, prompts: list[str], out_dir: str | 
         raise ValueError("no prompts given: pass PROMPT arguments or --prompts FILE")
     if config.n_per_prompt < 1:
         raise ValueError("--n-per-prompt must be at least 1")
-    steps = config.steps or model.spec.default_steps
-    guidance = model.spec.default_guidance if config.guidance < 0 else config.guidance
+    steps, guidance = model.spec.steps(config.steps), model.spec.guidance(config.guidance)
     all_prompts = [p for p in prompts for _ in range(config.n_per_prompt)]
     seeds = [config.seed + j for _ in prompts for j in range(config.n_per_prompt)]
     images = generate(model, all_prompts, seeds, steps, guidance, batch_size=config.batch_size, progress=progress)

@@ -24,8 +24,8 @@ class Preset:
     model: str
     n_images: int
     annotator: str
-    blocks: str = "down,mid,up"
-    t: str = "1.0,0.5,0.0"
+    blocks: tuple[str, ...] = ("down", "mid", "up")
+    t: tuple[float, ...] = (1.0, 0.5, 0.0)
     prompts_needed: bool = False
 
 

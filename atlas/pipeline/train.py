@@ -15,6 +15,7 @@ from pathlib import Path
 from atlas.capture import ActivationSet
 from atlas.pipeline.config import SaeJobConfig
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae, write_metrics
+from atlas.sae.config import parse_latents
 
 HELD_OUT_SPLITS = ("test", "dictionary")
 
@@ -33,15 +34,6 @@ class SaeReport:
 
 def sae_dir(root: str | Path, block: str, t: float, branch: str) -> Path:
     return Path(root) / block / f"t{float(t)}" / branch
-
-
-def parse_latents(text: str, d_in: int) -> int:
-    """'4x' -> 4 * d_in; '512' -> 512."""
-    text = str(text).strip().lower()
-    try:
-        return int(float(text[:-1]) * d_in) if text.endswith("x") else int(text)
-    except ValueError:
-        raise ValueError(f"--latents {text!r}: give a count (512) or a multiple of the width (4x)") from None
 
 
 def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str | Path,

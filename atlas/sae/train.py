@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from atlas.models.device import pick_device
 from atlas.sae.config import SaeConfig, SaeTrainConfig
 from atlas.sae.metrics import ActivationData, DeadLatentTracker, l0
 from atlas.sae.model import Sae
@@ -28,12 +29,6 @@ class TrainResult(NamedTuple):
     """Summary: the last logging window's fvu / auxk_loss / l0, dead_fraction, steps, tokens, seconds, tokens_per_s."""
     history: list[dict[str, Any]]
     """One entry per `log_every` steps, averaged over those steps."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def shuffled_batches(
@@ -101,7 +96,7 @@ def train_sae(
     from tqdm.auto import tqdm
 
     cfg = train_config or SaeTrainConfig()
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -127,7 +122,7 @@ def train_sae(
     batches = itertools.chain([first], batches)
 
     optimizer = make_optimizer(sae, cfg)
-    tracker = DeadLatentTracker(sae.n_latents, sae.cfg.dead_tokens, device=device)
+    tracker = DeadLatentTracker(sae.n_latents, sae.cfg.dead_after(total_tokens), device=device)
     alpha = sae.cfg.auxk_alpha
     use_bf16 = cfg.autocast and device.type == "cuda" and torch.cuda.is_bf16_supported()
     autocast = (
