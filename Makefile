@@ -4,17 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint clean
+.PHONY: install demo serve test test-fast lint clean
 
 install: $(STAMP)
 
-# torch/torchvision are installed first and pinned: pip takes these exact releases from local disk
-# (see shared ENVIRONMENT.md); any other version would download gigabytes.
-$(STAMP): pyproject.toml
+# Exact versions come from constraints.txt (torch/torchvision: the releases on this machine's local disk; any
+# other version would download gigabytes); pyproject.toml holds only floors.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt torch torchvision
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: install
@@ -27,9 +27,15 @@ serve: install
 	@test -d $(ATLAS)/tables || $(BIN)/atlas demo --atlas $(ATLAS)
 	$(BIN)/atlas serve --atlas $(ATLAS) --port $(PORT)
 
+# The whole suite (what CI runs). test-fast is the unit tier for the edit-test loop (about a minute): it leaves
+# out tests marked slow and those that build or serve a real atlas (marked integration in tests/conftest.py).
 test: install
 	$(BIN)/ruff check atlas cli tests bench
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/ruff check atlas cli tests bench
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 lint: install
 	$(BIN)/ruff check atlas cli tests bench

@@ -7,6 +7,16 @@ import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+INTEGRATION_FIXTURES = {"shapes_atlas"}
+"""Fixtures that build a real atlas (about a minute): a test using one, directly or through another fixture, is
+marked `integration` and left out of `make test-fast`."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def tiny_shapes_dir(tmp_path_factory):

@@ -23,6 +23,7 @@ def model(tiny_shapes_dir):
     return load_model(str(tiny_shapes_dir), device="cpu")
 
 
+@pytest.mark.slow
 def test_capture_records_delta_without_changing_images(model, tmp_path):
     prompts = ["a red circle on the left", "a blue square", "a green triangle at the top"]
     config = CaptureConfig(blocks=["down", "mid"], t=[1.0, 0.0], steps=4, batch_size=2)
@@ -111,6 +112,7 @@ def test_kill_9_mid_run_then_resume_gives_every_shard_exactly_once(tiny_shapes_d
     assert len(list((out / "images").glob("*.png"))) == 16
 
 
+@pytest.mark.slow
 def test_delta_at_reads_without_changing_the_image(tiny_shapes_dir):
     import numpy as np
 

@@ -67,6 +67,7 @@ def test_shapes_export_without_a_run_explains_what_to_do(runner, tmp_path):
     assert "atlas shapes train --run-dir" in result.output
 
 
+@pytest.mark.slow
 def test_shapes_eval_scores_other_held_out_captions_with_another_seed(runner, tmp_path):
     grids = {}
     for seed in ("0", "1"):

@@ -90,6 +90,7 @@ def test_regions_names_boxes_pixels_and_masks(tmp_path):
 
 # -- the math on real deltas -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_zero_strength_global_edit_gives_a_bit_identical_image(model, mid_sae):
     plain = generate(model, PROMPTS, [0, 1])
     edit = ConceptEdit(mid_sae, list(range(10)), "mid", list(range(20)), 0.0)
@@ -129,6 +130,7 @@ def test_spatial_edit_moves_only_the_concept_coefficients_and_keeps_the_sae_erro
     assert residual.abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_global_edit_adds_beta_split_by_code_norm(model, mid_sae):
     delta = capture_delta(model, PROMPTS[1], step=10)
     change = ConceptEdit(mid_sae, [3], "mid", [10], 8.0, branch="both").change(delta)
@@ -139,6 +141,7 @@ def test_global_edit_adds_beta_split_by_code_norm(model, mid_sae):
     torch.testing.assert_close(coef.sum(1), torch.full((2,), 8.0), atol=1e-3, rtol=1e-4)  # both CFG halves
 
 
+@pytest.mark.slow
 def test_edits_compose_by_summing_their_changes_and_act_only_in_their_window(model, mid_sae):
     region = region_to_grid(parse_region("bottom-right", 32), (4, 4), "mid")
     a = ConceptEdit(mid_sae, [1, 2], "mid", WINDOWS["early"].steps(20), 40.0, region)

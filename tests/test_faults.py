@@ -232,6 +232,7 @@ atlas.rename_concept("mid/1.0/14", "renamed, then killed")
 """
 
 
+@pytest.mark.slow
 def test_kill_9_between_commit_and_publication_is_published_by_the_next_writer(reference, tmp_path):
     """The narrowest window, hit on purpose: a real SIGKILL right after the catalog committed a rename and before
     its snapshot generation was published. Readers keep the old generation until the next writable open, which

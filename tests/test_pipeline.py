@@ -172,7 +172,7 @@ def test_default_atlas_in_a_source_checkout_is_not_the_library(tmp_path, monkeyp
 
     monkeypatch.delenv("ATLAS_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert str(default_path()) == "atlas"
+    assert str(default_path()) == "atlas-data"
     (tmp_path / "atlas").mkdir()
     (tmp_path / "atlas" / "__init__.py").write_text("")
     assert str(default_path()) == "demo/atlas"
@@ -201,3 +201,20 @@ def test_search_by_meaning_and_before_labels_exist(shapes_atlas, tmp_path):
     rows = json.loads(result.stdout)
     assert len(rows) == 5 and all(r["concept_id"].startswith("mid/1.0/") for r in rows)
     assert rows[0]["score"] >= rows[-1]["score"]
+
+
+def test_the_default_atlas_directory_does_not_shadow_the_package(tmp_path, monkeypatch):
+    """An atlas made at the default place beside a user's script leaves `import atlas` the library (an atlas in
+    ./atlas was imported as a namespace package in its place, without atlas.open)."""
+    import subprocess
+    import sys
+
+    from atlas.store import Atlas, default_path
+
+    monkeypatch.delenv("ATLAS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    Atlas.create(default_path()).close()
+    assert (tmp_path / "atlas-data" / "catalog.duckdb").exists()
+    out = subprocess.run([sys.executable, "-c", "import atlas; print(callable(atlas.open))"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
