@@ -365,7 +365,7 @@ def test_encode_refuses_a_branch_without_saes_before_writing(sweep: Sweep, tmp_p
 
 def console_script() -> list[str]:
     script = Path(sys.executable).with_name("atlas")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "atlas.cli.main"]
 
 
 @pytest.mark.parametrize("args, expect", [

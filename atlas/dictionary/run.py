@@ -1,7 +1,7 @@
 """Build the concept dictionary of an atlas: match every SAE latent's activation maps to annotated objects.
 
 For each SAE, the codes of the dictionary images (every split but `test`, which layout prediction is
-scored on) meet the objects' grid masks in one DuckDB query (`atlas.concepts.link`); the (latent,
+scored on) meet the objects' grid masks in one DuckDB query (`atlas.dictionary.link.link`); the (latent,
 label) pairs that pass the paper's rule go to `concept_labels`, and each concept's best label is set.
 """
 
