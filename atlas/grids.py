@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from atlas.errors import BadInputError
+
 
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights: the fraction of output cell i covered by input pixel p (rows sum to 1)."""
@@ -21,10 +23,10 @@ def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 def _coverage(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim < 2:
-        raise ValueError(f"mask has shape {mask.shape}; expected (..., H, W)")
+        raise BadInputError(f"mask has shape {mask.shape}; expected (..., H, W)")
     gh, gw = grid_hw
     if gh < 1 or gw < 1:
-        raise ValueError(f"grid {grid_hw} must be at least 1x1")
+        raise BadInputError(f"grid {grid_hw} must be at least 1x1")
     wy, wx = _pool_matrix(mask.shape[-2], gh), _pool_matrix(mask.shape[-1], gw)
     return np.einsum("ih,...hw,jw->...ij", wy, mask.astype(np.float64), wx)
 
@@ -41,7 +43,7 @@ def grid_coverage(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
 def mask_to_grid(mask: np.ndarray, grid_hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
     """Bool (..., gh, gw): cells whose coverage is at least `threshold` (in (0, 1]; 0.5 = half the cell)."""
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+        raise BadInputError(f"threshold {threshold} must be in (0, 1]")
     return _coverage(mask, grid_hw) >= threshold - 1e-9
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from atlas.errors import BadInputError
 from atlas.files import atomic_write
 
 OBJECT_STORES = ("s3", "gcs", "abfs")
@@ -43,8 +44,8 @@ class Location:
         try:
             return pafs.FileSystem.from_uri(self.uri)
         except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            raise ValueError(f"cannot open {self.uri}: {err}; use a local path or a URI pyarrow knows "
-                             "(s3://, gs://, hdfs://, file://)") from None
+            raise BadInputError(f"cannot open {self.uri}: {err}; use a local path or a URI pyarrow knows "
+                                "(s3://, gs://, hdfs://, file://)") from None
 
     @property
     def local(self) -> Path | None:

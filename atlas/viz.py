@@ -8,13 +8,15 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from atlas.errors import BadInputError
+
 
 def image_grid(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] | None = None, cols: int = 8,
                cell: int = 128, label_lines: int = 3) -> Image.Image:
     """Tile uint8 (H, W, 3) images into one picture, each upscaled to `cell` px with its label below."""
     images = list(images)
     if not images:
-        raise ValueError("no images to put in a grid")
+        raise BadInputError("no images to put in a grid")
     cols = max(1, min(cols, len(images)))
     rows = (len(images) + cols - 1) // cols
     font = ImageFont.load_default()

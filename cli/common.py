@@ -10,8 +10,9 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from atlas.errors import AtlasError
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
 MAX_PROMPT_CHARS = 1000
 """Text encoders read 77 tokens (about 300 characters); a prompt far longer than that is a mistake."""
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -20,17 +21,17 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def one_line_errors(func: Command) -> Command:
-    """Turn the library's expected errors into a one-line `Error: ...` and exit code 1, not a traceback.
-    Arguments that are not UTF-8 are refused first: nothing downstream (SQL, JSON, the catalog) can store them."""
+    """Turn the library's expected errors (AtlasError) into a one-line `Error: ...` and exit code 1. Anything
+    else is a bug and keeps its traceback. Arguments that are not UTF-8 are refused first: nothing downstream
+    (SQL, JSON, the catalog) can store them."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _refuse_undecodable(kwargs)
         try:
             return func(*args, **kwargs)
-        except EXPECTED_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            raise click.ClickException(str(message).splitlines()[0] if message else type(err).__name__) from None
+        except AtlasError as err:
+            raise click.ClickException(err.message) from None
 
     return cast(Command, wrapper)
 

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from atlas.cli.common import DEVICE_NAME, FiniteFloat
+from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
 from atlas.sae.config import parse_latents
 
@@ -102,8 +103,8 @@ class LatentCount(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         try:
             parse_latents(value)
-        except ValueError as err:
-            self.fail(str(err).split(": ", 1)[1], param, ctx)
+        except BadInputError as err:
+            self.fail(err.message.split(": ", 1)[1], param, ctx)
         return str(value).strip()
 
 

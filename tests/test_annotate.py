@@ -9,6 +9,7 @@ import pytest
 
 from atlas.annotate.base import Annotator, ObjectAnnotation
 from atlas.annotate.nouns import prompt_nouns
+from atlas.errors import BadInputError
 from atlas.grids import grid_coverage, mask_to_grid
 from atlas.pipeline.presets import ANNOTATOR_NAMES, get_annotator
 from atlas.shapes.world import random_scene, render
@@ -33,7 +34,7 @@ def test_mask_to_grid_threshold_edges():
     assert mask_to_grid(MASK_4X4, (2, 2), threshold=0.26).tolist() == [[True, False], [True, False]]
     assert mask_to_grid(MASK_4X4, (2, 2), threshold=1.0).tolist() == [[True, False], [False, False]]
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="threshold"):
+        with pytest.raises(BadInputError, match="threshold"):
             mask_to_grid(MASK_4X4, (2, 2), threshold=bad)
 
 
@@ -59,7 +60,7 @@ def test_grid_coverage_of_a_512_image_at_sd_grids():
 
 
 def test_unknown_annotator_lists_valid_names():
-    with pytest.raises(ValueError, match="shapes, grounded-sam"):
+    with pytest.raises(BadInputError, match="shapes, grounded-sam"):
         get_annotator("sam3")
     assert ANNOTATOR_NAMES == ("shapes", "grounded-sam")
 
@@ -98,9 +99,9 @@ def test_shapes_backend_matches_rendered_ground_truth():
 
 def test_shapes_backend_rejects_mismatched_batches():
     img, _ = render(random_scene(random.Random(0)))
-    with pytest.raises(ValueError, match="1 images but 2 prompts"):
+    with pytest.raises(BadInputError, match="1 images but 2 prompts"):
         get_annotator("shapes").annotate([img], ["a", "b"])
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(BadInputError, match="uint8"):
         get_annotator("shapes").annotate([img.astype(np.float32)], ["a"])
 
 

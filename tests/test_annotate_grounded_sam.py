@@ -16,6 +16,7 @@ import torch
 from atlas.annotate.base import Annotator, AnnotatorNotAvailable, ObjectAnnotation
 from atlas.annotate.grounded_sam import _tag_token_masks
 from atlas.annotate.taggers import get_tagger
+from atlas.errors import BadInputError
 from atlas.grids import mask_to_grid
 from atlas.pipeline.presets import get_annotator
 
@@ -180,7 +181,7 @@ def test_missing_sam_names_its_own_flag(tiny_grounding_dino, tmp_path):
 
 
 def test_unknown_tagger_lists_valid_names():
-    with pytest.raises(ValueError, match="prompt-nouns, open-clip, ram"):
+    with pytest.raises(BadInputError, match="prompt-nouns, open-clip, ram"):
         get_tagger("blip")
 
 

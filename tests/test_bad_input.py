@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pytest
@@ -36,6 +37,9 @@ from click.testing import CliRunner
 
 import atlas
 from atlas.cli.main import main
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 CASE_SECONDS = 20
 """Longer than any refusal here takes (model-free checks take milliseconds), far shorter than any real job."""
@@ -87,18 +91,16 @@ class Collect(logging.Handler):
 
 
 @contextmanager
-def serving(root: Path, records: list[logging.LogRecord]) -> Iterator[str]:
-    """The web atlas over `root` on a loopback port: create_app under uvicorn, as `atlas serve` runs it, in a
-    thread of this process (a subprocess would import torch again)."""
+def serving(app: FastAPI, records: list[logging.LogRecord]) -> Iterator[str]:
+    """The web atlas `app` (from create_app) on a loopback port under uvicorn, as `atlas serve` runs it, in a
+    thread of this process (a subprocess would import torch again); what uvicorn logs as errors goes to `records`."""
     import uvicorn
-
-    from atlas.server import create_app
 
     logger = logging.getLogger("uvicorn.error")
     handler = Collect(records)
     logger.addHandler(handler)
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(root, threads=1), log_config=None, access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -116,12 +118,14 @@ def serving(root: Path, records: list[logging.LogRecord]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sweep(shapes_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sweep]:
+    from atlas.server import create_app
+
     where = tmp_path_factory.mktemp("bad-input")
     shutil.copytree(shapes_atlas, where / "atlas")
     (where / "scratch").mkdir()
     (where / "outside.txt").write_text("a file next to the atlas, which no query may read")
     state = Sweep(where / "atlas", where / "scratch", sha256_tree(where / "atlas"), errors=[])
-    with serving(state.root, state.errors) as url:
+    with serving(create_app(state.root, threads=1), state.errors) as url:
         state.url = url
         yield state
 
@@ -513,7 +517,7 @@ HTTP_CASES = [
         body=b'{"prompt": "a", "concept": "red circle", "region": "../../etc/passwd.png"}'),
     web("POST /edit.json", "/edit.json", 400, "bad window 'bogus'",
         body=b'{"prompt": "a", "concept": "red circle", "when": "bogus"}'),
-    web("POST /edit.json", "/edit.json", 400, "no SAE of block 'nope'",
+    web("POST /edit.json", "/edit.json", 404, "no SAE of block 'nope'",
         body=b'{"prompt": "a", "concept": "red circle", "block": "nope"}'),
     web("POST /edit.json", "/edit.json", 400, "bad seed", body=b'{"prompt": "a", "concept": "x", "seed": "one"}'),
     web("POST /edit.json", "/edit.json", 400, "request body is not valid UTF-8",
@@ -608,7 +612,7 @@ ESCAPES = [
 def refusal(surface: str, query: str, sweep: Sweep) -> str:
     """The one-line error of `query` through the Python API, the `atlas sql` command or the /sql.json route."""
     if surface == "python":
-        with atlas.open(sweep.root) as store, pytest.raises(ValueError) as info:
+        with atlas.open(sweep.root) as store, pytest.raises(atlas.AtlasError) as info:
             store.sql(query)
         return str(info.value)
     if surface == "cli":

@@ -15,6 +15,7 @@ import torch
 
 from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
+from atlas.errors import BadInputError, ConflictError, NotFoundError, UnavailableError
 from atlas.models import Hooks, generate, load_model
 
 
@@ -58,16 +59,16 @@ def test_capture_records_delta_without_changing_images(model, tmp_path):
 
 def test_capture_refuses_other_settings_in_the_same_directory(model, tmp_path):
     capture(model, ["a red circle"], tmp_path, CaptureConfig(blocks=["mid"], t=[1.0], steps=2), progress=False)
-    with pytest.raises(ValueError, match="other prompts or settings"):
+    with pytest.raises(ConflictError, match="other prompts or settings"):
         capture(model, ["a red circle"], tmp_path, CaptureConfig(blocks=["up"], t=[1.0], steps=2), progress=False)
-    with pytest.raises(ValueError, match="unknown block"):
+    with pytest.raises(BadInputError, match="unknown block"):
         capture(model, ["x"], tmp_path / "b", CaptureConfig(blocks=["middle"]), progress=False)
-    with pytest.raises(ValueError, match="same step"):
+    with pytest.raises(BadInputError, match="same step"):
         capture(model, ["x"], tmp_path / "c", CaptureConfig(t=[1.0, 0.99], steps=4), progress=False)
     acts = ActivationSet(tmp_path)
-    with pytest.raises(ValueError, match="captured: mid"):
+    with pytest.raises(NotFoundError, match="captured: mid"):
         acts.load("down", 1.0, "cond")
-    with pytest.raises(ValueError, match=r"t=0.5 was not captured"):
+    with pytest.raises(NotFoundError, match=r"t=0.5 was not captured"):
         acts.load("mid", 0.5, "cond")
 
 
@@ -81,7 +82,7 @@ def test_split_filter_and_corrupt_shard(model, tmp_path):
     assert {int(i) for i in train["image_id"]} == {i for i, s in splits.items() if s == "train"}
     shard = next((out / "shards" / "mid" / "t1.0" / "cond").glob("*.safetensors"))
     shard.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="corrupt or missing activation shard"):
+    with pytest.raises(UnavailableError, match="corrupt or missing activation shard"):
         acts.load("mid", 1.0, "cond")
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from atlas.edit.core import WINDOWS, ConceptEdit, edit_hooks, parse_region, parse_window, region_to_grid
+from atlas.errors import BadInputError, NotFoundError
 from atlas.models import Hooks, generate, load_model
 from atlas.sae import SaeConfig, SaeTrainConfig, train_sae
 
@@ -64,7 +65,7 @@ def test_custom_windows_and_bad_ones():
     assert parse_window("0.5-1.0").steps(20) == list(range(10))
     assert parse_window("1.0").steps(20) == [0] and parse_window("0.5").steps(50) == [25]
     for bad in ("late", "0.7-0.2", "1.5", "-0.1-0.5", ""):
-        with pytest.raises(ValueError, match="window"):
+        with pytest.raises(BadInputError, match="window"):
             parse_window(bad)
 
 
@@ -80,11 +81,11 @@ def test_regions_names_boxes_pixels_and_masks(tmp_path):
     Image.fromarray((parse_region("right", 64) * 255).astype(np.uint8)).save(tmp_path / "mask.png")
     assert (parse_region(str(tmp_path / "mask.png"), 32) == parse_region("right", 32)).all()
     for bad in ("middle-left", "0.5,0.5,0.2,0.9", "1,2,3"):
-        with pytest.raises(ValueError, match="region"):
+        with pytest.raises(BadInputError, match="region"):
             parse_region(bad, 32)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(NotFoundError, match="region mask .* does not exist"):
         parse_region(str(tmp_path / "missing.png"), 32)
-    with pytest.raises(ValueError, match="covers no cell"):
+    with pytest.raises(BadInputError, match="covers no cell"):
         region_to_grid(parse_region("0,0,3,3", 32), (4, 4), "mid")
 
 
@@ -172,11 +173,11 @@ def test_edits_compose_by_summing_their_changes_and_act_only_in_their_window(mod
 
 
 def test_bad_edits_are_refused(mid_sae):
-    with pytest.raises(ValueError, match="branch"):
+    with pytest.raises(BadInputError, match="branch"):
         ConceptEdit(mid_sae, [1], "mid", [0], 1.0, branch="uncond-only")
-    with pytest.raises(ValueError, match="concept"):
+    with pytest.raises(BadInputError, match="concept"):
         ConceptEdit(mid_sae, [], "mid", [0], 1.0)
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(BadInputError, match="window"):
         ConceptEdit(mid_sae, [1], "mid", [], 1.0)
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from atlas.cli.main import main
 from atlas.edit import EditConfig
 from atlas.edit.config import EvalEditsConfig
+from atlas.errors import NotFoundError
 from atlas.models import load_model
 from atlas.pipeline.edits import edit, eval_edits
 from atlas.store import open_atlas
@@ -202,8 +203,8 @@ def test_concepts_of_one_sae_edit_every_window_and_auto_reuses_them(shapes_atlas
     plan = auto.plans[0]
     assert plan.sae.block == "up" and plan.sae.t == 1.0 and str(plan.window) == "middle" and plan.strength == 512
     assert "succeeded most in the middle window with the concepts of t = 1" in auto.said[0]
-    with open_atlas(copy) as atlas, pytest.raises(ValueError, match="no cond SAE of up at t=0.3 for --concepts-t"):
+    with open_atlas(copy) as atlas, pytest.raises(NotFoundError, match="no cond SAE of up at t=0.3 for --concepts-t"):
         eval_edits(atlas, EvalEditsConfig(kind="style", n=1, windows="middle", concepts_t="0.3"),
                    tmp_path / "eval", model=model, progress=False, say=lambda line: None)
-    with pytest.raises(ValueError, match="no cond SAE of up at t=0.3 for --concepts-t"):
+    with pytest.raises(NotFoundError, match="no cond SAE of up at t=0.3 for --concepts-t"):
         edit(copy, "a red circle", label, "", EditConfig(concepts_t="0.3", block="up", log=False), model=model)

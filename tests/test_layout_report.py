@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from atlas.cli.main import main
 from atlas.dictionary.run import DICTIONARY_SPLITS
+from atlas.errors import BadInputError
 from atlas.layout.config import METHODS, THRESHOLDS, LayoutConfig
 from atlas.layout.score import (
     baseline_masks,
@@ -78,9 +79,9 @@ def test_the_threshold_is_the_best_on_the_dictionary_images(shapes_atlas, method
 
 
 def test_an_unknown_layout_method_is_refused(shapes_atlas):
-    with pytest.raises(ValueError, match="unknown layout method 'best'; choose one of weighted, top-concept"):
+    with pytest.raises(BadInputError, match="unknown layout method 'best'; choose one of weighted, top-concept"):
         LayoutConfig(method="best")
-    with open_atlas(shapes_atlas) as atlas, pytest.raises(ValueError, match="unknown layout method 'best'"):
+    with open_atlas(shapes_atlas) as atlas, pytest.raises(BadInputError, match="unknown layout method 'best'"):
         layout_iou(atlas, methods=("weighted", "best"))
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from atlas.errors import BadInputError, UnavailableError
 from atlas.models import Hooks, ModelNotFoundError, generate, load_model, pick_device, pick_dtype, t_to_step
 
 
@@ -50,7 +51,7 @@ def test_unknown_model_and_incomplete_directory(tmp_path):
 
 def test_unknown_block_lists_the_valid_ones(tiny_shapes_dir):
     model = load_model(str(tiny_shapes_dir), device="cpu")
-    with pytest.raises(ValueError, match="use one of down, mid, up"):
+    with pytest.raises(BadInputError, match="use one of down, mid, up"):
         model.hook_module_name("middle")
 
 
@@ -70,8 +71,8 @@ def test_device_and_dtype_choice():
     assert pick_dtype(torch.device("cpu")) == torch.float32
     assert pick_dtype(torch.device("cuda")) == torch.float16
     assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(BadInputError, match="unknown dtype"):
         pick_dtype(torch.device("cpu"), "fp8")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        with pytest.raises(UnavailableError, match="no CUDA GPU"):
             pick_device("cuda")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from atlas.capture import ActivationSet
 from atlas.cli.main import main
+from atlas.errors import BadInputError
 from atlas.pipeline.build import STAGES, build_atlas
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.train import ev_table, parse_latents, train_one
@@ -147,7 +148,7 @@ def test_train_one_keeps_a_finished_sae_and_table_lists_it(shapes_atlas, tmp_pat
 def test_parse_latents():
     assert parse_latents("4x", 64) == 256
     assert parse_latents("300", 64) == 300
-    with pytest.raises(ValueError, match="--latents"):
+    with pytest.raises(BadInputError, match="--latents"):
         parse_latents("lots", 64)
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
+from atlas.errors import BadInputError, UnavailableError
 from atlas.location import Location
 from atlas.models import load_model
 from atlas.pipeline.config import ExecutorConfig, SaeJobConfig
@@ -56,12 +57,13 @@ def test_ray_executor_writes_what_the_local_executor_writes(tmp_path):
             import ray
 
             assert ray.cluster_resources()["CPU"] == 2 and ray.available_resources().get("CPU", 0) == 0
-            with pytest.raises(ValueError, match="room for 2 actors"):
+            with pytest.raises(BadInputError, match="room for 2 actors"):
                 list(RayExecutor(ExecutorConfig(executor="ray", actors=3)).map(None, [0]))
             broken = tmp_path / "broken"
             capture(model, prompts[:2], broken / "activations", config, progress=False, executor=executor)
             (broken / "activations" / "shards" / "mid" / "t1.0" / "cond" / "batch-000000.safetensors").write_bytes(b"x")
-            with pytest.raises(ValueError, match="corrupt or missing activation shard"), Atlas.create(broken) as atlas:
+            with pytest.raises(UnavailableError, match="corrupt or missing activation shard"), \
+                    Atlas.create(broken) as atlas:
                 encode_atlas(atlas, ActivationSet(broken / "activations"), saes, progress=False, executor=executor)
         assert not ray.is_initialized()
     finally:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from atlas.errors import BadInputError
 from atlas.models import Hooks, generate, load_model, step_to_t, t_to_step
 
 
@@ -20,7 +21,7 @@ def test_t_maps_to_steps_as_the_paper_says():
     assert step_to_t(0, 50) == 1.0 and step_to_t(49, 50) == 0.0
     for n in (2, 7, 50):
         assert all(t_to_step(step_to_t(i, n), n) == i for i in range(n))
-    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+    with pytest.raises(BadInputError, match=r"t must lie in \[0, 1\]"):
         t_to_step(1.5, 50)
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import torch
 
+from atlas.errors import BadInputError, ConflictError
 from atlas.models import generate, load_model
 from atlas.shapes.config import ShapesTrainConfig
 from atlas.shapes.model import ShapesModelConfig
@@ -149,7 +150,7 @@ def test_a_grown_model_starts_as_the_smaller_one_and_exports_its_new_attention(t
     assert model.spec.hook_points["down"] == "down_blocks.1.attentions.0"
     try:
         load_growing(before.unet, model.unet.state_dict())
-    except ValueError as err:
+    except ConflictError as err:
         assert "does not fit this run's sizes" in str(err) and "unexpected" in str(err)
     else:
         raise AssertionError("a larger UNet's weights loaded into a smaller one")
@@ -172,11 +173,11 @@ def test_training_scenes_can_be_made_more_crowded_and_share_colours_more_often(t
     assert sum(shared(random_scene(rng, world_config("0,1"))) for _ in range(400)) < 120  # chance: about 73
     assert 170 < sum(shared(random_scene(rng, world_config("0,1", 0.5))) for _ in range(400)) < 230
     assert all(shared(random_scene(rng, world_config("0,0,1", 1.0))) for _ in range(50))
-    with pytest.raises(ValueError, match="one weight per object count"):
+    with pytest.raises(BadInputError, match="one weight per object count"):
         world_config("0,0")
     assert len(random_scene(rng, world_config("0,0,0,1", 0.5)).objects) == 4  # the most a scene can place
-    with pytest.raises(ValueError, match="at most 4 objects"):
+    with pytest.raises(BadInputError, match="at most 4 objects"):
         world_config("0,0,0,0,1")  # five never fit: drawing such a world would never return
-    with pytest.raises(ValueError, match="one weight per object count"):
+    with pytest.raises(BadInputError, match="one weight per object count"):
         train(ShapesTrainConfig(run_dir=str(tmp_path / "run"), object_count_weights=""), TINY, progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written

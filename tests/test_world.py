@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from atlas.errors import BadInputError
 from atlas.shapes.world import (
     COLORS,
     POSITIONS,
@@ -82,7 +83,7 @@ def test_shape_masks_have_the_expected_areas():
     assert area["circle"] == pytest.approx(np.pi / 4, abs=0.03)
     assert area["square"] == pytest.approx(1.0, abs=0.12)
     assert area["triangle"] == pytest.approx(0.5, abs=0.06)
-    with pytest.raises(ValueError, match="unknown shape"):
+    with pytest.raises(BadInputError, match="unknown shape"):
         shape_mask("star", 1, 1, 1, 8)
 
 
@@ -90,5 +91,5 @@ def test_world_config_limits_objects():
     rng = random.Random(4)
     config = WorldConfig(max_objects=1, weights_n_objects=(1.0,))
     assert all(len(random_scene(rng, config).objects) == 1 for _ in range(50))
-    with pytest.raises(ValueError, match="at most 4 objects, not 5"):
+    with pytest.raises(BadInputError, match="at most 4 objects, not 5"):
         WorldConfig(max_objects=5, weights_n_objects=(0, 0, 0, 0, 1))  # five never fit: drawing would never return

@@ -8,8 +8,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from atlas.errors import BadInputError, UnavailableError
 
-class AnnotatorNotAvailable(RuntimeError):
+
+class AnnotatorNotAvailable(UnavailableError):
     """A backend's weights or package are not on this machine; the message (one line) says how to get them."""
 
 
@@ -43,7 +45,7 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
 def check_batch(images: Sequence[np.ndarray], prompts: Sequence[str]) -> None:
     """Fail early, with the reason, on inputs every backend would otherwise misread."""
     if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
+        raise BadInputError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
     for i, image in enumerate(images):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image {i} is {image.dtype} {image.shape}; expected (H, W, 3) uint8")
+            raise BadInputError(f"image {i} is {image.dtype} {image.shape}; expected (H, W, 3) uint8")

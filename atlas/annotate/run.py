@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from atlas.annotate.base import Annotator
+from atlas.errors import NotFoundError
 from atlas.files import atomic_write
 from atlas.grids import mask_cells, mask_to_grid
 from atlas.store import Atlas
@@ -27,7 +28,7 @@ COVERAGE = 0.5  # a grid cell belongs to an object when the mask covers at least
 def atlas_grids(atlas: Atlas) -> list[tuple[int, int]]:
     grids = sorted({(s.grid_h, s.grid_w) for s in atlas.saes() if s.grid_h})
     if not grids:
-        raise ValueError(f"{atlas.root} has no SAEs yet, so no grid to pool masks to; run `atlas encode` first")
+        raise NotFoundError(f"{atlas.root} has no SAEs yet, so no grid to pool masks to; run `atlas encode` first")
     return grids
 
 
@@ -40,7 +41,7 @@ def annotate_atlas(atlas: Atlas, annotator: Annotator, batch_size: int = 64, pro
     grids = atlas_grids(atlas)
     images = atlas.images().select(["id", "path", "prompt"]).to_pylist()
     if not images:
-        raise ValueError(f"{atlas.root} has no images; build or encode an atlas first")
+        raise NotFoundError(f"{atlas.root} has no images; build or encode an atlas first")
     out_dir = atlas.root / CELLS_DIR / annotator.name
     out_dir.mkdir(parents=True, exist_ok=True)
     batches: dict[int, list[dict]] = {}
@@ -67,10 +68,10 @@ def annotate_atlas(atlas: Atlas, annotator: Annotator, batch_size: int = 64, pro
 
 def _image_path(atlas: Atlas, path: str | None) -> Path:
     if not path:
-        raise ValueError(f"an image of {atlas.root} has no file; re-run the capture that made it")
+        raise NotFoundError(f"an image of {atlas.root} has no file; re-run the capture that made it")
     full = atlas.file_path(path)
     if not full.exists():
-        raise FileNotFoundError(f"image file {full} is missing; re-run the capture that made it")
+        raise NotFoundError(f"image file {full} is missing; re-run the capture that made it")
     return full
 
 

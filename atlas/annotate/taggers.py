@@ -20,6 +20,7 @@ from PIL import Image
 from atlas.annotate.base import AnnotatorNotAvailable
 from atlas.annotate.checkpoints import hub_offline
 from atlas.annotate.nouns import prompt_nouns
+from atlas.errors import BadInputError
 from atlas.models.device import pick_device
 
 # The 80 COCO categories: common objects, the open-clip tagger's vocabulary unless one is given.
@@ -73,7 +74,7 @@ class OpenClipTagger:
         weights = _weights_file(weights, f"open_clip {model} weights",
                                 "pass weights=PATH to a local open_clip checkpoint (.bin/.pt/.safetensors)")
         if open_clip.get_model_config(model) is None:
-            raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+            raise BadInputError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
         self.vocabulary = _read_vocabulary(vocabulary)
         self.top_k, self.min_prob = top_k, min_prob
         self.device = pick_device(device)
@@ -106,7 +107,7 @@ def _read_vocabulary(vocabulary: Sequence[str] | str | os.PathLike | None) -> li
         words = list(vocabulary)
     words = [w.strip() for w in words if w.strip()]
     if not words:
-        raise ValueError("the open-clip tagger's vocabulary is empty")
+        raise BadInputError("the open-clip tagger's vocabulary is empty")
     return words
 
 
@@ -125,7 +126,7 @@ class RamTagger:
                 "the ram tagger needs the recognize-anything package (not on PyPI): "
                 "pip install git+https://github.com/xinyu1205/recognize-anything.git")
         if variant not in ("ram_plus", "ram"):
-            raise ValueError(f"unknown RAM variant {variant!r}; expected ram_plus or ram")
+            raise BadInputError(f"unknown RAM variant {variant!r}; expected ram_plus or ram")
         weights = _weights_file(weights, f"RAM weights ({variant})",
                                 "download ram_plus_swin_large_14m.pth (or ram_swin_large_14m.pth) on a machine "
                                 "with network and pass weights=PATH")
@@ -152,5 +153,5 @@ TAGGER_NAMES = tuple(_TAGGERS)
 def get_tagger(name: str, **options: object) -> Tagger:
     """The tagger called `name`, built with `options` (its constructor's keyword arguments)."""
     if name not in _TAGGERS:
-        raise ValueError(f"unknown tagger {name!r}; expected one of {', '.join(TAGGER_NAMES)}")
+        raise BadInputError(f"unknown tagger {name!r}; expected one of {', '.join(TAGGER_NAMES)}")
     return _TAGGERS[name](**options)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from atlas.capture.config import CaptureConfig
 from atlas.capture.splits import split_of
+from atlas.errors import BadInputError, ConflictError, NotFoundError, UnavailableError
 from atlas.location import Location
 from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo, t_to_step
@@ -135,7 +136,7 @@ class _CaptureJob:
 
     def start(self, device: str | None) -> Callable[[tuple[int, list[PromptRecord]]], dict]:
         if self.model is None and not self.model_source:
-            raise ValueError("Ray workers cannot load a model built in memory; save it and load it with load_model")
+            raise BadInputError("Ray workers cannot load a model built in memory; save it and load it with load_model")
         return partial(self.run, self.model or load_model(self.model_source, device=device))
 
     def run(self, model: TextToImageModel, item: tuple[int, list[PromptRecord]]) -> dict:
@@ -174,20 +175,20 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
     """
     config = config or CaptureConfig()
     if not prompts:
-        raise ValueError("no prompts to capture")
+        raise BadInputError("no prompts to capture")
     out = Location(out_dir)
     blocks, ts, branches = list(config.blocks), [float(t) for t in config.t], list(config.branches)
     if not (blocks and ts and branches):
-        raise ValueError("capture needs at least one block, one t and one branch")
+        raise BadInputError("capture needs at least one block, one t and one branch")
     for branch in branches:
         if branch not in BRANCHES:
-            raise ValueError(f"unknown branch {branch!r}; use cond, uncond or both")
+            raise BadInputError(f"unknown branch {branch!r}; use cond, uncond or both")
     for block in blocks:
         model.hook_module_name(block)
     steps, guidance = model.spec.steps(config.steps), model.spec.guidance(config.guidance)
     steps_to_t = {t_to_step(t, steps): t for t in ts}
     if len(steps_to_t) != len(ts):
-        raise ValueError(f"timesteps {config.t} fall on the same step of {steps}; use more --steps")
+        raise BadInputError(f"timesteps {config.t} fall on the same step of {steps}; use more --steps")
     records = plan_prompts(prompts, config.seed)
     manifest = {"model": model.spec.name, "config": asdict(config), "steps": steps, "guidance": guidance,
                 "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
@@ -212,8 +213,8 @@ def _prepare_dir(out: Location, manifest: dict, records: list[PromptRecord]) -> 
     if out.exists("manifest.json"):
         old = json.loads(out.read("manifest.json"))
         if old != manifest or out.read("prompts.jsonl").decode() != lines:
-            raise ValueError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
-                             "or the same options to resume")
+            raise ConflictError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
+                                "or the same options to resume")
         return
     out.write("prompts.jsonl", lines.encode())
     out.write("manifest.json", json.dumps(manifest, indent=2).encode())
@@ -226,8 +227,8 @@ class ActivationSet:
         self.location = Location(path)
         self.path: Path | str = self.location.local or self.location.uri
         if not self.location.exists("manifest.json"):
-            raise FileNotFoundError(f"{self.path} is not an activation directory (no manifest.json); "
-                                    "make one with `atlas capture --out DIR`")
+            raise NotFoundError(f"{self.path} is not an activation directory (no manifest.json); "
+                                "make one with `atlas capture --out DIR`")
         self.manifest = json.loads(self.location.read("manifest.json"))
         self.prompts = [PromptRecord(**json.loads(line))
                         for line in self.location.read("prompts.jsonl").decode().splitlines()]
@@ -244,11 +245,11 @@ class ActivationSet:
     def check_key(self, block: str, t: float, branch: str) -> None:
         m = self.manifest
         if block not in m["blocks"]:
-            raise ValueError(f"block {block!r} was not captured in {self.path}; captured: {', '.join(m['blocks'])}")
+            raise NotFoundError(f"block {block!r} was not captured in {self.path}; captured: {', '.join(m['blocks'])}")
         if float(t) not in [float(x) for x in m["t"]]:
-            raise ValueError(f"t={t} was not captured in {self.path}; captured: {', '.join(map(str, m['t']))}")
+            raise NotFoundError(f"t={t} was not captured in {self.path}; captured: {', '.join(map(str, m['t']))}")
         if branch not in m["branches"]:
-            raise ValueError(f"branch {branch!r} was not captured; captured: {', '.join(m['branches'])}")
+            raise NotFoundError(f"branch {branch!r} was not captured; captured: {', '.join(m['branches'])}")
 
     def shards(self, block: str, t: float, branch: str) -> Iterator[dict[str, torch.Tensor]]:
         self.check_key(block, t, branch)
@@ -260,8 +261,8 @@ class ActivationSet:
         try:
             return load(self.location.read(name))
         except Exception as err:  # safetensors raises several types for a damaged file
-            raise ValueError(f"corrupt or missing activation shard {self.location.name(name)}: delete its "
-                             f"{marker_name(batch)} and re-run the same `atlas capture` to redo it") from err
+            raise UnavailableError(f"corrupt or missing activation shard {self.location.name(name)}: delete its "
+                                   f"{marker_name(batch)} and re-run the same `atlas capture` to redo it") from err
 
     def load(self, block: str, t: float, branch: str, split: str | None = None) -> dict[str, torch.Tensor]:
         """All vectors of one (block, t, branch), optionally only of images in one split."""
@@ -272,5 +273,5 @@ class ActivationSet:
             for key in parts:
                 parts[key].append(shard[key] if mask is None else shard[key][mask])
         if not parts["x"]:
-            raise ValueError(f"no finished batches in {self.path}; run `atlas capture` first")
+            raise NotFoundError(f"no finished batches in {self.path}; run `atlas capture` first")
         return {k: torch.cat(v) for k, v in parts.items()}

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from atlas.annotate.run import CELLS_DIR, cells_files
 from atlas.dictionary.link import LinkConfig, link
+from atlas.errors import BadInputError, NotFoundError
 from atlas.store import Atlas
 
 DICTIONARY_SPLITS = ("train", "dictionary")
@@ -24,13 +25,13 @@ def annotation_source(atlas: Atlas, source: str | None = None) -> str:
     found = sorted(p.name for p in (atlas.root / CELLS_DIR).glob("*") if p.is_dir() and any(p.glob("*.parquet")))
     if source:
         if source not in found:
-            raise ValueError(f"{atlas.root} has no annotations from {source!r}; found: {', '.join(found) or 'none'} "
-                             f"(run `atlas annotate --annotator {source}`)")
+            raise NotFoundError(f"{atlas.root} has no annotations from {source!r}; found: {', '.join(found) or 'none'} "
+                                f"(run `atlas annotate --annotator {source}`)")
         return source
     if not found:
-        raise ValueError(f"{atlas.root} has no annotations yet; run `atlas annotate` first")
+        raise NotFoundError(f"{atlas.root} has no annotations yet; run `atlas annotate` first")
     if len(found) > 1:
-        raise ValueError(f"{atlas.root} has annotations from {', '.join(found)}; choose one with --source")
+        raise BadInputError(f"{atlas.root} has annotations from {', '.join(found)}; choose one with --source")
     return found[0]
 
 

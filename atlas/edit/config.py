@@ -9,18 +9,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from atlas.errors import BadInputError
+
 BRANCHES = ("cond", "both")
 KINDS = ("spatial", "style")
 
 
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
-        raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        raise BadInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
 
 
 def _strength(value: float, name: str = "strength") -> float:
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"bad {name} {value!r}: give a number >= 0 (0 leaves the image unchanged)")
+        raise BadInputError(f"bad {name} {value!r}: give a number >= 0 (0 leaves the image unchanged)")
     return float(value)
 
 
@@ -31,16 +33,16 @@ def parse_concepts_t(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"bad --concepts-t {text!r}: give the t of one SAE, e.g. 1.0, or nothing for each "
-                         "window's own") from None
+        raise BadInputError(f"bad --concepts-t {text!r}: give the t of one SAE, e.g. 1.0, or nothing for each "
+                            "window's own") from None
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"bad --concepts-t {text!r}: t lies in [0, 1] (1.0 is the first step)")
+        raise BadInputError(f"bad --concepts-t {text!r}: t lies in [0, 1] (1.0 is the first step)")
     return value
 
 
 def _branch(value: str) -> None:
     if value not in BRANCHES:
-        raise ValueError(f"unknown branch {value!r}; use one of {', '.join(BRANCHES)}")
+        raise BadInputError(f"unknown branch {value!r}; use one of {', '.join(BRANCHES)}")
 
 
 @dataclass
@@ -112,7 +114,7 @@ class EvalEditsConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown kind {self.kind!r}; use spatial or style")
+            raise BadInputError(f"unknown kind {self.kind!r}; use spatial or style")
         _branch(self.branch)
         parse_concepts_t(self.concepts_t)
         for name, low in (("n", 1), ("max_concepts", 1), ("seed", 0), ("batch_size", 1)):
@@ -124,6 +126,6 @@ class EvalEditsConfig:
         try:
             values = [float(s) for s in self.strengths.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(f"bad --strengths {self.strengths!r}: give numbers separated by commas, e.g. 2,8,32") \
+            raise BadInputError(f"bad --strengths {self.strengths!r}: give numbers separated by commas, e.g. 2,8,32") \
                 from None
         return [_strength(v, "strength in --strengths") for v in values] or None

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from atlas.edit.config import BRANCHES
+from atlas.errors import BadInputError, NotFoundError
 from atlas.grids import mask_to_grid
 from atlas.models.hooks import Hooks, StepInfo, step_to_t, t_to_step
 from atlas.sae import Sae
@@ -79,12 +80,12 @@ def parse_window(text: str) -> Window:
         return WINDOWS[text]
     match = re.fullmatch(r"(\d*\.?\d+)(?:\s*-\s*(\d*\.?\d+))?", text)
     if not match:
-        raise ValueError(f"bad window {text!r}: use early, middle, final, auto, a range t0-t1 like 0.6-1.0 "
-                         "or one t like 0.5 (t = 1.0 is the first step)")
+        raise BadInputError(f"bad window {text!r}: use early, middle, final, auto, a range t0-t1 like 0.6-1.0 "
+                            "or one t like 0.5 (t = 1.0 is the first step)")
     lo = float(match.group(1))
     hi = float(match.group(2)) if match.group(2) else lo
     if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"bad window {text!r}: need 0 <= t0 <= t1 <= 1 (t = 1.0 is the first step)")
+        raise BadInputError(f"bad window {text!r}: need 0 <= t0 <= t1 <= 1 (t = 1.0 is the first step)")
     return Window(text, lo, hi)
 
 
@@ -106,16 +107,16 @@ def parse_region(text: str, size: int,
             box = [v / size for v in box]
         x0, y0, x1, y1 = box
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-            raise ValueError(f"bad region box {text!r}: need x0 < x1 and y0 < y1 inside the {size}x{size} image")
+            raise BadInputError(f"bad region box {text!r}: need x0 < x1 and y0 < y1 inside the {size}x{size} image")
         return box_mask((x0, y0, x1, y1), size)
     path = Path(text)
     if is_mask_file(text):
         if not path.is_file():
-            raise FileNotFoundError(f"region mask {text} does not exist")
+            raise NotFoundError(f"region mask {text} does not exist")
         gray = np.asarray(Image.open(path).convert("L").resize((size, size), Image.BILINEAR))
         return gray >= 128
     names = ", ".join(p.replace(" ", "-") for p in named)
-    raise ValueError(f"bad region {text!r}: use one of {names}, a box x0,y0,x1,y1 or a mask .png")
+    raise BadInputError(f"bad region {text!r}: use one of {names}, a box x0,y0,x1,y1 or a mask .png")
 
 
 def is_mask_file(region: str) -> bool:
@@ -135,8 +136,8 @@ def region_to_grid(mask: np.ndarray, grid: tuple[int, int], what: str) -> np.nda
     """Pool an image-resolution region to a block's grid; refuse a region that covers no whole cell."""
     cells = mask_to_grid(np.asarray(mask, bool), grid, REGION_COVERAGE)
     if not cells.any():
-        raise ValueError(f"the region covers no cell of {what}'s {grid[0]}x{grid[1]} grid by half or more; "
-                         "make it larger")
+        raise BadInputError(f"the region covers no cell of {what}'s {grid[0]}x{grid[1]} grid by half or more; "
+                            "make it larger")
     return cells
 
 
@@ -158,11 +159,11 @@ class ConceptEdit:
 
     def __post_init__(self) -> None:
         if self.branch not in BRANCHES:
-            raise ValueError(f"unknown branch {self.branch!r}; use one of {', '.join(BRANCHES)}")
+            raise BadInputError(f"unknown branch {self.branch!r}; use one of {', '.join(BRANCHES)}")
         if not self.latents:
-            raise ValueError("an edit needs at least one concept")
+            raise BadInputError("an edit needs at least one concept")
         if not self.steps:
-            raise ValueError("the edit's window holds no denoising step")
+            raise BadInputError("the edit's window holds no denoising step")
         self._vectors = self.sae.W_dec.detach()[self.latents].float()
 
     @property
@@ -186,7 +187,7 @@ class ConceptEdit:
             coef = (self.strength * weight.reshape(-1, 1)).expand_as(current)
         else:
             if self.region.shape != (h, w):
-                raise ValueError(f"region grid {self.region.shape} does not match {self.block}'s {h}x{w} grid")
+                raise BadInputError(f"region grid {self.region.shape} does not match {self.block}'s {h}x{w} grid")
             inside = torch.as_tensor(self.region.reshape(-1), device=x.device).repeat(x.shape[0] // (h * w))
             coef = torch.where(inside.unsqueeze(1), self.strength * norm.unsqueeze(1), 0.0) - current
         out = torch.zeros_like(delta)

@@ -21,6 +21,7 @@ import torch
 
 from atlas.edit.config import EditConfig, parse_concepts_t
 from atlas.edit.core import WINDOWS, ConceptEdit, Window, edit_hooks, parse_region, parse_window, region_to_grid
+from atlas.errors import BadInputError, NotFoundError
 from atlas.files import atomic_write
 from atlas.models import Hooks, TextToImageModel, generate, load_model, t_to_step
 from atlas.sae import Sae
@@ -100,14 +101,14 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     queries = [concepts] if isinstance(concepts, str) else list(concepts)
     region_list = [regions] if isinstance(regions, str) else list(regions)
     if not prompt.strip():
-        raise ValueError("empty prompt: give the text of the image to edit, e.g. 'a red circle'")
+        raise BadInputError("empty prompt: give the text of the image to edit, e.g. 'a red circle'")
     if not queries:
-        raise ValueError("give at least one --concept")
+        raise BadInputError("give at least one --concept")
     if len(region_list) == 1:
         region_list = region_list * len(queries)
     if len(region_list) != len(queries):
-        raise ValueError(f"got {len(region_list)} regions for {len(queries)} concepts; give one region, or one "
-                         "per concept (global for none)")
+        raise BadInputError(f"got {len(region_list)} regions for {len(queries)} concepts; give one region, or one "
+                            "per concept (global for none)")
     region_list = ["" if r.strip().lower() in ("", "global", "none") else r.strip() for r in region_list]
     spec = atlas_model(store)
     steps = config.steps or int(spec.get("steps") or 0)
@@ -139,7 +140,7 @@ def atlas_model(store: Atlas) -> dict:
     """The model the atlas was built from, with the steps and guidance its SAEs saw."""
     rows = store.sql("SELECT name, spec FROM models ORDER BY id").rows
     if not rows:
-        raise ValueError(f"{store.root} records no model; build it with `atlas build`")
+        raise NotFoundError(f"{store.root} records no model; build it with `atlas build`")
     name, spec = rows[0]
     spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
     return {"name": name, **spec}
@@ -147,10 +148,11 @@ def atlas_model(store: Atlas) -> dict:
 
 def sae_path(store: Atlas, sae: SaeInfo) -> Path:
     if not sae.path:
-        raise ValueError(f"the SAE {sae.block}/{sae.t!r} has no checkpoint path in {store.root}; re-run `atlas encode`")
+        raise NotFoundError(f"the SAE {sae.block}/{sae.t!r} has no checkpoint path in {store.root}; "
+                            "re-run `atlas encode`")
     path = store.file_path(sae.path)
     if not (path / "sae.safetensors").exists():
-        raise FileNotFoundError(f"SAE checkpoint {path} is missing; re-run `atlas build` for {store.root}")
+        raise NotFoundError(f"SAE checkpoint {path} is missing; re-run `atlas build` for {store.root}")
     return path
 
 
@@ -183,13 +185,13 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
     if by_label:
         ts = sorted({s.t for s in store.saes() if s.block == block and s.branch == "cond"}, reverse=True)
         if not ts:
-            raise ValueError(f"the atlas has no SAE of block {block!r}; blocks: "
-                             f"{', '.join(sorted({s.block for s in store.saes()}))}")
+            raise NotFoundError(f"the atlas has no SAE of block {block!r}; blocks: "
+                                f"{', '.join(sorted({s.block for s in store.saes()}))}")
         t = window.sae_t(ts) if fixed_t is None else check_concepts_t(fixed_t, ts, block)
         found = store.concepts(label=query, t=t, block=block, limit=config.max_concepts)
         if not found:
-            raise ValueError(f"no concept of {block} at t={t!r} is linked to {query!r}; "
-                             "try another --when or --block, or a concept id")
+            raise NotFoundError(f"no concept of {block} at t={t!r} is linked to {query!r}; "
+                                "try another --when or --block, or a concept id")
         target = query
     else:
         found = concepts_of(store, query)
@@ -204,7 +206,7 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
         strength, how = default_strength(curves.get(curve_key(sae.block, None if own else sae.t)), kind, window)
         why = f"{why}; {how}" if why else how
     if not window.steps(steps):
-        raise ValueError(f"window {window} holds none of the {steps} denoising steps; widen it")
+        raise BadInputError(f"window {window} holds none of the {steps} denoising steps; widen it")
     cells = None if pixels is None else region_to_grid(pixels, (sae.grid_h, sae.grid_w), sae.block)
     plan = PlannedEdit(query, region, found, sae, window, strength, target, cells)
     said.append(plan.describe() + (f" ({why})" if why else ""))
@@ -214,8 +216,8 @@ def plan_edit(store: Atlas, query: str, region: str, config: EditConfig, steps: 
 def check_concepts_t(t: float, ts: list[float], block: str) -> float:
     """`t` when the block has a cond SAE there (`ts`), else a one-line error naming the ones it has."""
     if t not in ts:
-        raise ValueError(f"no cond SAE of {block} at t={t:g} for --concepts-t; it has t = "
-                         f"{', '.join(f'{x:g}' for x in ts)}")
+        raise NotFoundError(f"no cond SAE of {block} at t={t:g} for --concepts-t; it has t = "
+                            f"{', '.join(f'{x:g}' for x in ts)}")
     return t
 
 
@@ -225,17 +227,17 @@ def concepts_of(store: Atlas, query: str) -> list[ConceptInfo]:
         return [store.concept(query)]
     table = store.sql(query).table
     if "concept_id" not in table.column_names:
-        raise ValueError("the SQL query must return a concept_id column, e.g. SELECT concept_id FROM concept_labels "
-                         "WHERE label = 'red circle' AND t = 1.0 AND block = 'mid' LIMIT 5")
+        raise BadInputError("the SQL query must return a concept_id column, e.g. SELECT concept_id FROM concept_labels "
+                            "WHERE label = 'red circle' AND t = 1.0 AND block = 'mid' LIMIT 5")
     ids = [i for i in dict.fromkeys(table.column("concept_id").to_pylist()) if i]
     if not ids:
-        raise ValueError("the SQL query returned no concepts")
+        raise NotFoundError("the SQL query returned no concepts")
     return [store.concept(i) for i in ids]
 
 
 def sae_of(store: Atlas, found: list[ConceptInfo], query: str) -> SaeInfo:
     if len({c.sae_id for c in found}) != 1:
-        raise ValueError(f"{query!r} names concepts of several SAEs; give one --concept per SAE")
+        raise BadInputError(f"{query!r} names concepts of several SAEs; give one --concept per SAE")
     return next(s for s in store.saes() if s.id == found[0].sae_id)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from atlas.errors import BadInputError
+
 METHODS = ("weighted", "top-concept")
 THRESHOLDS = {
     "top-concept": (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),  # cosine similarity
@@ -32,4 +34,4 @@ class LayoutConfig:
 
 def check_method(method: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"unknown layout method {method!r}; choose one of {', '.join(METHODS)}")
+        raise BadInputError(f"unknown layout method {method!r}; choose one of {', '.join(METHODS)}")

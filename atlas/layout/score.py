@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from atlas.dictionary.link import link
 from atlas.dictionary.run import DICTIONARY_SPLITS, annotation_source, dictionary_cells, grid_cells
+from atlas.errors import NotFoundError
 from atlas.grids import iou
 from atlas.layout.config import THRESHOLDS, LayoutConfig, check_method
 from atlas.layout.predict import predict_layout, weighted_layout
@@ -186,7 +187,7 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     test_cells = dictionary_cells(atlas, source, splits)
     dict_cells = dictionary_cells(atlas, source, DICTIONARY_SPLITS)
     if test_cells.num_rows == 0:
-        raise ValueError(f"{atlas.root} has no annotated {'/'.join(splits)} images to score layout prediction on")
+        raise NotFoundError(f"{atlas.root} has no annotated {'/'.join(splits)} images to score layout prediction on")
     vectors = label_vectors(atlas, embedder)
     scores = []
     by_grid: dict[tuple[int, int], tuple[dict, dict, dict]] = {}
@@ -212,5 +213,5 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
 def atlas_model_name(atlas: Atlas) -> str:
     names = [r[0] for r in atlas.sql("SELECT coalesce(path, name) FROM models ORDER BY id").rows]
     if not names:
-        raise ValueError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
+        raise NotFoundError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
     return names[0]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from atlas.errors import BadInputError
 from atlas.models.spec import ModelSpec
 
 
@@ -54,8 +55,8 @@ class TextToImageModel:
         modules = dict(self.unet.named_modules())
         if name not in modules:
             valid = ", ".join(sorted(self.spec.hook_points))
-            raise ValueError(f"unknown block {block!r} for model {self.spec.name}; use one of {valid} "
-                             "or a module name of the UNet")
+            raise BadInputError(f"unknown block {block!r} for model {self.spec.name}; use one of {valid} "
+                                "or a module name of the UNet")
         return name
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:

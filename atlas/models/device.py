@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from atlas.errors import BadInputError, UnavailableError
+
 
 def pick_device(device: str | None = None) -> torch.device:
     """`device` may be None/'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
@@ -11,7 +13,7 @@ def pick_device(device: str | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
+        raise UnavailableError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
     return dev
 
 
@@ -24,5 +26,5 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
              "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+        raise BadInputError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
     return table[dtype]

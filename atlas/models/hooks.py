@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from atlas.errors import BadInputError
+
 if TYPE_CHECKING:
     from atlas.models.base import TextToImageModel
 
@@ -38,7 +40,7 @@ def step_to_t(index: int, n_steps: int) -> float:
 def t_to_step(t: float, n_steps: int) -> int:
     """t -> step index as in PAPER.md: round((1 - t) * (n_steps - 1)), halves rounded up (0.5 -> 25 of 50)."""
     if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must lie in [0, 1] (1.0 is the first step), got {t}")
+        raise BadInputError(f"t must lie in [0, 1] (1.0 is the first step), got {t}")
     return int((1.0 - t) * (n_steps - 1) + 0.5 + 1e-9)
 
 

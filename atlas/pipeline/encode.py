@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from atlas.capture import ActivationSet
+from atlas.errors import NotFoundError
 from atlas.pipeline.executor import Executor, LocalExecutor
 from atlas.pipeline.train import load_sae, sae_dir
 from atlas.sae import Sae
@@ -68,8 +69,8 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
     keys = [k for k in acts.keys() if (branch is None or k[2] == branch)
             and (sae_dir(saes_root, *k) / "sae.safetensors").exists()]
     if not keys:
-        raise ValueError(f"no trained SAEs under {saes_root} for the activations in {acts.path}; "
-                         "run `atlas train --all` first")
+        raise NotFoundError(f"no trained SAEs under {saes_root} for the activations in {acts.path}; "
+                            "run `atlas train --all` first")
     mapping = register_capture(atlas, acts)
     grids = _grids(acts)
     finished = {stage_name(*key) for key in keys if atlas.stage_done(stage_name(*key))}  # one snapshot load for all

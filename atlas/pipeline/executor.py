@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from atlas.errors import BadInputError, UnavailableError
 from atlas.pipeline.config import ExecutorConfig
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise ValueError("--executor ray needs Ray: pip install 'concept-atlas[ray]' (or 'ray>=2.9')") from None
+            raise UnavailableError("--executor ray needs Ray: pip install 'concept-atlas[ray]' (or 'ray>=2.9')") \
+                from None
         if not ray.is_initialized():
             if self.config.ray_address:
                 ray.init(address=self.config.ray_address, log_to_driver=False)
@@ -119,9 +121,9 @@ class RayExecutor(Executor):
         room = min(math.floor(cpus / per_cpu), math.floor(gpus / per_gpu) if per_gpu else math.inf)
         count = self.config.actors or room
         if room == 0 or count > room:
-            raise ValueError(f"the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs: room for {room} actors of "
-                             f"{per_cpu:g} CPUs and {per_gpu:g} GPUs, {count} asked; lower --actors, "
-                             "--num-cpus-per-actor or --num-gpus-per-actor")
+            raise BadInputError(f"the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs: room for {room} actors of "
+                                f"{per_cpu:g} CPUs and {per_gpu:g} GPUs, {count} asked; lower --actors, "
+                                "--num-cpus-per-actor or --num-gpus-per-actor")
         host = ray.remote(_Host).options(num_cpus=per_cpu, num_gpus=per_gpu)
         device = "cuda" if per_gpu else "cpu"
         self._actors = [host.remote(device, max(1, int(per_cpu))) for _ in range(int(count))]
@@ -173,11 +175,11 @@ def open_executor(config: ExecutorConfig | None = None) -> Executor:
     """The executor `config` asks for (use it as a context manager); checks the options first."""
     config = config or ExecutorConfig()
     if config.executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {config.executor!r}; use local or ray")
+        raise BadInputError(f"unknown executor {config.executor!r}; use local or ray")
     if config.executor == "local":
         if config.ray_address:
-            raise ValueError("--ray-address needs --executor ray")
+            raise BadInputError("--ray-address needs --executor ray")
         return LocalExecutor()
     if config.actors < 0 or config.num_cpus_per_actor <= 0:
-        raise ValueError("--actors must be >= 0 and --num-cpus-per-actor > 0")
+        raise BadInputError("--actors must be >= 0 and --num-cpus-per-actor > 0")
     return RayExecutor(config)

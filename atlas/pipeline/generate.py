@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from atlas.errors import BadInputError
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.sampler import generate
@@ -16,10 +17,16 @@ from atlas.viz import image_grid
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at {err.start}): "
+                            "save the prompts as UTF-8") from None
+    except OSError as err:
+        raise BadInputError(f"cannot read {path}: {err.strerror or err}; give a readable prompts file") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
-        raise ValueError(f"{path} holds no prompts (one per line expected)")
+        raise BadInputError(f"{path} holds no prompts (one per line expected)")
     return prompts
 
 
@@ -28,9 +35,9 @@ def generate_to_dir(model: TextToImageModel, prompts: list[str], out_dir: str | 
     """Write DIR/0000.png ... in prompt order, DIR/images.jsonl and DIR/grid.png; returns the records."""
     config = config or GenerateConfig()
     if not prompts:
-        raise ValueError("no prompts given: pass PROMPT arguments or --prompts FILE")
+        raise BadInputError("no prompts given: pass PROMPT arguments or --prompts FILE")
     if config.n_per_prompt < 1:
-        raise ValueError("--n-per-prompt must be at least 1")
+        raise BadInputError("--n-per-prompt must be at least 1")
     steps, guidance = model.spec.steps(config.steps), model.spec.guidance(config.guidance)
     all_prompts = [p for p in prompts for _ in range(config.n_per_prompt)]
     seeds = [config.seed + j for _ in prompts for j in range(config.n_per_prompt)]

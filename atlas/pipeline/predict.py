@@ -14,6 +14,7 @@ import torch
 from atlas.annotate.run import COVERAGE
 from atlas.capture import delta_at
 from atlas.dictionary.run import DICTIONARY_SPLITS, annotation_source, dictionary_cells
+from atlas.errors import NotFoundError
 from atlas.grids import iou, mask_to_grid
 from atlas.layout.score import (
     LayoutConfig,
@@ -50,7 +51,7 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     sae_info = next((s for s in atlas.saes() if s.block == block and s.t == float(t) and s.branch == "cond"), None)
     if sae_info is None:
         have = sorted({(s.block, s.t) for s in atlas.saes()})
-        raise ValueError(f"no cond SAE for block {block!r} at t={t}; this atlas has {have}")
+        raise NotFoundError(f"no cond SAE for block {block!r} at t={t}; this atlas has {have}")
     if label not in atlas.labels():
         atlas.concepts(label=label)  # raises UnknownLabelError with close labels
     model = load_model(atlas_model_name(atlas))

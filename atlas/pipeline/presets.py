@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from atlas.errors import BadInputError
+
 if TYPE_CHECKING:
     from atlas.annotate.base import Annotator
     from atlas.edit.run import Judge
@@ -54,7 +56,7 @@ _ANNOTATORS: dict[str, Callable[..., Annotator]] = {"shapes": _shapes_annotator,
 def get_annotator(name: str, **options: object) -> Annotator:
     """The annotator backend called `name`, built with `options` (its constructor's keyword arguments)."""
     if name not in _ANNOTATORS:
-        raise ValueError(f"unknown annotator {name!r}; expected one of {', '.join(ANNOTATOR_NAMES)}")
+        raise BadInputError(f"unknown annotator {name!r}; expected one of {', '.join(ANNOTATOR_NAMES)}")
     return _ANNOTATORS[name](**options)
 
 

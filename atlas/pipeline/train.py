@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.capture import ActivationSet
+from atlas.errors import NotFoundError
 from atlas.pipeline.config import SaeJobConfig
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae, write_metrics
 from atlas.sae.config import parse_latents
@@ -76,14 +77,14 @@ def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None 
     """One SAE per captured (block, t, branch), optionally only one branch."""
     keys = [k for k in acts.keys() if branch is None or k[2] == branch]
     if not keys:
-        raise ValueError(f"no captured activations of branch {branch!r} in {acts.path}")
+        raise NotFoundError(f"no captured activations of branch {branch!r} in {acts.path}")
     return [train_one(acts, b, t, br, out, config, progress) for b, t, br in keys]
 
 
 def load_sae(out: str | Path, block: str, t: float, branch: str) -> Sae:
     path = sae_dir(out, block, t, branch)
     if not (path / "sae.safetensors").exists():
-        raise FileNotFoundError(f"no SAE for {block} t={t} {branch} in {out}; train it with `atlas train`")
+        raise NotFoundError(f"no SAE for {block} t={t} {branch} in {out}; train it with `atlas train`")
     return Sae.from_pretrained(path)
 
 

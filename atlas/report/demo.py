@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from atlas.errors import NotFoundError
 from atlas.store import Atlas, QueryResult
 from atlas.viz import heat_overlay, image_grid
 
@@ -51,7 +52,7 @@ def top_images_grid(atlas: Atlas, concept: str, out: str | Path, n: int = 8) -> 
     """The concept's top images beside their activation maps, as one PNG."""
     hits = atlas.top_images(concept, n)
     if not hits:
-        raise ValueError(f"concept {concept} never fires in {atlas.root}")
+        raise NotFoundError(f"concept {concept} never fires in {atlas.root}")
     tiles, labels = [], []
     for hit in hits:
         image = np.asarray(Image.open(atlas.file_path(hit.path)).convert("RGB"))

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from atlas.errors import BadInputError
+
 
 def parse_latents(text: str, d_in: int | None = None) -> int:
     """A number of latents written as a count ('512') or a multiple of the activation width ('4x' -> 4 * d_in);
-    raises ValueError with the reason for anything else. Without `d_in` only the notation is checked (the CLI
+    raises BadInputError with the reason for anything else. Without `d_in` only the notation is checked (the CLI
     does, before any work) and the multiple is returned as if d_in were 1. The one parser of this notation."""
     value = str(text).strip().lower()
     try:
@@ -19,11 +21,11 @@ def parse_latents(text: str, d_in: int | None = None) -> int:
     except ValueError:
         number = 0
     if not 0 < number < float("inf"):
-        raise ValueError(f"--latents {text!r}: give a positive count (512) or a multiple of the width (4x)")
+        raise BadInputError(f"--latents {text!r}: give a positive count (512) or a multiple of the width (4x)")
     if value.endswith("x") and d_in is not None:
         number *= d_in
     if d_in is not None and int(number) < 1:
-        raise ValueError(f"--latents {text!r} gives no latent for width {d_in}")
+        raise BadInputError(f"--latents {text!r} gives no latent for width {d_in}")
     return int(number)
 
 
@@ -51,11 +53,11 @@ class SaeConfig:
 
     def __post_init__(self) -> None:
         if self.b_init not in ("geometric_median", "mean"):
-            raise ValueError(f"b_init must be 'geometric_median' or 'mean', got {self.b_init!r}")
+            raise BadInputError(f"b_init must be 'geometric_median' or 'mean', got {self.b_init!r}")
         if not 0 < self.k <= self.num_latents:
-            raise ValueError(f"k must be in [1, {self.num_latents}], got {self.k}")
+            raise BadInputError(f"k must be in [1, {self.num_latents}], got {self.k}")
         if self.k_aux < 1 or self.auxk_alpha < 0 or self.dead_tokens < 0:
-            raise ValueError("k_aux must be positive, dead_tokens and auxk_alpha non-negative")
+            raise BadInputError("k_aux must be positive, dead_tokens and auxk_alpha non-negative")
 
     def dead_after(self, n_tokens: int) -> int:
         """The dead-latent threshold of a run of `n_tokens` training tokens (0 = unknown length)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
+from atlas.errors import BadInputError
 from atlas.files import atomic_write
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def _scan(sae: Sae, data: ActivationData, batch_size: int) -> tuple[dict[str, fl
     finally:
         sae.train(was_training)
     if seen == 0:
-        raise ValueError("no tokens to evaluate")
+        raise BadInputError("no tokens to evaluate")
     total_variance = float(m2.sum())
     fvu_value = sse / total_variance if total_variance > 0 else math.nan
     stats = LatentStats(

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from atlas.errors import BadInputError
 from atlas.models.device import pick_device
 from atlas.sae.config import SaeConfig, SaeTrainConfig
 from atlas.sae.metrics import ActivationData, DeadLatentTracker, l0
@@ -116,7 +117,7 @@ def train_sae(
     batches = shuffled_batches(data, cfg.batch_size, total_tokens, generator)
     first = next(batches, None)
     if first is None:
-        raise ValueError("no training batch: the data hold fewer tokens than one batch")
+        raise BadInputError("no training batch: the data hold fewer tokens than one batch")
     if fresh:
         sae.init_bias(first)
     batches = itertools.chain([first], batches)

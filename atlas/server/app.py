@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas.server.errors import one_line, status_of
+from atlas.errors import AtlasError
 from atlas.server.pages import AtlasJSONResponse, render
 from atlas.server.state import ServerState
 from atlas.server.views import concepts, edit, home, images, labels, search, sql
@@ -121,14 +121,16 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
             message = "the request body could not be read: send UTF-8 JSON (or form data for the HTML forms)"
         return error_response(request, err.status_code, message)
 
-    async def failure(request: Request, err: Exception) -> Response:
-        status = status_of(err)
-        message = one_line(err) if status < 500 else f"internal error ({type(err).__name__}: {one_line(err)})"
-        return error_response(request, status, message)
+    @app.exception_handler(AtlasError)
+    async def expected(request: Request, err: AtlasError) -> Response:
+        return error_response(request, err.status, err.message)
 
-    for expected in (ValueError, KeyError, FileNotFoundError):  # answered quietly
-        app.add_exception_handler(expected, failure)
-    app.add_exception_handler(Exception, failure)  # a bug: answered the same way, and logged with its traceback
+    @app.exception_handler(Exception)
+    async def bug(request: Request, err: Exception) -> Response:
+        """Anything but an AtlasError: a 500, and Starlette raises it on to uvicorn, which logs its traceback."""
+        lines = str(err).strip().splitlines()
+        what = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        return error_response(request, 500, f"internal error ({what}); the server's log has the traceback")
 
     modules = (home, concepts, labels, images, search, sql, edit)
     for module in modules:

@@ -45,8 +45,10 @@ class ErrorBody(BaseModel):
 
 ERRORS: dict[int | str, dict] = {status: {"model": ErrorBody, "description": why} for status, why in (
     (400, "Bad input: the error says what to change"), (403, "A write on a read-only server"),
-    (404, "Not in the atlas: the error names what is there"), (413, "A request body over 1 MiB"),
-    (503, "The atlas is busy with a writer"))}
+    (404, "Not in the atlas: the error names what is there"),
+    (409, "Another process writes to the atlas, or its schema is not this version's"),
+    (413, "A request body over 1 MiB"),
+    (503, "Not now: the atlas is busy with a writer, a file of it needs rebuilding, or a model is missing"))}
 
 
 def plain(value: object) -> object:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 from fastapi import Depends, Request
 
-from atlas.server.errors import NotFoundError, ReadOnlyServerError
+from atlas.errors import NotFoundError
+from atlas.server.errors import ReadOnlyServerError
 from atlas.store import Atlas, SaeInfo, UnknownSaeError, open_atlas
 from atlas.store.ids import DEFAULT_BRANCH
 

@@ -15,6 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from atlas.errors import BadInputError
 from atlas.models.base import TextToImageModel
 from atlas.models.spec import ModelSpec
 from atlas.shapes.world import COLORS, POSITIONS, SHAPES, STYLES
@@ -108,7 +109,7 @@ def scheduler_config(schedule: str = "zero-snr") -> dict:
     cannot see the layout its seed will produce; sd: SD v1.4's betas and spacing (alphas_cumprod about 0.006
     at the first of 20 steps), as the paper's first-step findings assume."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        raise BadInputError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
     common = dict(num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False)
     if schedule == "sd":
         return dict(common, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

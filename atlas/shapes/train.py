@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from atlas.errors import BadInputError, ConflictError, NotFoundError
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.spec import SPEC_FILE, ModelSpec
@@ -75,7 +76,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     if ckpt is not None:  # a resumed run keeps the sizes and schedule it started with
         model_config = _model_config(ckpt)
     if config.text_encoder not in ("trained", "frozen"):
-        raise ValueError(f"unknown text encoder mode {config.text_encoder!r}; use trained or frozen")
+        raise BadInputError(f"unknown text encoder mode {config.text_encoder!r}; use trained or frozen")
     model_config = model_config or ShapesModelConfig(schedule=config.schedule,
                                                      frozen_text_encoder=config.text_encoder == "frozen",
                                                      fine_cross_attention=config.fine_cross_attention,
@@ -177,7 +178,7 @@ def _init_from_export(model: TextToImageModel, directory: Path, unet_only: bool 
 
     facts_path = directory / "training.json"
     if not facts_path.exists():
-        raise FileNotFoundError(f"{directory} has no training.json: export it with `atlas shapes export` first")
+        raise NotFoundError(f"{directory} has no training.json: export it with `atlas shapes export` first")
     unet = UNet2DConditionModel.from_pretrained(directory / "unet", torch_dtype=torch.float32)
     load_growing(model.unet, unet.state_dict())
     if not unet_only:
@@ -192,8 +193,8 @@ def world_config(object_count_weights: str, shared_colour_fraction: float = 0.0)
     `shared_colour_fraction` with a repeated colour (0: as chance has it)."""
     weights = tuple(float(w) for w in object_count_weights.split(",") if w.strip())
     if not weights or sum(weights) <= 0:
-        raise ValueError(f"object count weights {object_count_weights!r}: give one weight per object count, "
-                         "e.g. 0.4,0.35,0.25")
+        raise BadInputError(f"object count weights {object_count_weights!r}: give one weight per object count, "
+                            "e.g. 0.4,0.35,0.25")
     return WorldConfig(max_objects=len(weights), weights_n_objects=weights,
                        shared_colour_fraction=shared_colour_fraction or None)
 
@@ -213,9 +214,9 @@ def load_growing(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
             new.append(name)
     unexplained = [k for k in missing if not any(k.startswith(name + ".") for name in new)]
     if unexpected or unexplained:
-        raise ValueError(f"the exported UNet does not fit this run's sizes ({len(unexplained)} missing, "
-                         f"{len(unexpected)} unexpected weights, e.g. {(unexplained + unexpected)[0]}): "
-                         "start the run with the export's sizes")
+        raise ConflictError(f"the exported UNet does not fit this run's sizes ({len(unexplained)} missing, "
+                            f"{len(unexpected)} unexpected weights, e.g. {(unexplained + unexpected)[0]}): "
+                            "start the run with the export's sizes")
     with torch.no_grad():
         for name in new:
             module = unet.get_submodule(name)

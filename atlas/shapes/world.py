@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from atlas.capture.splits import split_of
+from atlas.errors import BadInputError
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -93,8 +94,8 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if self.max_objects > MAX_OBJECTS:
-            raise ValueError(f"a scene holds at most {MAX_OBJECTS} objects, not {self.max_objects}: give at most "
-                             f"{MAX_OBJECTS} object-count weights, e.g. 0.4,0.35,0.25")
+            raise BadInputError(f"a scene holds at most {MAX_OBJECTS} objects, not {self.max_objects}: give at most "
+                                f"{MAX_OBJECTS} object-count weights, e.g. 0.4,0.35,0.25")
 
 
 def caption_of(scene: Scene) -> str:
@@ -180,7 +181,7 @@ def unit_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
     if shape == "triangle":  # apex up, base at the bottom of the box
         return (v >= -1.0) & (v <= 1.0) & (np.abs(u) <= (v + 1.0) / 2.0)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    raise BadInputError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
 
 
 def background(style: str, size: int) -> np.ndarray:
@@ -191,7 +192,7 @@ def background(style: str, size: int) -> np.ndarray:
         rows = (np.arange(size) // (STRIPE_PERIOD // 2)) % 2
         img[:] = np.asarray(STRIPE_COLORS, dtype=np.uint8)[rows][:, None, :]
     else:
-        raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+        raise BadInputError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
     return img
 
 

@@ -1,42 +1,41 @@
 """Errors of the atlas store: each message is one line that says what to do next.
 
-All of them are `ValueError`s, so the CLI's one-line error handling catches them without knowing the
-store; none of them is raised after anything was changed on disk.
+Each is an `AtlasError` (atlas.errors) of the kind that gives its HTTP status, so the CLI and the web
+atlas report them without knowing the store; none of them is raised after anything was changed on disk.
 """
 
 from __future__ import annotations
 
 import difflib
 
+from atlas.errors import AtlasError as AtlasError
+from atlas.errors import BadInputError, ConflictError, NotFoundError, ReadOnlyError, UnavailableError
 
-class AtlasError(ValueError):
-    """Base class of every expected error of the atlas store."""
 
-
-class AtlasNotFoundError(AtlasError):
+class AtlasNotFoundError(NotFoundError):
     def __init__(self, path: object) -> None:
         super().__init__(f"no atlas at {path}: build one with `atlas build --atlas {path}`, "
                          "or point --atlas / ATLAS_DIR at an existing atlas directory")
 
 
-class SchemaTooNewError(AtlasError):
+class SchemaTooNewError(ConflictError):
     def __init__(self, path: object, revision: str, head: str) -> None:
         super().__init__(f"the atlas at {path} was made by a newer Concept Atlas (schema {revision}; this version "
                          f"knows up to {head}): upgrade with `pip install -U concept-atlas`")
 
 
-class SchemaTooOldError(AtlasError):
+class SchemaTooOldError(ConflictError):
     def __init__(self, path: object, revision: str, head: str) -> None:
         super().__init__(f"the atlas at {path} has schema {revision}, this version needs {head}: upgrade it once "
                          f"with `atlas upgrade --atlas {path}` (or open it writable from Python)")
 
 
-class ReadOnlyAtlasError(AtlasError):
+class ReadOnlyAtlasError(ReadOnlyError):
     def __init__(self, what: str) -> None:
         super().__init__(f"cannot {what}: this atlas was opened read-only; use open_atlas(path, readonly=False)")
 
 
-class UnknownLabelError(AtlasError):
+class UnknownLabelError(NotFoundError):
     def __init__(self, label: str, known: list[str]) -> None:
         close = difflib.get_close_matches(label, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else \
@@ -44,13 +43,13 @@ class UnknownLabelError(AtlasError):
         super().__init__(f"unknown label {label!r}: {hint}")
 
 
-class NoLabelsError(AtlasError):
+class NoLabelsError(NotFoundError):
     def __init__(self) -> None:
         super().__init__("this atlas has no concept labels yet: they come from `atlas link` "
                          "(after `atlas annotate`); search by example with `atlas search --like CONCEPT_ID`")
 
 
-class UnknownSaeError(AtlasError):
+class UnknownSaeError(NotFoundError):
     """An unknown block, t or branch; the message lists the ones present in the atlas."""
 
     def __init__(self, what: str, value: object, valid: list) -> None:
@@ -58,28 +57,28 @@ class UnknownSaeError(AtlasError):
         super().__init__(f"unknown {what} {value!r}: this atlas has {what} {listed}")
 
 
-class BadConceptIdError(AtlasError):
+class BadConceptIdError(BadInputError):
     def __init__(self, text: str, why: str) -> None:
         super().__init__(f"bad concept id {text!r}: {why}; write <block>/<t>/<latent>, e.g. mid/1.0/412 "
                          "(or <block>/<t>/<branch>/<latent>)")
 
 
-class SqlError(AtlasError):
+class SqlError(BadInputError):
     """Malformed SQL or an error DuckDB raised while running it (its first line)."""
 
 
-class ReadOnlySqlError(AtlasError):
+class ReadOnlySqlError(BadInputError):
     def __init__(self, why: str) -> None:
         super().__init__(f"atlas sql is read-only: {why}")
 
 
-class QueryTimeoutError(AtlasError):
+class QueryTimeoutError(BadInputError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"query stopped after the {seconds:g} s time limit: filter on block, t and latent or "
                          "image_id, or raise --timeout")
 
 
-class CorruptFileError(AtlasError):
+class CorruptFileError(UnavailableError):
     """A missing or unreadable file of the atlas; `path` is relative to the atlas directory."""
 
     FIXES = {"tables": "`atlas upgrade` rewrites the catalog snapshot", "codes": "re-run `atlas encode`",
@@ -91,22 +90,22 @@ class CorruptFileError(AtlasError):
         super().__init__(f"atlas file {path} is missing or corrupt ({detail}); {fix}")
 
 
-class AtlasInUseError(AtlasError):
+class AtlasInUseError(ConflictError):
     def __init__(self, path: object) -> None:
         super().__init__(f"another process is writing to the atlas at {path}; run this again when no build, "
                          "encode, annotate, link or edit is running")
 
 
-class CatalogBusyError(AtlasError):
+class CatalogBusyError(UnavailableError):
     def __init__(self, path: object, seconds: float) -> None:
         super().__init__(f"the catalog {path} stayed locked by another writing process for {seconds:g} s; "
                          "wait for it to finish and try again")
 
 
-class NoIndexError(AtlasError):
+class NoIndexError(NotFoundError):
     def __init__(self, what: str) -> None:
         super().__init__(f"no FAISS index for {what} yet: indexes are built from the SAE decoders by `atlas index`")
 
 
-class InvalidInputError(AtlasError):
+class InvalidInputError(BadInputError):
     """Arguments a writer refuses before touching the disk (wrong lengths, ids out of range, ...)."""

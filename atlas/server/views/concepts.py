@@ -15,6 +15,7 @@ from fastapi import Body, Form, Path, Query
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from atlas.errors import BadInputError
 from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page, concept_url
 from atlas.server.state import ServerState, State, sql_text
@@ -59,7 +60,7 @@ def _after(token: str) -> tuple[float, int, int]:
             raise ValueError(frequency)
         return float(frequency), int(sae_id), int(latent)
     except ValueError:
-        raise ValueError(f"bad page token {token!r}: use the `next` value of the previous page") from None
+        raise BadInputError(f"bad page token {token!r}: use the `next` value of the previous page") from None
 
 
 @PAGE.add("/concepts", "concepts.html", ConceptsData, table="table")

@@ -18,10 +18,11 @@ import numpy as np
 from fastapi import Form, Query
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from atlas.errors import BadInputError, NotFoundError
 from atlas.server import render
-from atlas.server.errors import NotFoundError
+from atlas.server.errors import bad_input
 from atlas.server.pages import ERRORS, Envelope, Page
 from atlas.server.pages import render as render_page
 from atlas.server.state import ServerState, State
@@ -85,10 +86,10 @@ def parse_cells(text: str) -> np.ndarray | None:
         return None
     rows = text.split("/")
     if len({len(r) for r in rows}) != 1:
-        raise ValueError(f"bad region {text!r}: every row of cells needs the same length")
+        raise BadInputError(f"bad region {text!r}: every row of cells needs the same length")
     cells = np.array([[c == "1" for c in r] for r in rows])
     if not cells.any():
-        raise ValueError("the drawn region is empty: click cells of the grid, or clear it for a global edit")
+        raise BadInputError("the drawn region is empty: click cells of the grid, or clear it for a global edit")
     return cells
 
 
@@ -100,7 +101,7 @@ def run_edit(state: ServerState, request: EditRequest) -> EditData:
     region = request.region.strip()
     cells = parse_cells(region)
     if cells is None and is_mask_file(region):  # a path would read a file of the server's disk as the mask
-        raise ValueError(f"bad region {region!r}: draw it on the grid, or give a named region or a box x0,y0,x1,y1")
+        raise BadInputError(f"bad region {region!r}: draw it on the grid, or give a named region or a box x0,y0,x1,y1")
     when = request.when.strip() or "auto"
     config = EditConfig(when=when, strength=request.strength, seed=request.seed, block=request.block)
     with state.writable("run an edit") as atlas, tempfile.TemporaryDirectory() as tmp:
@@ -171,9 +172,12 @@ def edit_form(state: State, prompt: Annotated[str, Form(max_length=500)],
     try:
         beta = float(strength) if strength.strip() else None
     except ValueError:
-        raise ValueError(f"bad strength {strength!r}: give a number or leave it empty") from None
-    request = EditRequest(prompt=prompt, concept=concept, region=region, when=when, strength=beta, seed=seed,
-                          block=block)
+        raise BadInputError(f"bad strength {strength!r}: give a number or leave it empty") from None
+    try:
+        request = EditRequest(prompt=prompt, concept=concept, region=region, when=when, strength=beta, seed=seed,
+                              block=block)
+    except ValidationError as err:  # the JSON route's body gets the same checks from FastAPI itself
+        raise bad_input(err) from None
     result = run_edit(state, request)
     return render_page("edit.html", read_only=state.read_only, json_url=None, csv_url=None, result=result,
                        **form_context(state, request.model_dump()))

@@ -10,8 +10,8 @@ from fastapi.responses import Response
 from PIL import Image
 from pydantic import BaseModel
 
+from atlas.errors import NotFoundError
 from atlas.server import render
-from atlas.server.errors import NotFoundError
 from atlas.server.pages import ERRORS, Envelope, Page
 from atlas.server.state import ServerState, State, sql_text
 from atlas.server.views.home import Table

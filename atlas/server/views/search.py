@@ -9,9 +9,9 @@ import numpy as np
 from fastapi import Query
 from pydantic import BaseModel
 
+from atlas.errors import AtlasError
 from atlas.server.pages import Envelope, Page
 from atlas.server.state import ServerState, State
-from atlas.store import AtlasError
 from atlas.store.reads import BEST_CONCEPT_SQL
 
 PAGE = Page("search")
