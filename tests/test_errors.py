@@ -2,7 +2,8 @@
 
 The CLI prints an AtlasError as one line (`Error: ...`, exit code 1) and lets any other exception show its
 traceback; the web atlas answers an AtlasError with its own status and the one line, anything else with a
-500 and the traceback in its log. Each class's status is pinned here.
+500 and the traceback in its log. Each class's status is pinned here, and every `atlas <command>` a message
+or help text names is checked against the real commands.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import http.client
 import importlib
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
@@ -211,3 +214,59 @@ def test_the_server_frameworks_own_errors_stay_as_they_were(server: tuple[str, l
     status, _, text = fetch(url, "/sql.json?max_rows=many")
     assert status == 400 and json.loads(text)["error"].startswith("bad max_rows")
     assert not records, [r.getMessage() for r in records]
+
+
+# -- `atlas <command>` in messages -----------------------------------------------------------------------------
+
+def texts(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """Every string of a module with its line; an f-string with `{}` for each value it formats."""
+    inside = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            yield node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inside:
+            yield node.lineno, node.value
+
+
+def command_problem(words: list[str]) -> str | None:
+    """Why `atlas WORDS` is not a command line of this CLI (an unknown command or option), or None."""
+    command: click.Command = main
+    for i, word in enumerate(words):
+        if isinstance(command, click.Group) and not word.startswith("-"):
+            if word not in command.commands:
+                return f"no command {' '.join(['atlas', *words[:i + 1]])!r}"
+            command = command.commands[word]
+        elif word.startswith("--"):
+            options = {name for param in command.get_params(click.Context(command))
+                       for name in (*param.opts, *param.secondary_opts)}
+            if word.split("=")[0] not in options:
+                return f"`atlas {' '.join(words[:i])}` has no option {word}"
+    return None
+
+
+def command_lines() -> Iterator[tuple[str, str]]:
+    """(where, `atlas ...` text) of every backquoted command line in the strings of atlas/ and cli/."""
+    for folder in ("atlas", "cli"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for line, text in texts(ast.parse(path.read_text(), str(path))):
+                for found in re.findall(r"`atlas( [^`]*)?`", text):
+                    yield f"{path.relative_to(ROOT)}:{line}", found.strip()
+
+
+def test_every_command_a_message_names_exists() -> None:
+    lines = list(command_lines())
+    assert len(lines) > 50  # the scan finds the messages
+    placeholder = re.compile(r"\{.*|[\"'].*|\.\.\.")  # a formatted value, a quoted argument, `atlas shapes ...`
+    problems = [f"{where}: {problem}" for where, found in lines
+                if (problem := command_problem([w for w in found.split() if not placeholder.fullmatch(w)]))]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("words, problem", [
+    (["index"], "no command 'atlas index'"),
+    (["shapes", "draw"], "no command 'atlas shapes draw'"),
+    (["train", "--everything"], "`atlas train` has no option --everything"),
+])
+def test_the_scan_finds_a_command_that_does_not_exist(words: list[str], problem: str) -> None:
+    assert command_problem(words) == problem
+    assert command_problem(["shapes", "export", "--run-dir", "{}"]) is None

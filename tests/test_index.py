@@ -93,7 +93,7 @@ def test_reindexing_replaces_vectors(built, tmp_path):
 def test_missing_and_corrupt_indexes(built, tmp_path):
     with Atlas.create(tmp_path / "empty", threads=1) as atlas:
         atlas.add_sae("mid", 1.0, "cond", 2, 8, 4)
-        with pytest.raises(NoIndexError, match="atlas index"):
+        with pytest.raises(NoIndexError, match="`atlas encode` indexes"):
             atlas.nearest("mid/1.0/1")
         atlas.add_index(0, np.eye(8, 4))
         path = atlas.root / atlas.sql("SELECT path FROM files WHERE kind = 'faiss_block'").rows[0][0]

@@ -82,7 +82,7 @@ class CorruptFileError(UnavailableError):
     """A missing or unreadable file of the atlas; `path` is relative to the atlas directory."""
 
     FIXES = {"tables": "`atlas upgrade` rewrites the catalog snapshot", "codes": "re-run `atlas encode`",
-             "index": "re-run `atlas index`"}
+             "index": "rebuild it with Atlas.add_index(sae_id, decoder) (`atlas encode` indexes every SAE it adds)"}
 
     def __init__(self, path: object, detail: str) -> None:
         self.path = str(path)
@@ -104,7 +104,8 @@ class CatalogBusyError(UnavailableError):
 
 class NoIndexError(NotFoundError):
     def __init__(self, what: str) -> None:
-        super().__init__(f"no FAISS index for {what} yet: indexes are built from the SAE decoders by `atlas index`")
+        super().__init__(f"no FAISS index for {what} yet: `atlas encode` indexes the decoder of every SAE it adds "
+                         "(from Python: Atlas.add_index(sae_id, decoder))")
 
 
 class InvalidInputError(BadInputError):
