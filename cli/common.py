@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
@@ -80,7 +82,27 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class OutputPath(click.Path):
+    """A file or directory the command writes, refused while parsing (before any work) when it could not be
+    written: it exists as the other kind or read-only, or its nearest existing folder is not a writable directory.
+    A filesystem URI (s3://...) passes; it is checked when it is opened."""
+
+    def __init__(self, dir_okay: bool) -> None:
+        super().__init__(file_okay=not dir_okay, dir_okay=dir_okay, writable=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not value or "://" in str(value):
+            return value
+        path = super().convert(value, param, ctx)
+        folder = next(p for p in Path(os.path.abspath(path)).parents if p.exists())
+        if not Path(path).exists() and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            self.fail(f"cannot write {value}: {folder} is not a writable directory", param, ctx)
+        return path
+
+
 PROMPT = PromptText()
+OUTPUT_DIR = OutputPath(dir_okay=True)
+OUTPUT_FILE = OutputPath(dir_okay=False)
 DEVICE_NAME = DeviceName()
 
 

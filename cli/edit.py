@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from atlas.cli.common import CONTEXT, PROMPT, FiniteFloat, atlas_option, one_line_errors
+from atlas.cli.common import CONTEXT, OUTPUT_DIR, OUTPUT_FILE, PROMPT, FiniteFloat, atlas_option, one_line_errors
 from atlas.cli.options import build_config, config_options, field_docs
 from atlas.edit.config import EditConfig, EvalEditsConfig
 
@@ -21,7 +21,7 @@ from atlas.edit.config import EditConfig, EvalEditsConfig
                    "x0,y0,x1,y1 (fractions, or pixels when a value exceeds 1), a mask .png, or global. Omit "
                    "for a global edit; give one for all concepts or one per --concept.")
 @click.option("--strength", type=FiniteFloat(min=0), default=None, help=field_docs(EditConfig)["strength"])
-@click.option("--out", default="edit.png", show_default=True,
+@click.option("--out", default="edit.png", show_default=True, type=OUTPUT_FILE,
               help="PNG: unedited | edited | each concept's activation map with its region.")
 @atlas_option
 @config_options(EditConfig, exclude=("strength",))
@@ -54,7 +54,7 @@ def edit(prompt: str, concepts: tuple[str, ...], regions: tuple[str, ...], stren
 
 @click.command("eval-edits", context_settings=CONTEXT)
 @atlas_option
-@click.option("--out", "out_dir", default=None,
+@click.option("--out", "out_dir", default=None, type=OUTPUT_DIR,
               help="Directory for eval-<kind>.md/.json and example PNGs per window  [default: <atlas>/edits]")
 @config_options(EvalEditsConfig)
 @one_line_errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from atlas.capture.config import CaptureConfig
-from atlas.cli.common import CONTEXT, PROMPT, device_option, model_option, one_line_errors
+from atlas.cli.common import CONTEXT, OUTPUT_DIR, PROMPT, device_option, model_option, one_line_errors
 from atlas.cli.options import build_config, config_options
 from atlas.pipeline.config import ExecutorConfig, GenerateConfig
 
@@ -25,7 +25,7 @@ def main() -> None:
               help="File with one prompt per line.")
 @model_option
 @device_option
-@click.option("--out", "out_dir", default="generated", show_default=True, help="Output directory.")
+@click.option("--out", "out_dir", default="generated", show_default=True, type=OUTPUT_DIR, help="Output directory.")
 @config_options(GenerateConfig)
 @one_line_errors
 def generate(prompt: tuple[str, ...], prompts_file: str | None, model_name: str, device: str, out_dir: str,
@@ -53,7 +53,8 @@ def generate(prompt: tuple[str, ...], prompts_file: str | None, model_name: str,
               help="Instead of a file: this many captions from the shapes world's generator (all splits).")
 @model_option
 @device_option
-@click.option("--out", "out_dir", required=True, help="Activation directory (re-run the same command to resume).")
+@click.option("--out", "out_dir", required=True, type=OUTPUT_DIR,
+              help="Activation directory (re-run the same command to resume).")
 @config_options(CaptureConfig)
 @config_options(ExecutorConfig)
 @one_line_errors

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from atlas.cli.common import DEVICE_NAME, FiniteFloat
+from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
 from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
 from atlas.sae.config import parse_latents
@@ -132,6 +132,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "kind": click.Choice(("spatial", "style")),
     "branches": ChoiceList("cond", "uncond", aliases={"both": ("cond", "uncond")}),
     "prompts": OptionalFile(),
+    **dict.fromkeys(("atlas", "run_dir"), OUTPUT_DIR),
     "branch": click.Choice(("cond", "both")),
     "annotator": click.Choice(("", *ANNOTATOR_NAMES)),
 }

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from atlas.cli.common import CONTEXT, DEVICE_NAME, PROMPT, FiniteFloat, atlas_option, one_line_errors
+from atlas.cli.common import (
+    CONTEXT,
+    DEVICE_NAME,
+    OUTPUT_DIR,
+    OUTPUT_FILE,
+    PROMPT,
+    FiniteFloat,
+    atlas_option,
+    one_line_errors,
+)
 from atlas.cli.options import build_config, config_options
 from atlas.cli.store import format_table
 from atlas.dictionary.config import LinkConfig
@@ -21,7 +30,8 @@ def _atlas_dir(atlas_dir: str | None) -> str:
 @click.command(context_settings=CONTEXT)
 @click.option("--activations", "acts_dir", required=True, type=click.Path(file_okay=False),
               help="Activation directory written by `atlas capture`.")
-@click.option("--out", "out_dir", default="saes", show_default=True, help="Where the SAE checkpoints go.")
+@click.option("--out", "out_dir", default="saes", show_default=True, type=OUTPUT_DIR,
+              help="Where the SAE checkpoints go.")
 @click.option("--block", help="Block of the one SAE to train (down, mid, up or a module name).")
 @click.option("--t", "t", type=float, help="Timestep of the one SAE to train (e.g. 1.0).")
 @click.option("--branch", default="cond", show_default=True, help="CFG branch: cond or uncond.")
@@ -182,7 +192,7 @@ def build(**options) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--atlas", "atlas_dir", default=None,
+@click.option("--atlas", "atlas_dir", default=None, type=OUTPUT_DIR,
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
 @click.option("--n-images", default=0, show_default=True, type=click.IntRange(min=0),
@@ -226,7 +236,7 @@ def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
               help="weighted: fraction of the image's best score a position needs; top-concept: cosine similarity "
                    "to the label its concept needs  [default: the value that predicts the dictionary images' "
                    "layouts best at this SAE]")
-@click.option("--out", "out_path", default="layout.png", show_default=True, help="PNG to write.")
+@click.option("--out", "out_path", default="layout.png", show_default=True, type=OUTPUT_FILE, help="PNG to write.")
 @atlas_option
 @one_line_errors
 def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, method: str, threshold: float | None,
@@ -262,7 +272,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--out", "out_dir", default=None, help="Report directory  [default: <atlas>/report]")
+@click.option("--out", "out_dir", default=None, type=OUTPUT_DIR, help="Report directory  [default: <atlas>/report]")
 @atlas_option
 @one_line_errors
 def report(out_dir: str | None, atlas_dir: str | None) -> None:

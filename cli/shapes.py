@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from atlas.cli.common import FiniteFloat, device_option, model_option, one_line_errors
+from atlas.cli.common import OUTPUT_DIR, FiniteFloat, device_option, model_option, one_line_errors
 from atlas.cli.options import build_config, config_options
 from atlas.shapes.config import ShapesTrainConfig
 
@@ -34,7 +34,7 @@ def shapes_train(**options) -> None:
 
 @shapes.command("export")
 @click.option("--run-dir", default="runs/shapes", show_default=True, help="Training run to export.")
-@click.option("--out", "out_dir", default=None, help="Model directory [default: data/shapes].")
+@click.option("--out", "out_dir", default=None, type=OUTPUT_DIR, help="Model directory [default: data/shapes].")
 @click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
               help="Score the exported model on 256 held-out captions and put the table in the model card.")
 @click.option("--command", "train_command", default="atlas shapes train --run-dir runs/shapes", show_default=True,
@@ -81,7 +81,8 @@ def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_comma
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Which held-out captions and noise seeds: 0 is the model card's set; others confirm a result "
                    "on images nobody chose a checkpoint by.")
-@click.option("--out", "out_dir", default=None, help="Also write eval.json and a grid of the images here.")
+@click.option("--out", "out_dir", default=None, type=OUTPUT_DIR,
+              help="Also write eval.json and a grid of the images here.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any figure is under its bar.")
 @one_line_errors
 def shapes_eval(model_name: str, device: str, n: int, steps: int, guidance: float | None, seed: int,
