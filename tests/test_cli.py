@@ -20,7 +20,8 @@ def runner(tiny_shapes_dir, monkeypatch):
 
 
 def test_help_lists_the_command_groups():
-    result = subprocess.run([sys.executable, "-m", "atlas.cli.main", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "atlas.cli.main", "--help"], capture_output=True, text=True,
+                            check=True)
     for command in ("generate", "demo", "shapes"):
         assert command in result.stdout
     shapes = CliRunner().invoke(main, ["shapes", "train", "--help"])
