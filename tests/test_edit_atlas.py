@@ -163,7 +163,7 @@ def test_runs_saving_curves_at_once_keep_every_curve(tmp_path):
     """eval-edits runs on different blocks merge into one curves.json: none may overwrite another's curve."""
     import threading
 
-    from atlas.edit.run import load_curves
+    from atlas.edit.curves import load_curves
     from atlas.pipeline.edits import EvalResult, Point, save_curves
 
     results = [EvalResult("spatial", f"block{i}", [Point("early", 4.0, i / 10, 0.1, 8, 8, 0.5)], 0.25, 8,

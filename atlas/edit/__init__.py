@@ -3,9 +3,11 @@
     from atlas.edit import edit
     result = edit("demo/atlas", "a red circle", "red circle", "top-left", out="edit.png")
 
-`core` holds the math (windows, regions, ConceptEdit on delta), `run` resolves concepts in an atlas and
-makes the side-by-side picture; judging an outcome is the caller's (the shapes world's judge comes
-through atlas.pipeline.presets), and the paper's protocol runs in atlas.pipeline.edits.
+One module per job: `core` the math (windows, regions, ConceptEdit on delta), `plan` resolving a query into
+concepts, a window and a strength, `curves` the measured-curves file (its one owner), `render` the
+side-by-side picture, `log` the interventions log, `run` the edit itself. Judging an outcome is the
+caller's (the shapes world's judge comes through atlas.pipeline.presets); the paper's protocol runs in
+atlas.pipeline.edits.
 """
 
 from atlas.lazy import lazy_face
@@ -14,7 +16,8 @@ _NAMES = {
     "EditConfig": "atlas.edit.config", "EvalEditsConfig": "atlas.edit.config",
     **dict.fromkeys(("WINDOWS", "ConceptEdit", "Window", "edit_hooks", "parse_region", "parse_window"),
                     "atlas.edit.core"),
-    **dict.fromkeys(("EditResult", "PlannedEdit", "edit"), "atlas.edit.run"),
+    **dict.fromkeys(("EditResult", "Judge", "edit"), "atlas.edit.run"),
+    "PlannedEdit": "atlas.edit.plan",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_face(__name__, _NAMES)

@@ -26,20 +26,12 @@ from tqdm.auto import tqdm
 
 from atlas.edit.config import EditConfig, EvalEditsConfig, parse_concepts_t
 from atlas.edit.core import WINDOWS, ConceptEdit, box_mask, parse_window, region_to_grid
-from atlas.edit.run import (
-    CURVES_FILE,
-    DEFAULT_STRENGTH,
-    EditResult,
-    atlas_model,
-    check_concepts_t,
-    curve_key,
-    load_curves,
-    pixel_change,
-    sae_path,
-)
+from atlas.edit.curves import write_curve
+from atlas.edit.plan import DEFAULT_STRENGTH, check_concepts_t
+from atlas.edit.run import EditResult, atlas_model, pixel_change, sae_path
 from atlas.edit.run import edit as run_edit
 from atlas.errors import BadInputError, NotFoundError
-from atlas.files import atomic_write, file_lock
+from atlas.files import atomic_write
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
 from atlas.pipeline.presets import judge_for
@@ -275,20 +267,16 @@ def write_outputs(result: EvalResult, config: EvalEditsConfig, cases: list[Case]
 
 
 def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConfig) -> None:
-    """Merge this run's curve into <atlas>/edits/curves.json (one curve per edit kind, block and concepts' t), under
-    a lock so that two runs at once both keep theirs."""
+    """Put this run's curve into the atlas's curves file (atlas.edit.curves: one curve per edit kind, block and
+    concepts' t)."""
     windows: dict[str, dict[str, list]] = {}
     for p in result.points:
         row = windows.setdefault(p.window, {"strength": [], "success": [], "pixel_change": [], "resolved": []})
         for key, value in (("strength", p.strength), ("success", p.success), ("pixel_change", p.pixel_change),
                            ("resolved", p.resolved / p.n)):
             row[key].append(value)
-    path = root / CURVES_FILE
-    with file_lock(path.with_name(path.name + ".lock")):
-        curves = load_curves(root)
-        fixed = "" if result.concepts_t is None else f" --concepts-t {result.concepts_t:g}"
-        curves.setdefault(kind, {})[curve_key(result.block, result.concepts_t)] = {
-            "block": result.block, "concepts_t": result.concepts_t, "n": result.n_cases, "date": result.date,
-            "baseline": result.baseline, "windows": windows,
-            "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}{fixed}"}
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(curves, indent=2)))
+    fixed = "" if result.concepts_t is None else f" --concepts-t {result.concepts_t:g}"
+    write_curve(root, kind, result.block, result.concepts_t, {
+        "block": result.block, "concepts_t": result.concepts_t, "n": result.n_cases, "date": result.date,
+        "baseline": result.baseline, "windows": windows,
+        "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}{fixed}"})
