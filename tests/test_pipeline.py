@@ -172,7 +172,7 @@ def test_default_atlas_in_a_source_checkout_is_not_the_library(tmp_path, monkeyp
 
     monkeypatch.delenv("ATLAS_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert str(default_path()) == "atlas"
+    assert str(default_path()) == "atlas-data"
     (tmp_path / "atlas").mkdir()
     (tmp_path / "atlas" / "__init__.py").write_text("")
     assert str(default_path()) == "demo/atlas"
