@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     saes = atlas.saes()
     grid = saes[0].grid_h
     image_ids = atlas.images()["id"].to_numpy()
-    nonzeros = atlas.sql("SELECT count(*) FROM codes", timeout=600).rows[0][0]
+    nonzeros = atlas.query("SELECT count(*) AS n FROM codes")["n"][0].as_py()
     cells, n_objects = synthetic_cells(rng, image_ids, grid, n_labels=40)
     out = atlas.root / CELLS_DIR / "synthetic"
     shutil.rmtree(out, ignore_errors=True)

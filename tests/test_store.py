@@ -348,3 +348,19 @@ def test_a_reader_follows_rewrites_and_old_files_are_collected(writable):
     assert reader.sql(f"SELECT count(*) FROM codes WHERE sae_id = {sae.id}").rows == [(len(redo[0]),)]
     assert len(list((writable.root / "tables").glob("g*"))) == 3
     reader.close()
+
+
+def test_query_takes_parameters_and_returns_every_row(atlas, built):
+    """The API's own SQL: `?` and `$name` parameters, no row cap (user SQL stops at 1000 rows), values that would
+    break a quoted literal are only values."""
+    _, truth = built
+    sae = sae_of(atlas, "up", 1.0)
+    every = atlas.query("SELECT image_id, latent FROM codes WHERE sae_id = ? AND latent < ?", [sae.id, 64])
+    assert every.num_rows == len(truth.codes[sae.id][0]) > 1000
+    capped = atlas.sql(f"SELECT image_id, latent FROM codes WHERE sae_id = {sae.id}")
+    assert capped.truncated and capped.table.num_rows == 1000
+    named = atlas.query("SELECT id, split FROM images WHERE prompt = $prompt", {"prompt": "prompt 5"})
+    assert named.to_pylist() == [{"id": 5, "split": "test"}]
+    for hostile in ("prompt 5' OR '1' = '1", "x'; DROP TABLE prompts; --", "it's"):
+        assert atlas.query("SELECT count(*) AS n FROM images WHERE prompt = ?", [hostile])["n"][0].as_py() == 0
+    assert atlas.query("SELECT count(*) AS n FROM prompts")["n"][0].as_py() == 50

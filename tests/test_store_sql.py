@@ -111,6 +111,8 @@ def test_corrupt_or_missing_parquet_is_named_and_nothing_changes(root, tmp_path)
             assert fresh.sql("SELECT count(*) FROM images").rows == [(20,)]
             with pytest.raises(CorruptFileError, match=files[0][0]):
                 fresh.sql("SELECT count(*) FROM codes")
+            with pytest.raises(CorruptFileError, match=files[0][0]):  # the API's own SQL does not read it as empty
+                fresh.query("SELECT count(*) FROM codes WHERE sae_id = ?", [0])
         victim.unlink()
         with pytest.raises(CorruptFileError, match=files[0][0]):
             atlas.sql("SELECT max(value) FROM codes")

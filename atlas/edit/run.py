@@ -137,10 +137,10 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
 
 def atlas_model(store: Atlas) -> dict:
     """The model the atlas was built from, with the steps and guidance its SAEs saw."""
-    rows = store.sql("SELECT name, spec FROM models ORDER BY id").rows
+    rows = store.query("SELECT name, spec FROM models ORDER BY id").to_pylist()
     if not rows:
         raise ValueError(f"{store.root} records no model; build it with `atlas build`")
-    name, spec = rows[0]
+    name, spec = rows[0]["name"], rows[0]["spec"]
     spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
     return {"name": name, **spec}
 

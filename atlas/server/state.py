@@ -26,11 +26,6 @@ if TYPE_CHECKING:
     from atlas.models import TextToImageModel
 
 
-def sql_text(value: str) -> str:
-    """A string as an SQL literal (the views are read-only anyway; this keeps odd names from breaking SQL)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 class ServerState:
     def __init__(self, root: str | Path, read_only: bool = False, threads: int | None = None) -> None:
         self.root = Path(root).resolve()
@@ -90,7 +85,7 @@ class ServerState:
 
     def image(self, image_id: int) -> dict:
         """One image's row of the `images` view (id, path, prompt, split, seed, ...); 404 when unknown."""
-        rows = self.atlas.sql(f"SELECT * FROM images WHERE id = {int(image_id)}").to_dicts()
+        rows = self.atlas.query("SELECT * FROM images WHERE id = ?", [image_id]).to_pylist()
         if not rows:
             raise NotFoundError(f"unknown image {image_id}: browse the images at /images")
         return rows[0]

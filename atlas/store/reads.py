@@ -7,6 +7,7 @@ indexes are loaded once per file and kept.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class Reads:
         return list(self._views.saes)
 
     def labels(self) -> list[str]:
-        return self._views.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
+        return self.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
 
     def file_path(self, path: str) -> Path:
         """A path the catalog stores (relative to the atlas root, or absolute) as a usable path."""
@@ -106,7 +107,7 @@ class Reads:
     def images(self, split: str | None = None) -> pa.Table:
         """Every image (id, prompt_id, seed, guidance, steps, path, prompt, split) in id order, or one split's."""
         where, params = ("WHERE split = ?", [split]) if split else ("", [])
-        return self._views.query(f"SELECT * FROM images {where} ORDER BY id", params)
+        return self.query(f"SELECT * FROM images {where} ORDER BY id", params)
 
     def sae_codes(self, sae_id: int, splits: tuple[str, ...] | None = None) -> pa.Table:
         """All codes (image_id, row, col, latent, value) of one SAE, optionally only on images of `splits`."""
@@ -114,14 +115,20 @@ class Reads:
         if splits:
             where += f" AND image_id IN (SELECT id FROM images WHERE split IN ({', '.join('?' * len(splits))}))"
             params += list(splits)
-        return self._views.query(f"SELECT image_id, row, col, latent, value FROM codes WHERE {where}", params)
+        return self.query(f"SELECT image_id, row, col, latent, value FROM codes WHERE {where}", params)
+
+    def query(self, sql: str, params: Sequence | Mapping | None = None) -> pa.Table:
+        """The API's own SQL over the atlas views, parameterised (`?` with a list, `$name` with a dict): no
+        statement check, no row cap, no time limit. Values always go in `params`, never into the text."""
+        return self._views.query(sql, params or ())
 
     def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
-        """Read-only SQL over the atlas views (see atlas.store.views for what is allowed)."""
+        """User SQL (`atlas sql`, the web /sql page): one read-only SELECT over the atlas views, with a time
+        limit and a row cap (see atlas.store.views for what is allowed)."""
         return self._views.sql(query, timeout=timeout, max_rows=max_rows)
 
     def stage_done(self, name: str) -> bool:
-        return self._views.query("SELECT count(*) AS n FROM stages WHERE name = ?", [name])["n"][0].as_py() > 0
+        return self.query("SELECT count(*) AS n FROM stages WHERE name = ?", [name])["n"][0].as_py() > 0
 
     # -- resolving names -------------------------------------------------------------------------------------
 
@@ -193,12 +200,12 @@ class Reads:
                      "k.name, k.note FROM ranked r LEFT JOIN snapshot.concepts k USING (sae_id, latent) "
                      f"ORDER BY {LINK_RANK}")
             params = {"label": label}
-        return [_concept_info(saes[row["sae_id"]], row) for row in self._views.query(query, params).to_pylist()]
+        return [_concept_info(saes[row["sae_id"]], row) for row in self.query(query, params).to_pylist()]
 
     def concept(self, concept: str) -> ConceptInfo:
         """One concept by id (statistics empty until add_concepts)."""
         sae, latent = self._resolve(concept)
-        rows = self._views.query(f"SELECT * FROM snapshot.concepts WHERE sae_id = {sae.id} AND latent = {latent}")
+        rows = self.query("SELECT * FROM snapshot.concepts WHERE sae_id = ? AND latent = ?", [sae.id, latent])
         return _concept_info(sae, rows.to_pylist()[0] if rows.num_rows else {"latent": latent})
 
     # -- codes ---------------------------------------------------------------------------------------------------
@@ -219,7 +226,7 @@ class Reads:
         best = np.lexsort((image[starts], -counts, -q[starts]))[:n]
         chosen = starts[best]
         ids = image[chosen].tolist()
-        info = {r["id"]: r for r in self._views.query(
+        info = {r["id"]: r for r in self.query(
             "SELECT i.id, i.path, p.text AS prompt FROM snapshot.images i LEFT JOIN snapshot.prompts p "
             f"ON p.id = i.prompt_id WHERE i.id IN ({', '.join(map(str, ids))})").to_pylist()}
         values = codes.dequantize(q[chosen], sae.value_qbase)
@@ -236,7 +243,7 @@ class Reads:
         raw = self._rows(codes.BY_IMAGE, "image_id", int(image_id), ["sae_id", "row", "col", "latent", "q"],
                          bucket=int(image_id) // codes.IMAGES_PER_BUCKET) if saes else None
         if raw is None:
-            return self._views.query("SELECT * FROM codes_by_image WHERE false")
+            return self.query("SELECT * FROM codes_by_image WHERE false")
         raw = raw.filter(pc.is_in(raw["sae_id"], pa.array(list(saes), raw["sae_id"].type)))
         order = sorted(saes)
         slot = np.zeros(max(order) + 1, np.int64)
@@ -259,7 +266,7 @@ class Reads:
     def activation_map(self, image_id: int, concept: str) -> np.ndarray:
         """The concept's value on the SAE's grid (grid_h, grid_w) for one image; zeros where it is silent."""
         sae, latent = self._resolve(concept)
-        if self._views.query("SELECT count(*) AS n FROM images WHERE id = ?", [int(image_id)])["n"][0].as_py() == 0:
+        if self.query("SELECT count(*) AS n FROM images WHERE id = ?", [int(image_id)])["n"][0].as_py() == 0:
             raise InvalidInputError(f"unknown image {image_id}: see `atlas sql \"SELECT id, prompt FROM images\"`")
         if not sae.grid_h or not sae.grid_w:
             raise InvalidInputError(f"the SAE of {concept} has no codes yet (no grid known): run `atlas encode`")
