@@ -363,11 +363,11 @@ def test_views_take_hostile_values_as_values(tmp_path):
 
     root = tmp_path / "atlas"
     atlas, _ = synthetic.build(root, n_images=6, blocks=("mid",), times=(1.0,), threads=1)
-    with atlas:
-        atlas.add_objects([dict(image_id=2, label=HOSTILE, box=(0, 0, 1, 1)), dict(image_id=3, label="plain")],
-                          source="test")
-        atlas.set_concept_labels([dict(concept="mid/1.0/3", label=HOSTILE, mean_iou=0.5, hit_rate=0.5,
-                                       precision=0.5, recall=0.5, support=2)])
+    with atlas, atlas.writer() as writer:
+        writer.objects.add([dict(image_id=2, label=HOSTILE, box=(0, 0, 1, 1)), dict(image_id=3, label="plain")],
+                           source="test")
+        writer.catalog.set_concept_labels([dict(concept="mid/1.0/3", label=HOSTILE, mean_iou=0.5, hit_rate=0.5,
+                                                precision=0.5, recall=0.5, support=2)])
     with serve_atlas(root, log=tmp_path / "server.log") as url:
         page = ok(url, f"/label/{quote(HOSTILE, safe='')}.json")
         assert [e["image_id"] for e in page["examples"]] == [2]

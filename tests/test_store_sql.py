@@ -14,6 +14,7 @@ from atlas.store import (
     ReadOnlySqlError,
     SqlError,
     open_atlas,
+    open_writer,
     synthetic,
 )
 
@@ -123,6 +124,6 @@ def test_corrupt_or_missing_parquet_is_named_and_nothing_changes(root, tmp_path)
     with pytest.raises(CorruptFileError, match=rf"{current.relative_to(copy)} is missing .* `atlas upgrade`"):
         open_atlas(copy)
     assert checksum(copy) == before
-    open_atlas(copy, readonly=False).close()  # a writable open rewrites the snapshot from the catalog
+    open_writer(copy).close()  # opening a writer rewrites the snapshot from the catalog
     with open_atlas(copy) as repaired:
         assert repaired.sql("SELECT block FROM saes").rows == [("mid",)]

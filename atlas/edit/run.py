@@ -24,7 +24,7 @@ from atlas.edit.core import WINDOWS, ConceptEdit, Window, edit_hooks, parse_regi
 from atlas.files import atomic_write
 from atlas.models import Hooks, TextToImageModel, generate, load_model, t_to_step
 from atlas.sae import Sae
-from atlas.store import Atlas, ConceptInfo, SaeInfo, open_atlas
+from atlas.store import Atlas, ConceptInfo, SaeInfo, Writer, open_atlas
 
 CURVES_FILE = "edits/curves.json"
 DEFAULT_STRENGTH = {"spatial": {"early": 16.0, "middle": 16.0, "final": 16.0},
@@ -131,7 +131,8 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     if out is not None:
         result.path = save_edit_png(result, out)
     if config.log:
-        result.intervention_ids = log_edit(store, result, config, steps, guidance)
+        with store.writer() as writer:
+            result.intervention_ids = log_edit(writer, result, config, steps, guidance)
     return result
 
 
@@ -386,9 +387,8 @@ def save_edit_png(result: EditResult, out: str | Path) -> Path:
     return path
 
 
-def log_edit(store: Atlas, result: EditResult, config: EditConfig, steps: int, guidance: float | None) -> list[int]:
+def log_edit(writer: Writer, result: EditResult, config: EditConfig, steps: int, guidance: float | None) -> list[int]:
     """One interventions row per concept, with the inputs and the outcome of the whole edit."""
-    writer = store if not store.readonly else open_atlas(store.root, readonly=False)
     base = {"prompt": result.prompt, "seed": result.seed, "steps": steps, "guidance": guidance,
             "branch": config.branch, "outcome": result.outcome, "date": date.today().isoformat(),
             "edits": [{"query": p.query, "region": p.region or None, "window": str(p.window),
@@ -398,9 +398,8 @@ def log_edit(store: Atlas, result: EditResult, config: EditConfig, steps: int, g
     for i, plan in enumerate(result.plans):
         params = {**base, "edit": i}
         for concept in plan.concepts:
-            ids.append(writer.log_intervention(concept.concept_id, plan.kind, plan.strength, params,
-                                               str(result.path) if result.path else None, "; ".join(result.said)))
-    if writer is not store:
-        writer.close()
+            ids.append(writer.catalog.log_intervention(concept.concept_id, plan.kind, plan.strength, params,
+                                                       str(result.path) if result.path else None,
+                                                       "; ".join(result.said)))
     return ids
 

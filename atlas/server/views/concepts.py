@@ -247,8 +247,8 @@ class NamingData(Envelope):
 def rename(state: ServerState, concept_id: str, name: str | None, note: str | None) -> NamingData:
     cid = str(parse_concept_id(concept_id))
     name, note = (name or "").strip() or None, (note or "").strip() or None
-    with state.writable("rename a concept") as atlas:
-        atlas.rename_concept(cid, name, note)
+    with state.writer("rename a concept") as writer:
+        writer.catalog.rename_concept(cid, name, note)
     return NamingData(concept_id=cid, name=name, note=note)
 
 
