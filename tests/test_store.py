@@ -427,3 +427,39 @@ def test_query_takes_parameters_and_returns_every_row(atlas, built):
     for hostile in ("prompt 5' OR '1' = '1", "x'; DROP TABLE prompts; --", "it's"):
         assert atlas.query("SELECT count(*) AS n FROM images WHERE prompt = ?", [hostile])["n"][0].as_py() == 0
     assert atlas.query("SELECT count(*) AS n FROM prompts")["n"][0].as_py() == 50
+
+
+def test_encode_defers_by_image_to_one_rebuild(writer, built, monkeypatch):
+    """Finalizing SAE after SAE with by_image=False re-sorts the image buckets once, at the last finalize, reading
+    each SAE's codes once; meanwhile by_latent answers and the deferred buckets are recorded."""
+    from atlas.store import codes
+
+    _, truth = built
+    calls = []
+    rebuild = codes.rebuild_by_image
+
+    def counted(con, root, by_latent, buckets):
+        calls.append(sum(1 for paths in by_latent.values() if paths))
+        return rebuild(con, root, by_latent, buckets)
+
+    monkeypatch.setattr(codes, "rebuild_by_image", counted)
+    rng = np.random.default_rng(9)
+    redone = {}
+    for sae in writer.atlas.saes():
+        redone[sae.id] = synthetic.synth_codes(rng, synthetic.zipf_probabilities(rng, 64), np.full(64, 1.0), 40, 10,
+                                               (4, 4), 4)
+        writer.codes.write(sae.id, *redone[sae.id])
+        writer.codes.finalize([sae.id], stage=f"encode:{sae.id}", by_image=False)
+        assert codes.stale_image_buckets(writer.root) == {0} and writer.atlas.stage_done(f"encode:{sae.id}")
+    assert calls == []
+    image = int(redone[sae.id][0][0])
+    old = writer.atlas.image_codes(image, sae.block, sae.t)["latent"].to_pylist()
+    assert sorted(old) == sorted(truth.codes[sae.id][3][truth.codes[sae.id][0] == image].tolist())
+    assert writer.codes.finalize() == {}
+    assert calls == [len(redone)] and codes.stale_image_buckets(writer.root) == set()
+    for sae_id, redo in redone.items():
+        sae = next(s for s in writer.atlas.saes() if s.id == sae_id)
+        new = writer.atlas.image_codes(image, sae.block, sae.t)["latent"].to_pylist()
+        assert sorted(new) == sorted(redo[3][redo[0] == image].tolist())
+    total = writer.atlas.sql("SELECT count(*) FROM codes").rows
+    assert writer.atlas.sql("SELECT count(*) FROM codes_by_image").rows == total

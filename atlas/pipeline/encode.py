@@ -6,7 +6,9 @@ at most one SAE and a re-run skips the finished ones; writing the same images ag
 The shards of an SAE are encoded on an executor (atlas.pipeline.executor: this process or Ray actors, which
 get the SAE once each); the driver stages the codes they return and commits them into the catalog.
 Each SAE costs two catalog transactions (each a snapshot publication): its row with its FAISS indexes
-and concept statistics, then its codes with its done mark.
+and concept statistics, then its codes (by_latent) with its done mark. The by-image arrangement is re-sorted
+once per run, after the last SAE (atlas.store.codes_writer), not after each: a re-run after an interruption
+does it too.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, bra
         for image_id, row, col, latent, value in (executor or LocalExecutor()).map(job, acts.done):
             rows += writer.codes.write(sae_id, mapping[image_id], row, col, latent, value)
             bar.update(1)
-        writer.codes.finalize([sae_id], stage=name, info={"codes": rows})
+        writer.codes.finalize([sae_id], stage=name, info={"codes": rows}, by_image=False)
         written[f"{block}/{t}/{br}"] = rows
+    writer.codes.finalize()  # the image buckets of every SAE of this run (or of an interrupted one), at once
     bar.close()
     return written
 

@@ -14,9 +14,9 @@ catalog rows change in one short transaction that publishes a snapshot when it c
 so a writer holds nothing between two writes and a second writing process only ever waits for one transaction;
 files are written under a temporary name and renamed before the catalog lists them.
 
-Leaving the `with` block normally finalizes the codes this writer staged and no finalize merged yet; leaving it by
-an exception keeps them staged for the next finalize. Either way the writer then releases the catalog's engine
-and, when `open_writer` opened it, its reader.
+Leaving the `with` block normally finalizes what this writer left unfinished (codes it staged, image buckets it
+deferred: atlas.store.codes_writer); leaving it by an exception keeps them staged for the next finalize. Either
+way the writer then releases the catalog's engine and, when `open_writer` opened it, its reader.
 """
 
 from __future__ import annotations
