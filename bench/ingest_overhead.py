@@ -37,8 +37,8 @@ def ingest(model, prompts: list[str], root: Path, config, saes: Path, executor=N
     start = time.perf_counter()
     capture(model, prompts, root / "activations", config, progress=False, executor=executor)
     captured = time.perf_counter()
-    with Atlas.create(root) as atlas:
-        encode_atlas(atlas, ActivationSet(root / "activations"), saes, progress=False, executor=executor)
+    with Atlas.create(root) as atlas, atlas.writer() as writer:
+        encode_atlas(writer, ActivationSet(root / "activations"), saes, progress=False, executor=executor)
     return {"capture": captured - start, "encode": time.perf_counter() - captured}
 
 

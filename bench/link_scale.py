@@ -54,14 +54,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from atlas.annotate.run import CELLS_DIR
     from atlas.dictionary.run import link_atlas
-    from atlas.store import open_atlas
+    from atlas.store import open_writer
 
     rng = np.random.default_rng(args.seed)
-    atlas = open_atlas(args.atlas, readonly=False, threads=args.threads or None)
+    writer = open_writer(args.atlas, threads=args.threads or None)
+    atlas = writer.atlas
     saes = atlas.saes()
     grid = saes[0].grid_h
     image_ids = atlas.images()["id"].to_numpy()
-    nonzeros = atlas.sql("SELECT count(*) FROM codes", timeout=600).rows[0][0]
+    nonzeros = atlas.query("SELECT count(*) AS n FROM codes")["n"][0].as_py()
     cells, n_objects = synthetic_cells(rng, image_ids, grid, n_labels=40)
     out = atlas.root / CELLS_DIR / "synthetic"
     shutil.rmtree(out, ignore_errors=True)
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{nonzeros:,} nonzeros in {len(saes)} SAEs; {len(image_ids):,} images, {n_objects:,} objects, "
           f"{cells.num_rows:,} object cells", flush=True)
     start = time.perf_counter()
-    stored = link_atlas(atlas, source="synthetic", progress=True)
+    stored = link_atlas(writer, source="synthetic", progress=True)
     seconds = time.perf_counter() - start
+    writer.close()
     pairs = sum(stored.values())
     print(f"link: {seconds:.1f} s for {len(saes)} SAEs ({seconds / len(saes):.1f} s each); {pairs:,} passing pairs")
     print(f"RESULT nonzeros={nonzeros} objects={n_objects} link_seconds={seconds:.1f} "

@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         start = time.perf_counter()
         atlas = Atlas.create(root, model_name="synthetic-sd14", threads=args.threads or None)
-        prompt_ids = atlas.add_prompts([(f"synthetic prompt {i}", "train") for i in range(n_images)])
-        image_ids = atlas.add_images([dict(prompt_id=p, seed=i, guidance=7.5, steps=50, path=f"images/{i:06d}.png")
-                                      for i, p in enumerate(prompt_ids)])
+        writer = atlas.writer()
+        prompt_ids = writer.catalog.add_prompts([(f"synthetic prompt {i}", "train") for i in range(n_images)])
+        image_ids = writer.catalog.add_images([dict(prompt_id=p, seed=i, guidance=7.5, steps=50,
+                                                    path=f"images/{i:06d}.png") for i, p in enumerate(prompt_ids)])
         assert image_ids == list(range(n_images))
         phase = {}
         sae_ids = []
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             for t in TIMES:
                 decoder = rng.standard_normal((N_LATENTS, D), dtype=np.float32)
                 tick = time.perf_counter()
-                sae_ids.append(atlas.add_sae(block, t, "cond", K, N_LATENTS, D, {"fvu": 0.1}, None, grid=(GRID, GRID),
-                                             decoder=decoder))
+                sae_ids.append(writer.catalog.add_sae(block, t, "cond", K, N_LATENTS, D, {"fvu": 0.1}, None,
+                                                      grid=(GRID, GRID), decoder=decoder))
                 phase["faiss"] = phase.get("faiss", 0.0) + time.perf_counter() - tick
         tick = time.perf_counter()
         stored = 0
@@ -95,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
             counts = np.zeros(N_LATENTS, np.int64)
             for first in range(0, n_images, BATCH_IMAGES):
                 batch = synth_codes(rng, p, scale, first, min(BATCH_IMAGES, n_images - first), (GRID, GRID), K)
-                stored += atlas.write_codes(sae_id, *batch)
+                stored += writer.codes.write(sae_id, *batch)
                 counts += np.bincount(batch[3], minlength=N_LATENTS)
-            atlas.add_concepts(sae_id, counts / (n_images * GRID * GRID), scale + 0.01, np.ones(N_LATENTS))
+            writer.catalog.add_concepts(sae_id, counts / (n_images * GRID * GRID), scale + 0.01, np.ones(N_LATENTS))
         phase["synthesise+stage"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        atlas.finalize_codes()
+        writer.codes.finalize()
         phase["finalize"] = time.perf_counter() - tick
         labels = [f"label {i}" for i in range(40)]
         rows = []
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(dict(sae_id=sae_id, latent=int(latent), label=label, mean_iou=iou,
                                      hit_rate=float(min(1.0, iou * 1.5)), precision=float(rng.random()),
                                      recall=float(rng.random()), support=int(rng.integers(1, 500))))
-        atlas.set_concept_labels(rows)
+        writer.catalog.set_concept_labels(rows)
         build_s = time.perf_counter() - start
         by_latent, by_image = dir_bytes(root / "codes" / "by_latent"), dir_bytes(root / "codes" / "by_image")
         bytes_per_nonzero = (by_latent + by_image) / stored
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"codes on disk: by_latent {by_latent / stored:.3f} + by_image {by_image / stored:.3f} "
               f"= {bytes_per_nonzero:.3f} bytes/nonzero ({(by_latent + by_image) / 2**20:.1f} MiB)", flush=True)
 
+        writer.close()
         atlas.close()
-        atlas = Atlas(root, readonly=True, threads=args.threads or None)
+        atlas = Atlas(root, threads=args.threads or None)
         n = args.repeats
         concepts = [(f"{BLOCKS[i % 2]}/{TIMES[i % 3]!r}/{int(rng.integers(N_LATENTS))}",) for i in range(n)]
         images = [(int(rng.integers(n_images)),) for _ in range(n)]

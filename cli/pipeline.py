@@ -98,8 +98,8 @@ def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | No
     from atlas.store import Atlas
 
     with open_executor(build_config(ExecutorConfig, options)) as executor, \
-            Atlas.create(_atlas_dir(atlas_dir)) as atlas:
-        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, branch=branch, executor=executor)
+            Atlas.create(_atlas_dir(atlas_dir)) as atlas, atlas.writer() as writer:
+        written = encode_atlas(writer, ActivationSet(acts_dir), saes_dir, branch=branch, executor=executor)
     click.echo(f"encoded {len(written)} SAEs ({sum(written.values()):,} codes) into {_atlas_dir(atlas_dir)}")
 
 
@@ -129,15 +129,15 @@ def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger
     """
     from atlas.annotate.run import annotate_atlas
     from atlas.pipeline.presets import get_annotator
-    from atlas.store import open_atlas
+    from atlas.store import open_writer
 
     options = {}
     if annotator == "grounded-sam":
         options = {"tagger": tagger, **({"grounding_dino": grounding_dino} if grounding_dino else {}),
                    **({"sam": sam} if sam else {})}
     backend = get_annotator(annotator, **options)
-    with open_atlas(atlas_dir, readonly=False) as atlas:
-        n = annotate_atlas(atlas, backend, batch_size=batch_size)
+    with open_writer(atlas_dir) as writer:
+        n = annotate_atlas(writer, backend, batch_size=batch_size)
     click.echo(f"stored {n} objects found by {annotator}")
 
 
@@ -158,11 +158,11 @@ def link(source: str | None, atlas_dir: str | None, **options) -> None:
       atlas link --atlas atlas && atlas search "red circle" --t 1.0 --block mid
     """
     from atlas.dictionary.run import link_atlas
-    from atlas.store import open_atlas
+    from atlas.store import open_writer
 
     config = build_config(LinkConfig, options)
-    with open_atlas(atlas_dir, readonly=False) as atlas:
-        stored = link_atlas(atlas, config, source=source)
+    with open_writer(atlas_dir) as writer:
+        stored = link_atlas(writer, config, source=source)
     rows = [(name, n) for name, n in stored.items()]
     click.echo(format_table(["sae", "labelled concepts"], rows))
 

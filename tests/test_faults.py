@@ -27,7 +27,7 @@ import requests
 from PIL import Image
 from safetensors.numpy import load_file
 
-from atlas.store import open_atlas, snapshot
+from atlas.store import open_atlas, open_writer, snapshot
 from atlas.store.catalog import Catalog
 from atlas.store.schema import TABLES
 
@@ -225,17 +225,17 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_atlas(refer
 
 KILLED_BEFORE_PUBLISHING = """
 import os, signal, sys
-from atlas.store import open_atlas, snapshot
-atlas = open_atlas(sys.argv[1], readonly=False)
+from atlas.store import open_writer, snapshot
+writer = open_writer(sys.argv[1])
 snapshot.publish = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
-atlas.rename_concept("mid/1.0/14", "renamed, then killed")
+writer.catalog.rename_concept("mid/1.0/14", "renamed, then killed")
 """
 
 
 @pytest.mark.slow
 def test_kill_9_between_commit_and_publication_is_published_by_the_next_writer(reference, tmp_path):
     """The narrowest window, hit on purpose: a real SIGKILL right after the catalog committed a rename and before
-    its snapshot generation was published. Readers keep the old generation until the next writable open, which
+    its snapshot generation was published. Readers keep the old generation until the next writer opens, which
     must publish it (before, the rename stayed invisible until some later write changed `concepts` again)."""
     root = tmp_path / "atlas"
     shutil.copytree(reference, root)
@@ -244,7 +244,7 @@ def test_kill_9_between_commit_and_publication_is_published_by_the_next_writer(r
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with open_atlas(root) as atlas:
         assert atlas.concept("mid/1.0/14").name is None
-    open_atlas(root, readonly=False).close()
+    open_writer(root).close()
     with open_atlas(root) as atlas:
         assert atlas.concept("mid/1.0/14").name == "renamed, then killed"
     catalog_rows(root)  # asserts that every published table equals the catalog's

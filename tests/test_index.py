@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas.store import Atlas, CorruptFileError, NoIndexError, open_atlas, synthetic
+from atlas.store import Atlas, CorruptFileError, NoIndexError, open_atlas, open_writer, synthetic
 from atlas.store import index as faiss_index
 
 
@@ -78,11 +78,12 @@ def test_reindexing_replaces_vectors(built, tmp_path):
     root, truth = built
     copy = tmp_path / "atlas"
     shutil.copytree(root, copy)
-    with open_atlas(copy, readonly=False, threads=1) as atlas:
+    with open_writer(copy, threads=1) as writer:
+        atlas = writer.atlas
         sae = next(s for s in atlas.saes() if s.block == "mid" and s.t == 0.0)
         decoder = truth.decoders[sae.id].copy()
         decoder[7] = truth.decoders[next(s.id for s in atlas.saes() if s.block == "mid" and s.t == 1.0)][2] * 3
-        atlas.add_index(sae.id, decoder)
+        writer.index.add(sae.id, decoder)
         assert atlas.nearest("mid/1.0/2", k=1)[0].concept_id == "mid/0.0/7"
         assert atlas.nearest("mid/1.0/2", k=1)[0].score == pytest.approx(1.0, abs=1e-5)
         block_rows = atlas.sql("SELECT rows FROM files WHERE kind = 'faiss_block' AND key = 'mid/cond'").rows
@@ -91,11 +92,11 @@ def test_reindexing_replaces_vectors(built, tmp_path):
 
 
 def test_missing_and_corrupt_indexes(built, tmp_path):
-    with Atlas.create(tmp_path / "empty", threads=1) as atlas:
-        atlas.add_sae("mid", 1.0, "cond", 2, 8, 4)
+    with Atlas.create(tmp_path / "empty", threads=1) as atlas, atlas.writer() as writer:
+        writer.catalog.add_sae("mid", 1.0, "cond", 2, 8, 4)
         with pytest.raises(NoIndexError, match="`atlas encode` indexes"):
             atlas.nearest("mid/1.0/1")
-        atlas.add_index(0, np.eye(8, 4))
+        writer.index.add(0, np.eye(8, 4))
         path = atlas.root / atlas.sql("SELECT path FROM files WHERE kind = 'faiss_block'").rows[0][0]
         path.write_bytes(b"garbage")
     with open_atlas(tmp_path / "empty", threads=1) as atlas, pytest.raises(CorruptFileError, match=path.name):

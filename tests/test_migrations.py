@@ -8,7 +8,7 @@ import json
 import duckdb
 import pytest
 
-from atlas.store import Atlas, SchemaTooNewError, SchemaTooOldError, migrate, open_atlas, snapshot
+from atlas.store import Atlas, SchemaTooNewError, SchemaTooOldError, migrate, open_atlas, open_writer, snapshot
 from atlas.store.catalog import CATALOG_FILE, Catalog
 from atlas.store.schema import Base
 
@@ -54,15 +54,16 @@ def test_upgrade_from_0001_keeps_the_data(tmp_path):
     with pytest.raises(SchemaTooOldError, match="has schema 0001, this version needs 0002: .*atlas upgrade"):
         open_atlas(root)
     assert checksum(root) == before
-    with open_atlas(root, readonly=False, threads=1) as atlas:
+    with open_writer(root, threads=1) as writer:
+        atlas = writer.atlas
         assert atlas.sql("SELECT id, text, split FROM prompts ORDER BY id").rows == [
             (0, "a red circle", "train"), (1, "a blue square", "test")]
         assert atlas.sql("SELECT seed, guidance, path FROM images").rows == [(3, 7.5, "images/000000.png")]
         concept = atlas.concept("mid/1.0/3")
         assert (concept.frequency, concept.best_label, concept.name, concept.note) == (0.25, "circle", None, None)
         assert atlas.saes()[0].metrics == {"fvu": 0.2}
-        atlas.rename_concept("mid/1.0/3", "roundness", "added by 0002")
-        atlas.log_intervention("mid/1.0/3", "global", 1.5)
+        writer.catalog.rename_concept("mid/1.0/3", "roundness", "added by 0002")
+        writer.catalog.log_intervention("mid/1.0/3", "global", 1.5)
     with open_atlas(root) as atlas:
         assert atlas.concept("mid/1.0/3").name == "roundness"
         assert atlas.sql("SELECT kind, strength FROM interventions").rows == [("global", 1.5)]
@@ -75,7 +76,7 @@ def test_an_atlas_from_a_newer_version_is_refused_unchanged(tmp_path):
     generation = snapshot.current(root)
     (generation / "meta.json").write_text(json.dumps({"schema": "0099", "generation": 1}))
     before = checksum(root)
-    for opener in (lambda: open_atlas(root), lambda: open_atlas(root, readonly=False),
+    for opener in (lambda: open_atlas(root), lambda: open_writer(root),
                    lambda: Atlas.create(root)):
         with pytest.raises(SchemaTooNewError, match="newer Concept Atlas \\(schema 0099; this version knows up to "
                                                     "0002\\): upgrade with `pip install -U concept-atlas`"):
@@ -92,4 +93,4 @@ def test_a_catalog_stamped_newer_is_refused_by_writers(tmp_path):
     catalog = Catalog(root, threads=1)
     assert catalog.revision() == "0099"
     with pytest.raises(SchemaTooNewError, match="schema 0099"):
-        open_atlas(root, readonly=False)
+        open_writer(root)

@@ -168,6 +168,32 @@ def test_encode_and_link_cli_on_a_fresh_atlas(shapes_atlas, tmp_path):
         assert a.sql(query, max_rows=100_000).rows == b.sql(query, max_rows=100_000).rows
 
 
+def test_encode_re_sorts_the_image_buckets_once_per_run(shapes_atlas, tmp_path, monkeypatch):
+    """Each SAE's codes commit as it is encoded, but the by-image arrangement is rebuilt once, after the last SAE,
+    reading each SAE's codes once (it used to be rebuilt after every SAE from all SAEs so far: 45 SAE-passes for
+    9 SAEs); a second run finds nothing to do."""
+    from atlas.pipeline.encode import encode_atlas
+    from atlas.store import Atlas, codes
+
+    passes = []
+    rebuild = codes.rebuild_by_image
+
+    def counted(con, root, by_latent, buckets):
+        passes.append(sum(1 for paths in by_latent.values() if paths))
+        return rebuild(con, root, by_latent, buckets)
+
+    monkeypatch.setattr(codes, "rebuild_by_image", counted)
+    acts, saes = ActivationSet(shapes_atlas / "activations"), shapes_atlas / "saes"
+    with Atlas.create(tmp_path / "atlas") as atlas, atlas.writer() as writer:
+        assert len(encode_atlas(writer, acts, saes, progress=False)) == 9
+        assert passes == [9]
+        assert encode_atlas(writer, acts, saes, progress=False) == {} and passes == [9]
+        query = "SELECT image_id, sae_id, row, col, latent, value FROM {} ORDER BY ALL"
+        by_latent, by_image = (atlas.query(query.format(view)) for view in ("codes", "codes_by_image"))
+        assert by_image.num_rows == by_latent.num_rows > 0 and by_image.cast(by_latent.schema).equals(by_latent)
+    assert not (tmp_path / "atlas" / "codes" / codes.STALE_IMAGE_BUCKETS).exists()
+
+
 def test_default_atlas_in_a_source_checkout_is_not_the_library(tmp_path, monkeypatch):
     from atlas.store import Atlas, InvalidInputError, default_path
 

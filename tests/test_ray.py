@@ -38,8 +38,8 @@ def _build(root, model, prompts, config, saes, executor=None) -> None:
     if not (saes / "mid").exists():
         train_all(acts, saes, SaeJobConfig(latents="64", k=4, batch_size=256, epochs=1, min_tokens=2000),
                   progress=False)
-    with Atlas.create(root) as atlas:
-        encode_atlas(atlas, acts, saes, progress=False, executor=executor)
+    with Atlas.create(root) as atlas, atlas.writer() as writer:
+        encode_atlas(writer, acts, saes, progress=False, executor=executor)
 
 
 @pytest.mark.slow
@@ -63,8 +63,8 @@ def test_ray_executor_writes_what_the_local_executor_writes(tmp_path):
             capture(model, prompts[:2], broken / "activations", config, progress=False, executor=executor)
             (broken / "activations" / "shards" / "mid" / "t1.0" / "cond" / "batch-000000.safetensors").write_bytes(b"x")
             with pytest.raises(UnavailableError, match="corrupt or missing activation shard"), \
-                    Atlas.create(broken) as atlas:
-                encode_atlas(atlas, ActivationSet(broken / "activations"), saes, progress=False, executor=executor)
+                    Atlas.create(broken) as atlas, atlas.writer() as writer:
+                encode_atlas(writer, ActivationSet(broken / "activations"), saes, progress=False, executor=executor)
         assert not ray.is_initialized()
     finally:
         torch.set_num_threads(threads)

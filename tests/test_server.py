@@ -351,3 +351,33 @@ def test_edit_refuses_bad_input_before_generating(base):
     html = requests.post(f"{base}/edit", data={"prompt": "a red circle", "concept": "red circle", "strength": "lots"},
                          timeout=60)
     assert html.status_code == 400 and "bad strength" in html.text
+
+
+HOSTILE = "o'brien'; DROP TABLE objects; --"
+
+
+def test_views_take_hostile_values_as_values(tmp_path):
+    """Values reach the views' SQL only as parameters: a label, a filter and a keyset token full of quotes and SQL
+    match exactly what they say, and nothing is dropped."""
+    from atlas.store import synthetic
+
+    root = tmp_path / "atlas"
+    atlas, _ = synthetic.build(root, n_images=6, blocks=("mid",), times=(1.0,), threads=1)
+    with atlas, atlas.writer() as writer:
+        writer.objects.add([dict(image_id=2, label=HOSTILE, box=(0, 0, 1, 1)), dict(image_id=3, label="plain")],
+                           source="test")
+        writer.catalog.set_concept_labels([dict(concept="mid/1.0/3", label=HOSTILE, mean_iou=0.5, hit_rate=0.5,
+                                                precision=0.5, recall=0.5, support=2)])
+    with serve_atlas(root, log=tmp_path / "server.log") as url:
+        page = ok(url, f"/label/{quote(HOSTILE, safe='')}.json")
+        assert [e["image_id"] for e in page["examples"]] == [2]
+        assert [row[4] for row in page["concepts"]["rows"]] == ["mid/1.0/3"]
+        assert [c["concept_id"] for c in ok(url, "/concepts.json", label=HOSTILE)["concepts"]] == ["mid/1.0/3"]
+        assert ok(url, "/concepts.json", label="x' OR '1' = '1")["concepts"] == []
+        assert ok(url, "/images.json", q="' OR '1' = '1")["images"] == []
+        assert [i["id"] for i in ok(url, "/images.json", q="PROMPT 3")["images"]] == [3]
+        assert [row[0] for row in ok(url, "/labels.json", after="o'")["table"]["rows"]] == [HOSTILE, "plain"]
+        assert [o["label"] for o in ok(url, "/image/2.json")["objects"]] == [HOSTILE]
+    with open_atlas(root) as after:
+        assert after.query("SELECT count(*) AS n FROM objects")["n"][0].as_py() == 2
+    assert "Traceback" not in (tmp_path / "server.log").read_text()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -17,10 +18,10 @@ from atlas.store import (
     CatalogBusyError,
     InvalidInputError,
     NoLabelsError,
-    ReadOnlyAtlasError,
     UnknownLabelError,
     UnknownSaeError,
     open_atlas,
+    open_writer,
     parse_concept_id,
     snapshot,
     synthetic,
@@ -43,10 +44,10 @@ def atlas(built):
 
 
 @pytest.fixture
-def writable(built, tmp_path):
+def writer(built, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(built[0], root)
-    with open_atlas(root, readonly=False, threads=1) as opened:
+    with open_writer(root, threads=1) as opened:
         yield opened
 
 
@@ -179,12 +180,12 @@ def test_unknown_names_list_the_valid_ones(atlas):
         atlas.concepts(label="dog")
     with pytest.raises(AtlasNotFoundError, match="atlas build"):
         open_atlas(atlas.root / "nowhere")
-    with pytest.raises(ReadOnlyAtlasError):
-        atlas.rename_concept("mid/1.0/3", "x")
+    with pytest.raises(AtlasNotFoundError, match="atlas build"):
+        open_writer(atlas.root / "nowhere")
 
 
-def test_labels_rank_concepts_and_suggest_close_names(writable):
-    writable.set_concept_labels([
+def test_labels_rank_concepts_and_suggest_close_names(writer):
+    writer.catalog.set_concept_labels([
         dict(concept="mid/1.0/3", label="red circle", mean_iou=0.4, hit_rate=0.3, precision=0.5, recall=0.2,
              support=10),
         dict(concept="mid/1.0/9", label="red circle", mean_iou=0.7, hit_rate=0.8, precision=0.6, recall=0.5,
@@ -194,132 +195,134 @@ def test_labels_rank_concepts_and_suggest_close_names(writable):
         dict(concept="mid/1.0/3", label="blue square", mean_iou=0.6, hit_rate=0.5, precision=0.5, recall=0.5,
              support=8),
     ])
-    found = writable.concepts(label="red circle", t=1.0, block="mid")
+    found = writer.atlas.concepts(label="red circle", t=1.0, block="mid")
     assert [c.concept_id for c in found] == ["mid/1.0/9", "mid/1.0/3"]
     assert found[0].mean_iou == 0.7 and found[0].frequency is not None
-    assert writable.concept("mid/1.0/3").best_label == "blue square"
-    assert writable.sql("SELECT concept_id FROM concept_labels WHERE label = 'red circle' AND t = 1.0 "
+    assert writer.atlas.concept("mid/1.0/3").best_label == "blue square"
+    assert writer.atlas.sql("SELECT concept_id FROM concept_labels WHERE label = 'red circle' AND t = 1.0 "
                         "AND block = 'mid' ORDER BY mean_iou DESC").rows == [("mid/1.0/9",), ("mid/1.0/3",)]
     with pytest.raises(UnknownLabelError, match="did you mean 'red circle'"):
-        writable.concepts(label="red circel")
+        writer.atlas.concepts(label="red circel")
 
 
-def test_rewriting_is_idempotent(writable, built):
+def test_rewriting_is_idempotent(writer, built):
     _, truth = built
-    before = writable.sql("SELECT count(*) FROM prompts").rows
-    assert writable.add_prompts([("prompt 3", "train")]) == [3]
-    assert writable.add_images([dict(prompt_id=3, seed=3, guidance=7.5, steps=20, path="images/000003.png")]) == [3]
-    assert writable.sql("SELECT count(*) FROM prompts").rows == before
-    assert writable.sql("SELECT count(*) FROM images").rows == [(50,)]
-    sae = sae_of(writable, "mid", 1.0)
-    total = writable.sql("SELECT count(*) FROM codes").rows[0][0]
+    before = writer.atlas.sql("SELECT count(*) FROM prompts").rows
+    assert writer.catalog.add_prompts([("prompt 3", "train")]) == [3]
+    assert writer.catalog.add_images([dict(prompt_id=3, seed=3, guidance=7.5, steps=20,
+                                           path="images/000003.png")]) == [3]
+    assert writer.atlas.sql("SELECT count(*) FROM prompts").rows == before
+    assert writer.atlas.sql("SELECT count(*) FROM images").rows == [(50,)]
+    sae = sae_of(writer.atlas, "mid", 1.0)
+    total = writer.atlas.sql("SELECT count(*) FROM codes").rows[0][0]
     rng = np.random.default_rng(7)
     p = synthetic.zipf_probabilities(rng, 64)
     redo = synthetic.synth_codes(rng, p, np.full(64, 50.0), 0, 10, (4, 4), 4)
-    writable.write_codes(sae.id, *redo)
-    writable.write_codes(sae.id, *redo)
-    assert writable.finalize_codes() == {sae.id: len(truth.codes[sae.id][0])}
-    assert writable.sql("SELECT count(*) FROM codes").rows == [(total,)]
-    assert writable.sql("SELECT count(*) FROM codes_by_image").rows == [(total,)]
-    new = writable.saes()[[s.id for s in writable.saes()].index(sae.id)]
+    writer.codes.write(sae.id, *redo)
+    writer.codes.write(sae.id, *redo)
+    assert writer.codes.finalize() == {sae.id: len(truth.codes[sae.id][0])}
+    assert writer.atlas.sql("SELECT count(*) FROM codes").rows == [(total,)]
+    assert writer.atlas.sql("SELECT count(*) FROM codes_by_image").rows == [(total,)]
+    new = writer.atlas.saes()[[s.id for s in writer.atlas.saes()].index(sae.id)]
     assert new.value_qbase > sae.value_qbase  # the new values are larger: old codes were shifted exactly
-    untouched = writable.image_codes(30, block="mid", t=1.0)
+    untouched = writer.atlas.image_codes(30, block="mid", t=1.0)
     image, _, _, latent, value = truth.codes[sae.id]
     sel = image == 30
     np.testing.assert_allclose(sorted(untouched["value"].to_numpy()),
                                sorted(dequantize(quantize(value[sel], new.value_qbase), new.value_qbase)))
-    replaced = writable.image_codes(4, block="mid", t=1.0)
+    replaced = writer.atlas.image_codes(4, block="mid", t=1.0)
     sel = redo[0] == 4
     assert sorted(replaced["latent"].to_pylist()) == sorted(redo[3][sel].tolist())
-    assert writable.top_images("mid/1.0/0", 3)[0].activation > 10
+    assert writer.atlas.top_images("mid/1.0/0", 3)[0].activation > 10
 
 
-def test_bad_writes_change_nothing(writable):
-    before = sorted((p.relative_to(writable.root), p.stat().st_size) for p in writable.root.rglob("*") if p.is_file())
-    sae = sae_of(writable, "mid", 1.0)
+def test_bad_writes_change_nothing(writer):
+    before = sorted((p.relative_to(writer.root), p.stat().st_size) for p in writer.root.rglob("*") if p.is_file())
+    sae = sae_of(writer.atlas, "mid", 1.0)
     one = np.zeros(2, np.int32)
     with pytest.raises(InvalidInputError, match="latent ids must lie in 0..63"):
-        writable.write_codes(sae.id, one, one, one, np.array([1, 64]), np.ones(2))
+        writer.codes.write(sae.id, one, one, one, np.array([1, 64]), np.ones(2))
     with pytest.raises(InvalidInputError, match="appears twice"):
-        writable.write_codes(sae.id, one, one, one, np.array([1, 1]), np.ones(2))
+        writer.codes.write(sae.id, one, one, one, np.array([1, 1]), np.ones(2))
     with pytest.raises(InvalidInputError, match="outside the SAE's 4x4 grid"):
-        writable.write_codes(sae.id, one, np.array([0, 4]), one, np.array([1, 2]), np.ones(2))
+        writer.codes.write(sae.id, one, np.array([0, 4]), one, np.array([1, 2]), np.ones(2))
     with pytest.raises(InvalidInputError, match="unknown prompt ids"):
-        writable.add_images([dict(prompt_id=999, seed=0, guidance=1.0, steps=1)])
+        writer.catalog.add_images([dict(prompt_id=999, seed=0, guidance=1.0, steps=1)])
     with pytest.raises(InvalidInputError, match="expected \\(64,\\)"):
-        writable.add_concepts(sae.id, np.ones(3), np.ones(3), np.ones(3))
+        writer.catalog.add_concepts(sae.id, np.ones(3), np.ones(3), np.ones(3))
     with pytest.raises(InvalidInputError, match="unknown image ids"):
-        writable.add_objects([dict(image_id=999, label="dog")])
-    after = sorted((p.relative_to(writable.root), p.stat().st_size) for p in writable.root.rglob("*") if p.is_file())
+        writer.objects.add([dict(image_id=999, label="dog")])
+    after = sorted((p.relative_to(writer.root), p.stat().st_size) for p in writer.root.rglob("*") if p.is_file())
     assert after == before
 
 
-def test_edits_objects_interventions_and_stages(writable):
-    writable.rename_concept("up/0.0/5", "stripes", "looks like texture")
-    assert writable.concept("up/0.0/5").name == "stripes"
-    log_id = writable.log_intervention("up/0.0/5", "spatial", 2.0, {"cells": [[1, 2]]}, note="try")
-    assert writable.sql(f"SELECT concept_id, kind, strength FROM interventions WHERE id = {log_id}").rows == \
+def test_edits_objects_interventions_and_stages(writer):
+    writer.catalog.rename_concept("up/0.0/5", "stripes", "looks like texture")
+    assert writer.atlas.concept("up/0.0/5").name == "stripes"
+    log_id = writer.catalog.log_intervention("up/0.0/5", "spatial", 2.0, {"cells": [[1, 2]]}, note="try")
+    assert writer.atlas.sql(f"SELECT concept_id, kind, strength FROM interventions WHERE id = {log_id}").rows == \
         [("up/0.0/5", "spatial", 2.0)]
     mask = np.zeros((8, 8), bool)
     mask[2:5, 3:6] = True
-    ids = writable.add_objects([dict(image_id=1, label="dog", score=0.9, box=(0, 0, 4, 4), mask=mask),
+    ids = writer.objects.add([dict(image_id=1, label="dog", score=0.9, box=(0, 0, 4, 4), mask=mask),
                                 dict(image_id=1, label="cat", score=0.5)], source="test")
-    again = writable.add_objects([dict(image_id=1, label="dog", score=0.8, box=(0, 0, 4, 4), mask=mask)],
+    again = writer.objects.add([dict(image_id=1, label="dog", score=0.8, box=(0, 0, 4, 4), mask=mask)],
                                  source="test")
     assert len(ids) == 2 and len(again) == 1
-    rows = writable.sql("SELECT label, score, mask_path FROM objects WHERE image_id = 1").rows
+    rows = writer.atlas.sql("SELECT label, score, mask_path FROM objects WHERE image_id = 1").rows
     assert [(label, score) for label, score, _ in rows] == [("dog", 0.8)]
     from PIL import Image
-    assert np.array_equal(np.asarray(Image.open(writable.root / rows[0][2])) > 0, mask)
-    assert sorted(writable.labels()) == ["cat", "dog"]
-    assert not writable.stage_done("encode")
-    writable.mark_stage("encode", {"images": 50})
-    assert writable.stage_done("encode")
+    assert np.array_equal(np.asarray(Image.open(writer.root / rows[0][2])) > 0, mask)
+    assert sorted(writer.atlas.labels()) == ["cat", "dog"]
+    assert not writer.atlas.stage_done("encode")
+    writer.catalog.mark_stage("encode", {"images": 50})
+    assert writer.atlas.stage_done("encode")
 
 
-def test_an_sae_with_its_index_and_concepts_is_one_commit(writable):
+def test_an_sae_with_its_index_and_concepts_is_one_commit(writer):
     """encode's path: add_sae with decoder and statistics, then codes and the stage mark, one snapshot each."""
     def generation():
-        return snapshot.meta(snapshot.current(writable.root))["generation"]
+        return snapshot.meta(snapshot.current(writer.root))["generation"]
 
     stats = {"frequency": np.full(64, 0.25), "mean_activation": np.ones(64), "decoder_norm": np.ones(64)}
-    start, files = generation(), sorted(p for p in writable.root.rglob("*") if p.is_file())
+    start, files = generation(), sorted(p for p in writer.root.rglob("*") if p.is_file())
     for bad in ({**stats, "frequency": np.ones(3)}, {"frequency": np.ones(64)}):
         with pytest.raises(InvalidInputError, match="expected \\(64,\\)|missing"):
-            writable.add_sae("mid", 0.5, "cond", 4, 64, 16, decoder=np.ones((64, 16)), concepts=bad)
-    assert generation() == start and sorted(p for p in writable.root.rglob("*") if p.is_file()) == files
+            writer.catalog.add_sae("mid", 0.5, "cond", 4, 64, 16, decoder=np.ones((64, 16)), concepts=bad)
+    assert generation() == start and sorted(p for p in writer.root.rglob("*") if p.is_file()) == files
     decoder = np.random.default_rng(3).standard_normal((64, 16))
-    sae_id = writable.add_sae("mid", 0.5, "cond", 4, 64, 16, grid=(4, 4), decoder=decoder, concepts=stats)
+    sae_id = writer.catalog.add_sae("mid", 0.5, "cond", 4, 64, 16, grid=(4, 4), decoder=decoder, concepts=stats)
     assert generation() == start + 1
-    assert writable.concept("mid/0.5/7").frequency == 0.25
-    assert writable.sql("SELECT rows FROM files WHERE kind = 'faiss_block' AND key = 'mid/cond'").rows == [(3 * 64,)]
-    assert writable.sql(f"SELECT rows FROM files WHERE kind = 'faiss_sae' AND sae_id = {sae_id}").rows == [(64,)]
+    assert writer.atlas.concept("mid/0.5/7").frequency == 0.25
+    listed = writer.atlas.query("SELECT kind, rows FROM files WHERE (kind = 'faiss_block' AND key = 'mid/cond') OR "
+                                "(kind = 'faiss_sae' AND sae_id = ?) ORDER BY kind", [sae_id]).to_pylist()
+    assert listed == [{"kind": "faiss_block", "rows": 3 * 64}, {"kind": "faiss_sae", "rows": 64}]
     one = np.zeros(2, np.int32)
-    writable.write_codes(sae_id, one, one, one, np.array([1, 2]), np.ones(2))
-    assert writable.finalize_codes([sae_id], stage="encode:mid/0.5/cond", info={"codes": 2}) == {sae_id: 2}
-    assert generation() == start + 2 and writable.stage_done("encode:mid/0.5/cond")
-    assert writable.saes()[[s.id for s in writable.saes()].index(sae_id)].n_codes == 2
+    writer.codes.write(sae_id, one, one, one, np.array([1, 2]), np.ones(2))
+    assert writer.codes.finalize([sae_id], stage="encode:mid/0.5/cond", info={"codes": 2}) == {sae_id: 2}
+    assert generation() == start + 2 and writer.atlas.stage_done("encode:mid/0.5/cond")
+    assert writer.atlas.saes()[[s.id for s in writer.atlas.saes()].index(sae_id)].n_codes == 2
 
 
-def test_readers_work_while_a_writer_holds_the_catalog(writable):
+def test_readers_work_while_a_writer_holds_the_catalog(writer):
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time\n"
-                               f"con = duckdb.connect({str(writable.root / 'catalog.duckdb')!r})\n"
+                               f"con = duckdb.connect({str(writer.root / 'catalog.duckdb')!r})\n"
                                "print('held', flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with open_atlas(writable.root, threads=1) as reader:
+        with open_atlas(writer.root, threads=1) as reader:
             assert reader.sql("SELECT count(*) FROM images").rows == [(50,)]
             assert len(reader.top_images("mid/1.0/0", 3)) == 3
-        writable._catalog.busy_timeout = 0.3
+        writer._db.busy_timeout = 0.3
         start = time.monotonic()
         with pytest.raises(CatalogBusyError, match="locked by another writing process"):
-            writable.rename_concept("mid/1.0/1", "x")
+            writer.catalog.rename_concept("mid/1.0/1", "x")
         assert time.monotonic() - start < 5
     finally:
         holder.kill()
         holder.wait()
-    writable.rename_concept("mid/1.0/1", "x")
-    assert writable.concept("mid/1.0/1").name == "x"
+    writer.catalog.rename_concept("mid/1.0/1", "x")
+    assert writer.atlas.concept("mid/1.0/1").name == "x"
 
 
 def test_create_is_idempotent_and_keeps_data(built, tmp_path):
@@ -329,22 +332,134 @@ def test_create_is_idempotent_and_keeps_data(built, tmp_path):
         assert atlas.sql("SELECT count(*) FROM images").rows == [(50,)]
 
 
-def test_a_reader_follows_rewrites_and_old_files_are_collected(writable):
-    reader = open_atlas(writable.root, threads=1)
-    sae = sae_of(writable, "up", 1.0)
-    old_files = {writable.root / p for (p,) in writable.sql("SELECT path FROM files WHERE kind LIKE 'codes%'").rows}
+def test_a_reader_follows_rewrites_and_old_files_are_collected(writer):
+    reader = open_atlas(writer.root, threads=1)
+    sae = sae_of(writer.atlas, "up", 1.0)
+    old_files = {writer.root / p for p in writer.atlas.query("SELECT path FROM files WHERE kind LIKE 'codes%'")["path"]
+                 .to_pylist()}
     assert reader.top_images("up/1.0/0", 1)
     rng = np.random.default_rng(11)
     redo = synthetic.synth_codes(rng, synthetic.zipf_probabilities(rng, 64), np.full(64, 1.0), 0, 50, (4, 4), 4)
-    writable.write_codes(sae.id, *redo)
-    writable.finalize_codes()
+    writer.codes.write(sae.id, *redo)
+    writer.codes.finalize()
     sel = redo[3] == 0
     assert {h.image_id for h in reader.top_images("up/1.0/0", 100)} == set(redo[0][sel].tolist())
     for i in range(3):  # later snapshots push the old generation out; its files go with it
-        writable.rename_concept("up/1.0/0", f"name {i}")
+        writer.catalog.rename_concept("up/1.0/0", f"name {i}")
     replaced = {p for p in old_files if f"sae_id={sae.id}/" in str(p) or "by_image" in str(p)}
     assert replaced and not any(p.exists() for p in replaced)
     assert old_files - replaced and all(p.exists() for p in old_files - replaced)
     assert reader.sql(f"SELECT count(*) FROM codes WHERE sae_id = {sae.id}").rows == [(len(redo[0]),)]
-    assert len(list((writable.root / "tables").glob("g*"))) == 3
+    assert len(list((writer.root / "tables").glob("g*"))) == 3
     reader.close()
+
+
+WRITE_VERBS = ("add", "write", "finalize", "set", "rename", "log", "mark", "delete", "remove", "update", "insert")
+
+
+def test_a_reader_has_no_write_methods(atlas):
+    """Writing takes a writer opened explicitly: the reader has no write method and no read-only switch."""
+    public = {name for name in dir(atlas) if not name.startswith("_")}
+    assert {name for name in public if name.split("_")[0] in WRITE_VERBS} == set()
+    assert "readonly" not in public and "writer" in public
+    with open_writer(atlas.root, threads=1) as writer:
+        assert {"add_prompts", "add_sae", "set_concept_labels", "rename_concept", "log_intervention",
+                "mark_stage"} <= set(dir(writer.catalog))
+        assert {"write", "finalize"} <= set(dir(writer.codes))
+        assert "add" in dir(writer.objects) and "add" in dir(writer.index)
+
+
+HOLD_CATALOG = """
+import duckdb, sys
+duckdb.connect(sys.argv[1]).execute("SELECT count(*) FROM concepts").fetchall()
+print("opened")
+"""
+
+
+def test_a_writer_block_commits_and_releases(built, tmp_path):
+    """Leaving the block finalizes the codes it staged and releases the catalog (another process opens it for
+    writing at once); a writer made from a reader leaves the reader open, one from open_writer closes its own. An
+    exception keeps the staged codes staged."""
+    root = tmp_path / "copy"
+    shutil.copytree(built[0], root)
+    rng = np.random.default_rng(5)
+    redo = synthetic.synth_codes(rng, synthetic.zipf_probabilities(rng, 64), np.full(64, 1.0), 0, 3, (4, 4), 4)
+    with open_atlas(root, threads=1) as reader:
+        sae = sae_of(reader, "mid", 0.0)
+        before = reader.sql(f"SELECT count(*) FROM codes WHERE sae_id = {sae.id}").rows[0][0]
+        with reader.writer() as writer:
+            writer.catalog.rename_concept("mid/0.0/3", "kept")
+            staged = writer.codes.write(sae.id, *redo)
+            assert writer.codes.unfinished and codes_of(reader, sae.id) == before
+        assert reader.concept("mid/0.0/3").name == "kept"
+        assert codes_of(reader, sae.id) == before - int(np.isin(
+            built[1].codes[sae.id][0], [0, 1, 2]).sum()) + staged
+        assert not list((root / "codes" / "parts").rglob("*.parquet"))
+        opened = subprocess.run([sys.executable, "-c", HOLD_CATALOG, str(root / "catalog.duckdb")],
+                                capture_output=True, text=True, timeout=60)
+        assert opened.stdout.strip() == "opened", opened.stderr
+        with pytest.raises(RuntimeError, match="boom"), reader.writer() as writer:
+            writer.codes.write(sae.id, *redo)
+            raise RuntimeError("boom")
+        assert len(list((root / "codes" / "parts").rglob("*.parquet"))) == 1
+        assert reader.saes()  # still open
+    writer = open_writer(root, threads=1)
+    writer.close()
+    with pytest.raises(duckdb.ConnectionException):
+        writer.atlas.query("SELECT 1")
+
+
+def codes_of(reader, sae_id):
+    return reader.query("SELECT count(*) AS n FROM codes WHERE sae_id = ?", [sae_id])["n"][0].as_py()
+
+
+def test_query_takes_parameters_and_returns_every_row(atlas, built):
+    """The API's own SQL: `?` and `$name` parameters, no row cap (user SQL stops at 1000 rows), values that would
+    break a quoted literal are only values."""
+    _, truth = built
+    sae = sae_of(atlas, "up", 1.0)
+    every = atlas.query("SELECT image_id, latent FROM codes WHERE sae_id = ? AND latent < ?", [sae.id, 64])
+    assert every.num_rows == len(truth.codes[sae.id][0]) > 1000
+    capped = atlas.sql(f"SELECT image_id, latent FROM codes WHERE sae_id = {sae.id}")
+    assert capped.truncated and capped.table.num_rows == 1000
+    named = atlas.query("SELECT id, split FROM images WHERE prompt = $prompt", {"prompt": "prompt 5"})
+    assert named.to_pylist() == [{"id": 5, "split": "test"}]
+    for hostile in ("prompt 5' OR '1' = '1", "x'; DROP TABLE prompts; --", "it's"):
+        assert atlas.query("SELECT count(*) AS n FROM images WHERE prompt = ?", [hostile])["n"][0].as_py() == 0
+    assert atlas.query("SELECT count(*) AS n FROM prompts")["n"][0].as_py() == 50
+
+
+def test_encode_defers_by_image_to_one_rebuild(writer, built, monkeypatch):
+    """Finalizing SAE after SAE with by_image=False re-sorts the image buckets once, at the last finalize, reading
+    each SAE's codes once; meanwhile by_latent answers and the deferred buckets are recorded."""
+    from atlas.store import codes
+
+    _, truth = built
+    calls = []
+    rebuild = codes.rebuild_by_image
+
+    def counted(con, root, by_latent, buckets):
+        calls.append(sum(1 for paths in by_latent.values() if paths))
+        return rebuild(con, root, by_latent, buckets)
+
+    monkeypatch.setattr(codes, "rebuild_by_image", counted)
+    rng = np.random.default_rng(9)
+    redone = {}
+    for sae in writer.atlas.saes():
+        redone[sae.id] = synthetic.synth_codes(rng, synthetic.zipf_probabilities(rng, 64), np.full(64, 1.0), 40, 10,
+                                               (4, 4), 4)
+        writer.codes.write(sae.id, *redone[sae.id])
+        writer.codes.finalize([sae.id], stage=f"encode:{sae.id}", by_image=False)
+        assert codes.stale_image_buckets(writer.root) == {0} and writer.atlas.stage_done(f"encode:{sae.id}")
+    assert calls == []
+    image = int(redone[sae.id][0][0])
+    old = writer.atlas.image_codes(image, sae.block, sae.t)["latent"].to_pylist()
+    assert sorted(old) == sorted(truth.codes[sae.id][3][truth.codes[sae.id][0] == image].tolist())
+    assert writer.codes.finalize() == {}
+    assert calls == [len(redone)] and codes.stale_image_buckets(writer.root) == set()
+    for sae_id, redo in redone.items():
+        sae = next(s for s in writer.atlas.saes() if s.id == sae_id)
+        new = writer.atlas.image_codes(image, sae.block, sae.t)["latent"].to_pylist()
+        assert sorted(new) == sorted(redo[3][redo[0] == image].tolist())
+    total = writer.atlas.sql("SELECT count(*) FROM codes").rows
+    assert writer.atlas.sql("SELECT count(*) FROM codes_by_image").rows == total

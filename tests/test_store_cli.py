@@ -16,12 +16,12 @@ from atlas.store import synthetic
 def root(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "atlas"
     atlas, _ = synthetic.build(path, n_images=12, blocks=("mid",), times=(1.0, 0.0), threads=1)
-    atlas.set_concept_labels([
-        dict(concept="mid/1.0/3", label="red circle", mean_iou=0.8, hit_rate=0.9, precision=0.7, recall=0.6,
-             support=5),
-        dict(concept="mid/1.0/4", label="red circle", mean_iou=0.3, hit_rate=0.2, precision=0.7, recall=0.6,
-             support=5)])
-    atlas.close()
+    with atlas, atlas.writer() as writer:
+        writer.catalog.set_concept_labels([
+            dict(concept="mid/1.0/3", label="red circle", mean_iou=0.8, hit_rate=0.9, precision=0.7, recall=0.6,
+                 support=5),
+            dict(concept="mid/1.0/4", label="red circle", mean_iou=0.3, hit_rate=0.2, precision=0.7, recall=0.6,
+                 support=5)])
     return path
 
 

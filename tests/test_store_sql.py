@@ -14,6 +14,7 @@ from atlas.store import (
     ReadOnlySqlError,
     SqlError,
     open_atlas,
+    open_writer,
     synthetic,
 )
 
@@ -111,6 +112,8 @@ def test_corrupt_or_missing_parquet_is_named_and_nothing_changes(root, tmp_path)
             assert fresh.sql("SELECT count(*) FROM images").rows == [(20,)]
             with pytest.raises(CorruptFileError, match=files[0][0]):
                 fresh.sql("SELECT count(*) FROM codes")
+            with pytest.raises(CorruptFileError, match=files[0][0]):  # the API's own SQL does not read it as empty
+                fresh.query("SELECT count(*) FROM codes WHERE sae_id = ?", [0])
         victim.unlink()
         with pytest.raises(CorruptFileError, match=files[0][0]):
             atlas.sql("SELECT max(value) FROM codes")
@@ -121,6 +124,6 @@ def test_corrupt_or_missing_parquet_is_named_and_nothing_changes(root, tmp_path)
     with pytest.raises(CorruptFileError, match=rf"{current.relative_to(copy)} is missing .* `atlas upgrade`"):
         open_atlas(copy)
     assert checksum(copy) == before
-    open_atlas(copy, readonly=False).close()  # a writable open rewrites the snapshot from the catalog
+    open_writer(copy).close()  # opening a writer rewrites the snapshot from the catalog
     with open_atlas(copy) as repaired:
         assert repaired.sql("SELECT block FROM saes").rows == [("mid",)]

@@ -19,7 +19,7 @@ from atlas.annotate.base import Annotator
 from atlas.errors import NotFoundError
 from atlas.files import atomic_write
 from atlas.grids import mask_cells, mask_to_grid
-from atlas.store import Atlas
+from atlas.store import Atlas, Writer
 
 CELLS_DIR = "annotations"
 COVERAGE = 0.5  # a grid cell belongs to an object when the mask covers at least half of it
@@ -36,8 +36,9 @@ def cells_files(atlas: Atlas, source: str) -> list[Path]:
     return sorted((atlas.root / CELLS_DIR / source).glob("batch-*.parquet"))
 
 
-def annotate_atlas(atlas: Atlas, annotator: Annotator, batch_size: int = 64, progress: bool = True) -> int:
+def annotate_atlas(writer: Writer, annotator: Annotator, batch_size: int = 64, progress: bool = True) -> int:
     """Annotate every image not yet done by this annotator; returns the number of objects stored."""
+    atlas = writer.atlas
     grids = atlas_grids(atlas)
     images = atlas.images().select(["id", "path", "prompt"]).to_pylist()
     if not images:
@@ -56,7 +57,7 @@ def annotate_atlas(atlas: Atlas, annotator: Annotator, batch_size: int = 64, pro
         found = annotator.annotate(pixels, [r["prompt"] or "" for r in rows])
         objects = [{"image_id": r["id"], "label": o.label, "score": o.score, "box": o.box, "mask": o.mask}
                    for r, objs in zip(rows, found) for o in objs]
-        ids = atlas.add_objects(objects, source=annotator.name) if objects else []
+        ids = writer.objects.add(objects, source=annotator.name) if objects else []
         table = object_cells(ids, [o["image_id"] for o in objects], [o["label"] for o in objects],
                              [o["mask"] for o in objects], grids)
         atomic_write(out_dir / f"batch-{b:06d}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))

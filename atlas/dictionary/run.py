@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from atlas.annotate.run import CELLS_DIR, cells_files
 from atlas.dictionary.link import LinkConfig, link
 from atlas.errors import BadInputError, NotFoundError
-from atlas.store import Atlas
+from atlas.store import Atlas, Writer
 
 DICTIONARY_SPLITS = ("train", "dictionary")
 
@@ -49,9 +49,10 @@ def grid_cells(cells: pa.Table, grid: tuple[int, int]) -> pa.Table:
     return mine.select(["object_id", "image_id", "label", "row", "col"])
 
 
-def link_atlas(atlas: Atlas, config: LinkConfig | None = None, source: str | None = None,
+def link_atlas(writer: Writer, config: LinkConfig | None = None, source: str | None = None,
                splits: tuple[str, ...] = DICTIONARY_SPLITS, progress: bool = True) -> dict[str, int]:
     """Link every SAE's latents to labels; returns the number of (concept, label) pairs stored per SAE."""
+    atlas = writer.atlas
     config = config or LinkConfig()
     source = annotation_source(atlas, source)
     cells = dictionary_cells(atlas, source, splits)
@@ -61,7 +62,7 @@ def link_atlas(atlas: Atlas, config: LinkConfig | None = None, source: str | Non
         result = link(codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), config, threads=atlas.threads)
         passing = result.filter(result["passes"])
         rows = [{**r, "sae_id": sae.id} for r in passing.to_pylist()]
-        atlas.set_concept_labels(rows, replace=True)
+        writer.catalog.set_concept_labels(rows, replace=True)
         stored[f"{sae.block}/{sae.t}/{sae.branch}"] = len(rows)
-    atlas.mark_stage("link", {"source": source, **{k: float(v) for k, v in vars(config).items()}})
+    writer.catalog.mark_stage("link", {"source": source, **{k: float(v) for k, v in vars(config).items()}})
     return stored

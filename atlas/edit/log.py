@@ -6,15 +6,14 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from atlas.edit.config import EditConfig
-from atlas.store import Atlas, open_atlas
+from atlas.store import Writer
 
 if TYPE_CHECKING:
     from atlas.edit.run import EditResult
 
 
-def log_edit(store: Atlas, result: EditResult, config: EditConfig, steps: int, guidance: float | None) -> list[int]:
+def log_edit(writer: Writer, result: EditResult, config: EditConfig, steps: int, guidance: float | None) -> list[int]:
     """One interventions row per concept, with the inputs and the outcome of the whole edit."""
-    writer = store if not store.readonly else open_atlas(store.root, readonly=False)
     base = {"prompt": result.prompt, "seed": result.seed, "steps": steps, "guidance": guidance,
             "branch": config.branch, "outcome": result.outcome, "date": date.today().isoformat(),
             "edits": [{"query": p.query, "region": p.region or None, "window": str(p.window),
@@ -24,8 +23,7 @@ def log_edit(store: Atlas, result: EditResult, config: EditConfig, steps: int, g
     for i, plan in enumerate(result.plans):
         params = {**base, "edit": i}
         for concept in plan.concepts:
-            ids.append(writer.log_intervention(concept.concept_id, plan.kind, plan.strength, params,
-                                               str(result.path) if result.path else None, "; ".join(result.said)))
-    if writer is not store:
-        writer.close()
+            ids.append(writer.catalog.log_intervention(concept.concept_id, plan.kind, plan.strength, params,
+                                                       str(result.path) if result.path else None,
+                                                       "; ".join(result.said)))
     return ids

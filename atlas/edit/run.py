@@ -96,16 +96,17 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     if out is not None:
         result.path = save_edit_png(result, out)
     if config.log:
-        result.intervention_ids = log_edit(store, result, config, steps, guidance)
+        with store.writer() as writer:
+            result.intervention_ids = log_edit(writer, result, config, steps, guidance)
     return result
 
 
 def atlas_model(store: Atlas) -> dict:
     """The model the atlas was built from, with the steps and guidance its SAEs saw."""
-    rows = store.sql("SELECT name, spec FROM models ORDER BY id").rows
+    rows = store.query("SELECT name, spec FROM models ORDER BY id").to_pylist()
     if not rows:
         raise NotFoundError(f"{store.root} records no model; build it with `atlas build`")
-    name, spec = rows[0]
+    name, spec = rows[0]["name"], rows[0]["spec"]
     spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
     return {"name": name, **spec}
 

@@ -58,10 +58,10 @@ def label_vectors(atlas: Atlas, embedder: TextEmbedder) -> dict[str, np.ndarray]
 
 def concept_vectors(atlas: Atlas, sae: SaeInfo, vectors: dict[str, np.ndarray], dim: int) -> np.ndarray:
     """(n_latents, dim) unit concept embeddings: the mean of each concept's label embeddings; zero when unlabelled."""
-    rows = atlas.sql(f"SELECT latent, label FROM concept_labels WHERE sae_id = {sae.id}", max_rows=10_000_000)
+    rows = atlas.query("SELECT latent, label FROM concept_labels WHERE sae_id = ?", [sae.id]).to_pylist()
     out = np.zeros((sae.n_latents, dim), np.float32)
-    for latent, label in rows.rows:
-        out[latent] += vectors[label]
+    for row in rows:
+        out[row["latent"]] += vectors[row["label"]]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
 
@@ -211,7 +211,7 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
 
 
 def atlas_model_name(atlas: Atlas) -> str:
-    names = [r[0] for r in atlas.sql("SELECT coalesce(path, name) FROM models ORDER BY id").rows]
+    names = atlas.query("SELECT coalesce(path, name) AS name FROM models ORDER BY id")["name"].to_pylist()
     if not names:
         raise NotFoundError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
     return names[0]

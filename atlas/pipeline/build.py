@@ -72,6 +72,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
     root = Path(config.atlas) if config.atlas else default_path()
     acts_dir, saes_dir = root / "activations", root / "saes"
     atlas = Atlas.create(root)
+    writer = atlas.writer()
     seconds: dict[str, float] = {}
     reports: list[SaeReport] = []
 
@@ -97,16 +98,16 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{len(reports)} SAEs -> {saes_dir}\n" + ev_table(reports)
 
     def run_encode() -> str:
-        written = encode_atlas(atlas, ActivationSet(acts_dir), saes_dir, progress=progress, executor=executor)
+        written = encode_atlas(writer, ActivationSet(acts_dir), saes_dir, progress=progress, executor=executor)
         return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
 
     def run_annotate() -> str:
         from atlas.pipeline.presets import get_annotator
 
-        return f"{annotate_atlas(atlas, get_annotator(config.annotator), progress=progress)} objects found"
+        return f"{annotate_atlas(writer, get_annotator(config.annotator), progress=progress)} objects found"
 
     def run_link() -> str:
-        stored = link_atlas(atlas, LinkConfig(), progress=progress)
+        stored = link_atlas(writer, LinkConfig(), progress=progress)
         return f"{sum(stored.values())} (concept, label) pairs pass the IoU rule"
 
     def run_report() -> str:
@@ -118,8 +119,9 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
             f"{x['block']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first) if first else ""
         return f"{root / 'report' / 'index.html'}{first}"
 
-    for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_report)):
-        stage(name, run)
-    atlas.mark_stage("build", {"preset": config.preset, "model": config.model, "n_images": config.n_images})
-    atlas.close()
+    with atlas, writer:
+        for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_report)):
+            stage(name, run)
+        writer.catalog.mark_stage("build", {"preset": config.preset, "model": config.model,
+                                            "n_images": config.n_images})
     return BuildResult(root, seconds, reports)

@@ -6,7 +6,9 @@ at most one SAE and a re-run skips the finished ones; writing the same images ag
 The shards of an SAE are encoded on an executor (atlas.pipeline.executor: this process or Ray actors, which
 get the SAE once each); the driver stages the codes they return and commits them into the catalog.
 Each SAE costs two catalog transactions (each a snapshot publication): its row with its FAISS indexes
-and concept statistics, then its codes with its done mark.
+and concept statistics, then its codes (by_latent) with its done mark. The by-image arrangement is re-sorted
+once per run, after the last SAE (atlas.store.codes_writer), not after each: a re-run after an interruption
+does it too.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from atlas.errors import NotFoundError
 from atlas.pipeline.executor import Executor, LocalExecutor
 from atlas.pipeline.train import load_sae, sae_dir
 from atlas.sae import Sae
-from atlas.store import Atlas
-from atlas.store.writes import CONCEPT_STATS
+from atlas.store import Atlas, Writer
+from atlas.store.catalog_writer import CONCEPT_STATS
 
 
 def stored_path(atlas: Atlas, path: Path) -> str:
@@ -37,22 +39,22 @@ def stored_path(atlas: Atlas, path: Path) -> str:
     return str(path.relative_to(atlas.root)) if path.is_relative_to(atlas.root) else str(path)
 
 
-def register_capture(atlas: Atlas, acts: ActivationSet) -> np.ndarray:
+def register_capture(writer: Writer, acts: ActivationSet) -> np.ndarray:
     """Add the capture's model, prompts and images; returns atlas image ids indexed by capture image id."""
     manifest = acts.manifest
-    atlas.add_model(manifest["model"], spec={k: manifest[k] for k in ("steps", "guidance", "blocks", "t",
-                                                                        "branches", "resolution")})
+    writer.catalog.add_model(manifest["model"], spec={k: manifest[k] for k in ("steps", "guidance", "blocks", "t",
+                                                                               "branches", "resolution")})
     records = acts.prompts
-    prompt_ids = atlas.add_prompts([(r.prompt, r.split) for r in records])
+    prompt_ids = writer.catalog.add_prompts([(r.prompt, r.split) for r in records])
     local = acts.location.local
 
     def image_path(image_id: int) -> str:  # a capture on object storage keeps its URIs
         name = f"images/{image_id:06d}.png"
-        return stored_path(atlas, local / name) if local else acts.location.name(name)
+        return stored_path(writer.atlas, local / name) if local else acts.location.name(name)
 
     images = [{"prompt_id": p, "seed": r.seed, "guidance": manifest["guidance"], "steps": manifest["steps"],
                "path": image_path(r.image_id)} for r, p in zip(records, prompt_ids)]
-    ids = atlas.add_images(images)
+    ids = writer.catalog.add_images(images)
     mapping = np.full(max(r.image_id for r in records) + 1, -1, dtype=np.int64)
     mapping[[r.image_id for r in records]] = ids
     return mapping
@@ -62,7 +64,7 @@ def stage_name(block: str, t: float, branch: str) -> str:
     return f"encode:{block}/{float(t)}/{branch}"
 
 
-def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branch: str | None = None,
+def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, branch: str | None = None,
                  batch_positions: int = 65536, progress: bool = True,
                  executor: Executor | None = None) -> dict[str, int]:
     """Encode every (block, t, branch) that has a trained SAE; returns codes written per SAE name."""
@@ -71,9 +73,9 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
     if not keys:
         raise NotFoundError(f"no trained SAEs under {saes_root} for the activations in {acts.path}; "
                             "run `atlas train --all` first")
-    mapping = register_capture(atlas, acts)
+    mapping = register_capture(writer, acts)
     grids = _grids(acts)
-    finished = {stage_name(*key) for key in keys if atlas.stage_done(stage_name(*key))}  # one snapshot load for all
+    finished = {stage_name(*key) for key in keys if writer.atlas.stage_done(stage_name(*key))}  # one snapshot load
     written: dict[str, int] = {}
     bar = tqdm(total=len(keys) * len(acts.done), unit="shard", desc="encode", disable=not progress)
     for block, t, br in keys:
@@ -82,27 +84,29 @@ def encode_atlas(atlas: Atlas, acts: ActivationSet, saes_root: str | Path, branc
             bar.update(len(acts.done))
             continue
         sae = load_sae(saes_root, block, t, br)
-        sae_id = register_sae(atlas, sae, sae_dir(saes_root, block, t, br), block, t, br, grids[block])
+        sae_id = register_sae(writer, sae, sae_dir(saes_root, block, t, br), block, t, br, grids[block])
         rows = 0
         job = _EncodeJob(acts, sae, (block, t, br), batch_positions)
         for image_id, row, col, latent, value in (executor or LocalExecutor()).map(job, acts.done):
-            rows += atlas.write_codes(sae_id, mapping[image_id], row, col, latent, value)
+            rows += writer.codes.write(sae_id, mapping[image_id], row, col, latent, value)
             bar.update(1)
-        atlas.finalize_codes([sae_id], stage=name, info={"codes": rows})
+        writer.codes.finalize([sae_id], stage=name, info={"codes": rows}, by_image=False)
         written[f"{block}/{t}/{br}"] = rows
+    writer.codes.finalize()  # the image buckets of every SAE of this run (or of an interrupted one), at once
     bar.close()
     return written
 
 
-def register_sae(atlas: Atlas, sae: Sae, path: Path, block: str, t: float, branch: str, grid: tuple[int, int]) -> int:
+def register_sae(writer: Writer, sae: Sae, path: Path, block: str, t: float, branch: str,
+                 grid: tuple[int, int]) -> int:
     """Catalog row, FAISS index and per-latent statistics of one trained SAE (loaded from `path`), in one commit."""
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     decoder = sae.W_dec.detach().float().cpu().numpy()
     stats = pq.read_table(path / "stats.parquet", columns=list(CONCEPT_STATS))
-    return atlas.add_sae(block, t, branch, k=sae.cfg.k, n_latents=sae.n_latents, d_in=sae.d_in, metrics=flat,
-                         path=stored_path(atlas, path), grid=grid, decoder=decoder,
-                         concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS})
+    return writer.catalog.add_sae(block, t, branch, k=sae.cfg.k, n_latents=sae.n_latents, d_in=sae.d_in,
+                                  metrics=flat, path=stored_path(writer.atlas, path), grid=grid, decoder=decoder,
+                                  concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS})
 
 
 def _grids(acts: ActivationSet) -> dict[str, tuple[int, int]]:

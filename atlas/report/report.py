@@ -41,8 +41,9 @@ def decoder(atlas: Atlas, sae: SaeInfo) -> np.ndarray:
 
 def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int]:
     """(cohesion, separability, labels used) of one SAE's labelled concepts."""
-    rows = atlas.sql(f"SELECT latent, best_label FROM concepts WHERE sae_id = {sae.id} AND best_label IS NOT NULL",
-                     max_rows=1_000_000).rows
+    found = atlas.query("SELECT latent, best_label FROM concepts WHERE sae_id = ? AND best_label IS NOT NULL",
+                        [sae.id])
+    rows = list(zip(found["latent"].to_pylist(), found["best_label"].to_pylist()))
     if not rows:
         return float("nan"), float("nan"), 0
     w = decoder(atlas, sae)
@@ -64,17 +65,18 @@ def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int
 def context_free(atlas: Atlas, sae: SaeInfo, n: int = 5) -> list[dict]:
     """The `n` latents whose firings sit at the most fixed place (normalised positional variance, 0 = one cell)."""
     uniform = (sae.grid_h ** 2 - 1) / 12 + (sae.grid_w ** 2 - 1) / 12
-    query = f"""
+    query = """
         WITH s AS (SELECT latent, count(*) AS firings, count(DISTINCT image_id) AS images, sum(value) AS w,
                           sum(value * row) / sum(value) AS mr, sum(value * col) / sum(value) AS mc,
                           sum(value * row * row) / sum(value) AS r2, sum(value * col * col) / sum(value) AS c2
-                   FROM codes WHERE sae_id = {sae.id} GROUP BY latent)
+                   FROM codes WHERE sae_id = $sae_id GROUP BY latent)
         SELECT concept_id, s.firings, s.images, round(s.mr, 2) AS mean_row, round(s.mc, 2) AS mean_col,
-               round(greatest(s.r2 - s.mr * s.mr, 0) + greatest(s.c2 - s.mc * s.mc, 0), 4) / {uniform} AS spread,
+               round(greatest(s.r2 - s.mr * s.mr, 0) + greatest(s.c2 - s.mc * s.mc, 0), 4) / $uniform AS spread,
                c.best_label
-        FROM s JOIN concepts c ON c.sae_id = {sae.id} AND c.latent = s.latent
-        WHERE s.images >= {CONTEXT_FREE_MIN_FIRINGS} ORDER BY spread, s.firings DESC LIMIT {int(n)}"""
-    return atlas.sql(query, timeout=60).to_dicts()
+        FROM s JOIN concepts c ON c.sae_id = $sae_id AND c.latent = s.latent
+        WHERE s.images >= $min_images ORDER BY spread, s.firings DESC LIMIT $n"""
+    return atlas.query(query, {"sae_id": sae.id, "uniform": uniform, "min_images": CONTEXT_FREE_MIN_FIRINGS,
+                               "n": n}).to_pylist()
 
 
 def build_report(atlas: Atlas, out_dir: str | Path) -> dict:

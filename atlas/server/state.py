@@ -1,9 +1,8 @@
-"""What every view shares: one read-only `Atlas` for all threads, the write switch, label embeddings.
+"""What every view shares: one `Atlas` reader for all threads, the write switch, label embeddings.
 
-Reads go through a single read-only open (the store locks what threads share). A write opens the
-atlas writable only for its duration, so the served atlas stays readable by other processes and a
-running build is never blocked for longer than one write; the read-only open sees the change at its
-next query because every write publishes a new snapshot.
+Reads go through a single reader (the store locks what threads share). A write opens a writer on it
+only for its duration, so a running build is never blocked for longer than one write; the reader sees
+the change at its next query because every write publishes a new snapshot.
 """
 
 from __future__ import annotations
@@ -20,16 +19,11 @@ from fastapi import Depends, Request
 
 from atlas.errors import NotFoundError
 from atlas.server.errors import ReadOnlyServerError
-from atlas.store import Atlas, SaeInfo, UnknownSaeError, open_atlas
+from atlas.store import Atlas, SaeInfo, UnknownSaeError, Writer, open_atlas
 from atlas.store.ids import DEFAULT_BRANCH
 
 if TYPE_CHECKING:
     from atlas.models import TextToImageModel
-
-
-def sql_text(value: str) -> str:
-    """A string as an SQL literal (the views are read-only anyway; this keeps odd names from breaking SQL)."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 class ServerState:
@@ -37,7 +31,7 @@ class ServerState:
         self.root = Path(root).resolve()
         self.read_only = read_only
         self.threads = threads
-        self.atlas: Atlas = open_atlas(self.root, readonly=True, threads=threads)
+        self.atlas: Atlas = open_atlas(self.root, threads=threads)
         self._write_lock = threading.Lock()
         self._embed_lock = threading.Lock()
         self._embedder = None
@@ -47,15 +41,21 @@ class ServerState:
         """PNGs made by recent edits, by name; the oldest are dropped (see keep_picture)."""
 
     @contextmanager
-    def writable(self, what: str) -> Iterator[Atlas]:
-        """A writable open of the atlas for one write (one at a time within this server)."""
+    def write_turn(self, what: str) -> Iterator[None]:
+        """This server's turn to write (one write at a time); refused when it serves read-only."""
         if self.read_only:
             raise ReadOnlyServerError(what)
-        with self._write_lock, open_atlas(self.root, readonly=False, threads=self.threads) as atlas:
-            yield atlas
+        with self._write_lock:
+            yield
+
+    @contextmanager
+    def writer(self, what: str) -> Iterator[Writer]:
+        """A writer on the served atlas for one write, in this server's turn."""
+        with self.write_turn(what), self.atlas.writer() as writer:
+            yield writer
 
     def model(self, name: str) -> TextToImageModel:
-        """The atlas's text-to-image model, loaded on the first edit and kept (call under `writable`)."""
+        """The atlas's text-to-image model, loaded on the first edit and kept (call in `write_turn`)."""
         if self._model is None or self._model[0] != name:
             from atlas.models import load_model
 
@@ -91,7 +91,7 @@ class ServerState:
 
     def image(self, image_id: int) -> dict:
         """One image's row of the `images` view (id, path, prompt, split, seed, ...); 404 when unknown."""
-        rows = self.atlas.sql(f"SELECT * FROM images WHERE id = {int(image_id)}").to_dicts()
+        rows = self.atlas.query("SELECT * FROM images WHERE id = ?", [image_id]).to_pylist()
         if not rows:
             raise NotFoundError(f"unknown image {image_id}: browse the images at /images")
         return rows[0]

@@ -1,35 +1,64 @@
-"""The atlas directory as one object: `Atlas.create(path)` / `open_atlas(path)`.
+"""The atlas directory, read through an `Atlas` and written through a `Writer` opened explicitly.
 
     atlas/
       catalog.duckdb                 catalog (SQLAlchemy models, Alembic migrations); only writers open it
       tables/CURRENT, tables/g*/     Parquet snapshots of the catalog that readers query (snapshot.py)
       codes/by_latent/, by_image/    sparse codes in two sorted arrangements (codes.py); codes/parts/ staging
-      index/*.faiss                  FAISS indexes of decoder directions (atlas/index.py)
+      index/*.faiss                  FAISS indexes of decoder directions (index.py)
       masks/<image>/<object>.png     object masks
 
-Read-only opens (the default; the CLI and web atlas use them) never write anything and never open
-the catalog file, so they work while a build writes. A writable open upgrades an atlas made by an
-older version first and rewrites a damaged catalog snapshot from the catalog; an atlas made by a
-newer version is refused before anything is opened. It also publishes what a writer killed between its
-commit and its publication left unpublished (atlas.store.snapshot).
+Reading: `open_atlas(path)` gives an `Atlas`: typed reads (concepts, top_images, activation_map, nearest, ...),
+`query(sql, params)` for the API's own parameterised SQL, and `sql(text)` for user SQL (one sandboxed SELECT
+with a time limit and a row cap). A reader has no write methods and never opens the catalog file, so it works
+while a build writes.
+
+Writing: a `Writer` (atlas.store.writer), opened explicitly and closed by its `with` block:
+
+    with open_writer(path) as w:                  # or Atlas.create(path), then `with atlas.writer() as w:`
+        w.catalog.add_prompts([("a dog", "train")])   # catalog rows (catalog_writer.py)
+        w.codes.write(sae_id, image_id, row, col, latent, value)   # sparse codes (codes_writer.py)
+        w.objects.add(objects, source="sam")      # annotated objects and masks (objects_writer.py)
+        w.index.add(sae_id, decoder)              # FAISS indexes (index_writer.py)
+        w.atlas.saes()                            # its reader, which sees every commit
+
+Opening a writer upgrades an atlas made by an older version first, publishes what a writer killed between
+its commit and its publication left unpublished (atlas.store.snapshot) and rewrites a damaged catalog
+snapshot from the catalog; an atlas made by a newer version is refused before anything is opened.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from atlas.store import migrate, snapshot
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from atlas.store import codes, migrate, snapshot
+from atlas.store import index as faiss_index
 from atlas.store.catalog import CATALOG_FILE, Catalog
-from atlas.store.errors import AtlasNotFoundError, CorruptFileError, InvalidInputError, SchemaTooNewError
+from atlas.store.errors import (
+    AtlasNotFoundError,
+    CorruptFileError,
+    InvalidInputError,
+    NoIndexError,
+    NoLabelsError,
+    SchemaTooNewError,
+    UnknownLabelError,
+    UnknownSaeError,
+)
+from atlas.store.ids import DEFAULT_BRANCH, ConceptRef, concept_id, concept_prefix, parse_concept_id
 from atlas.store.lookup import SortedFiles
-from atlas.store.reads import Reads
-from atlas.store.views import Views
-from atlas.store.writes import Writes
+from atlas.store.reads import LINK_RANK, ConceptInfo, ImageHit, Neighbor
+from atlas.store.views import QueryResult, SaeInfo, Views
+from atlas.store.writer import Writer
 
 DEFAULT_DIR = Path("atlas-data")
 """Not ./atlas: a folder of that name beside a script would shadow the package (`import atlas` finds it first)."""
 SOURCE_CHECKOUT_DEFAULT = Path("demo") / "atlas"
+_TOL = 1e-9
 
 
 def default_path() -> Path:
@@ -40,24 +69,25 @@ def default_path() -> Path:
     return SOURCE_CHECKOUT_DEFAULT if (Path("atlas") / "__init__.py").exists() else DEFAULT_DIR
 
 
-class Atlas(Reads, Writes):
-    """Typed reads (concepts, top_images, activation_map, sql, nearest, ...) and, when writable, writes.
+class Atlas:
+    """The reader: typed reads, `query` (the API's SQL), `sql` (user SQL) and `writer()`; nothing else writes.
 
-    `threads` bounds DuckDB's threads (default: $ATLAS_THREADS, else all cores).
+    `threads` bounds DuckDB's threads (default: $ATLAS_THREADS, else all cores). Hot paths read the one
+    Parquet file that holds the answer (the by_latent bucket of a concept, the by_image bucket of an image)
+    through atlas.store.lookup instead of the all-files `codes` view; FAISS indexes are loaded once per file.
     """
 
-    def __init__(self, root: Path, readonly: bool = True, threads: int | None = None) -> None:
+    def __init__(self, root: str | Path, threads: int | None = None) -> None:
         self.root = Path(root).resolve()
-        self.readonly = readonly
         self.threads = threads = threads or int(os.environ.get("ATLAS_THREADS") or 0) or None
-        self._catalog = Catalog(self.root, threads=threads)
         self._views = Views(self.root, threads=threads)
         self._lookup = SortedFiles(self.root)
         self._indexes: dict = {}
 
     @classmethod
     def create(cls, path: str | Path, model_name: str | None = None, threads: int | None = None) -> Atlas:
-        """Make a new atlas directory (or open an existing one writable) with the newest schema."""
+        """Make a new atlas directory (or bring an existing one to the newest schema) and open it for reading;
+        `model_name` records its model."""
         root = Path(path)
         if (root / "__init__.py").exists():
             raise InvalidInputError(f"{root} is a Python package, not an atlas; choose another --atlas directory")
@@ -67,10 +97,15 @@ class Atlas(Reads, Writes):
         if snapshot.current(root) is None or catalog.revision() != migrate.head():
             catalog.upgrade()
         catalog.recover()
-        atlas = cls(root, readonly=False, threads=threads)
+        atlas = cls(root, threads=threads)
         if model_name:
-            atlas.add_model(model_name)
+            with atlas.writer() as writer:
+                writer.catalog.add_model(model_name)
         return atlas
+
+    def writer(self) -> Writer:
+        """A writer on this atlas that reads through this reader (closing the writer leaves it open)."""
+        return Writer(self, _writable_catalog(self.root, self.threads))
 
     def close(self) -> None:
         self._views.close()
@@ -83,7 +118,254 @@ class Atlas(Reads, Writes):
         self.close()
 
     def __repr__(self) -> str:
-        return f"Atlas({str(self.root)!r}, readonly={self.readonly})"
+        return f"Atlas({str(self.root)!r})"
+
+    def saes(self) -> list[SaeInfo]:
+        self._views.refresh()
+        return list(self._views.saes)
+
+    def labels(self) -> list[str]:
+        return self.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
+
+    def file_path(self, path: str) -> Path:
+        """A path the catalog stores (relative to the atlas root, or absolute) as a usable path."""
+        return Path(path) if Path(path).is_absolute() else self.root / path
+
+    def images(self, split: str | None = None) -> pa.Table:
+        """Every image (id, prompt_id, seed, guidance, steps, path, prompt, split) in id order, or one split's."""
+        where, params = ("WHERE split = ?", [split]) if split else ("", [])
+        return self.query(f"SELECT * FROM images {where} ORDER BY id", params)
+
+    def sae_codes(self, sae_id: int, splits: tuple[str, ...] | None = None) -> pa.Table:
+        """All codes (image_id, row, col, latent, value) of one SAE, optionally only on images of `splits`."""
+        where, params = "sae_id = ?", [int(sae_id)]
+        if splits:
+            where += f" AND image_id IN (SELECT id FROM images WHERE split IN ({', '.join('?' * len(splits))}))"
+            params += list(splits)
+        return self.query(f"SELECT image_id, row, col, latent, value FROM codes WHERE {where}", params)
+
+    def query(self, sql: str, params: Sequence | Mapping | None = None) -> pa.Table:
+        """The API's own SQL over the atlas views, parameterised (`?` with a list, `$name` with a dict): no
+        statement check, no row cap, no time limit. Values always go in `params`, never into the text."""
+        return self._views.query(sql, params or ())
+
+    def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
+        """User SQL (`atlas sql`, the web /sql page): one read-only SELECT over the atlas views, with a time
+        limit and a row cap (see atlas.store.views for what is allowed)."""
+        return self._views.sql(query, timeout=timeout, max_rows=max_rows)
+
+    def stage_done(self, name: str) -> bool:
+        return self.query("SELECT count(*) AS n FROM stages WHERE name = ?", [name])["n"][0].as_py() > 0
+
+    # -- resolving names -------------------------------------------------------------------------------------
+
+    def _check_filters(self, block: str | None, t: float | None, branch: str | None) -> list[SaeInfo]:
+        """The SAEs matching the filters; an unknown block, t or branch lists the valid ones."""
+        saes = self.saes()
+        if block is not None and block not in {s.block for s in saes}:
+            raise UnknownSaeError("block", block, sorted({s.block for s in saes}))
+        if branch is not None and branch not in {s.branch for s in saes}:
+            raise UnknownSaeError("branch", branch, sorted({s.branch for s in saes}))
+        chosen = [s for s in saes if (block is None or s.block == block) and (branch is None or s.branch == branch)]
+        if t is not None:
+            valid = sorted({s.t for s in chosen}, reverse=True)
+            chosen = [s for s in chosen if abs(s.t - float(t)) < _TOL]
+            if not chosen:
+                raise UnknownSaeError("t", float(t), valid)
+        return chosen
+
+    def resolve(self, concept: str | ConceptRef) -> tuple[SaeInfo, int]:
+        """The SAE and latent of a concept id; an unknown block, t, branch or latent lists the valid ones."""
+        ref = concept if isinstance(concept, ConceptRef) else parse_concept_id(concept)
+        sae = self._check_filters(ref.block, ref.t, ref.branch)[0]
+        if ref.latent >= sae.n_latents:
+            raise InvalidInputError(f"{ref} does not exist: the SAE {ref.block}/{ref.t!r} has latents "
+                                    f"0..{sae.n_latents - 1}")
+        return sae, ref.latent
+
+    def _files(self, kind: str, sae_id: int | None = None, bucket: int | None = None,
+               key: str | None = None) -> list[Path]:
+        self._views.refresh()
+        return [self.root / f["path"] for f in self._views.files if f["kind"] == kind
+                and (sae_id is None or f["sae_id"] == sae_id) and (bucket is None or f["bucket"] == bucket)
+                and (key is None or f["key"] == key)]
+
+    def _rows(self, kind: str, key: str, value: int, columns: list[str], **where: int) -> pa.Table | None:
+        """Rows of the file of `kind` holding key == value; None when there is no such file. Retried once
+        when the file vanished because newer snapshots superseded it while this reader looked."""
+        for attempt in (0, 1):
+            files = self._files(kind, **where)
+            generation = self._views.generation
+            if not files:
+                return None
+            try:
+                return self._lookup.rows(files, key, value, columns)
+            except CorruptFileError:
+                if attempt or snapshot.current(self.root) == generation:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- concepts ----------------------------------------------------------------------------------------------
+
+    def concepts(self, label: str | None = None, t: float | None = None, block: str | None = None,
+                 branch: str | None = DEFAULT_BRANCH, limit: int = 50) -> list[ConceptInfo]:
+        """Concepts ranked by frequency, or with `label` by how well they predict it (IoU, hit rate, support)."""
+        saes = {s.id: s for s in self._check_filters(block, t, branch)}
+        if not saes:
+            return []
+        in_saes = f"sae_id IN ({', '.join(map(str, saes))})"
+        if label is None:
+            query, params = (f"SELECT * FROM snapshot.concepts WHERE {in_saes} "
+                             f"ORDER BY frequency DESC NULLS LAST, sae_id, latent LIMIT {int(limit)}"), []
+        else:
+            if not self._views.linked_labels:
+                raise NoLabelsError()
+            if label not in self._views.linked_labels:
+                raise UnknownLabelError(label, self._views.linked_labels)
+            query = ("WITH ranked AS (SELECT * FROM snapshot.concept_labels WHERE label_id = (SELECT id FROM "
+                     f"snapshot.labels WHERE name = $label) AND {in_saes} ORDER BY {LINK_RANK} LIMIT {int(limit)}) "
+                     "SELECT r.*, $label AS label, k.frequency, k.mean_activation, k.decoder_norm, k.best_label, "
+                     "k.name, k.note FROM ranked r LEFT JOIN snapshot.concepts k USING (sae_id, latent) "
+                     f"ORDER BY {LINK_RANK}")
+            params = {"label": label}
+        return [_concept_info(saes[row["sae_id"]], row) for row in self.query(query, params).to_pylist()]
+
+    def concept(self, concept: str) -> ConceptInfo:
+        """One concept by id (statistics empty until add_concepts)."""
+        sae, latent = self.resolve(concept)
+        rows = self.query("SELECT * FROM snapshot.concepts WHERE sae_id = ? AND latent = ?", [sae.id, latent])
+        return _concept_info(sae, rows.to_pylist()[0] if rows.num_rows else {"latent": latent})
+
+    # -- codes ---------------------------------------------------------------------------------------------------
+
+    def top_images(self, concept: str, n: int = 20) -> list[ImageHit]:
+        """Images where the concept fires most strongly (largest value; ties: more cells, lower id)."""
+        sae, latent = self.resolve(concept)
+        rows = self._rows(codes.BY_LATENT, "latent", latent, ["image_id", "row", "col", "q"], sae_id=sae.id,
+                          bucket=latent // codes.LATENTS_PER_BUCKET)
+        if rows is None or rows.num_rows == 0:
+            return []
+        image, q = rows["image_id"].to_numpy(), rows["q"].to_numpy().astype(np.int64)
+        cell = rows["row"].to_numpy().astype(np.int64) * 65536 + rows["col"].to_numpy()
+        order = np.lexsort((cell, -q, image))  # per image: strongest cell first
+        image, q, cell = image[order], q[order], cell[order]
+        starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
+        counts = np.diff(np.r_[starts, len(image)])
+        best = np.lexsort((image[starts], -counts, -q[starts]))[:n]
+        chosen = starts[best]
+        ids = image[chosen].tolist()
+        info = {r["id"]: r for r in self.query(
+            "SELECT i.id, i.path, p.text AS prompt FROM snapshot.images i LEFT JOIN snapshot.prompts p "
+            f"ON p.id = i.prompt_id WHERE i.id IN ({', '.join(map(str, ids))})").to_pylist()}
+        values = codes.dequantize(q[chosen], sae.value_qbase)
+        return [ImageHit(int(i), float(v), int(c), int(x // 65536), int(x % 65536), info.get(i, {}).get("path"),
+                         info.get(i, {}).get("prompt"))
+                for i, v, c, x in zip(ids, values, counts[best], cell[chosen])]
+
+    def image_codes(self, image_id: int, block: str | None = None, t: float | None = None,
+                    branch: str | None = None) -> pa.Table:
+        """Every stored code of one image (optionally of some SAEs) with the `codes` view's columns, ordered
+        by sae_id, row, col, latent (the file's order). The SAE columns are joined here, not in SQL: that
+        halves the time of this hot lookup."""
+        saes = {s.id: s for s in self._check_filters(block, t, branch)}
+        raw = self._rows(codes.BY_IMAGE, "image_id", int(image_id), ["sae_id", "row", "col", "latent", "q"],
+                         bucket=int(image_id) // codes.IMAGES_PER_BUCKET) if saes else None
+        if raw is None:
+            return self.query("SELECT * FROM codes_by_image WHERE false")
+        raw = raw.filter(pc.is_in(raw["sae_id"], pa.array(list(saes), raw["sae_id"].type)))
+        order = sorted(saes)
+        slot = np.zeros(max(order) + 1, np.int64)
+        slot[order] = np.arange(len(order))
+        which = pa.array(slot[raw["sae_id"].to_numpy()])
+        info = [saes[i] for i in order]
+        qbase = np.array([s.value_qbase or 0 for s in info])[which.to_numpy()]
+        prefix = pc.take(pa.array([concept_prefix(s.block, s.t, s.branch) for s in info]), which)
+        return pa.table({
+            "image_id": pa.array(np.full(raw.num_rows, int(image_id), np.int32)),
+            "sae_id": raw["sae_id"].cast(pa.int32()),
+            "block": pc.take(pa.array([s.block for s in info]), which),
+            "t": pc.take(pa.array([s.t for s in info], pa.float64()), which),
+            "branch": pc.take(pa.array([s.branch for s in info]), which),
+            "row": raw["row"], "col": raw["col"], "latent": raw["latent"],
+            "value": pa.array(codes.dequantize(raw["q"].to_numpy(), qbase)),
+            "concept_id": pc.binary_join_element_wise(prefix, pc.cast(raw["latent"], pa.string()), "/"),
+        })
+
+    def activation_map(self, image_id: int, concept: str) -> np.ndarray:
+        """The concept's value on the SAE's grid (grid_h, grid_w) for one image; zeros where it is silent."""
+        sae, latent = self.resolve(concept)
+        if self.query("SELECT count(*) AS n FROM images WHERE id = ?", [int(image_id)])["n"][0].as_py() == 0:
+            raise InvalidInputError(f"unknown image {image_id}: see `atlas sql \"SELECT id, prompt FROM images\"`")
+        if not sae.grid_h or not sae.grid_w:
+            raise InvalidInputError(f"the SAE of {concept} has no codes yet (no grid known): run `atlas encode`")
+        out = np.zeros((sae.grid_h, sae.grid_w), np.float32)
+        cells = self._rows(codes.BY_IMAGE, "image_id", int(image_id), ["sae_id", "latent", "row", "col", "q"],
+                           bucket=int(image_id) // codes.IMAGES_PER_BUCKET)
+        if cells is not None:
+            cells = cells.filter(pc.and_(pc.equal(cells["sae_id"], sae.id), pc.equal(cells["latent"], latent)))
+            rows, cols = cells["row"].to_numpy(), cells["col"].to_numpy()
+            out[rows, cols] = codes.dequantize(cells["q"].to_numpy(), sae.value_qbase)
+        return out
+
+    # -- FAISS ---------------------------------------------------------------------------------------------------
+
+    def _index(self, kind: str, what: str, sae_id: int | None = None, key: str | None = None):
+        files = self._files(kind, sae_id=sae_id, key=key)
+        if not files:
+            raise NoIndexError(what)
+        path = files[0]
+        if path not in self._indexes:
+            self._indexes[path] = faiss_index.read(path, str(path.relative_to(self.root)))
+        return self._indexes[path]
+
+    def _neighbors(self, scores: np.ndarray, ids: np.ndarray, sae: SaeInfo | None, skip: tuple[int, int] | None,
+                   k: int) -> list[Neighbor]:
+        by_id = {s.id: s for s in self.saes()}
+        found = []
+        for score, packed in zip(scores, ids):
+            sae_id, latent = (sae.id, int(packed)) if sae else map(int, faiss_index.unpack_id(packed))
+            if (sae_id, latent) == skip or sae_id not in by_id:
+                continue
+            s = by_id[sae_id]
+            found.append(Neighbor(concept_id(s.block, s.t, s.branch, latent), float(score), sae_id, latent,
+                                  s.block, s.t, s.branch))
+        return found[:k]
+
+    def nearest(self, concept: str, k: int = 10, across_t: bool = True, t: float | None = None) -> list[Neighbor]:
+        """Concepts with the most similar decoder direction (cosine): across every t of the block, only
+        within the concept's own SAE (across_t=False), or within the SAE at one other `t`."""
+        sae, latent = self.resolve(concept)
+        own = self._index("faiss_sae", f"SAE {sae.block}/{sae.t!r}/{sae.branch}", sae_id=sae.id)
+        vector = own.reconstruct(latent)
+        if t is not None:
+            target = self._check_filters(sae.block, t, sae.branch)[0]
+            found = faiss_index.search(self._index("faiss_sae", f"SAE {target.block}/{target.t!r}", target.id),
+                                       vector, k + 1)
+            return self._neighbors(*found, target, (sae.id, latent), k)
+        if not across_t:
+            return self._neighbors(*faiss_index.search(own, vector, k + 1), sae, (sae.id, latent), k)
+        key = f"{sae.block}/{sae.branch}"
+        found = faiss_index.search(self._index("faiss_block", f"block {key}", key=key), vector, k + 1)
+        return self._neighbors(*found, None, (sae.id, latent), k)
+
+    def search_vector(self, vector: np.ndarray, block: str, t: float | None = None, k: int = 10,
+                      branch: str = DEFAULT_BRANCH) -> list[Neighbor]:
+        """Concepts whose decoder direction is closest to `vector` (e.g. a label prompt's activation)."""
+        saes = self._check_filters(block, t, branch)
+        if t is not None:
+            sae = saes[0]
+            return self._neighbors(*faiss_index.search(self._index("faiss_sae", f"SAE {block}/{sae.t!r}", sae.id),
+                                                       vector, k), sae, None, k)
+        key = f"{block}/{branch}"
+        return self._neighbors(*faiss_index.search(self._index("faiss_block", f"block {key}", key=key), vector, k),
+                               None, None, k)
+
+
+def _concept_info(sae: SaeInfo, row: dict) -> ConceptInfo:
+    fields = ConceptInfo.__dataclass_fields__
+    known = {k: v for k, v in row.items() if k in fields and k not in ("block", "t", "branch", "sae_id")}
+    return ConceptInfo(**known | {"concept_id": concept_id(sae.block, sae.t, sae.branch, row["latent"]),
+                                  "sae_id": sae.id, "block": sae.block, "t": sae.t, "branch": sae.branch})
 
 
 def _refuse_newer(root: Path) -> None:
@@ -94,32 +376,50 @@ def _refuse_newer(root: Path) -> None:
             raise SchemaTooNewError(root, schema, migrate.head())
 
 
-def open_atlas(path: str | Path | None = None, readonly: bool = True, threads: int | None = None) -> Atlas:
-    """Open an atlas (default: `default_path()`); writable opens upgrade an older schema first."""
+def _existing(path: str | Path | None) -> Path:
     root = Path(path) if path is not None else default_path()
     if not root.is_dir() or snapshot.current(root) is None:
         raise AtlasNotFoundError(root)
     _refuse_newer(root)
-    if not readonly:
-        if not (root / CATALOG_FILE).exists():
-            raise AtlasNotFoundError(root)
-        catalog = Catalog(root, threads=threads)
-        revision = catalog.revision()
-        if revision not in migrate.revisions():
-            raise SchemaTooNewError(root, revision, migrate.head())
-        if snapshot.meta(snapshot.current(root))["schema"] != migrate.head() or revision != migrate.head():
-            catalog.upgrade()
-        catalog.recover()
-        try:
-            return Atlas(root, readonly=False, threads=threads)
-        except CorruptFileError as err:
-            if not err.path.startswith(snapshot.TABLES_DIR + "/"):
-                raise
-            catalog.republish()  # the catalog is the source of truth of the snapshot
-    return Atlas(root, readonly=readonly, threads=threads)
+    return root
+
+
+def _writable_catalog(root: Path, threads: int | None) -> Catalog:
+    """The catalog, upgraded from an older schema and with an unpublished commit published; a catalog stamped by
+    a newer version is refused."""
+    if not (root / CATALOG_FILE).exists():
+        raise AtlasNotFoundError(root)
+    catalog = Catalog(root, threads=threads)
+    revision = catalog.revision()
+    if revision not in migrate.revisions():
+        raise SchemaTooNewError(root, revision, migrate.head())
+    if snapshot.meta(snapshot.current(root))["schema"] != migrate.head() or revision != migrate.head():
+        catalog.upgrade()
+    catalog.recover()
+    return catalog
+
+
+def open_atlas(path: str | Path | None = None, threads: int | None = None) -> Atlas:
+    """Open an atlas for reading (default: `default_path()`); see open_writer to write."""
+    return Atlas(_existing(path), threads=threads)
+
+
+def open_writer(path: str | Path | None = None, threads: int | None = None) -> Writer:
+    """Open an atlas for writing (default: `default_path()`), upgrading an older schema first; the writer owns its
+    reader (`writer.atlas`) and closes it with itself."""
+    root = _existing(path)
+    catalog = _writable_catalog(root, threads)
+    try:
+        reader = Atlas(root, threads=threads)
+    except CorruptFileError as err:
+        if not err.path.startswith(snapshot.TABLES_DIR + "/"):
+            raise
+        catalog.republish()  # the catalog is the source of truth of the snapshot
+        reader = Atlas(root, threads=threads)
+    return Writer(reader, catalog, owns_reader=True)
 
 
 def upgrade_atlas(path: str | Path) -> str:
     """Bring an atlas to the newest schema; returns the revision."""
-    open_atlas(path, readonly=False).close()
+    open_writer(path).close()
     return migrate.head()

@@ -41,7 +41,7 @@ def check_atlas(atlas: Atlas) -> CheckReport:
     report = CheckReport()
     _check_files(atlas, report)
     _check_paths(atlas, report, "image", "SELECT id, path FROM images")
-    _check_paths(atlas, report, "mask", "SELECT id, mask_path FROM objects WHERE mask_path IS NOT NULL")
+    _check_paths(atlas, report, "mask", "SELECT id, mask_path AS path FROM objects WHERE mask_path IS NOT NULL")
     _check_saes(atlas, report)
     report.orphans = find_orphans(atlas.root)
     return report
@@ -115,8 +115,8 @@ def repair_atlas(root: str | Path | None = None) -> list[str]:
 def _check_files(atlas: Atlas, report: CheckReport) -> None:
     from atlas.store import index as faiss_index
 
-    rows = atlas.sql("SELECT path, kind, rows FROM files ORDER BY path", max_rows=10_000_000).rows
-    for path, kind, expected in rows:
+    for row in atlas.query("SELECT path, kind, rows FROM files ORDER BY path").to_pylist():
+        path, kind, expected = row["path"], row["kind"], row["rows"]
         full = atlas.file_path(path)
         report.count("data file")
         if not full.exists():
@@ -132,7 +132,8 @@ def _check_files(atlas: Atlas, report: CheckReport) -> None:
 
 
 def _check_paths(atlas: Atlas, report: CheckReport, what: str, query: str) -> None:
-    for row_id, path in atlas.sql(query, max_rows=10_000_000).rows:
+    for row in atlas.query(query).to_pylist():
+        row_id, path = row["id"], row["path"]
         report.count(what)
         if not path:
             report.problems.append(f"{what} {row_id} has no file")
@@ -144,7 +145,8 @@ def _check_saes(atlas: Atlas, report: CheckReport) -> None:
     from atlas.sae import Sae
 
     try:
-        stored = dict(atlas.sql("SELECT sae_id, count(*) FROM codes GROUP BY sae_id", timeout=300).rows)
+        counts = atlas.query("SELECT sae_id, count(*) AS n FROM codes GROUP BY sae_id")
+        stored = dict(zip(counts["sae_id"].to_pylist(), counts["n"].to_pylist()))
     except AtlasError as err:
         report.problems.append(f"codes cannot be read: {str(err).splitlines()[0]}")
         stored = {}

@@ -27,8 +27,9 @@ Writes are staged: `prepare_part` and `stage_part` put one call's rows (float va
 codes/parts/sae_id=<s>/ under a time-ordered name; `compact` merges the parts of an SAE with its
 existing codes (for an image present in several places the newest part wins, so writing the same
 images again replaces them) and writes new by_latent files; `rebuild_by_image` re-sorts the image
-buckets that changed. Every file is written under a temporary name and renamed; the catalog lists it
-only afterwards. Row groups hold 100k rows and pages 64 KiB, so a lookup decodes little beyond what
+buckets that changed. Buckets whose re-sort a writer deferred are listed in codes/by_image.stale
+(atlas.store.codes_writer). Every file is written under a temporary name and renamed; the catalog lists
+it only afterwards. Row groups hold 100k rows and pages 64 KiB, so a lookup decodes little beyond what
 it returns.
 """
 
@@ -55,6 +56,7 @@ ROW_GROUP_ROWS = 100_000
 PAGE_BYTES = 64 * 1024
 STEPS_PER_OCTAVE = 16
 BY_LATENT, BY_IMAGE, PARTS = "codes_by_latent", "codes_by_image", "parts"
+STALE_IMAGE_BUCKETS = "by_image.stale"
 
 BY_LATENT_SCHEMA = pa.schema([("latent", pa.uint16()), ("image_id", pa.int32()), ("row", pa.uint16()),
                               ("col", pa.uint16()), ("q", pa.uint8())])
@@ -179,6 +181,24 @@ def stage_part(root: Path, sae_id: int, table: pa.Table) -> Path:
     path = parts_dir(root, sae_id) / f"part-{token()}.parquet"
     _atomic_parquet(path, table, PART_SCHEMA, {"compression": "zstd", "compression_level": 1}, {})
     return path
+
+
+def stale_image_buckets(root: Path) -> set[int]:
+    """Image buckets whose by_image file lacks codes that by_latent files already hold (a deferred re-sort)."""
+    try:
+        return {int(b) for b in (root / "codes" / STALE_IMAGE_BUCKETS).read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def mark_stale_image_buckets(root: Path, buckets: set[int]) -> None:
+    """Set the stale image buckets to exactly `buckets` (none: no file)."""
+    path = root / "codes" / STALE_IMAGE_BUCKETS
+    if buckets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text("\n".join(map(str, sorted(buckets)))))
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

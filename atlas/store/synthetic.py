@@ -56,28 +56,32 @@ def build(path: str | Path, n_images: int = 50, blocks: tuple[str, ...] = ("mid"
           times: tuple[float, ...] = (1.0, 0.0), n_latents: int = 64, d: int = 16, k: int = 4,
           grid: tuple[int, int] = (4, 4), batch_images: int = 16, seed: int = 0,
           threads: int | None = None) -> tuple[Atlas, Synthetic]:
-    """A finished atlas (codes finalized, indexes built, concept stats) and the truth it was built from."""
+    """A finished atlas, open for reading (codes finalized, indexes built, concept stats), and the truth it was
+    built from."""
     from atlas.store import Atlas
 
     rng = np.random.default_rng(seed)
     atlas = Atlas.create(path, model_name="synthetic", threads=threads)
-    prompts = atlas.add_prompts([(f"prompt {i}", "train" if i % 5 else "test") for i in range(n_images)])
     truth = Synthetic()
-    truth.image_ids = atlas.add_images([dict(prompt_id=p, seed=i, guidance=7.5, steps=20, path=f"images/{i:06d}.png")
-                                        for i, p in enumerate(prompts)])
-    for block in blocks:
-        for t in times:
-            decoder = rng.standard_normal((n_latents, d)).astype(np.float32)
-            sae_id = atlas.add_sae(block, t, "cond", k, n_latents, d, {"fvu": 0.1}, None, grid=grid, decoder=decoder)
-            p, scale = zipf_probabilities(rng, n_latents), rng.lognormal(0.0, 0.5, n_latents)
-            parts = [synth_codes(rng, p, scale, first, min(batch_images, n_images - first), grid, k)
-                     for first in range(0, n_images, batch_images)]
-            for part in parts:
-                atlas.write_codes(sae_id, *part)
-            truth.codes[sae_id] = tuple(np.concatenate(column) for column in zip(*parts))
-            truth.decoders[sae_id] = decoder
-            counts = np.bincount(truth.codes[sae_id][3], minlength=n_latents)
-            atlas.add_concepts(sae_id, counts / (n_images * grid[0] * grid[1]), scale,
-                               np.linalg.norm(decoder, axis=1))
-    atlas.finalize_codes()
+    with atlas.writer() as writer:
+        rows = writer.catalog
+        prompts = rows.add_prompts([(f"prompt {i}", "train" if i % 5 else "test") for i in range(n_images)])
+        truth.image_ids = rows.add_images([dict(prompt_id=p, seed=i, guidance=7.5, steps=20,
+                                                path=f"images/{i:06d}.png") for i, p in enumerate(prompts)])
+        for block in blocks:
+            for t in times:
+                decoder = rng.standard_normal((n_latents, d)).astype(np.float32)
+                sae_id = rows.add_sae(block, t, "cond", k, n_latents, d, {"fvu": 0.1}, None, grid=grid,
+                                      decoder=decoder)
+                p, scale = zipf_probabilities(rng, n_latents), rng.lognormal(0.0, 0.5, n_latents)
+                parts = [synth_codes(rng, p, scale, first, min(batch_images, n_images - first), grid, k)
+                         for first in range(0, n_images, batch_images)]
+                for part in parts:
+                    writer.codes.write(sae_id, *part)
+                truth.codes[sae_id] = tuple(np.concatenate(column) for column in zip(*parts))
+                truth.decoders[sae_id] = decoder
+                counts = np.bincount(truth.codes[sae_id][3], minlength=n_latents)
+                rows.add_concepts(sae_id, counts / (n_images * grid[0] * grid[1]), scale,
+                                  np.linalg.norm(decoder, axis=1))
+        writer.codes.finalize()
     return atlas, truth

@@ -23,7 +23,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,10 +204,17 @@ class Views:
         with self._lock:  # the shared connection refuses calls while _load runs on it in another thread
             return self._con.cursor()
 
-    def query(self, sql: str, params: list | tuple | dict = ()) -> pa.Table:
-        """Trusted SQL of the API (no statement check), errors translated; retried once on a vanished file."""
-        return self._retrying(lambda cur: cur.sql(
-            sql, params=(params if isinstance(params, dict) else list(params)) or None).to_arrow_table())
+    def query(self, sql: str, params: Sequence | Mapping = ()) -> pa.Table:
+        """Trusted SQL of the API (no statement check, no limits) with `?` or `$name` parameters, errors
+        translated; like `sql`, it names the damaged file of a codes view it reads, and retries once on a vanished
+        file."""
+
+        def run(cur: duckdb.DuckDBPyConnection) -> pa.Table:
+            self._refuse_broken(cur, sql)
+            return cur.sql(sql, params=(dict(params) if isinstance(params, Mapping) else list(params)) or None
+                           ).to_arrow_table()
+
+        return self._retrying(run)
 
     def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
         """Run one read-only statement of user SQL with a time limit and a row cap; like `query`, it retries once
@@ -219,8 +226,7 @@ class Views:
             timer.start()
             try:
                 check_read_only(cur, query)
-                for name in (_referenced_tables(cur, query) & set(self.broken)) if self.broken else ():
-                    raise self.broken[name]
+                self._refuse_broken(cur, query)
                 relation = cur.sql(query)
                 if relation is None:
                     raise SqlError("the statement returned no rows")
@@ -233,6 +239,11 @@ class Views:
         table = self._retrying(run)
         truncated = table.num_rows > max_rows
         return QueryResult(table.slice(0, max_rows), truncated, (time.perf_counter() - start) * 1000)
+
+    def _refuse_broken(self, cur: duckdb.DuckDBPyConnection, query: str) -> None:
+        """The error of a codes view the query reads whose files could not be opened (it reads as empty)."""
+        for name in (_referenced_tables(cur, query) & set(self.broken)) if self.broken else ():
+            raise self.broken[name]
 
     def _retrying(self, run: Callable[[duckdb.DuckDBPyConnection], pa.Table]) -> pa.Table:
         """`run(cursor)` with DuckDB's errors translated, once more on the newest generation when a writer pruned a

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from atlas.errors import BadInputError
 from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page, concept_url
-from atlas.server.state import ServerState, State, sql_text
+from atlas.server.state import ServerState, State
 from atlas.server.views.home import Table
 from atlas.server.views.images import PNG, SaeChoice
 from atlas.store import ConceptInfo, NoIndexError, SaeInfo
@@ -72,19 +72,20 @@ def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] =
              = None, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
     """Concepts ranked by firing frequency (keyset pagination), optionally of one block, t, branch or label."""
     saes = {s.id: s for s in state.check(block, t, branch)}
-    where = [f"sae_id IN ({', '.join(map(str, saes))})"]
+    where, params = ["list_contains($saes, sae_id)"], {"saes": list(saes), "limit": limit + 1}
     if label:
-        where.append(f"best_label = {sql_text(label)}")
+        where.append("best_label = $label")
+        params["label"] = label
     if named:
         where.append("name IS NOT NULL")
     if after:
-        f, s, lat = _after(after)
-        where.append(f"(coalesce(frequency, -1) < {f!r} OR (coalesce(frequency, -1) = {f!r} AND "
-                     f"(sae_id > {s} OR (sae_id = {s} AND latent > {lat}))))")
-    rows = state.atlas.sql(
+        params["frequency"], params["sae_id"], params["latent"] = _after(after)
+        where.append("(coalesce(frequency, -1) < $frequency OR (coalesce(frequency, -1) = $frequency AND "
+                     "(sae_id > $sae_id OR (sae_id = $sae_id AND latent > $latent))))")
+    rows = state.atlas.query(
         "SELECT concept_id, sae_id, block, t, branch, latent, frequency, mean_activation, best_label, name "
         f"FROM concepts WHERE {' AND '.join(where)} ORDER BY coalesce(frequency, -1) DESC, sae_id, latent "
-        f"LIMIT {int(limit) + 1}", max_rows=limit + 1).to_dicts()
+        "LIMIT $limit", params).to_pylist()
     more, rows = len(rows) > limit, rows[:limit]
     last = rows[-1] if rows else None
     token = f"{last['frequency'] if last['frequency'] is not None else -1.0!r}:{last['sae_id']}:{last['latent']}" \
@@ -152,19 +153,21 @@ def _sae_of(state: ServerState, info: ConceptInfo) -> SaeInfo:
 
 def histogram(state: ServerState, sae: SaeInfo, latent: int) -> Histogram:
     """Equal-width bins of the concept's stored (nonzero) values, counted in SQL."""
-    where = f"sae_id = {sae.id} AND latent = {int(latent)}"
-    stats = state.atlas.sql(f"SELECT count(*) AS n, count(DISTINCT image_id) AS images, min(value) AS lo, "
-                            f"max(value) AS hi FROM codes WHERE {where}").to_dicts()[0]
-    total = state.atlas.sql("SELECT count(*) AS n FROM images").rows[0][0]
+    where, params = "sae_id = $sae_id AND latent = $latent", {"sae_id": sae.id, "latent": latent}
+    stats = state.atlas.query("SELECT count(*) AS n, count(DISTINCT image_id) AS images, min(value) AS lo, "
+                              f"max(value) AS hi FROM codes WHERE {where}", params).to_pylist()[0]
+    total = state.atlas.query("SELECT count(*) AS n FROM images")["n"][0].as_py()
     if not stats["n"]:
         return Histogram(edges=[], counts=[], positions=0, images=0, images_total=total)
     lo, hi = float(stats["lo"]), float(stats["hi"])
     width = (hi - lo) / BINS if hi > lo else 1.0
     bins = 1 if hi == lo else BINS
     counts = [0] * bins
-    for b, n in state.atlas.sql(f"SELECT least(CAST(floor((value - {lo!r}) / {width!r}) AS INTEGER), {bins - 1}) "
-                                f"AS bin, count(*) AS n FROM codes WHERE {where} GROUP BY bin").rows:
-        counts[max(0, int(b))] += int(n)
+    binned = state.atlas.query("SELECT least(CAST(floor((value - $lo::FLOAT) / $width::FLOAT) AS INTEGER), $last) "
+                               f"AS bin, count(*) AS n FROM codes WHERE {where} GROUP BY bin",
+                               {**params, "lo": lo, "width": width, "last": bins - 1}).to_pylist()
+    for row in binned:
+        counts[max(0, int(row["bin"]))] += int(row["n"])
     edges = [lo + i * width for i in range(bins + 1)] if bins > 1 else [lo - 0.5, lo + 0.5]
     return Histogram(edges=edges, counts=counts, positions=stats["n"], images=stats["images"], images_total=total)
 
@@ -172,8 +175,9 @@ def histogram(state: ServerState, sae: SaeInfo, latent: int) -> Histogram:
 def _best_labels(state: ServerState, concept_ids: list[str]) -> dict[str, str | None]:
     if not concept_ids:
         return {}
-    return dict(state.atlas.sql("SELECT concept_id, best_label FROM concepts WHERE concept_id IN "
-                                f"({', '.join(map(sql_text, concept_ids))})").rows)
+    rows = state.atlas.query("SELECT concept_id, best_label FROM concepts WHERE list_contains(?, concept_id)",
+                             [concept_ids]).to_pylist()
+    return {row["concept_id"]: row["best_label"] for row in rows}
 
 
 @PAGE.add("/concept/{concept_id:path}", "concept.html", ConceptData, table="labels")
@@ -206,8 +210,8 @@ def concept(concept_id: ConceptId, state: State,
     for ts in timesteps:
         for neighbour in ts.neighbours:
             neighbour.best_label = best.get(neighbour.concept_id)
-    labels = atlas.sql("SELECT label, mean_iou, hit_rate, precision, recall, support FROM concept_labels "
-                       f"WHERE concept_id = {sql_text(cid)} ORDER BY mean_iou DESC NULLS LAST, label")
+    labels = atlas.query("SELECT label, mean_iou, hit_rate, precision, recall, support FROM concept_labels "
+                         "WHERE concept_id = ? ORDER BY mean_iou DESC NULLS LAST, label", [cid])
     return {
         "concept": {**{k: v for k, v in info.__dict__.items() if k not in LINK_FIELDS}, "url": concept_url(cid)},
         "grid": [sae.grid_h or 0, sae.grid_w or 0],
@@ -215,7 +219,8 @@ def concept(concept_id: ConceptId, state: State,
                        row=h.row, col=h.col, map=m.tolist()) for h, m in zip(hits, maps)],
         "vmax": max((h.activation for h in hits), default=0.0), "timesteps": timesteps,
         "histogram": histogram(state, sae, info.latent),
-        "labels": Table(columns=labels.columns, rows=[list(r) for r in labels.rows]), "index_note": index_note,
+        "labels": Table(columns=labels.column_names, rows=[list(r.values()) for r in labels.to_pylist()]),
+        "index_note": index_note,
     }
 
 
@@ -243,8 +248,8 @@ class NamingData(Envelope):
 def rename(state: ServerState, concept_id: str, name: str | None, note: str | None) -> NamingData:
     cid = str(parse_concept_id(concept_id))
     name, note = (name or "").strip() or None, (note or "").strip() or None
-    with state.writable("rename a concept") as atlas:
-        atlas.rename_concept(cid, name, note)
+    with state.writer("rename a concept") as writer:
+        writer.catalog.rename_concept(cid, name, note)
     return NamingData(concept_id=cid, name=name, note=note)
 
 

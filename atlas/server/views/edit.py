@@ -104,12 +104,12 @@ def run_edit(state: ServerState, request: EditRequest) -> EditData:
         raise BadInputError(f"bad region {region!r}: draw it on the grid, or give a named region or a box x0,y0,x1,y1")
     when = request.when.strip() or "auto"
     config = EditConfig(when=when, strength=request.strength, seed=request.seed, block=request.block)
-    with state.writable("run an edit") as atlas, tempfile.TemporaryDirectory() as tmp:
+    with state.write_turn("run an edit"), tempfile.TemporaryDirectory() as tmp:
         if cells is not None:
             region = grid_box(cells) or str(Path(tmp) / "region.png")
             if region.endswith(".png"):
                 Image.fromarray(cells.astype(np.uint8) * 255).save(region)
-        result = edit(atlas, request.prompt, request.concept, region, config, load=state.model)
+        result = edit(state.atlas, request.prompt, request.concept, region, config, load=state.model)
     token = secrets.token_hex(8)
     pictures = {"before": result.original, "after": result.edited}
     for i, heat in enumerate(result.maps):

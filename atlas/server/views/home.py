@@ -64,14 +64,14 @@ def home(state: State) -> dict:
     saes = [SaeRow(sae_id=s.id, name=concept_prefix(s.block, s.t, s.branch), block=s.block, t=s.t, branch=s.branch,
                    k=s.k, n_latents=s.n_latents, d_in=s.d_in, grid=f"{s.grid_h}x{s.grid_w}" if s.grid_h else None,
                    n_codes=s.n_codes, metrics=s.metrics) for s in atlas.saes()]
-    counts = atlas.sql("SELECT " + ", ".join(f"(SELECT count(*) FROM {name}) AS {name}" for name in COUNTS))
+    counts = atlas.query("SELECT " + ", ".join(f"(SELECT count(*) FROM {name}) AS {name}" for name in COUNTS))
     models = [{**m, "spec": json.loads(m["spec"]) if isinstance(m["spec"], str) else m["spec"]}
-              for m in atlas.sql("SELECT id, name, path, spec FROM models ORDER BY id").to_dicts()]
-    top = atlas.sql(f"SELECT {BEST_CONCEPT_SQL} AS concept_id, label, max(mean_iou) AS mean_iou, "
-                    f"first(support ORDER BY {LINK_RANK}) AS support FROM concept_labels GROUP BY label "
-                    "ORDER BY mean_iou DESC NULLS LAST, label LIMIT 12").to_dicts()
+              for m in atlas.query("SELECT id, name, path, spec FROM models ORDER BY id").to_pylist()]
+    top = atlas.query(f"SELECT {BEST_CONCEPT_SQL} AS concept_id, label, max(mean_iou) AS mean_iou, "
+                      f"first(support ORDER BY {LINK_RANK}) AS support FROM concept_labels GROUP BY label "
+                      "ORDER BY mean_iou DESC NULLS LAST, label LIMIT 12").to_pylist()
     columns = ["sae", "block", "t", "branch", "k", "n_latents", "d_in", "grid", "n_codes", *METRICS]
     rows = [[s.name, s.block, s.t, s.branch, s.k, s.n_latents, s.d_in, s.grid, s.n_codes,
              *(s.metrics.get(m) for m in METRICS)] for s in saes]
-    return {"root": str(state.root), "models": models, "counts": counts.to_dicts()[0], "saes": saes,
+    return {"root": str(state.root), "models": models, "counts": counts.to_pylist()[0], "saes": saes,
             "table": Table(columns=columns, rows=rows), "top_links": top, "labels": atlas.labels()}

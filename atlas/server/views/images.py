@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from atlas.errors import NotFoundError
 from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page
-from atlas.server.state import ServerState, State, sql_text
+from atlas.server.state import ServerState, State
 from atlas.server.views.home import Table
 from atlas.store.ids import DEFAULT_BRANCH, concept_prefix
 
@@ -51,7 +51,7 @@ def heatmap_png(image_id: int, state: State,
 @PAGE.router.get("/object/{object_id}.png", response_class=Response, responses=PNG,
                  summary="An annotated object's mask over its image")
 def object_png(object_id: int, state: State, size: Size = None) -> Response:
-    rows = state.atlas.sql(f"SELECT image_id, mask_path FROM objects WHERE id = {int(object_id)}").to_dicts()
+    rows = state.atlas.query("SELECT image_id, mask_path FROM objects WHERE id = ?", [object_id]).to_pylist()
     if not rows:
         raise NotFoundError(f"unknown object {object_id}")
     with Image.open(state.image_file(rows[0]["mask_path"], f"object {object_id}'s mask")) as mask:
@@ -79,13 +79,15 @@ def images(state: State, q: Annotated[str | None, Query(max_length=500, descript
            after: Annotated[int, Query(ge=-1, description="Keyset: images with id greater than this")] = -1,
            limit: Annotated[int, Query(ge=1, le=500)] = 60) -> dict:
     """Images in id order, optionally those whose prompt contains `q` or of one split (keyset pagination)."""
-    where = [f"id > {int(after)}"]
+    where, params = ["id > $after"], {"after": after, "limit": limit + 1}
     if q:
-        where.append(f"contains(lower(prompt), lower({sql_text(q)}))")
+        where.append("contains(lower(prompt), lower($q))")
+        params["q"] = q
     if split:
-        where.append(f"split = {sql_text(split)}")
-    rows = state.atlas.sql(f"SELECT id, prompt, split, seed FROM images WHERE {' AND '.join(where)} "
-                           f"ORDER BY id LIMIT {int(limit) + 1}").to_dicts()
+        where.append("split = $split")
+        params["split"] = split
+    rows = state.atlas.query(f"SELECT id, prompt, split, seed FROM images WHERE {' AND '.join(where)} "
+                             "ORDER BY id LIMIT $limit", params).to_pylist()
     more = len(rows) > limit
     rows = rows[:limit]
     table = Table(columns=["id", "prompt", "split", "seed"], rows=[list(r.values()) for r in rows])
@@ -150,9 +152,9 @@ def image(image_id: int, state: State,
     sae = state.sae(block, t, branch)
     codes = atlas.image_codes(image_id, sae.block, sae.t, sae.branch).to_pylist()
     latents = sorted({c["latent"] for c in codes})
-    labels = {r["latent"]: r["best_label"] for r in atlas.sql(
-        f"SELECT latent, best_label FROM concepts WHERE sae_id = {sae.id} AND latent IN "
-        f"({', '.join(map(str, latents)) or 'NULL'})").to_dicts()}
+    labels = {r["latent"]: r["best_label"] for r in atlas.query(
+        "SELECT latent, best_label FROM concepts WHERE sae_id = ? AND list_contains(?, latent)",
+        [sae.id, latents]).to_pylist()}
     h, w = sae.grid_h or 0, sae.grid_w or 0
     cells: list[list[list[CellConcept]]] = [[[] for _ in range(w)] for _ in range(h)]
     for c in sorted(codes, key=lambda c: -c["value"]):
@@ -163,8 +165,8 @@ def image(image_id: int, state: State,
     for c in codes:
         entry = strongest.setdefault(c["concept_id"], [c["concept_id"], 0.0, 0, labels.get(c["latent"])])
         entry[1], entry[2] = max(entry[1], c["value"]), entry[2] + 1
-    objects = atlas.sql(f"SELECT id, label, score, x0, y0, x1, y1, mask_path FROM objects WHERE image_id = "
-                        f"{int(image_id)} ORDER BY id").to_dicts()
+    objects = atlas.query("SELECT id, label, score, x0, y0, x1, y1, mask_path FROM objects WHERE image_id = ? "
+                          "ORDER BY id", [image_id]).to_pylist()
     return {
         "image": info, "block": sae.block, "t": sae.t, "branch": sae.branch, "grid_h": h, "grid_w": w,
         "objects": [ObjectRow(id=o["id"], label=o["label"], score=o["score"], box=[o["x0"], o["y0"], o["x1"], o["y1"]],

@@ -9,7 +9,7 @@ from fastapi import Path, Query
 from pydantic import BaseModel
 
 from atlas.server.pages import Envelope, Page
-from atlas.server.state import State, sql_text
+from atlas.server.state import State
 from atlas.server.views.home import Table
 from atlas.store import UnknownLabelError
 from atlas.store.reads import BEST_CONCEPT_SQL, LINK_SCORE
@@ -27,18 +27,18 @@ class LabelsData(Envelope):
 def labels(state: State, after: Annotated[str | None, Query(max_length=500, description="Keyset: names after this")]
            = None, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict:
     """Every label with its objects, images and best concept (keyset pagination by name)."""
-    where = f"WHERE l.name > {sql_text(after)}" if after else ""
-    result = state.atlas.sql(
+    where = "WHERE l.name > $after" if after else ""
+    result = state.atlas.query(
         f"WITH best AS (SELECT label, {BEST_CONCEPT_SQL} AS best_concept, max(mean_iou) AS best_iou, "
         "count(*) AS concepts FROM concept_labels GROUP BY label), "
         "seen AS (SELECT label_id, count(*) AS objects, count(DISTINCT image_id) AS images FROM objects GROUP BY ALL) "
         "SELECT l.name AS label, coalesce(s.objects, 0) AS objects, coalesce(s.images, 0) AS images, "
         "coalesce(b.concepts, 0) AS concepts, b.best_concept, b.best_iou FROM labels l "
         f"LEFT JOIN seen s ON s.label_id = l.id LEFT JOIN best b ON b.label = l.name {where} ORDER BY l.name "
-        f"LIMIT {int(limit) + 1}", max_rows=limit + 1)
-    rows = [list(r) for r in result.rows]
+        "LIMIT $limit", {"limit": limit + 1, **({"after": after} if after else {})})
+    rows = [list(r.values()) for r in result.to_pylist()]
     more, rows = len(rows) > limit, rows[:limit]
-    return {"table": Table(columns=result.columns, rows=rows), "next": rows[-1][0] if more else None}
+    return {"table": Table(columns=result.column_names, rows=rows), "next": rows[-1][0] if more else None}
 
 
 class Example(BaseModel):
@@ -65,15 +65,16 @@ def label(name: Annotated[str, Path(description="A label, e.g. red circle")], st
     known = state.atlas.labels()
     if name not in known:
         raise UnknownLabelError(name, known)
-    ranked = state.atlas.sql(
+    ranked = state.atlas.query(
         "SELECT block, t, branch, rank, concept_id, mean_iou, hit_rate, precision, recall, support FROM ("
         f"SELECT *, row_number() OVER (PARTITION BY sae_id ORDER BY {RANK}) AS rank FROM concept_labels "
-        f"WHERE label = {sql_text(name)}) WHERE rank <= {int(per_sae)} ORDER BY block, branch, t DESC, rank",
-        max_rows=100_000)
-    examples = state.atlas.sql(
+        "WHERE label = $name) WHERE rank <= $per_sae ORDER BY block, branch, t DESC, rank",
+        {"name": name, "per_sae": per_sae})
+    examples = state.atlas.query(
         "SELECT o.id AS object_id, o.image_id, i.prompt, o.score, o.mask_path IS NOT NULL AS has_mask "
-        f"FROM objects o JOIN images i ON i.id = o.image_id WHERE o.label = {sql_text(name)} AND o.id > {int(after)} "
-        f"ORDER BY o.id LIMIT {int(limit) + 1}", max_rows=limit + 1).to_dicts()
+        "FROM objects o JOIN images i ON i.id = o.image_id WHERE o.label = $name AND o.id > $after "
+        "ORDER BY o.id LIMIT $limit", {"name": name, "after": after, "limit": limit + 1}).to_pylist()
     more, examples = len(examples) > limit, examples[:limit]
-    return {"label": name, "concepts": Table(columns=ranked.columns, rows=[list(r) for r in ranked.rows]),
+    return {"label": name, "concepts": Table(columns=ranked.column_names,
+                                             rows=[list(r.values()) for r in ranked.to_pylist()]),
             "examples": examples, "next": str(examples[-1]["object_id"]) if more else None}

@@ -63,10 +63,11 @@ def search(state: State, q: Annotated[str, Query(max_length=500, description="Co
         except AtlasError as err:
             found["concept_error"] = str(err)
     labels = atlas.labels()
-    best = dict(atlas.sql(f"SELECT label, {BEST_CONCEPT_SQL} FROM concept_labels GROUP BY label").rows)
+    best = {r["label"]: r["concept_id"] for r in atlas.query(
+        f"SELECT label, {BEST_CONCEPT_SQL} AS concept_id FROM concept_labels GROUP BY label").to_pylist()}
     found["labels"] = [LabelMatch(label=labels[i], score=s, best_concept=best.get(labels[i]))
                        for i, s in ranked(state, q, labels, k)]
-    named = atlas.sql("SELECT concept_id, name, note FROM concepts WHERE name IS NOT NULL ORDER BY concept_id",
-                      max_rows=100_000).to_dicts()
+    named = atlas.query("SELECT concept_id, name, note FROM concepts WHERE name IS NOT NULL ORDER BY concept_id"
+                        ).to_pylist()
     found["names"] = [NameMatch(**named[i], score=s) for i, s in ranked(state, q, [n["name"] for n in named], k)]
     return found

@@ -42,9 +42,9 @@ def sql(state: State, q: Annotated[str, Query(max_length=20_000, description="On
         = TIMEOUT, max_rows: Annotated[int, Query(ge=1, le=MAX_ROWS, description="Rows returned at most")]
         = MAX_ROWS) -> dict:
     """Run one read-only SQL query (a SELECT) over the atlas views."""
-    views = state.atlas.sql("SELECT table_name AS name, list(column_name ORDER BY ordinal_position) AS columns "
-                            "FROM information_schema.columns WHERE table_schema = 'main' GROUP BY ALL "
-                            "ORDER BY name").to_dicts()
+    views = state.atlas.query("SELECT table_name AS name, list(column_name ORDER BY ordinal_position) AS columns "
+                              "FROM information_schema.columns WHERE table_schema = 'main' GROUP BY ALL "
+                              "ORDER BY name").to_pylist()
     result = state.atlas.sql(q, timeout=timeout, max_rows=max_rows) if q.strip() else None
     return {"q": q, "table": Table(columns=result.columns if result else [],
                                    rows=[list(r) for r in result.rows] if result else []),
