@@ -130,6 +130,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "preset": click.Choice(("shapes", "sd14")),
     "schedule": click.Choice(("zero-snr", "sd")),
     "text_encoder": click.Choice(("trained", "frozen")),
+    "backbone": click.Choice(("unet", "dit")),
     "kind": click.Choice(("spatial", "style")),
     "branches": ChoiceList("cond", "uncond", aliases={"both": ("cond", "uncond")}),
     "prompts": OptionalFile(),

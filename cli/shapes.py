@@ -25,7 +25,8 @@ def shapes() -> None:
 @config_options(ShapesTrainConfig)
 @one_line_errors
 def shapes_train(**options) -> None:
-    """Train the shapes model from scratch, or resume the run in --run-dir (Ctrl-C saves a checkpoint)."""
+    """Train the shapes model (UNet, or with --backbone dit a diffusion transformer) from scratch, or resume the run
+    in --run-dir (Ctrl-C saves a checkpoint)."""
     from atlas.shapes.train import train
 
     path = train(build_config(ShapesTrainConfig, options))
@@ -34,7 +35,9 @@ def shapes_train(**options) -> None:
 
 @shapes.command("export")
 @click.option("--run-dir", default="runs/shapes", show_default=True, help="Training run to export.")
-@click.option("--out", "out_dir", default=None, type=OUTPUT_DIR, help="Model directory [default: data/shapes].")
+@click.option("--out", "out_dir", default=None, type=OUTPUT_DIR,
+              help="Model directory [default: data/shapes for a UNet run; RUN_DIR/model for a DiT run, which "
+                   "never replaces the shipped UNet].")
 @click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
               help="Score the exported model on 256 held-out captions and put the table in the model card.")
 @click.option("--command", "train_command", default="atlas shapes train --run-dir runs/shapes", show_default=True,
@@ -58,7 +61,9 @@ def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_comma
     from atlas.shapes.evaluate import evaluate, write_eval
     from atlas.shapes.train import export
 
-    out = Path(out_dir) if out_dir else shapes_model_dir()
+    train_config = json.loads((Path(run_dir) / "train_config.json").read_text())
+    default_out = Path(run_dir) / "model" if train_config.get("backbone") == "dit" else shapes_model_dir()
+    out = Path(out_dir) if out_dir else default_out
     facts = export(ckpt, out, guidance)
     click.echo(f"exported step {facts['steps']} ({facts['hours']:.2f} h of training) to {out}")
     result = None
@@ -66,7 +71,6 @@ def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_comma
         result, images, scenes = evaluate(load_model(str(out)), 256, progress=True)
         write_eval(result, images, scenes, out)
         click.echo(result.table())
-    train_config = json.loads((Path(run_dir) / "train_config.json").read_text())
     card = write_model_card(out, facts, train_config, train_command, result, f"atlas shapes eval --model {out}")
     click.echo(f"model card: {card}")
 

@@ -1,4 +1,4 @@
-"""A loaded text-to-image model: tokenizer, text encoder, UNet, scheduler and (for latent models) a VAE."""
+"""A loaded text-to-image model: tokenizer, text encoder, denoiser (UNet or DiT), scheduler, for latent models a VAE."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.errors import BadInputError
-from atlas.models.spec import ModelSpec
+from atlas.models.spec import DENOISERS, ModelSpec
 
 
 @dataclass
@@ -18,16 +18,18 @@ class TextToImageModel:
     """The diffusers/transformers parts of one model plus the `ModelSpec` that says how to use them.
 
     Pixel-space models (the shapes model) have `vae=None`; their latents are the image in [-1, 1],
-    folded by `pixel_unshuffle`. Everything here is differentiable torch; the sampler lives in
-    `atlas.models.sampler`.
+    folded by `pixel_unshuffle`. The denoiser is `unet` or, for `spec.backbone == "dit"`, `transformer`
+    (as diffusers' pipelines name them); `predict` calls either. Everything here is differentiable torch;
+    the sampler lives in `atlas.models.sampler`.
     """
 
     spec: ModelSpec
     tokenizer: object
     text_encoder: torch.nn.Module
-    unet: torch.nn.Module
+    unet: torch.nn.Module | None
     scheduler: object
     vae: torch.nn.Module | None = None
+    transformer: torch.nn.Module | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     path: Path | None = None
@@ -49,14 +51,32 @@ class TextToImageModel:
         f = self.spec.pixel_unshuffle
         return (3 * f * f, res // f, res // f)
 
+    @property
+    def denoiser_name(self) -> str:
+        """`unet` or `transformer`: the denoiser's attribute here and its directory on disk."""
+        return DENOISERS[self.spec.backbone]
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self, self.denoiser_name)
+
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """A DiT's image-token grid (H / patch, W / patch); None for a UNet, whose blocks keep their own grids."""
+        if self.spec.backbone != "dit":
+            return None
+        _, h, w = self.latent_shape
+        patch = self.transformer.config.patch_size
+        return (h // patch, w // patch)
+
     def hook_module_name(self, block: str) -> str:
         """Resolve an alias (`down`, `mid`, `up`) or a module name to a module name, or raise."""
         name = self.spec.hook_points.get(block, block)
-        modules = dict(self.unet.named_modules())
+        modules = dict(self.denoiser.named_modules())
         if name not in modules:
             valid = ", ".join(sorted(self.spec.hook_points))
             raise BadInputError(f"unknown block {block!r} for model {self.spec.name}; use one of {valid} "
-                                "or a module name of the UNet")
+                                "or a module name of its denoiser (UNet or DiT)")
         return name
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -65,10 +85,10 @@ class TextToImageModel:
         return batch["input_ids"].to(self.device)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Per-token text embeddings (B, L, D) used by the UNet's cross-attention."""
+        """Per-token text embeddings (B, L, D) used by the denoiser's cross-attention."""
         return self.text_encoder(self.tokenize(prompts))[0].to(self.dtype)
 
-    def unet_input(self, latents: torch.Tensor) -> torch.Tensor:
+    def denoiser_input(self, latents: torch.Tensor) -> torch.Tensor:
         if not self.spec.coord_channels:
             return latents
         b, _, h, w = latents.shape
@@ -78,8 +98,12 @@ class TextToImageModel:
         return torch.cat([latents, grid.expand(b, 2, h, w)], dim=1)
 
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor) -> torch.Tensor:
-        """One UNet evaluation: the model output (epsilon or v, per the scheduler's prediction type)."""
-        return self.unet(self.unet_input(latents), timestep, encoder_hidden_states=text, return_dict=False)[0]
+        """One denoiser evaluation: the model output (epsilon or v, per the scheduler's prediction type)."""
+        sample = self.denoiser_input(latents)
+        if self.spec.backbone == "unet":
+            return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(len(sample))
+        return self.transformer(sample, encoder_hidden_states=text, timestep=timesteps, return_dict=False)[0]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B, 3, H, W) -> latents."""
@@ -107,7 +131,7 @@ class TextToImageModel:
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
-        for name in ("text_encoder", "unet", "vae"):
+        for name in ("text_encoder", "unet", "transformer", "vae"):
             module = getattr(self, name)
             if module is None:
                 continue

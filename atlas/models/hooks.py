@@ -1,8 +1,11 @@
-"""Hook points on the UNet's Transformer2DModel blocks: read or change the residual update delta.
+"""Hook points on the denoiser's transformer blocks: read or change the residual update delta.
 
 Capture reads delta = output - input of a block at chosen denoising steps; edits return a change
-that is added to the block's output. A change that is exactly zero leaves the output bit-identical,
-and with no handler active at a step the block runs untouched.
+that is added to the block's output. A UNet's Transformer2DModel works on (B, C, H, W) already; a
+DiT block's update, one vector per image token (B, N, C), is shown to handlers on the token grid
+(B, C, H / patch, W / patch) and their change goes back to the tokens, so every stage sees the same
+shapes. A change that is exactly zero leaves the output bit-identical, and with no handler active at
+a step the block runs untouched.
 """
 
 from __future__ import annotations
@@ -72,23 +75,28 @@ class Hooks:
         return bool(self._registrations)
 
     def attach(self, model: TextToImageModel) -> list[torch.utils.hooks.RemovableHandle]:
-        """Register forward hooks on `model.unet`; remove them with `handle.remove()`."""
+        """Register forward hooks on the model's denoiser; remove them with `handle.remove()`."""
         by_module: dict[str, list[_Registration]] = {}
         for reg in self._registrations:
             by_module.setdefault(model.hook_module_name(reg.block), []).append(reg)
-        modules = dict(model.unet.named_modules())
-        return [modules[name].register_forward_hook(self._make_hook(regs), with_kwargs=True)
+        modules = dict(model.denoiser.named_modules())
+        return [modules[name].register_forward_hook(self._make_hook(regs, model.token_grid), with_kwargs=True)
                 for name, regs in by_module.items()]
 
-    def _make_hook(self, regs: list[_Registration]):
+    def _make_hook(self, regs: list[_Registration], grid: tuple[int, int] | None):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             step = self.step
             active = [r for r in regs if step is not None and (r.steps is None or step.index in r.steps)]
             if not active:
                 return None
             hidden_in = args[0] if args else kwargs["hidden_states"]
-            out = output[0] if isinstance(output, tuple) else output.sample
+            if isinstance(output, torch.Tensor):  # a DiT block returns its hidden states as they are
+                out = output
+            else:
+                out = output[0] if isinstance(output, tuple) else output.sample
             delta = out - hidden_in
+            if grid is not None:  # tokens (B, N, C) in row-major order -> the token grid (B, C, H, W)
+                delta = delta.transpose(1, 2).reshape(delta.shape[0], delta.shape[2], *grid)
             change = None
             for reg in active:
                 result = reg.handler(reg.block, step, delta)
@@ -96,7 +104,11 @@ class Hooks:
                     change = result if change is None else change + result
             if change is None:
                 return None
+            if grid is not None:
+                change = change.flatten(2).transpose(1, 2)
             new_out = out + change.to(out.dtype)
+            if isinstance(output, torch.Tensor):
+                return new_out
             if isinstance(output, tuple):
                 return (new_out, *output[1:])
             output.sample = new_out

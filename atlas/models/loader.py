@@ -14,7 +14,7 @@ from pathlib import Path
 from atlas.errors import UnavailableError
 from atlas.models.base import TextToImageModel
 from atlas.models.device import pick_device, pick_dtype
-from atlas.models.spec import SD14_SPEC, SPEC_FILE, ModelSpec
+from atlas.models.spec import DENOISERS, SD14_SPEC, SPEC_FILE, ModelSpec
 
 SD14_REPO = "CompVis/stable-diffusion-v1-4"
 
@@ -34,7 +34,7 @@ def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
     """Find a model's directory: returns (directory, built-in spec or None to read it from the directory)."""
     if name_or_path == "shapes":
         path = shapes_model_dir()
-        if not (path / "unet").is_dir():
+        if not _has_denoiser(path):
             raise ModelNotFoundError(f"shapes model not found in {path}: run `atlas shapes train` then "
                                      "`atlas shapes export`, or set ATLAS_SHAPES_MODEL to its directory")
         return path, None
@@ -52,11 +52,17 @@ def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
                              "or a Hugging Face id that is in the local cache")
 
 
+def _has_denoiser(path: Path) -> bool:
+    return any((path / part).is_dir() for part in DENOISERS.values())
+
+
 def _checked_dir(path: Path, name: str) -> Path:
-    missing = [p for p in ("unet", "text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()]
+    missing = [] if _has_denoiser(path) else ["unet"]
+    missing += [p for p in ("text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()]
     if missing:
         raise ModelNotFoundError(f"{path} is not a diffusers model directory for {name} (missing "
-                                 f"{', '.join(missing)}/); it needs unet/, text_encoder/, tokenizer/, scheduler/")
+                                 f"{', '.join(missing)}/); it needs unet/ (or a DiT's transformer/), text_encoder/, "
+                                 "tokenizer/, scheduler/")
     return path
 
 
@@ -84,9 +90,17 @@ def _spec_for(path: Path, builtin: ModelSpec | None) -> ModelSpec:
     raise ModelNotFoundError(f"{path} has no vae/ and no {SPEC_FILE}; write a {SPEC_FILE} naming its hook points")
 
 
+def denoiser_class(backbone: str) -> type:
+    """The diffusers class of a backbone's denoiser: UNet2DConditionModel or (dit) PixArtTransformer2DModel."""
+    from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+
+    return PixArtTransformer2DModel if backbone == "dit" else UNet2DConditionModel
+
+
 def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: str | None = None) -> TextToImageModel:
-    """Load tokenizer, text encoder, UNet, DDIM scheduler and (if present) VAE, ready for sampling."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    """Load tokenizer, text encoder, denoiser (the UNet or the DiT its spec names), DDIM scheduler and (if present)
+    VAE, ready for sampling."""
+    from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging
 
@@ -100,7 +114,8 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dt)
     # diffusers' low-memory loading needs `accelerate`; without it, ask for the plain path instead of a warning
     lean = importlib.util.find_spec("accelerate") is not None
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dt, low_cpu_mem_usage=lean)
+    part = DENOISERS[spec.backbone]
+    denoiser = denoiser_class(spec.backbone).from_pretrained(path / part, torch_dtype=dt, low_cpu_mem_usage=lean)
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     vae = (AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
            if (path / "vae").is_dir() else None)
@@ -108,9 +123,8 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
         spec = replace(spec, resolution=int(vae.config.sample_size))
         vae.to(dev).eval()
         vae.requires_grad_(False)
-    for module in (text_encoder, unet):
+    for module in (text_encoder, denoiser):
         module.to(dev).eval()
         module.requires_grad_(False)
-    return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
-                            scheduler=scheduler, vae=vae, device=dev, dtype=dt, path=path,
-                            source=name_or_path)
+    return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=text_encoder, scheduler=scheduler, vae=vae,
+                            device=dev, dtype=dt, path=path, source=name_or_path, **{"unet": None, part: denoiser})

@@ -6,17 +6,23 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from atlas.errors import BadInputError
+
 SPEC_FILE = "atlas_model.json"
+DENOISERS = {"unet": "unet", "dit": "transformer"}
+"""Backbone -> the diffusers component that holds its denoiser: its directory and `TextToImageModel` attribute."""
 
 
 @dataclass
 class ModelSpec:
     """Hook-point aliases, sampling defaults and the latent <-> pixel mapping of one model.
 
-    `hook_points` maps the aliases `down`, `mid`, `up` to module names inside the UNet; any
-    other module name of a `Transformer2DModel` can be used directly. Pixel-space models have no
+    `backbone` names the denoiser: `unet` (UNet2DConditionModel, in `unet/`) or `dit` (a PixArt-style
+    PixArtTransformer2DModel, in `transformer/`). `hook_points` maps the aliases `down`, `mid`, `up` to
+    module names inside the denoiser; any other module name of a `Transformer2DModel` (UNet) or
+    transformer block (`transformer_blocks.N`, DiT) can be used directly. Pixel-space models have no
     VAE: `pixel_unshuffle` > 1 folds f x f pixel patches into channels (a lossless stand-in for a
-    VAE), and `coord_channels` appends x/y coordinate planes to the UNet input.
+    VAE), and `coord_channels` appends x/y coordinate planes to the denoiser's input.
     """
 
     name: str
@@ -27,7 +33,13 @@ class ModelSpec:
     pixel_unshuffle: int = 1
     coord_channels: bool = False
     vae_scaling_factor: float = 0.18215
+    backbone: str = "unet"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in DENOISERS:
+            raise BadInputError(f"unknown backbone {self.backbone!r} in model spec {self.name}; use one of "
+                             f"{', '.join(DENOISERS)}")
 
     def guidance(self, guidance: float | None = None) -> float:
         """The CFG scale to use: `guidance`, or this model's default when it is None (the one place that says so)."""

@@ -46,6 +46,17 @@ def _attention_line(model_dir: Path, spec: dict) -> str:
     return f"cross-attention to the text at {', '.join(grids)} and {mid}x{mid} (mid block){layers}"
 
 
+def _dit_line(model_dir: Path, spec: dict) -> tuple[str, str]:
+    """What the DiT is made of, and the grid its hook points see."""
+    config = json.loads((model_dir / "transformer" / "config.json").read_text())
+    grid = spec["resolution"] // spec["pixel_unshuffle"] // config["patch_size"]
+    heads = config["num_attention_heads"]
+    return (f"{config['num_layers']} transformer blocks of width {heads * config['attention_head_dim']} ({heads} "
+            f"heads) on the {grid}x{grid} grid of image tokens (patch {config['patch_size']}), each with "
+            "cross-attention to the text through PixArt's caption projection",
+            f"every block on the {grid}x{grid} token grid")
+
+
 def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, command: str,
                      result: EvalResult | None = None, eval_command: str = "") -> Path:
     """MODEL_CARD.md + loss.png in `model_dir`."""
@@ -53,23 +64,30 @@ def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, com
     plot_loss(model_dir / "loss.csv", model_dir / "loss.png")
     spec = json.loads((model_dir / "atlas_model.json").read_text())
     size_mb = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors")) / 1e6
+    if spec.get("backbone") == "dit":
+        denoiser, (blocks, grids) = "DiT", _dit_line(model_dir, spec)
+        made_of = ("(PixArtTransformer2DModel, a PixArt-style diffusion transformer, in place of its UNet,\n"
+                   "and a CLIP text transformer)")
+    else:
+        denoiser, blocks, grids = "UNet", _attention_line(model_dir, spec), "grids 8x8, 4x4, 8x8"
+        made_of = ("(UNet2DConditionModel with CrossAttnDownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D,\n"
+                   "a CLIP text transformer)")
     lines = [
-        "# The shapes model",
+        "# The shapes model" + (" (DiT)" if denoiser == "DiT" else ""),
         "",
         "A tiny text-to-image diffusion model of the shapes world (coloured circles, squares and triangles",
         "on a plain or striped background), built from the same diffusers parts as Stable Diffusion v1.4",
-        "(UNet2DConditionModel with CrossAttnDownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D,",
-        "a CLIP text transformer) and trained from scratch on CPU by `atlas shapes train`.",
+        f"{made_of} and trained from scratch on CPU by `atlas shapes train`.",
         "",
         "## Architecture",
         f"- pixel space {spec['resolution']}x{spec['resolution']}, folded {spec['pixel_unshuffle']}x"
-        f"{spec['pixel_unshuffle']} into channels, x/y coordinate planes appended to the UNet input",
+        f"{spec['pixel_unshuffle']} into channels, x/y coordinate planes appended to the {denoiser} input",
         f"- v-prediction, {_schedule_line(model_dir)}",
-        f"- {_attention_line(model_dir, spec)}",
+        f"- {blocks}",
         "- text encoder: " + ("kept at its seeded random initialisation (frozen, as SD keeps CLIP frozen)"
-                              if train_config.get("text_encoder") == "frozen" else "trained with the UNet"),
+                              if train_config.get("text_encoder") == "frozen" else f"trained with the {denoiser}"),
         f"- hook points: {', '.join(f'`{k}` = `{v}`' for k, v in spec['hook_points'].items())}",
-        "  (grids 8x8, 4x4, 8x8)",
+        f"  ({grids})",
         f"- defaults: {spec['default_steps']} DDIM steps, guidance {spec['default_guidance']}",
         f"- weights: {size_mb:.1f} MB (fp16 safetensors)",
         "",

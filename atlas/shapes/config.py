@@ -45,6 +45,10 @@ class ShapesTrainConfig:
     attention_depth: int = 1
     """Transformer layers in each attention block (SD v1.4 has 1 per block but 16 blocks; this model has 4).
     With --init-from a shallower model, the new layers start at zero. A resumed run keeps its own."""
+    backbone: str = "unet"
+    """Denoiser of a new run: unet (the shipped shapes model's) or dit (a PixArt-style diffusion transformer on an
+    8 x 8 grid of image tokens, atlas.shapes.dit), with the same text encoder, pixel space and schedules. A resumed
+    run keeps its own; --init-from takes an export of the same backbone."""
     object_count_weights: str = "0.4,0.35,0.25"
     """Relative frequency of training scenes with 1, 2, 3 ... objects, at most 4 (more weight on crowded scenes
     teaches them more often)."""

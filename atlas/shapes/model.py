@@ -18,6 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from atlas.errors import BadInputError
 from atlas.models.base import TextToImageModel
 from atlas.models.spec import ModelSpec
+from atlas.shapes.dit import build_dit, dit_hook_points
 from atlas.shapes.world import COLORS, POSITIONS, SHAPES, STYLES
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -43,6 +44,18 @@ class ShapesModelConfig:
     """Cross-attention at the 16 x 16 level too (down_blocks.0, up_blocks.2), not only at 8 x 8 and 4 x 4."""
     attention_depth: int = 1
     """Transformer layers (self-attention, cross-attention, feed-forward) in each attention block."""
+    backbone: str = "unet"
+    """unet (the sizes above; the shipped weights) or dit (a PixArt-style diffusion transformer, the sizes below;
+    see atlas.shapes.dit)."""
+    patch_size: int = 2
+    """DiT: latent pixels per image token side (2 turns the 16 x 16 latent into an 8 x 8 token grid)."""
+    dit_width: int = 192
+    """DiT: hidden size of every transformer block."""
+    dit_depth: int = 6
+    """DiT: transformer blocks (self-attention, cross-attention to the text, feed-forward, each adaLN-modulated by
+    the timestep)."""
+    dit_heads: int = 6
+    """DiT: attention heads (head size dit_width / dit_heads)."""
 
 
 SHAPES_HOOK_POINTS = {
@@ -124,11 +137,17 @@ def training_scheduler(schedule: str = "zero-snr") -> DDPMScheduler:
 
 
 def new_shapes_model(config: ShapesModelConfig | None = None, seed: int = 0) -> TextToImageModel:
-    """A randomly initialised shapes model (the starting point of `atlas shapes train`)."""
+    """A randomly initialised shapes model (the starting point of `atlas shapes train`). Either backbone draws the
+    same text encoder from the same seed: it is built first."""
     config = config or ShapesModelConfig()
+    dit = config.backbone == "dit"
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    spec = ModelSpec(name="shapes", hook_points=dict(SHAPES_HOOK_POINTS), default_steps=20, default_guidance=3.0,
-                     resolution=config.resolution, pixel_unshuffle=config.pixel_unshuffle, coord_channels=True)
-    return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=build_text_encoder(config, tokenizer),
-                            unet=build_unet(config), scheduler=DDIMScheduler(**scheduler_config(config.schedule)))
+    text_encoder = build_text_encoder(config, tokenizer)
+    spec = ModelSpec(name="shapes-dit" if dit else "shapes",
+                     hook_points=dit_hook_points(config.dit_depth) if dit else dict(SHAPES_HOOK_POINTS),
+                     default_steps=20, default_guidance=3.0, resolution=config.resolution,
+                     pixel_unshuffle=config.pixel_unshuffle, coord_channels=True, backbone=config.backbone)
+    return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=text_encoder,
+                            unet=None if dit else build_unet(config), transformer=build_dit(config) if dit else None,
+                            scheduler=DDIMScheduler(**scheduler_config(config.schedule)))

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from atlas.errors import BadInputError, ConflictError, NotFoundError
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
-from atlas.models.spec import SPEC_FILE, ModelSpec
+from atlas.models.loader import denoiser_class
+from atlas.models.spec import DENOISERS, SPEC_FILE, ModelSpec
 from atlas.shapes.config import ShapesTrainConfig
 from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
 from atlas.shapes.world import WorldConfig, random_scene, render
@@ -60,8 +61,8 @@ class _Stop:
 def _trainable(model: TextToImageModel, config: ShapesModelConfig) -> list[torch.nn.Parameter]:
     """The parameters the optimiser and the EMA follow (the text encoder's only when it is trained)."""
     if config.frozen_text_encoder:
-        return list(model.unet.parameters())
-    return list(model.unet.parameters()) + list(model.text_encoder.parameters())
+        return list(model.denoiser.parameters())
+    return list(model.denoiser.parameters()) + list(model.text_encoder.parameters())
 
 
 def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = None, progress: bool = True) -> Path:
@@ -80,7 +81,8 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     model_config = model_config or ShapesModelConfig(schedule=config.schedule,
                                                      frozen_text_encoder=config.text_encoder == "frozen",
                                                      fine_cross_attention=config.fine_cross_attention,
-                                                     attention_depth=config.attention_depth)
+                                                     attention_depth=config.attention_depth,
+                                                     backbone=config.backbone)
     model = new_shapes_model(model_config, seed=config.seed)
     model.text_encoder.requires_grad_(not model_config.frozen_text_encoder)
     params = _trainable(model, model_config)
@@ -88,7 +90,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     ema = [p.detach().clone() for p in params]
     state = {"step": 0, "seconds": 0.0, "losses": [], "rng": random.Random(config.seed).getstate()}
     if ckpt is not None:
-        model.unet.load_state_dict(ckpt["unet"])
+        model.denoiser.load_state_dict(ckpt[model.denoiser_name])
         model.text_encoder.load_state_dict(ckpt["text_encoder"])
         opt.load_state_dict(ckpt["optimizer"])
         for e, saved in zip(ema, ckpt["ema"]):
@@ -104,7 +106,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     effective = dict(asdict(config), schedule=model_config.schedule, init_from=state.get("init_from", ""),
                      text_encoder="frozen" if model_config.frozen_text_encoder else "trained",
                      fine_cross_attention=model_config.fine_cross_attention,
-                     attention_depth=model_config.attention_depth)
+                     attention_depth=model_config.attention_depth, backbone=model_config.backbone)
     (run_dir / "train_config.json").write_text(json.dumps(effective, indent=2))
     rng = random.Random()
     rng.setstate(state["rng"])
@@ -114,9 +116,9 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
 
     def save() -> None:
         state["rng"] = rng.getstate()
-        checkpoint = {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
-                      "optimizer": opt.state_dict(), "ema": ema, "torch_rng": torch.get_rng_state(),
-                      "state": state, "model_config": asdict(model_config)}
+        checkpoint = {model.denoiser_name: model.denoiser.state_dict(),
+                      "text_encoder": model.text_encoder.state_dict(), "optimizer": opt.state_dict(), "ema": ema,
+                      "torch_rng": torch.get_rng_state(), "state": state, "model_config": asdict(model_config)}
         atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
         _write_loss_log(run_dir, state["losses"])
 
@@ -125,7 +127,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     running = None
     bar = tqdm(desc="train shapes", unit="step", initial=state["step"],
                total=config.max_steps or None, disable=not progress)
-    model.unet.train()
+    model.denoiser.train()
     model.text_encoder.train(not model_config.frozen_text_encoder)
     try:
         while not stop.requested:
@@ -170,18 +172,22 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     return ckpt_path
 
 
-def _init_from_export(model: TextToImageModel, directory: Path, unet_only: bool = False) -> dict:
-    """Load exported (fp16) weights into `model` (only the UNet with `unet_only`); returns the training state
-    recorded at export."""
-    from diffusers import UNet2DConditionModel
+def _init_from_export(model: TextToImageModel, directory: Path, denoiser_only: bool = False) -> dict:
+    """Load exported (fp16) weights into `model` (only the denoiser with `denoiser_only`); returns the training
+    state recorded at export."""
     from transformers import CLIPTextModel
 
     facts_path = directory / "training.json"
     if not facts_path.exists():
         raise NotFoundError(f"{directory} has no training.json: export it with `atlas shapes export` first")
-    unet = UNet2DConditionModel.from_pretrained(directory / "unet", torch_dtype=torch.float32)
-    load_growing(model.unet, unet.state_dict())
-    if not unet_only:
+    backbone = ModelSpec.load(directory).backbone if (directory / SPEC_FILE).exists() else "unet"
+    if backbone != model.spec.backbone:
+        raise BadInputError(f"{directory} holds a {backbone} model and this run trains a {model.spec.backbone}: "
+                         "--init-from takes an export of the same backbone (a run from its seed gets the same frozen "
+                         "text encoder)")
+    denoiser = denoiser_class(backbone).from_pretrained(directory / model.denoiser_name, torch_dtype=torch.float32)
+    load_growing(model.denoiser, denoiser.state_dict())
+    if not denoiser_only:
         text = CLIPTextModel.from_pretrained(directory / "text_encoder", torch_dtype=torch.float32)
         model.text_encoder.load_state_dict(text.state_dict())
     facts = json.loads(facts_path.read_text())
@@ -244,13 +250,13 @@ def load_checkpoint_model(ckpt_path: str | Path, use_ema: bool = True) -> TextTo
 def _checkpoint_model(ckpt: dict, use_ema: bool = True) -> TextToImageModel:
     model_config = _model_config(ckpt)
     model = new_shapes_model(model_config)
-    model.unet.load_state_dict(ckpt["unet"])
+    model.denoiser.load_state_dict(ckpt[model.denoiser_name])
     model.text_encoder.load_state_dict(ckpt["text_encoder"])
     if use_ema:
         with torch.no_grad():
             for p, e in zip(_trainable(model, model_config), ckpt["ema"]):
                 p.copy_(e)
-    model.unet.eval()
+    model.denoiser.eval()
     model.text_encoder.eval()
     return model
 
@@ -268,6 +274,10 @@ def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = 
     continued from an export keeps that export's scale, so re-exporting the shipped model does not reset it."""
     ckpt = torch.load(ckpt_path, weights_only=False)
     model, state = _checkpoint_model(ckpt), ckpt["state"]
+    other = [part for part in DENOISERS.values() if part != model.denoiser_name and Path(out_dir, part).is_dir()]
+    if other:  # e.g. a DiT run exported over data/shapes: refused rather than replacing the shipped UNet
+        raise ConflictError(f"{out_dir} holds a model with a {other[0]}/: export this {model.spec.backbone} run to "
+                         "another directory (--out)")
     guidance = guidance if guidance is not None else _starting_guidance(state.get("init_from", ""))
     if guidance is not None:
         model.spec.default_guidance = guidance
