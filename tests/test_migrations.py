@@ -94,3 +94,15 @@ def test_a_catalog_stamped_newer_is_refused_by_writers(tmp_path):
     assert catalog.revision() == "0099"
     with pytest.raises(SchemaTooNewError, match="schema 0099"):
         open_writer(root)
+
+
+def test_the_readers_schema_facts_agree_with_alembic_and_sqlalchemy():
+    """Readers know the revisions and tables without loading Alembic or SQLAlchemy (atlas.store.revisions); they
+    must be the ones the migrations and the models define."""
+    from alembic.script import ScriptDirectory
+
+    from atlas.store import migrate, revisions, schema
+
+    script = ScriptDirectory.from_config(migrate._config())
+    assert revisions.revisions() == tuple(reversed([r.revision for r in script.walk_revisions()]))
+    assert list(revisions.TABLES) == list(schema.TABLES)

@@ -31,14 +31,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atlas.store import codes, migrate, snapshot
-from atlas.store import index as faiss_index
-from atlas.store.catalog import CATALOG_FILE, Catalog
+from atlas.store import codes, revisions, snapshot
 from atlas.store.errors import (
     AtlasNotFoundError,
     CorruptFileError,
@@ -53,7 +52,19 @@ from atlas.store.ids import DEFAULT_BRANCH, ConceptRef, concept_id, concept_pref
 from atlas.store.lookup import SortedFiles
 from atlas.store.reads import LINK_RANK, ConceptInfo, ImageHit, Neighbor
 from atlas.store.views import QueryResult, SaeInfo, Views
-from atlas.store.writer import Writer
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from atlas.store.catalog import Catalog
+    from atlas.store.writer import Writer
+
+
+def _faiss() -> ModuleType:
+    """atlas.store.index, imported on the first neighbour search: FAISS is not needed to read anything else."""
+    from atlas.store import index
+
+    return index
 
 DEFAULT_DIR = Path("atlas-data")
 """Not ./atlas: a folder of that name beside a script would shadow the package (`import atlas` finds it first)."""
@@ -93,8 +104,10 @@ class Atlas:
             raise InvalidInputError(f"{root} is a Python package, not an atlas; choose another --atlas directory")
         _refuse_newer(root)
         root.mkdir(parents=True, exist_ok=True)
+        from atlas.store.catalog import Catalog
+
         catalog = Catalog(root, threads=threads)
-        if snapshot.current(root) is None or catalog.revision() != migrate.head():
+        if snapshot.current(root) is None or catalog.revision() != revisions.head():
             catalog.upgrade()
         catalog.recover()
         atlas = cls(root, threads=threads)
@@ -105,6 +118,8 @@ class Atlas:
 
     def writer(self) -> Writer:
         """A writer on this atlas that reads through this reader (closing the writer leaves it open)."""
+        from atlas.store.writer import Writer
+
         return Writer(self, _writable_catalog(self.root, self.threads))
 
     def close(self) -> None:
@@ -315,7 +330,7 @@ class Atlas:
             raise NoIndexError(what)
         path = files[0]
         if path not in self._indexes:
-            self._indexes[path] = faiss_index.read(path, str(path.relative_to(self.root)))
+            self._indexes[path] = _faiss().read(path, str(path.relative_to(self.root)))
         return self._indexes[path]
 
     def _neighbors(self, scores: np.ndarray, ids: np.ndarray, sae: SaeInfo | None, skip: tuple[int, int] | None,
@@ -323,7 +338,7 @@ class Atlas:
         by_id = {s.id: s for s in self.saes()}
         found = []
         for score, packed in zip(scores, ids):
-            sae_id, latent = (sae.id, int(packed)) if sae else map(int, faiss_index.unpack_id(packed))
+            sae_id, latent = (sae.id, int(packed)) if sae else map(int, _faiss().unpack_id(packed))
             if (sae_id, latent) == skip or sae_id not in by_id:
                 continue
             s = by_id[sae_id]
@@ -339,13 +354,13 @@ class Atlas:
         vector = own.reconstruct(latent)
         if t is not None:
             target = self._check_filters(sae.block, t, sae.branch)[0]
-            found = faiss_index.search(self._index("faiss_sae", f"SAE {target.block}/{target.t!r}", target.id),
+            found = _faiss().search(self._index("faiss_sae", f"SAE {target.block}/{target.t!r}", target.id),
                                        vector, k + 1)
             return self._neighbors(*found, target, (sae.id, latent), k)
         if not across_t:
-            return self._neighbors(*faiss_index.search(own, vector, k + 1), sae, (sae.id, latent), k)
+            return self._neighbors(*_faiss().search(own, vector, k + 1), sae, (sae.id, latent), k)
         key = f"{sae.block}/{sae.branch}"
-        found = faiss_index.search(self._index("faiss_block", f"block {key}", key=key), vector, k + 1)
+        found = _faiss().search(self._index("faiss_block", f"block {key}", key=key), vector, k + 1)
         return self._neighbors(*found, None, (sae.id, latent), k)
 
     def search_vector(self, vector: np.ndarray, block: str, t: float | None = None, k: int = 10,
@@ -354,10 +369,10 @@ class Atlas:
         saes = self._check_filters(block, t, branch)
         if t is not None:
             sae = saes[0]
-            return self._neighbors(*faiss_index.search(self._index("faiss_sae", f"SAE {block}/{sae.t!r}", sae.id),
+            return self._neighbors(*_faiss().search(self._index("faiss_sae", f"SAE {block}/{sae.t!r}", sae.id),
                                                        vector, k), sae, None, k)
         key = f"{block}/{branch}"
-        return self._neighbors(*faiss_index.search(self._index("faiss_block", f"block {key}", key=key), vector, k),
+        return self._neighbors(*_faiss().search(self._index("faiss_block", f"block {key}", key=key), vector, k),
                                None, None, k)
 
 
@@ -372,8 +387,8 @@ def _refuse_newer(root: Path) -> None:
     generation = snapshot.current(root) if root.is_dir() else None
     if generation is not None:
         schema = snapshot.meta(generation).get("schema")
-        if schema not in migrate.revisions():
-            raise SchemaTooNewError(root, schema, migrate.head())
+        if schema not in revisions.revisions():
+            raise SchemaTooNewError(root, schema, revisions.head())
 
 
 def _existing(path: str | Path | None) -> Path:
@@ -387,13 +402,15 @@ def _existing(path: str | Path | None) -> Path:
 def _writable_catalog(root: Path, threads: int | None) -> Catalog:
     """The catalog, upgraded from an older schema and with an unpublished commit published; a catalog stamped by
     a newer version is refused."""
+    from atlas.store.catalog import CATALOG_FILE, Catalog
+
     if not (root / CATALOG_FILE).exists():
         raise AtlasNotFoundError(root)
     catalog = Catalog(root, threads=threads)
     revision = catalog.revision()
-    if revision not in migrate.revisions():
-        raise SchemaTooNewError(root, revision, migrate.head())
-    if snapshot.meta(snapshot.current(root))["schema"] != migrate.head() or revision != migrate.head():
+    if revision not in revisions.revisions():
+        raise SchemaTooNewError(root, revision, revisions.head())
+    if snapshot.meta(snapshot.current(root))["schema"] != revisions.head() or revision != revisions.head():
         catalog.upgrade()
     catalog.recover()
     return catalog
@@ -407,6 +424,8 @@ def open_atlas(path: str | Path | None = None, threads: int | None = None) -> At
 def open_writer(path: str | Path | None = None, threads: int | None = None) -> Writer:
     """Open an atlas for writing (default: `default_path()`), upgrading an older schema first; the writer owns its
     reader (`writer.atlas`) and closes it with itself."""
+    from atlas.store.writer import Writer
+
     root = _existing(path)
     catalog = _writable_catalog(root, threads)
     try:
@@ -422,4 +441,4 @@ def open_writer(path: str | Path | None = None, threads: int | None = None) -> W
 def upgrade_atlas(path: str | Path) -> str:
     """Bring an atlas to the newest schema; returns the revision."""
     open_writer(path).close()
-    return migrate.head()
+    return revisions.head()

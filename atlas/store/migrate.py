@@ -15,8 +15,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.ddl.impl import DefaultImpl
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+
+from atlas.store import revisions as _revisions
 
 
 class DuckDBImpl(DefaultImpl):
@@ -39,15 +40,8 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
-@cache
-def revisions() -> tuple[str, ...]:
-    """Known revisions, oldest first."""
-    script = ScriptDirectory.from_config(_config())
-    return tuple(reversed([rev.revision for rev in script.walk_revisions()]))
-
-
-def head() -> str:
-    return revisions()[-1]
+revisions, head = _revisions.revisions, _revisions.head
+"""Known revisions (oldest first) and the newest, from atlas.store.revisions."""
 
 
 def current(connection: Connection) -> str | None:

@@ -173,4 +173,5 @@ class Stage(Base):
 
 
 TABLES = [cls.__tablename__ for cls in Base.__subclasses__()]
-"""Every catalog table; each is published as a Parquet snapshot for readers."""
+"""Every catalog table; each is published as a Parquet snapshot for readers (atlas.store.revisions.TABLES, which
+readers use without loading SQLAlchemy, must name the same)."""

@@ -30,7 +30,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from atlas.store import codes, migrate, snapshot
+from atlas.store import codes, snapshot
+from atlas.store import revisions as migrate
 from atlas.store.errors import (
     AtlasError,
     AtlasNotFoundError,
@@ -42,7 +43,7 @@ from atlas.store.errors import (
     SqlError,
 )
 from atlas.store.ids import CONCEPT_ID_SQL
-from atlas.store.schema import TABLES
+from atlas.store.revisions import TABLES
 
 ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
