@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from atlas.errors import BadInputError
+from atlas.errors import BadInputError, NotFoundError
 from atlas.files import atomic_write
 
 OBJECT_STORES = ("s3", "gcs", "abfs")
@@ -71,7 +71,8 @@ class Location:
             with fs.open_input_stream(self._path(name)) as stream:
                 return stream.readall()
         except FileNotFoundError:
-            raise FileNotFoundError(f"missing file {self.name(name)}") from None
+            raise NotFoundError(f"missing file {self.name(name)}: the directory is incomplete; re-run the step that "
+                                "wrote it") from None
 
     def write(self, name: str, data: bytes) -> None:
         """Write `data` atomically (readers and resumed runs never see a partial file)."""

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region, region_to_grid
+from atlas.errors import BadInputError, ConflictError
 from atlas.models import Hooks, generate, load_model
 from atlas.sae import Sae, SaeConfig
 from atlas.shapes.config import ShapesTrainConfig
@@ -123,9 +124,9 @@ def test_dit_training_resumes_exports_and_the_export_generates(tmp_path):
     unet_run = ShapesTrainConfig(run_dir=str(tmp_path / "unet-run"), max_steps=1, batch_size=2, threads=1)
     export(train(unet_run, replace(TINY_DIT, backbone="unet", channels=(32, 32, 64), attention_heads=2),
                  progress=False), unet_export)
-    with pytest.raises(ValueError, match="holds a unet model and this run trains a dit"):
+    with pytest.raises(BadInputError, match="holds a unet model and this run trains a dit"):
         train(replace(resumed, run_dir=str(tmp_path / "run3"), init_from=str(unet_export)), TINY_DIT, progress=False)
-    with pytest.raises(ValueError, match="holds a model with a unet/"):
+    with pytest.raises(ConflictError, match="holds a model with a unet/"):
         export(ckpt, unet_export)
 
 

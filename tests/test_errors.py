@@ -36,7 +36,7 @@ STATUS = {
     "AtlasError": 400, "BadInputError": 400, "ReadOnlyError": 403, "NotFoundError": 404, "ConflictError": 409,
     "UnavailableError": 503,
     # the store's
-    "AtlasNotFoundError": 404, "SchemaTooNewError": 409, "SchemaTooOldError": 409, "ReadOnlyAtlasError": 403,
+    "AtlasNotFoundError": 404, "SchemaTooNewError": 409, "SchemaTooOldError": 409,
     "UnknownLabelError": 404, "NoLabelsError": 404, "UnknownSaeError": 404, "BadConceptIdError": 400,
     "SqlError": 400, "ReadOnlySqlError": 400, "QueryTimeoutError": 400, "CorruptFileError": 503,
     "AtlasInUseError": 409, "CatalogBusyError": 503, "NoIndexError": 404, "InvalidInputError": 400,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
-from atlas.errors import BadInputError, UnavailableError
+from atlas.errors import BadInputError, NotFoundError, UnavailableError
 from atlas.location import Location
 from atlas.models import load_model
 from atlas.pipeline.config import ExecutorConfig, SaeJobConfig
@@ -112,7 +112,7 @@ def test_location_writes_reads_and_lists_on_a_non_local_filesystem(tmp_path):
     remote.write("shards/mid/t1.0/cond/batch-000000.safetensors", b"x")
     assert remote.files("done", ".json") == ["batch-000000.json", "batch-000001.json"]
     assert remote.read("done/batch-000000.json") == b"[]" and remote.exists("done/batch-000001.json")
-    with pytest.raises(FileNotFoundError, match="mock:///bucket/acts/prompts.jsonl"):
+    with pytest.raises(NotFoundError, match="mock:///bucket/acts/prompts.jsonl"):
         remote.read("prompts.jsonl")
     local = Location(f"file://{tmp_path}")
     assert local.local == tmp_path

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from atlas.errors import BadInputError
 
-BRANCHES = ("cond", "both")
-KINDS = ("spatial", "style")
+EDITED_BRANCHES = ("cond", "both")  # which CFG halves an edit changes (capture records "uncond" and "cond")
+EVAL_KINDS = ("spatial", "style")  # the two experiments of `atlas eval-edits` (Tables 4 and 5)
 
 
 def _at_least(name: str, value: int, low: int) -> None:
@@ -41,8 +41,8 @@ def parse_concepts_t(text: str) -> float | None:
 
 
 def _branch(value: str) -> None:
-    if value not in BRANCHES:
-        raise BadInputError(f"unknown branch {value!r}; use one of {', '.join(BRANCHES)}")
+    if value not in EDITED_BRANCHES:
+        raise BadInputError(f"unknown branch {value!r}; use one of {', '.join(EDITED_BRANCHES)}")
 
 
 @dataclass
@@ -113,7 +113,7 @@ class EvalEditsConfig:
     """Edited images denoised together."""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        if self.kind not in EVAL_KINDS:
             raise BadInputError(f"unknown kind {self.kind!r}; use spatial or style")
         _branch(self.branch)
         parse_concepts_t(self.concepts_t)

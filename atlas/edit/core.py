@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.edit.config import BRANCHES
+from atlas.edit.config import EDITED_BRANCHES
 from atlas.errors import BadInputError, NotFoundError
 from atlas.grids import mask_to_grid
 from atlas.models.hooks import Hooks, StepInfo, step_to_t, t_to_step
 from atlas.sae import Sae
 
-KINDS = ("spatial", "global")
 REGION_COVERAGE = 0.5  # a grid cell is inside the region when the region covers at least half of it
 NAMED_REGIONS: dict[str, tuple[float, float, float, float]] = {
     "left": (0.0, 0.0, 0.5, 1.0), "right": (0.5, 0.0, 1.0, 1.0), "top": (0.0, 0.0, 1.0, 0.5),
@@ -158,8 +157,8 @@ class ConceptEdit:
     branch: str = "cond"
 
     def __post_init__(self) -> None:
-        if self.branch not in BRANCHES:
-            raise BadInputError(f"unknown branch {self.branch!r}; use one of {', '.join(BRANCHES)}")
+        if self.branch not in EDITED_BRANCHES:
+            raise BadInputError(f"unknown branch {self.branch!r}; use one of {', '.join(EDITED_BRANCHES)}")
         if not self.latents:
             raise BadInputError("an edit needs at least one concept")
         if not self.steps:

@@ -21,7 +21,7 @@ Writing, with a `Writer` opened explicitly (atlas.store.writer); its `with` bloc
 from atlas.lazy import lazy_face
 
 _ERRORS = ("AtlasError", "AtlasNotFoundError", "BadConceptIdError", "CatalogBusyError", "CorruptFileError",
-           "InvalidInputError", "NoIndexError", "NoLabelsError", "QueryTimeoutError", "ReadOnlyAtlasError",
+           "InvalidInputError", "NoIndexError", "NoLabelsError", "QueryTimeoutError",
            "ReadOnlySqlError", "SchemaTooNewError", "SchemaTooOldError", "SqlError", "UnknownLabelError",
            "UnknownSaeError")
 _NAMES = {

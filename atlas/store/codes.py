@@ -210,8 +210,13 @@ class Compacted:
     image_buckets: set[int]
 
 
+def sql_string(text: str) -> str:
+    """`text` as a DuckDB string literal (for the places a parameter cannot go: file lists, SET values)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 def _paths_sql(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(sql_string(str(p)) for p in paths) + "]"
 
 
 def compact(con: duckdb.DuckDBPyConnection, root: Path, sae_id: int, parts: list[Path], old_files: list[Path],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 
 from atlas.errors import AtlasError as AtlasError
-from atlas.errors import BadInputError, ConflictError, NotFoundError, ReadOnlyError, UnavailableError
+from atlas.errors import BadInputError, ConflictError, NotFoundError, UnavailableError
 
 
 class AtlasNotFoundError(NotFoundError):
@@ -27,12 +27,8 @@ class SchemaTooNewError(ConflictError):
 class SchemaTooOldError(ConflictError):
     def __init__(self, path: object, revision: str, head: str) -> None:
         super().__init__(f"the atlas at {path} has schema {revision}, this version needs {head}: upgrade it once "
-                         f"with `atlas upgrade --atlas {path}` (or open it writable from Python)")
-
-
-class ReadOnlyAtlasError(ReadOnlyError):
-    def __init__(self, what: str) -> None:
-        super().__init__(f"cannot {what}: this atlas was opened read-only; use open_atlas(path, readonly=False)")
+                         f"with `atlas upgrade --atlas {path}` (or `atlas.open_writer(path)` from Python, which "
+                         "upgrades first)")
 
 
 class UnknownLabelError(NotFoundError):

@@ -85,13 +85,9 @@ class QueryResult:
         return self.table.to_pylist()
 
 
-def _sql_str(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
-
-
 def parquet_scan(paths: list[Path], hive: bool = False) -> str:
     options = ", hive_partitioning = true, hive_types = {'sae_id': INTEGER, 'bucket': INTEGER}" if hive else ""
-    return f"read_parquet([{', '.join(_sql_str(str(p)) for p in paths)}]{options})"
+    return f"read_parquet([{', '.join(codes.sql_string(str(p)) for p in paths)}]{options})"
 
 
 _CODES_COLUMNS = ("c.image_id, c.sae_id, s.block, s.t, s.branch, c.row, c.col, c.latent, "
@@ -112,7 +108,7 @@ class Views:
         config = {"threads": threads} if threads else {}
         self._con = duckdb.connect(":memory:", config=config)
         for setting in ("SET parquet_metadata_cache = true", "SET temp_directory = ''",
-                        f"SET allowed_directories = [{_sql_str(str(self.root) + '/')}]",
+                        f"SET allowed_directories = [{codes.sql_string(str(self.root) + '/')}]",
                         "SET enable_external_access = false", "SET lock_configuration = true"):
             self._con.execute(setting)
         self._lock = threading.Lock()
