@@ -15,72 +15,25 @@ import torch
 
 from atlas.annotate.base import Annotator, AnnotatorNotAvailable, ObjectAnnotation
 from atlas.annotate.grounded_sam import _tag_token_masks
+from atlas.annotate.random import write_random_grounding_dino, write_random_sam
 from atlas.annotate.taggers import get_tagger
 from atlas.errors import BadInputError
 from atlas.grids import mask_to_grid
 from atlas.pipeline.presets import get_annotator
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "and", "dog", "red", "car", "cat", "on", "the"]
+WORDS = ["a", "and", "dog", "red", "car", "cat", "on", "the"]
 PROMPTS = ["a dog and a red car", "a cat on the car"]
 TAGS = [{"dog", "red car"}, {"cat", "car"}]
 
 
 @pytest.fixture(scope="module")
 def tiny_grounding_dino(tmp_path_factory):
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    torch.manual_seed(0)
-    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, image_size=128,
-                      out_indices=[2, 3, 4])
-    bert = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
-    config = GroundingDinoConfig(backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1,
-                                 decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-                                 decoder_attention_heads=2, num_queries=20, max_text_len=32)
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}, do_lower_case=True)
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192}),
-        tokenizer=tokenizer)
-    path = tmp_path_factory.mktemp("tiny-grounding-dino")
-    GroundingDinoForObjectDetection(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return write_random_grounding_dino(tmp_path_factory.mktemp("tiny-grounding-dino"), WORDS)
 
 
 @pytest.fixture(scope="module")
 def tiny_sam(tmp_path_factory):
-    from transformers import (
-        SamConfig,
-        SamImageProcessor,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamProcessor,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-
-    torch.manual_seed(0)
-    config = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=16, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
-                                      image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1],
-                                      mlp_dim=32, num_pos_feats=8),
-        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=16, image_size=128, patch_size=16,
-                                                     mask_input_channels=4),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=2,
-                                                 num_attention_heads=2, iou_head_hidden_dim=16))
-    path = tmp_path_factory.mktemp("tiny-sam")
-    SamModel(config).save_pretrained(path)
-    SamProcessor(SamImageProcessor(size={"longest_edge": 128}, pad_size={"height": 128, "width": 128})
-                 ).save_pretrained(path)
-    return path
+    return write_random_sam(tmp_path_factory.mktemp("tiny-sam"))
 
 
 def _images() -> list[np.ndarray]:

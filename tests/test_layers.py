@@ -154,4 +154,20 @@ def test_the_package_list_names_every_package_of_the_tree() -> None:
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {module for module, path in modules().items() if path.name == "__init__.py"}
-    assert listed == packages
+    assert listed == packages | data_packages()
+
+
+def data_packages() -> set[str]:
+    """Folders of shipped files (templates, migration scripts, model weights) inside a package: Python can import
+    them as namespace packages, so setuptools wants them listed (it warns about each one that is not) and only
+    then ships their files. A folder whose name is no identifier (shapes-dit) cannot be imported and is not one."""
+    found = set()
+    for folder, package in SOURCES.items():
+        for path in sorted((ROOT / folder).rglob("*")):
+            parts = path.relative_to(ROOT / folder).parts
+            if not path.is_dir() or (path / "__init__.py").exists() or "__pycache__" in parts:
+                continue
+            parent_importable = (path.parent / "__init__.py").exists() or ".".join([package, *parts[:-1]]) in found
+            if parent_importable and all(p.isidentifier() for p in parts):
+                found.add(".".join([package, *parts]))
+    return found

@@ -76,3 +76,22 @@ def test_device_and_dtype_choice():
     if not torch.cuda.is_available():
         with pytest.raises(UnavailableError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def test_a_random_sd14_architecture_directory_loads_hooks_and_generates(tmp_path):
+    """write_random_sd's tiny size: the SD v1.4 layout and block types, loaded and sampled by the real code path."""
+    from atlas.models.random import SIZES, write_random_sd
+
+    path = write_random_sd(tmp_path / "sd", "tiny")
+    model = load_model(str(path), device="cpu")
+    tiny = SIZES["tiny"]
+    assert model.latent_shape == (4, tiny.sample_size, tiny.sample_size)
+    assert model.spec.resolution == tiny.sample_size * 8
+    assert [model.hook_module_name(b) for b in ("down", "mid", "up")] == \
+        ["down_blocks.2.attentions.1", "mid_block.attentions.0", "up_blocks.1.attentions.0"]
+    ids = model.tokenize(["a dog!"])[0].tolist()
+    assert ids[:7] == [512, 353, 100, 111, 359, 289, 513] and len(ids) == tiny.max_tokens  # one token per byte
+    images = generate(model, ["a dog"], [0], steps=2, guidance=7.5)
+    assert images.shape == (1, 64, 64, 3)
+    with pytest.raises(BadInputError, match="unknown random SD size"):
+        write_random_sd(tmp_path / "other", "huge")
