@@ -8,7 +8,10 @@ import itertools
 import json
 import shutil
 import signal
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +188,23 @@ def test_train_one_streams_checkpoints_and_cleans_up(acts_dir, tmp_path):
     again = train_one(acts, *KEY, tmp_path, dataclasses.replace(config, retrain=True), progress=False)
     assert again.metrics["explained_variance"] == pytest.approx(metrics["explained_variance"])
     assert list(itertools.chain(report.path.glob("*.tmp"), report.path.glob(CHECKPOINT_DIR))) == []
+
+
+SIGTERM_RUN = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_sae_stream import SAE, TRAIN, Interrupting, stream
+from atlas.sae import train_sae
+train_sae(Interrupting(stream({acts!r}), 20, lambda: os.kill(os.getpid(), signal.SIGTERM)), SAE, TRAIN,
+          progress=False, checkpoint={ckpt!r})
+print("not stopped")
+"""
+
+
+def test_sigterm_checkpoints_then_ends_the_process_as_sigterm_does(acts_dir, tmp_path):
+    code = SIGTERM_RUN.format(tests=str(Path(__file__).parent), acts=str(acts_dir), ckpt=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM and "not stopped" not in done.stdout, done.stderr
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] > 0
+    whole = train_sae(stream(acts_dir), SAE, TRAIN, progress=False)
+    assert_same_sae(whole, train_sae(stream(acts_dir), SAE, TRAIN, progress=False, checkpoint=tmp_path))
