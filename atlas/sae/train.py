@@ -294,6 +294,8 @@ def train_saes(
         total_steps = cfg.n_tokens // cfg.batch_size or None
     use_bf16 = cfg.autocast and device.type == "cuda" and torch.cuda.is_bf16_supported()
     given = list(saes) if saes is not None else [None] * len(jobs)
+    if len(given) != len(jobs):
+        raise BadInputError(f"{len(given)} SAEs to continue for {len(jobs)} configurations: give one per configuration")
     runs = [_Run(sae or Sae(sae_cfg, device=device, generator=torch.Generator().manual_seed(train_cfg.seed)),
                  train_cfg, total_tokens, device, use_bf16) for (sae_cfg, train_cfg), sae in zip(jobs, given)]
 
