@@ -19,6 +19,7 @@ Needs `pip install eai-sparsify` (it leaves torch alone).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atlas.sae import SaeConfig, SaeTrainConfig, fvu, train_sae
-from atlas.sae.train import _lr_factor, shuffled_batches
+from atlas.sae.train import _lr_factor, token_batches
 
 DATA_SEED_OFFSET = 1_000_003
 
@@ -69,7 +70,7 @@ def train_sparsify(data: Tensor, args: argparse.Namespace, train_cfg: SaeTrainCo
     total_steps = max(1, (args.tokens or n_data) // min(args.batch_size, n_data))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, train_cfg))
     since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
-    batches = shuffled_batches(data, args.batch_size, args.tokens or n_data, torch.Generator().manual_seed(args.seed))
+    batches = itertools.islice(token_batches(data, min(args.batch_size, n_data), args.seed), total_steps)
     tokens = 0
     start = time.perf_counter()
     for step, batch in enumerate(batches):

@@ -114,7 +114,7 @@ FRACTION = FiniteFloat(0, 1)
 FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("seed", "steps", "n_images", "threads", "max_steps", "warmup_steps", "min_tokens",
                      "dead_tokens"), COUNT),
-    **dict.fromkeys(("batch_size", "n_per_prompt", "k", "attention_depth", "sae_tokens",
+    **dict.fromkeys(("batch_size", "n_per_prompt", "k", "attention_depth", "sae_tokens", "buffer_tokens",
                      "max_concepts", "n", "min_hits"), POSITIVE),
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
     **dict.fromkeys(("caption_dropout", "threshold", "iou", "shared_colour_fraction"), FRACTION),

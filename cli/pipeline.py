@@ -44,8 +44,10 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
     """Train TopK sparse autoencoders on captured activations.
 
     Each SAE trains on the train split and is scored on held-out images; checkpoints are written as
-    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). Finished
-    SAEs are kept when the command runs again (--retrain to redo them).
+    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). Training
+    streams the shards through a buffer of --buffer-tokens positions and checkpoints every
+    --checkpoint-minutes: when the command runs again, finished SAEs are kept (--retrain to redo them)
+    and an interrupted one resumes.
 
     \b
     Examples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate, geometric_median, train_sae
 from atlas.sae.metrics import DeadLatentTracker
-from atlas.sae.train import _lr_factor, make_optimizer, shuffled_batches
+from atlas.sae.train import TensorStream, _lr_factor, cut_batches, make_optimizer, token_batches
 
 
 def small_sae(d: int = 16, n: int = 48, k: int = 4, seed: int = 0, **kw) -> Sae:
@@ -150,17 +151,19 @@ def test_geometric_median_is_robust_and_bias_init_uses_it():
     torch.testing.assert_close(sae.b_dec, torch.tensor([21.2, 0.0]))
 
 
-def test_shuffled_batches_cover_each_token_once_per_epoch_and_chunks_carry_over():
+def test_tensor_batches_cover_each_token_once_per_pass_and_chunks_carry_over():
     data = torch.arange(40, dtype=torch.float32).reshape(20, 2)
-    g = torch.Generator().manual_seed(0)
-    batches = list(shuffled_batches(data, 5, 40, g))
-    assert len(batches) == 8
+    batches = list(itertools.islice(token_batches(data, 5, seed=3), 8))
     for epoch in (batches[:4], batches[4:]):
         assert sorted(torch.cat(epoch)[:, 0].tolist()) == list(range(0, 40, 2))
+    assert not torch.equal(torch.cat(batches[:4]), torch.cat(batches[4:]))  # each pass in its own order
+    again = torch.cat(list(itertools.islice(token_batches(data, 5, seed=3), 8)))
+    assert torch.equal(torch.cat(batches), again)
+    resumed = torch.cat(list(itertools.islice(TensorStream(data, seed=3, chunk_tokens=6).chunks(15), 3)))
+    assert len(resumed) == 17 and torch.equal(resumed, again[15:32])  # from any token, any chunk size: the same
     chunks = [data[:7], data[7:13], data[13:]]
-    batches = list(shuffled_batches(iter(chunks), 5, 0, g))
-    assert len(batches) == 4 and sorted(torch.cat(batches)[:, 0].tolist()) == list(range(0, 40, 2))
-    assert len(list(shuffled_batches(iter(chunks), 5, 10, g))) == 2
+    batches = list(cut_batches(iter(chunks), 5))
+    assert len(batches) == 4 and torch.equal(torch.cat(batches), data)  # a plain iterable keeps its order
 
 
 def test_lr_schedule_warmup_and_final_decay():

@@ -102,6 +102,7 @@ def test_evaluate_accumulates_sums_not_per_batch_ratios():
     assert evaluate(sae, x, batch_size=50)["fvu"] == pytest.approx(direct, rel=1e-6)
     assert evaluate(sae, x, batch_size=7)["fvu"] == pytest.approx(direct, rel=1e-6)
     assert evaluate(sae, [x[:33], x[33:]], batch_size=16)["fvu"] == pytest.approx(direct, rel=1e-6)  # chunk iterable
+    assert evaluate(sae, [x[:33], x[:0], x[33:]])["fvu"] == pytest.approx(direct, rel=1e-6)  # a shard without the split
     per_batch_mean = sum(evaluate(sae, part)["fvu"] for part in x.split(50)) / 2
     assert abs(per_batch_mean - direct) > 0.05  # the naive average would really differ here
 

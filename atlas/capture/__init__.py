@@ -3,12 +3,14 @@
     from atlas.capture import capture, ActivationSet
     capture(model, prompts, "acts", CaptureConfig(t=[1.0, 0.0]))
     ActivationSet("acts").load("mid", 1.0, "cond", split="train")
+    ShardStream(ActivationSet("acts"), "mid", 1.0, "cond", split="train")   # what SAE training reads
 """
 
 from atlas.lazy import lazy_face
 
 _NAMES = {
-    "CaptureConfig": "atlas.capture.config", "split_of": "atlas.capture.splits",
+    "CaptureConfig": "atlas.capture.config", "StreamConfig": "atlas.capture.config",
+    "ShardStream": "atlas.capture.stream", "split_of": "atlas.capture.splits",
     **dict.fromkeys(("ActivationSet", "capture", "delta_at"), "atlas.capture.record"),
 }
 __all__ = sorted(_NAMES)

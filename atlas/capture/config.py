@@ -25,3 +25,12 @@ class CaptureConfig:
     """Image i is generated with seed + i."""
     batch_size: int = 32
     """Images per batch; one shard per (block, t, branch) and batch, so memory stays bounded."""
+
+
+@dataclass
+class StreamConfig:
+    """How training reads an activation directory (atlas.capture.stream)."""
+
+    buffer_tokens: int = 1 << 20
+    """Positions held in memory and shuffled together while streaming shards to SAE training (fp16: positions x
+    width x 2 bytes); a shard must fit, and memory stays the same whatever the number of positions."""

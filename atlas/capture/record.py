@@ -152,18 +152,27 @@ class _CaptureJob:
             png = io.BytesIO()
             Image.fromarray(image).save(png, format="PNG")
             self.out.write(f"images/{record.image_id:06d}.png", png.getvalue())
-        grids: dict[str, list[int]] = {}
-        for (block, t, branch), x in recorder.buffers.items():
-            n_pos = x.shape[0] // len(batch)
-            side = int(round(n_pos ** 0.5))
-            grids[block] = [side, side, int(x.shape[1])]
-            ids = torch.tensor([r.image_id for r in batch], dtype=torch.int32).repeat_interleave(n_pos)
-            pos = torch.arange(n_pos).repeat(len(batch))
-            tensors = {"x": x.contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
-                       "col": (pos % side).to(torch.int16)}
-            meta = {"block": block, "t": str(t), "branch": branch, "module": model.hook_module_name(block)}
-            self.out.write(shard_name(block, t, branch, b), save(tensors, metadata=meta))
-        return {"batch": b, "image_ids": [r.image_id for r in batch], "grids": grids}
+        modules = {block: model.hook_module_name(block) for block in self.blocks}
+        return write_shards(self.out, b, [r.image_id for r in batch], recorder.buffers, modules)
+
+
+def write_shards(out: Location, b: int, image_ids: list[int], buffers: dict[tuple[str, float, str], torch.Tensor],
+                 modules: dict[str, str]) -> dict:
+    """Write batch `b`'s shard of each (block, t, branch) in `buffers`: (images x positions, d) fp16 vectors,
+    image after image, each image's square grid row-major. Returns the batch's done marker (the driver writes
+    it once every shard of the batch is there)."""
+    grids: dict[str, list[int]] = {}
+    for (block, t, branch), x in buffers.items():
+        n_pos = x.shape[0] // len(image_ids)
+        side = int(round(n_pos ** 0.5))
+        grids[block] = [side, side, int(x.shape[1])]
+        ids = torch.tensor(image_ids, dtype=torch.int32).repeat_interleave(n_pos)
+        pos = torch.arange(n_pos).repeat(len(image_ids))
+        tensors = {"x": x.to(torch.float16).contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
+                   "col": (pos % side).to(torch.int16)}
+        meta = {"block": block, "t": str(t), "branch": branch, "module": modules[block]}
+        out.write(shard_name(block, t, branch, b), save(tensors, metadata=meta))
+    return {"batch": b, "image_ids": image_ids, "grids": grids}
 
 
 def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, config: CaptureConfig | None = None,
@@ -193,7 +202,7 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
     manifest = {"model": model.spec.name, "config": asdict(config), "steps": steps, "guidance": guidance,
                 "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
                 "batch_size": config.batch_size, "resolution": model.spec.resolution}
-    _prepare_dir(out, manifest, records)
+    prepare_dir(out, manifest, records)
     batches = [records[i:i + config.batch_size] for i in range(0, len(records), config.batch_size)]
     done = set(done_batches(out))
     todo = [(b, batch) for b, batch in enumerate(batches) if b not in done]
@@ -208,7 +217,8 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
     return out.local or out.uri
 
 
-def _prepare_dir(out: Location, manifest: dict, records: list[PromptRecord]) -> None:
+def prepare_dir(out: Location, manifest: dict, records: list[PromptRecord]) -> None:
+    """Write the manifest and the prompts of a new capture; refuse a directory holding another one."""
     lines = "".join(json.dumps(asdict(r)) + "\n" for r in records)
     if out.exists("manifest.json"):
         old = json.loads(out.read("manifest.json"))
@@ -261,17 +271,42 @@ class ActivationSet:
         try:
             return load(self.location.read(name))
         except Exception as err:  # safetensors raises several types for a damaged file
-            raise UnavailableError(f"corrupt or missing activation shard {self.location.name(name)}: delete its "
-                                   f"{marker_name(batch)} and re-run the same `atlas capture` to redo it") from err
+            raise self.damaged(block, t, branch, batch) from err
+
+    def damaged(self, block: str, t: float, branch: str, batch: int) -> UnavailableError:
+        """The error for a shard that cannot be read or does not hold what its done marker says."""
+        name = self.location.name(shard_name(block, t, branch, batch))
+        return UnavailableError(f"corrupt or missing activation shard {name}: delete its {marker_name(batch)} and "
+                                "re-run the same `atlas capture` to redo it")
+
+    def image_ids(self, split: str | None) -> set[int] | None:
+        """Ids of the images in `split` (None: no filter)."""
+        return None if split is None else {r.image_id for r in self.prompts if r.split == split}
+
+    def split_shards(self, block: str, t: float, branch: str, split: str | None = None
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+        """The shards of one (block, t, branch) in batch order, each cut to the rows of images in `split`."""
+        keep = self.image_ids(split)
+        for shard in self.shards(block, t, branch):
+            yield shard if keep is None else keep_images(shard, keep)
+
+    def vectors(self, block: str, t: float, branch: str, split: str | None = None) -> Iterator[torch.Tensor]:
+        """The vectors x (fp16) of one (block, t, branch), a shard at a time, optionally of one split only."""
+        for shard in self.split_shards(block, t, branch, split):
+            yield shard["x"]
 
     def load(self, block: str, t: float, branch: str, split: str | None = None) -> dict[str, torch.Tensor]:
         """All vectors of one (block, t, branch), optionally only of images in one split."""
-        keep = None if split is None else {r.image_id for r in self.prompts if r.split == split}
         parts: dict[str, list[torch.Tensor]] = {"x": [], "image_id": [], "row": [], "col": []}
-        for shard in self.shards(block, t, branch):
-            mask = None if keep is None else torch.from_numpy(np.isin(shard["image_id"].numpy(), list(keep)))
+        for shard in self.split_shards(block, t, branch, split):
             for key in parts:
-                parts[key].append(shard[key] if mask is None else shard[key][mask])
+                parts[key].append(shard[key])
         if not parts["x"]:
             raise NotFoundError(f"no finished batches in {self.path}; run `atlas capture` first")
         return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def keep_images(shard: dict[str, torch.Tensor], keep: set[int]) -> dict[str, torch.Tensor]:
+    """The rows of a shard whose image is in `keep`."""
+    mask = torch.from_numpy(np.isin(shard["image_id"].numpy(), list(keep)))
+    return {key: value[mask] for key, value in shard.items()}

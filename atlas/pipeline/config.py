@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from atlas.capture.config import StreamConfig
 from atlas.sae.config import SaeConfig, SaeTrainConfig
 
 
@@ -63,8 +64,13 @@ class SaeJobConfig:
     seed: int = SaeTrainConfig.seed
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
+    buffer_tokens: int = StreamConfig.buffer_tokens
+    """Positions held in memory while the shards stream to training, shuffled together (fp16: positions x width x
+    2 bytes); memory does not grow with the number of positions."""
+    checkpoint_minutes: float = SaeTrainConfig.checkpoint_minutes
+    """Minutes between checkpoints of an SAE in training (also written on Ctrl-C and SIGTERM); a rerun resumes."""
     retrain: bool = False
-    """Train again even when a checkpoint exists (otherwise finished SAEs are kept, so a rerun resumes)."""
+    """Train again even when a finished SAE exists (otherwise finished SAEs are kept and an unfinished one resumes)."""
 
 
 @dataclass

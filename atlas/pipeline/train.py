@@ -9,15 +9,18 @@ to `<out>/<block>/t<t>/<branch>/` in `Sae.save_pretrained` layout, with metrics.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.capture import ActivationSet
+from atlas.capture import ActivationSet, ShardStream
 from atlas.errors import NotFoundError
 from atlas.pipeline.config import SaeJobConfig
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae, write_metrics
 from atlas.sae.config import parse_latents
 
+CHECKPOINT_DIR = "checkpoint"
+"""Where an unfinished SAE's training state waits, inside its directory."""
 HELD_OUT_SPLITS = ("test", "dictionary")
 
 
@@ -39,37 +42,37 @@ def sae_dir(root: str | Path, block: str, t: float, branch: str) -> Path:
 
 def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str | Path,
               config: SaeJobConfig | None = None, progress: bool = True) -> SaeReport:
-    """Train, score and save the SAE of one (block, t, branch); an existing checkpoint is kept unless `retrain`."""
+    """Train, score and save the SAE of one (block, t, branch); a finished SAE is kept unless `retrain`.
+
+    Training streams the shards (`config.buffer_tokens` positions in memory) and checkpoints into
+    `<path>/checkpoint/`, so an interrupted run resumes where it stopped; the checkpoint goes once the SAE is
+    saved."""
     config = config or SaeJobConfig()
     acts.check_key(block, t, branch)
     path = sae_dir(out, block, t, branch)
     held_out = next((s for s in HELD_OUT_SPLITS if any(r.split == s for r in acts.prompts)), None)
-    if (path / "metrics.json").exists() and not config.retrain:
-        metrics = json.loads((path / "metrics.json").read_text())
-        return SaeReport(block, float(t), branch, path, metrics, metrics.get("scored_on", held_out or "train"))
-    train = _split_or_all(acts, block, t, branch, "train")
-    x = train["x"].float()
-    d_in = x.shape[1]
-    n_latents = parse_latents(config.latents, d_in)
-    sae_config = SaeConfig(d_in=d_in, n_latents=n_latents, k=min(config.k, n_latents),
+    if (path / "metrics.json").exists():
+        if not config.retrain:
+            metrics = json.loads((path / "metrics.json").read_text())
+            return SaeReport(block, float(t), branch, path, metrics, metrics.get("scored_on", held_out or "train"))
+        (path / "metrics.json").unlink()  # unfinished from here on: an interrupted retrain resumes without --retrain
+    train_split = "train" if any(r.split == "train" for r in acts.prompts) else None
+    stream = ShardStream(acts, block, t, branch, split=train_split, seed=config.seed,
+                         buffer_tokens=config.buffer_tokens)
+    n_latents = parse_latents(config.latents, stream.d_in)
+    sae_config = SaeConfig(d_in=stream.d_in, n_latents=n_latents, k=min(config.k, n_latents),
                            dead_tokens=config.dead_tokens, k_aux=min(256, n_latents // 2))
-    n_tokens = max(config.min_tokens, int(config.epochs * x.shape[0]))
-    train_config = SaeTrainConfig(lr=config.lr, batch_size=min(config.batch_size, x.shape[0]), n_tokens=n_tokens,
-                                  seed=config.seed, device=config.device)
-    result = train_sae(x, sae_config, train_config, progress=progress)
+    n_tokens = max(config.min_tokens, int(config.epochs * stream.n_tokens))
+    train_config = SaeTrainConfig(lr=config.lr, batch_size=min(config.batch_size, stream.n_tokens), n_tokens=n_tokens,
+                                  seed=config.seed, device=config.device, checkpoint_minutes=config.checkpoint_minutes)
+    result = train_sae(stream, sae_config, train_config, progress=progress, checkpoint=path / CHECKPOINT_DIR)
     scored_on = held_out or "train"
-    test = acts.load(block, t, branch, split=held_out)["x"].float() if held_out else x
-    metrics, stats = evaluate_with_stats(result.sae, test)
-    metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": int(x.shape[0])}
+    metrics, stats = evaluate_with_stats(result.sae, acts.vectors(block, t, branch, held_out or train_split))
+    metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": stream.n_tokens}
     result.sae.save_pretrained(path)
     write_metrics(result.sae, path, metrics=metrics, stats=stats)  # metrics.json last: the SAE is done
+    shutil.rmtree(path / CHECKPOINT_DIR)
     return SaeReport(block, float(t), branch, path, metrics, scored_on)
-
-
-def _split_or_all(acts: ActivationSet, block: str, t: float, branch: str, split: str) -> dict:
-    if any(r.split == split for r in acts.prompts):
-        return acts.load(block, t, branch, split=split)
-    return acts.load(block, t, branch)
 
 
 def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None = None, branch: str | None = None,

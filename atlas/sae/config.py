@@ -101,7 +101,7 @@ class SaeTrainConfig:
     epochs: float = 1.0
     """Passes over the data when n_tokens is 0 (the paper: 1)."""
     seed: int = 0
-    """Seed of the initialisation and of the shuffling."""
+    """Seed of the initialisation and of a tensor's shuffling (the first SAE's when several train in one pass)."""
     device: str = "auto"
     """Torch device; "auto" = CUDA when available, else CPU."""
     autocast: bool = True
@@ -110,3 +110,6 @@ class SaeTrainConfig:
     """Torch CPU threads (0 = leave torch's setting)."""
     log_every: int = 50
     """Steps between history entries (averaged over the steps in between)."""
+    checkpoint_minutes: float = 30.0
+    """Minutes between checkpoints of a run given a checkpoint directory (it also writes one on SIGINT, SIGTERM
+    and at the end)."""

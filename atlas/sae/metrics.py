@@ -83,11 +83,12 @@ class LatentStats(NamedTuple):
 
 
 def iter_batches(data: ActivationData, batch_size: int) -> Iterator[Tensor]:
-    """Consecutive batches in data order (chunks of an iterable are split, never merged)."""
+    """Consecutive batches in data order (chunks of an iterable are split, never merged; empty ones skipped)."""
     chunks = [data] if isinstance(data, Tensor) else data
     for chunk in chunks:
         chunk = chunk.reshape(-1, chunk.shape[-1])
-        yield from chunk.split(batch_size)
+        if chunk.shape[0]:
+            yield from chunk.split(batch_size)
 
 
 @torch.no_grad()
