@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +34,19 @@ def test_sd14_timesteps_match_the_paper(tiny_sd_dir):
     steps = [t_to_step(t, 50) for t in (1.0, 0.5, 0.0)]
     assert steps == [0, 25, 49]
     assert [int(model.scheduler.timesteps[i]) for i in steps] == [981, 481, 1]
+
+
+def test_resolution_is_the_denoisers_latent_size_times_the_vae_scale(tiny_sd_dir, tmp_path):
+    """A VAE's own sample_size is the size it was trained on (SD v2's is 768 for 512 px models): never the model's."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, model_dir)
+    for part, size in (("unet", 4), ("vae", 64)):
+        config = json.loads((model_dir / part / "config.json").read_text())
+        (model_dir / part / "config.json").write_text(json.dumps({**config, "sample_size": size}))
+    model = load_model(str(model_dir), device="cpu")
+    assert len(model.vae.config.block_out_channels) == 2  # the VAE halves the image once: 2 pixels per latent cell
+    assert model.spec.resolution == 8 and model.latent_shape == (4, 4, 4)
+    assert generate(model, ["a dog"], [0], steps=2, guidance=7.5).shape == (1, 8, 8, 3)
 
 
 def test_sd14_missing_checkpoint_says_how_to_get_it(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from atlas.errors import UnavailableError
-from atlas.models.base import TextToImageModel
+from atlas.models.base import TextToImageModel, native_resolution
 from atlas.models.device import pick_device, pick_dtype
 from atlas.models.spec import DENOISERS, SD14_SPEC, SPEC_FILE, ModelSpec
 
@@ -119,8 +119,8 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     vae = (AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
            if (path / "vae").is_dir() else None)
-    if vae is not None:  # latent models generate at their VAE's native size (512 for SD v1.4)
-        spec = replace(spec, resolution=int(vae.config.sample_size))
+    if vae is not None:
+        spec = replace(spec, resolution=native_resolution(denoiser.config, vae.config))
         vae.to(dev).eval()
         vae.requires_grad_(False)
     for module in (text_encoder, denoiser):
