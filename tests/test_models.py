@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from atlas.errors import BadInputError, UnavailableError
-from atlas.models import Hooks, ModelNotFoundError, generate, load_model, pick_device, pick_dtype, t_to_step
+from atlas.models import (
+    Hooks,
+    ModelNotFoundError,
+    check_model,
+    generate,
+    load_model,
+    pick_device,
+    pick_dtype,
+    t_to_step,
+)
 
 
 def test_sd14_loads_from_path_like_a_real_checkpoint(tiny_sd_dir, monkeypatch):
@@ -63,6 +72,22 @@ def test_unknown_model_and_incomplete_directory(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ModelNotFoundError, match="missing text_encoder, tokenizer, scheduler"):
         load_model(str(tmp_path))
+
+
+def test_check_model_reads_files_only_and_names_what_is_missing(tiny_sd_dir, tmp_path, monkeypatch):
+    path, spec = check_model(str(tiny_sd_dir))
+    assert path == tiny_sd_dir and spec.hook_points["mid"] == "mid_block.attentions.0"
+    model_dir = tmp_path / "sd"
+    shutil.copytree(tiny_sd_dir, model_dir)
+    next((model_dir / "vae").glob("*.safetensors")).unlink()
+    (model_dir / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"lacks vae/ weights \(.safetensors or .bin\), "
+                                                 r"scheduler/scheduler_config.json: copy the complete diffusers"):
+        check_model(str(model_dir))
+    shutil.rmtree(model_dir / "vae")  # sd14 is a latent model: its VAE may not be missing
+    monkeypatch.setenv("ATLAS_SD14_PATH", str(model_dir))
+    with pytest.raises(ModelNotFoundError, match="^sd14 at .* lacks vae/config.json, vae/ weights"):
+        check_model("sd14")
 
 
 def test_unknown_block_lists_the_valid_ones(tiny_shapes_dir):

@@ -90,6 +90,36 @@ def _spec_for(path: Path, builtin: ModelSpec | None) -> ModelSpec:
     raise ModelNotFoundError(f"{path} has no vae/ and no {SPEC_FILE}; write a {SPEC_FILE} naming its hook points")
 
 
+def check_model(name_or_path: str) -> tuple[Path, ModelSpec]:
+    """Find a model and check, from its files alone (nothing is loaded), that everything `load_model` reads is on
+    this machine: configs and weights of the denoiser, text encoder and (latent models) VAE, the tokenizer's and the
+    scheduler's configs. Returns (directory, spec); raises ModelNotFoundError saying what to download where."""
+    path, builtin = resolve_model_dir(name_or_path)
+    spec = _spec_for(path, builtin)
+    weighted = [DENOISERS[spec.backbone], "text_encoder"]
+    if builtin is not None or (path / "vae").is_dir():  # a built-in spec is a latent model: no VAE, no images
+        weighted.append("vae")
+    missing = [f"{part}/config.json" for part in weighted if not (path / part / "config.json").is_file()]
+    missing += [f"{part}/ weights (.safetensors or .bin)" for part in weighted
+                if not any((path / part).glob("*.safetensors")) and not any((path / part).glob("*.bin"))]
+    missing += [name for name in ("tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
+                if not (path / name).is_file()]
+    if missing:
+        repo = _hub_repo(name_or_path)
+        fix = (f"download it again with `huggingface-cli download {repo}` on a machine with network and copy "
+               "~/.cache/huggingface here" if repo else
+               "copy the complete diffusers model there (every component with its config and weights)")
+        raise ModelNotFoundError(f"{name_or_path} at {path} lacks {', '.join(missing)}: {fix}")
+    return path, spec
+
+
+def _hub_repo(name_or_path: str) -> str | None:
+    """The Hugging Face id a model name is read from the local cache under, or None for a directory."""
+    if name_or_path == "sd14":
+        return None if os.environ.get("ATLAS_SD14_PATH") else SD14_REPO
+    return None if Path(name_or_path).expanduser().is_dir() or name_or_path == "shapes" else name_or_path
+
+
 def denoiser_class(backbone: str) -> type:
     """The diffusers class of a backbone's denoiser: UNet2DConditionModel or (dit) PixArtTransformer2DModel."""
     from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
@@ -106,8 +136,7 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
 
     logging.disable_progress_bar()  # loading a local model takes a second; its bar would clutter every command
 
-    path, builtin = resolve_model_dir(name_or_path)
-    spec = _spec_for(path, builtin)
+    path, spec = check_model(name_or_path)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
