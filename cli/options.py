@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from atlas.annotate.config import TAGGER_NAMES
 from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
 from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
@@ -137,6 +138,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("atlas", "run_dir"), OUTPUT_DIR),
     "branch": click.Choice(("cond", "both")),
     "annotator": click.Choice(("", *ANNOTATOR_NAMES)),
+    "tagger": click.Choice(TAGGER_NAMES),
 }
 """Option types by config field name; a field not named here takes its annotation (int, float, str)."""
 

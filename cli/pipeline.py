@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from atlas.annotate.config import AnnotateConfig
 from atlas.cli.common import (
     CONTEXT,
     DEVICE_NAME,
@@ -19,6 +20,7 @@ from atlas.cli.store import format_table
 from atlas.dictionary.config import LinkConfig
 from atlas.layout.config import METHODS
 from atlas.pipeline.config import BuildConfig, ExecutorConfig, SaeJobConfig
+from atlas.pipeline.presets import ANNOTATOR_NAMES
 
 
 def _atlas_dir(atlas_dir: str | None) -> str:
@@ -104,18 +106,14 @@ def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | No
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--annotator", default="shapes", show_default=True, type=click.Choice(["shapes", "grounded-sam"]),
+@click.option("--annotator", default="shapes", show_default=True, type=click.Choice(ANNOTATOR_NAMES),
               help="shapes: the shapes world's classical annotator; grounded-sam: tagger -> Grounding DINO -> SAM.")
-@click.option("--grounding-dino", default=None, help="grounded-sam: Grounding DINO checkpoint (path or HF id).")
-@click.option("--sam", default=None, help="grounded-sam: SAM checkpoint (path or HF id).")
-@click.option("--tagger", default="prompt-nouns", show_default=True,
-              type=click.Choice(["prompt-nouns", "open-clip", "ram"]),
-              help="grounded-sam: where object names come from: prompt-nouns, open-clip or ram.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@config_options(AnnotateConfig)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images annotated and stored together (a re-run redoes at most one batch).")
 @atlas_option
 @one_line_errors
-def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger: str, batch_size: int,
-             atlas_dir: str | None) -> None:
+def annotate(annotator: str, batch_size: int, atlas_dir: str | None, **options) -> None:
     """Find the objects in the atlas's images and store them with their masks.
 
     Masks are kept at image resolution (masks/) and at every SAE grid (annotations/<annotator>/), which
@@ -128,14 +126,12 @@ def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger
                      --sam facebook/sam-vit-base --atlas sd-atlas
     """
     from atlas.annotate.run import annotate_atlas
-    from atlas.pipeline.presets import get_annotator
+    from atlas.pipeline.presets import annotator_options, check_annotator, get_annotator
     from atlas.store import open_writer
 
-    options = {}
-    if annotator == "grounded-sam":
-        options = {"tagger": tagger, **({"grounding_dino": grounding_dino} if grounding_dino else {}),
-                   **({"sam": sam} if sam else {})}
-    backend = get_annotator(annotator, **options)
+    config = build_config(AnnotateConfig, options)
+    check_annotator(annotator, config)
+    backend = get_annotator(annotator, **annotator_options(annotator, config))
     with open_writer(atlas_dir) as writer:
         n = annotate_atlas(writer, backend, batch_size=batch_size)
     click.echo(f"stored {n} objects found by {annotator}")

@@ -66,17 +66,24 @@ def _checked_dir(path: Path, name: str) -> Path:
     return path
 
 
-def _from_hf_cache(repo_id: str) -> Path:
+def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> Path | None:
+    """The local Hugging Face cache's snapshot directory of `repo_id`, or None when it is not there (never fetches)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        path = Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError) as err:
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    path = cached_snapshot(repo_id)
+    if path is None:
         raise ModelNotFoundError(
             f"{repo_id} is not in the local Hugging Face cache: on a machine with network run "
             f"`huggingface-cli download {repo_id}` (then copy ~/.cache/huggingface here), or pass --model "
-            f"PATH to a diffusers directory (for sd14 you can also set ATLAS_SD14_PATH)") from err
+            f"PATH to a diffusers directory (for sd14 you can also set ATLAS_SD14_PATH)")
     return _checked_dir(path, repo_id)
 
 

@@ -16,6 +16,7 @@ from atlas.errors import BadInputError
 
 if TYPE_CHECKING:
     from atlas.annotate.base import Annotator
+    from atlas.annotate.config import AnnotateConfig
     from atlas.edit.run import Judge
 
 
@@ -53,11 +54,35 @@ def _grounded_sam(**options: object) -> Annotator:
 _ANNOTATORS: dict[str, Callable[..., Annotator]] = {"shapes": _shapes_annotator, "grounded-sam": _grounded_sam}
 
 
-def get_annotator(name: str, **options: object) -> Annotator:
-    """The annotator backend called `name`, built with `options` (its constructor's keyword arguments)."""
+def _annotator_factory(name: str) -> Callable[..., Annotator]:
     if name not in _ANNOTATORS:
         raise BadInputError(f"unknown annotator {name!r}; expected one of {', '.join(ANNOTATOR_NAMES)}")
-    return _ANNOTATORS[name](**options)
+    return _ANNOTATORS[name]
+
+
+def get_annotator(name: str, **options: object) -> Annotator:
+    """The annotator backend called `name`, built with `options` (its constructor's keyword arguments)."""
+    return _annotator_factory(name)(**options)
+
+
+def annotator_options(name: str, config: AnnotateConfig) -> dict[str, object]:
+    """The constructor options of annotator `name` from the annotate stage's config (shapes takes none)."""
+    if name != "grounded-sam":
+        return {}
+    return {"grounding_dino": config.grounding_dino, "sam": config.sam, "tagger": config.tagger,
+            "tagger_options": {"weights": config.tagger_weights} if config.tagger_weights else {}}
+
+
+def check_annotator(name: str, config: AnnotateConfig) -> None:
+    """Raise the one-line error a missing checkpoint or package of annotator `name` would raise when built, from
+    files alone (no weights load): Grounding DINO, SAM and the tagger's for grounded-sam."""
+    _annotator_factory(name)
+    if name == "grounded-sam":
+        from atlas.annotate.grounded_sam import check_checkpoints
+        from atlas.annotate.taggers import check_tagger
+
+        check_checkpoints(config.grounding_dino, config.sam)
+        check_tagger(config.tagger, config.tagger_weights)
 
 
 def judge_for(model_name: str) -> Judge | None:
