@@ -165,24 +165,32 @@ def link(source: str | None, atlas_dir: str | None, **options) -> None:
 
 @click.command(context_settings=CONTEXT)
 @config_options(BuildConfig)
+@config_options(AnnotateConfig)
 @config_options(ExecutorConfig)
 @one_line_errors
 def build(**options) -> None:
-    """Build an atlas end to end: capture, train SAEs, encode, annotate, link.
+    """Build an atlas end to end: capture, train SAEs, encode, annotate, link, report.
 
-    Every stage skips what it finds done, so the same command resumes after an interruption.
+    A preset gives every option its value (the shapes world's, or the paper's recipe for sd14); an
+    option given here wins over the preset's. The model's and the annotator's checkpoints are checked
+    before the first stage starts. Every stage skips what it finds done, so the same command resumes
+    after an interruption.
 
     \b
     Examples:
       atlas build --preset shapes --atlas atlas            # the embedded model, minutes on a CPU
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas   # GPU and local SD v1.4 weights
+      atlas build --preset sd14 --prompts coco.txt --k 20 --tagger ram --tagger-weights ram_plus_swin_large_14m.pth
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas --executor ray --ray-address auto
     """
-    from atlas.pipeline.build import build_atlas
+    from atlas.pipeline.build import build_atlas, check_build
     from atlas.pipeline.executor import open_executor
 
-    with open_executor(build_config(ExecutorConfig, options)) as executor:
-        result = build_atlas(build_config(BuildConfig, options), executor=executor)
+    executor_config = build_config(ExecutorConfig, options)
+    config = build_config(BuildConfig, {**options, "annotate": build_config(AnnotateConfig, options)})
+    config = check_build(config)  # before an executor (a Ray cluster) starts
+    with open_executor(executor_config) as executor:
+        result = build_atlas(config, executor=executor)
     click.echo(f"atlas ready at {result.path} ({sum(result.seconds.values()):.0f} s); try "
                f"`atlas sql --atlas {result.path} \"SELECT * FROM saes\"`")
 
@@ -191,12 +199,12 @@ def build(**options) -> None:
 @click.option("--atlas", "atlas_dir", default=None, type=OUTPUT_DIR,
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
-@click.option("--n-images", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Images to generate (0 = the shapes preset's).")
+@click.option("--n-images", default=None, type=click.IntRange(min=1),
+              help="Images to generate  [default: the shapes preset's]")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
               help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
-def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
+def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
     from atlas.pipeline.build import build_atlas
     from atlas.report.demo import answer_queries, top_images_grid

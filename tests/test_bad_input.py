@@ -304,7 +304,7 @@ CLI_CASES = [
     # build and demo: refused before the first stage starts
     cli("build", "--preset", "sd15", *A, expect="'sd15' is not one of 'shapes', 'sd14'"),
     cli("build", "--preset", "sd14", *A, expect="--preset sd14 needs --prompts FILE"),
-    cli("build", "--n-images", "-1", *A, expect="not in the range x>=0"),
+    cli("build", "--n-images", "0", *A, expect="not in the range x>=1"),
     cli("build", "--k", "0", *A, expect="not in the range x>=1"),
     cli("build", "--latents", "lots", *A, expect="give a positive count"),
     cli("build", "--branches", "x", *A, expect="'x' is not one of cond, uncond, both"),

@@ -1,7 +1,7 @@
 """Presets: what each kind of atlas brings to the stages, by name. The one place that knows the shapes world.
 
     shapes  the embedded model, its captions (with their splits), its classical annotator, its edit judge
-    sd14    Stable Diffusion v1.4 with the paper's settings, prompts from a file, Grounded-SAM
+    sd14    Stable Diffusion v1.4 with the paper's recipe, prompts from a file, Grounded-SAM
 
 Kept free of heavy imports (the CLI reads the names at startup); each backend loads when asked for.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from atlas.errors import BadInputError
+from atlas.pipeline.config import BuildConfig
 
 if TYPE_CHECKING:
     from atlas.annotate.base import Annotator
@@ -22,20 +23,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Preset:
-    """Defaults of one kind of atlas; BuildConfig fields left at 0 / "" take these."""
+    """What one kind of atlas brings to a build."""
 
-    model: str
-    n_images: int
-    annotator: str
-    blocks: tuple[str, ...] = ("down", "mid", "up")
-    t: tuple[float, ...] = (1.0, 0.5, 0.0)
+    values: BuildConfig
+    """What the build's unset (None) options become; an option None here too is left to its stage's default."""
     prompts_needed: bool = False
+    """Prompts must come from a file (--prompts): the shapes world's captions fit only the shapes model."""
 
 
 PRESETS = {
-    "shapes": Preset(model="shapes", n_images=640, annotator="shapes"),
-    "sd14": Preset(model="sd14", n_images=1000, annotator="grounded-sam", prompts_needed=True),
+    "shapes": Preset(BuildConfig(model="shapes", n_images=640, annotator="shapes", branches=["cond"])),
+    # The paper's recipe (docs/PAPER.md), all of it but k = 20: an atlas holds one SAE per (block, t, branch).
+    "sd14": Preset(BuildConfig(model="sd14", n_images=1000, annotator="grounded-sam", blocks=["down", "mid", "up"],
+                               t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], steps=50, guidance=7.5, k=10,
+                               latents="4x", lr=1e-4, sae_batch_size=4096, epochs=1.0, sae_tokens=0),
+                   prompts_needed=True),
 }
+SHAPES_MODELS = ("shapes", "shapes-dit")
+"""Spec names of the models trained on the shapes world (atlas.shapes.model): the ones its captions and its
+annotator fit."""
 ANNOTATOR_NAMES = ("shapes", "grounded-sam")
 
 
