@@ -231,6 +231,8 @@ def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
 @click.option("--t", "t", type=float, default=1.0, show_default=True, help="Timestep whose codes are read.")
 @click.option("--block", default="up", show_default=True,
               help="Block whose SAE reads them (up predicts the shapes model's layouts best; the paper reads mid).")
+@click.option("--branch", default="cond", show_default=True, type=click.Choice(["cond", "uncond"]),
+              help="CFG half whose SAE reads the codes.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--method", default="weighted", show_default=True, type=click.Choice(METHODS),
               help="weighted: every active concept adds evidence for the label (its mean IoU with the label's "
@@ -243,11 +245,11 @@ def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
 @click.option("--out", "out_path", default="layout.png", show_default=True, type=OUTPUT_FILE, help="PNG to write.")
 @atlas_option
 @one_line_errors
-def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, method: str, threshold: float | None,
-                   out_path: str, atlas_dir: str | None) -> None:
+def predict_layout(prompt: str, label: str, t: float, block: str, branch: str, seed: int, method: str,
+                   threshold: float | None, out_path: str, atlas_dir: str | None) -> None:
     """Predict where an object will be from one early denoising step, and compare with the final image.
 
-    Reads the codes of (block, t) through the atlas's SAE and turns them into a mask of the label
+    Reads the codes of (block, t, branch) through the atlas's SAE and turns them into a mask of the label
     (see --method). Writes the final image, the predicted mask and the annotator's mask side by side.
 
     \b
@@ -262,7 +264,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
     from atlas.viz import image_grid
 
     with open_atlas(atlas_dir) as atlas:
-        result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(method, threshold))
+        result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(method, threshold), branch=branch)
     size = result.image.shape[0]
 
     def tile(mask: np.ndarray) -> np.ndarray:
@@ -270,7 +272,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
         return np.repeat(scaled[..., None], 3, axis=2)
 
     image_grid(np.stack([result.image, tile(result.predicted), tile(result.annotated)]),
-               ["final image", f"predicted at t={t} ({block})", "annotated"], cols=3).save(out_path)
+               ["final image", f"predicted at t={t} ({block}, {branch})", "annotated"], cols=3).save(out_path)
     click.echo(f"IoU {result.iou:.3f} between the mask predicted at t={t} ({method}, threshold {result.threshold:g}) "
                f"and the final image's '{label}'; wrote {out_path}")
 
@@ -282,7 +284,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
 def report(out_dir: str | None, atlas_dir: str | None) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
-    Explained variance per SAE, layout-prediction IoU per block and t on the test split against the
+    Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against the
     average-mask baseline (with the paper's top-concept predictor and the weighted one, thresholds
     chosen on the dictionary images), concept cohesion and separability per t, and context-free latents.
 
@@ -298,9 +300,9 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
     with open_atlas(atlas_dir) as atlas:
         out = Path(out_dir) if out_dir else atlas.root / "report"
         figures = build_report(atlas, out)
-    rows = [(x["method"], x["block"], x["t"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
+    rows = [(x["method"], x["block"], x["t"], x["branch"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
              x["threshold"]) for x in figures["layout"]]
-    click.echo(format_table(["method", "block", "t", "layout IoU", "baseline", "pairs", "threshold"], rows))
+    click.echo(format_table(["method", "block", "t", "branch", "layout IoU", "baseline", "pairs", "threshold"], rows))
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 
 

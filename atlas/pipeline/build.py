@@ -157,7 +157,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         figures = build_report(atlas, root / "report")
         first = [x for x in figures["layout"] if x["method"] == "weighted" and x["t"] == 1.0]
         first = "; layout IoU at t=1.0: " + ", ".join(
-            f"{x['block']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first) if first else ""
+            f"{x['block']} {x['branch']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first
+        ) if first else ""
         return f"{root / 'report' / 'index.html'}{first}"
 
     with atlas, writer:
