@@ -260,6 +260,19 @@ def test_a_users_value_wins_over_the_presets_which_wins_over_the_stages_default(
     assert resolve(config)[0] == config
 
 
+def test_the_sd14_recipe_captures_on_a_tiny_sd_model(tiny_sd_dir, tmp_path):
+    """The preset's capture on SD v1.4's architecture (random weights): every block, t and branch of the paper."""
+    from atlas.capture import capture
+    from atlas.models import load_model
+
+    config, _ = resolve(BuildConfig(preset="sd14", model=str(tiny_sd_dir), prompts="prompts.txt", steps=4))
+    model = load_model(config.model, device="cpu")
+    acts = ActivationSet(capture(model, ["a dog", "a cat"], tmp_path / "acts", capture_config(config), progress=False))
+    assert sorted(acts.keys()) == sorted((b, t, br) for b in ("down", "mid", "up") for t in (1.0, 0.5, 0.0)
+                                         for br in ("cond", "uncond"))
+    assert acts.load("mid", 0.5, "uncond")["x"].shape[1] == 32  # the tiny UNet's width, 1280 in SD v1.4
+
+
 @pytest.mark.parametrize("args, message", [
     (["--preset", "sd14"], "--preset sd14 needs --prompts FILE (one prompt per line)"),
     (["--model", "{sd}"], "--model {sd} is not a shapes model, so the shapes world's captions do not fit it: "
