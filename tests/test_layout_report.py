@@ -112,7 +112,7 @@ def test_report_and_predict_layout_cli(shapes_atlas, tmp_path):
     assert result.exit_code != 0 and "did you mean 'red circle'" in result.output
     result = runner.invoke(main, ["predict-layout", "a red circle", "--label", "red circle", "--block", "middle",
                                   "--atlas", str(shapes_atlas)])
-    assert result.exit_code != 0 and "no cond SAE for block 'middle'" in result.output
+    assert result.exit_code != 0 and "no SAE of block 'middle' at t=1.0 on the cond branch" in result.output
 
 
 def test_report_keeps_the_cond_and_uncond_saes_apart(two_branch_atlas, tmp_path):
