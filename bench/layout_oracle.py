@@ -45,8 +45,8 @@ def main() -> None:
     results = {}
     with open_atlas(args.atlas) as atlas:
         cells = dictionary_cells(atlas, annotation_source(atlas), ("test",))
-        predicted = {(s.method, s.block, s.t): s for s in layout_iou(atlas, methods=METHODS)}
-        print("block    t  pairs  oracle  chance  weighted  top-concept  baseline")
+        predicted = {(s.method, s.block, s.t, s.branch): s for s in layout_iou(atlas, methods=METHODS)}
+        print("block    t  branch  pairs  oracle  chance  weighted  top-concept  baseline")
         for sae in atlas.saes():
             truth = scored_masks(label_masks(cells, (sae.grid_h, sae.grid_w)), False)
             codes = codes_by_image(atlas.sae_codes(sae.id, ("test",)))
@@ -54,10 +54,11 @@ def main() -> None:
             other = {image: codes[images[(i + 1) % len(images)]] for i, image in enumerate(images)}
             oracle, chance = (float(np.mean([best_latent_iou(source[image], mask) if image in source else 0.0
                                              for (image, _), mask in truth.items()])) for source in (codes, other))
-            weighted, top = predicted[("weighted", sae.block, sae.t)], predicted[("top-concept", sae.block, sae.t)]
-            print(f"{sae.block:5s} {sae.t:4.1f}  {len(truth):5d}  {oracle:6.3f}  {chance:6.3f}  {weighted.iou:8.3f}  "
-                  f"{top.iou:11.3f}  {weighted.baseline_iou:8.3f}")
-            key = f"{sae.block}_t{sae.t:g}".replace(".", "")
+            weighted, top = (predicted[(method, sae.block, sae.t, sae.branch)]
+                             for method in ("weighted", "top-concept"))
+            print(f"{sae.block:5s} {sae.t:4.1f}  {sae.branch:6s}  {len(truth):5d}  {oracle:6.3f}  {chance:6.3f}  "
+                  f"{weighted.iou:8.3f}  {top.iou:11.3f}  {weighted.baseline_iou:8.3f}")
+            key = f"{sae.block}_t{sae.t:g}".replace(".", "") + ("" if sae.branch == "cond" else f"_{sae.branch}")
             results.update({f"{key}_oracle": oracle, f"{key}_chance": chance, f"{key}_weighted": weighted.iou,
                             f"{key}_top_concept": top.iou, f"{key}_baseline": weighted.baseline_iou})
     print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in results.items()))

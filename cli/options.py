@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from atlas.annotate.config import TAGGER_NAMES
 from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
 from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
@@ -112,10 +113,10 @@ POSITIVE = click.IntRange(min=1)
 COUNT = click.IntRange(min=0)
 FRACTION = FiniteFloat(0, 1)
 FIELD_TYPES: dict[str, click.ParamType] = {
-    **dict.fromkeys(("seed", "steps", "n_images", "threads", "max_steps", "warmup_steps", "min_tokens",
-                     "dead_tokens"), COUNT),
-    **dict.fromkeys(("batch_size", "n_per_prompt", "k", "attention_depth", "sae_tokens", "buffer_tokens",
-                     "max_concepts", "n", "min_hits"), POSITIVE),
+    **dict.fromkeys(("seed", "steps", "threads", "max_steps", "warmup_steps", "min_tokens", "dead_tokens",
+                     "sae_tokens"), COUNT),
+    **dict.fromkeys(("batch_size", "sae_batch_size", "n_per_prompt", "n_images", "k", "attention_depth",
+                     "buffer_tokens", "max_concepts", "n", "min_hits"), POSITIVE),
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
     **dict.fromkeys(("caption_dropout", "threshold", "iou", "shared_colour_fraction"), FRACTION),
     "ema_decay": FiniteFloat(0, 1, max_open=True),
@@ -136,7 +137,8 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "prompts": OptionalFile(),
     **dict.fromkeys(("atlas", "run_dir"), OUTPUT_DIR),
     "branch": click.Choice(("cond", "both")),
-    "annotator": click.Choice(("", *ANNOTATOR_NAMES)),
+    "annotator": click.Choice(ANNOTATOR_NAMES),
+    "tagger": click.Choice(TAGGER_NAMES),
 }
 """Option types by config field name; a field not named here takes its annotation (int, float, str)."""
 
@@ -154,15 +156,16 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
-    """Decorator adding one `--field-name` option per dataclass field, defaulting to the field's default."""
+    """Decorator adding one `--field-name` option per dataclass field, defaulting to the field's default. A field
+    holding another config is left out: that config's own options fill it."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
 
     def decorate(func: Callable) -> Callable:
         for field in reversed(dataclasses.fields(cls)):
-            if field.name in exclude:
-                continue
             kind = hints[field.name]
+            if field.name in exclude or dataclasses.is_dataclass(kind):
+                continue
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             name = "--" + field.name.replace("_", "-")
             if kind is bool:

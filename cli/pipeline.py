@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from atlas.annotate.config import AnnotateConfig
 from atlas.cli.common import (
     CONTEXT,
     DEVICE_NAME,
@@ -19,6 +20,7 @@ from atlas.cli.store import format_table
 from atlas.dictionary.config import LinkConfig
 from atlas.layout.config import METHODS
 from atlas.pipeline.config import BuildConfig, ExecutorConfig, SaeJobConfig
+from atlas.pipeline.presets import ANNOTATOR_NAMES
 
 
 def _atlas_dir(atlas_dir: str | None) -> str:
@@ -106,18 +108,14 @@ def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | No
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--annotator", default="shapes", show_default=True, type=click.Choice(["shapes", "grounded-sam"]),
+@click.option("--annotator", default="shapes", show_default=True, type=click.Choice(ANNOTATOR_NAMES),
               help="shapes: the shapes world's classical annotator; grounded-sam: tagger -> Grounding DINO -> SAM.")
-@click.option("--grounding-dino", default=None, help="grounded-sam: Grounding DINO checkpoint (path or HF id).")
-@click.option("--sam", default=None, help="grounded-sam: SAM checkpoint (path or HF id).")
-@click.option("--tagger", default="prompt-nouns", show_default=True,
-              type=click.Choice(["prompt-nouns", "open-clip", "ram"]),
-              help="grounded-sam: where object names come from: prompt-nouns, open-clip or ram.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@config_options(AnnotateConfig)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images annotated and stored together (a re-run redoes at most one batch).")
 @atlas_option
 @one_line_errors
-def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger: str, batch_size: int,
-             atlas_dir: str | None) -> None:
+def annotate(annotator: str, batch_size: int, atlas_dir: str | None, **options) -> None:
     """Find the objects in the atlas's images and store them with their masks.
 
     Masks are kept at image resolution (masks/) and at every SAE grid (annotations/<annotator>/), which
@@ -130,14 +128,12 @@ def annotate(annotator: str, grounding_dino: str | None, sam: str | None, tagger
                      --sam facebook/sam-vit-base --atlas sd-atlas
     """
     from atlas.annotate.run import annotate_atlas
-    from atlas.pipeline.presets import get_annotator
+    from atlas.pipeline.presets import annotator_options, check_annotator, get_annotator
     from atlas.store import open_writer
 
-    options = {}
-    if annotator == "grounded-sam":
-        options = {"tagger": tagger, **({"grounding_dino": grounding_dino} if grounding_dino else {}),
-                   **({"sam": sam} if sam else {})}
-    backend = get_annotator(annotator, **options)
+    config = build_config(AnnotateConfig, options)
+    check_annotator(annotator, config)
+    backend = get_annotator(annotator, **annotator_options(annotator, config))
     with open_writer(atlas_dir) as writer:
         n = annotate_atlas(writer, backend, batch_size=batch_size)
     click.echo(f"stored {n} objects found by {annotator}")
@@ -171,24 +167,32 @@ def link(source: str | None, atlas_dir: str | None, **options) -> None:
 
 @click.command(context_settings=CONTEXT)
 @config_options(BuildConfig)
+@config_options(AnnotateConfig)
 @config_options(ExecutorConfig)
 @one_line_errors
 def build(**options) -> None:
-    """Build an atlas end to end: capture, train SAEs, encode, annotate, link.
+    """Build an atlas end to end: capture, train SAEs, encode, annotate, link, report.
 
-    Every stage skips what it finds done, so the same command resumes after an interruption.
+    A preset gives every option its value (the shapes world's, or the paper's recipe for sd14); an
+    option given here wins over the preset's. The model's and the annotator's checkpoints are checked
+    before the first stage starts. Every stage skips what it finds done, so the same command resumes
+    after an interruption.
 
     \b
     Examples:
       atlas build --preset shapes --atlas atlas            # the embedded model, minutes on a CPU
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas   # GPU and local SD v1.4 weights
+      atlas build --preset sd14 --prompts coco.txt --k 20 --tagger ram --tagger-weights ram_plus_swin_large_14m.pth
       atlas build --preset sd14 --prompts coco.txt --atlas sd-atlas --executor ray --ray-address auto
     """
-    from atlas.pipeline.build import build_atlas
+    from atlas.pipeline.build import build_atlas, check_build
     from atlas.pipeline.executor import open_executor
 
-    with open_executor(build_config(ExecutorConfig, options)) as executor:
-        result = build_atlas(build_config(BuildConfig, options), executor=executor)
+    executor_config = build_config(ExecutorConfig, options)
+    config = build_config(BuildConfig, {**options, "annotate": build_config(AnnotateConfig, options)})
+    config = check_build(config)  # before an executor (a Ray cluster) starts
+    with open_executor(executor_config) as executor:
+        result = build_atlas(config, executor=executor)
     click.echo(f"atlas ready at {result.path} ({sum(result.seconds.values()):.0f} s); try "
                f"`atlas sql --atlas {result.path} \"SELECT * FROM saes\"`")
 
@@ -197,12 +201,12 @@ def build(**options) -> None:
 @click.option("--atlas", "atlas_dir", default=None, type=OUTPUT_DIR,
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
-@click.option("--n-images", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Images to generate (0 = the shapes preset's).")
+@click.option("--n-images", default=None, type=click.IntRange(min=1),
+              help="Images to generate  [default: the shapes preset's]")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
               help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
-def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
+def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
     from atlas.pipeline.build import build_atlas
     from atlas.report.demo import answer_queries, top_images_grid
@@ -229,6 +233,8 @@ def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
 @click.option("--t", "t", type=float, default=1.0, show_default=True, help="Timestep whose codes are read.")
 @click.option("--block", default="up", show_default=True,
               help="Block whose SAE reads them (up predicts the shapes model's layouts best; the paper reads mid).")
+@click.option("--branch", default="cond", show_default=True, type=click.Choice(["cond", "uncond"]),
+              help="CFG half whose SAE reads the codes.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--method", default="weighted", show_default=True, type=click.Choice(METHODS),
               help="weighted: every active concept adds evidence for the label (its mean IoU with the label's "
@@ -241,11 +247,11 @@ def demo(atlas_dir: str | None, n_images: int, device: str) -> None:
 @click.option("--out", "out_path", default="layout.png", show_default=True, type=OUTPUT_FILE, help="PNG to write.")
 @atlas_option
 @one_line_errors
-def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, method: str, threshold: float | None,
-                   out_path: str, atlas_dir: str | None) -> None:
+def predict_layout(prompt: str, label: str, t: float, block: str, branch: str, seed: int, method: str,
+                   threshold: float | None, out_path: str, atlas_dir: str | None) -> None:
     """Predict where an object will be from one early denoising step, and compare with the final image.
 
-    Reads the codes of (block, t) through the atlas's SAE and turns them into a mask of the label
+    Reads the codes of (block, t, branch) through the atlas's SAE and turns them into a mask of the label
     (see --method). Writes the final image, the predicted mask and the annotator's mask side by side.
 
     \b
@@ -260,7 +266,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
     from atlas.viz import image_grid
 
     with open_atlas(atlas_dir) as atlas:
-        result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(method, threshold))
+        result = predict_prompt(atlas, prompt, label, t, block, seed, LayoutConfig(method, threshold), branch=branch)
     size = result.image.shape[0]
 
     def tile(mask: np.ndarray) -> np.ndarray:
@@ -268,7 +274,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
         return np.repeat(scaled[..., None], 3, axis=2)
 
     image_grid(np.stack([result.image, tile(result.predicted), tile(result.annotated)]),
-               ["final image", f"predicted at t={t} ({block})", "annotated"], cols=3).save(out_path)
+               ["final image", f"predicted at t={t} ({block}, {branch})", "annotated"], cols=3).save(out_path)
     click.echo(f"IoU {result.iou:.3f} between the mask predicted at t={t} ({method}, threshold {result.threshold:g}) "
                f"and the final image's '{label}'; wrote {out_path}")
 
@@ -280,7 +286,7 @@ def predict_layout(prompt: str, label: str, t: float, block: str, seed: int, met
 def report(out_dir: str | None, atlas_dir: str | None) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
-    Explained variance per SAE, layout-prediction IoU per block and t on the test split against the
+    Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against the
     average-mask baseline (with the paper's top-concept predictor and the weighted one, thresholds
     chosen on the dictionary images), concept cohesion and separability per t, and context-free latents.
 
@@ -296,9 +302,9 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
     with open_atlas(atlas_dir) as atlas:
         out = Path(out_dir) if out_dir else atlas.root / "report"
         figures = build_report(atlas, out)
-    rows = [(x["method"], x["block"], x["t"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
+    rows = [(x["method"], x["block"], x["t"], x["branch"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
              x["threshold"]) for x in figures["layout"]]
-    click.echo(format_table(["method", "block", "t", "layout IoU", "baseline", "pairs", "threshold"], rows))
+    click.echo(format_table(["method", "block", "t", "branch", "layout IoU", "baseline", "pairs", "threshold"], rows))
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 
 

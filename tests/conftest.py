@@ -7,7 +7,7 @@ import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-INTEGRATION_FIXTURES = {"shapes_atlas"}
+INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas"}
 """Fixtures that build a real atlas (about a minute): a test using one, directly or through another fixture, is
 marked `integration` and left out of `make test-fast`."""
 
@@ -71,4 +71,19 @@ def shapes_atlas(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("shapes-atlas") / "atlas"
     build_atlas(BuildConfig(atlas=str(path), n_images=48, sae_tokens=100_000), progress=False, say=lambda line: None)
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_branch_atlas(tmp_path_factory):
+    """A tiny shapes atlas with an SAE per CFG branch (cond and uncond) of the mid block at t = 1.0, built by the
+    `atlas build` command. Treat it as read-only."""
+    from click.testing import CliRunner
+
+    from atlas.cli.main import main
+
+    path = tmp_path_factory.mktemp("two-branch-atlas") / "atlas"
+    result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
+                                       "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000"])
+    assert result.exit_code == 0, result.output
     return path

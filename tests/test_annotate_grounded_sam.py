@@ -12,14 +12,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from atlas.annotate.base import Annotator, AnnotatorNotAvailable, ObjectAnnotation
+from atlas.annotate.config import AnnotateConfig
 from atlas.annotate.grounded_sam import _tag_token_masks
 from atlas.annotate.random import write_random_grounding_dino, write_random_sam
-from atlas.annotate.taggers import get_tagger
+from atlas.annotate.taggers import check_tagger, get_tagger
+from atlas.cli.main import main
 from atlas.errors import BadInputError
 from atlas.grids import mask_to_grid
-from atlas.pipeline.presets import get_annotator
+from atlas.pipeline.presets import check_annotator, get_annotator
 
 WORDS = ["a", "and", "dog", "red", "car", "cat", "on", "the"]
 PROMPTS = ["a dog and a red car", "a cat on the car"]
@@ -133,6 +136,39 @@ def test_missing_sam_names_its_own_flag(tiny_grounding_dino, tmp_path):
                       cache_dir=str(tmp_path))
 
 
+def test_checkpoints_are_checked_from_files_alone(tiny_grounding_dino, tiny_sam, tmp_path, monkeypatch):
+    """What `atlas build` and `atlas annotate` check before any stage: present checkpoints pass without loading,
+    an incomplete one (no weights) or a missing tagger file is one line naming the option that fixes it."""
+    from transformers import GroundingDinoForObjectDetection, SamModel
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a check must not load weights")
+
+    monkeypatch.setattr(GroundingDinoForObjectDetection, "from_pretrained", no_loading)
+    monkeypatch.setattr(SamModel, "from_pretrained", no_loading)
+    present = AnnotateConfig(grounding_dino=str(tiny_grounding_dino), sam=str(tiny_sam))
+    check_annotator("grounded-sam", present)
+    check_annotator("shapes", AnnotateConfig(grounding_dino="missing", sam="missing"))
+    no_weights = tmp_path / "sam-without-weights"
+    shutil.copytree(tiny_sam, no_weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    with pytest.raises(AnnotatorNotAvailable, match=r"^SAM weights .*sam-without-weights are not on this machine.*"
+                                                    r"pass --sam PATH"):
+        check_annotator("grounded-sam", AnnotateConfig(grounding_dino=str(tiny_grounding_dino), sam=str(no_weights)))
+    with pytest.raises(AnnotatorNotAvailable, match="--tagger-weights|pip install"):
+        check_annotator("grounded-sam", AnnotateConfig(grounding_dino=str(tiny_grounding_dino), sam=str(tiny_sam),
+                                                       tagger="open-clip", tagger_weights=str(tmp_path / "no.pt")))
+    with pytest.raises(BadInputError, match="prompt-nouns tagger takes no weights"):
+        check_tagger("prompt-nouns", str(tmp_path / "no.pt"))
+
+
+def test_annotate_cli_checks_checkpoints_before_opening_the_atlas(tiny_grounding_dino, tmp_path):
+    result = CliRunner().invoke(main, ["annotate", "--annotator", "grounded-sam", "--grounding-dino",
+                                       str(tiny_grounding_dino), "--sam", str(tmp_path / "no-sam"),
+                                       "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("Error: SAM weights ") and "pass --sam PATH" in result.output
+
+
 def test_unknown_tagger_lists_valid_names():
     with pytest.raises(BadInputError, match="prompt-nouns, open-clip, ram"):
         get_tagger("blip")
@@ -144,14 +180,14 @@ def test_ram_tagger_says_how_to_get_it(tmp_path):
     if importlib.util.find_spec("ram") is None:
         assert "pip install" in str(err.value) and "recognize-anything" in str(err.value)
     else:
-        assert "RAM weights" in str(err.value) and "weights=PATH" in str(err.value)
+        assert "RAM weights" in str(err.value) and "--tagger-weights" in str(err.value)
 
 
 def test_open_clip_tagger_without_weights_is_a_one_line_error(tmp_path):
     with pytest.raises(AnnotatorNotAvailable) as err:
         get_tagger("open-clip", weights=str(tmp_path / "missing.bin"))
     assert "\n" not in str(err.value)
-    assert ("pip install open_clip_torch" in str(err.value)) or ("weights=PATH" in str(err.value))
+    assert ("pip install open_clip_torch" in str(err.value)) or ("--tagger-weights" in str(err.value))
 
 
 def test_open_clip_tagger_tags_from_its_vocabulary(tmp_path):

@@ -112,4 +112,42 @@ def test_report_and_predict_layout_cli(shapes_atlas, tmp_path):
     assert result.exit_code != 0 and "did you mean 'red circle'" in result.output
     result = runner.invoke(main, ["predict-layout", "a red circle", "--label", "red circle", "--block", "middle",
                                   "--atlas", str(shapes_atlas)])
-    assert result.exit_code != 0 and "no cond SAE for block 'middle'" in result.output
+    assert result.exit_code != 0 and "no SAE of block 'middle' at t=1.0 on the cond branch" in result.output
+
+
+def test_report_keeps_the_cond_and_uncond_saes_apart(two_branch_atlas, tmp_path):
+    """Every per-SAE figure is keyed by (block, t, branch): the two branches' SAEs get their own rows, values and
+    context-free tables, and nothing of one overwrites the other."""
+    result = CliRunner().invoke(main, ["report", "--atlas", str(two_branch_atlas), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    header, _, *lines = result.output.split("\n\n")[0].splitlines()
+    assert header.split() == ["method", "block", "t", "branch", "layout", "IoU", "baseline", "pairs", "threshold"]
+    rows = [line.split() for line in lines]
+    keys = [tuple(row[:4]) for row in rows]
+    assert sorted(keys) == sorted((m, "mid", "1.0", b) for m in METHODS for b in ("cond", "uncond"))
+    figures = json.loads((tmp_path / "r" / "figures.json").read_text())
+    for table in ("explained_variance", "layout", "structure"):
+        keys = [(f.get("method"), f["block"], f["t"], f["branch"]) for f in figures[table]]
+        assert len(set(keys)) == len(keys) and {k[3] for k in keys} == {"cond", "uncond"}, table
+    ev = {f["branch"]: f["explained_variance"] for f in figures["explained_variance"]}
+    assert ev["cond"] != ev["uncond"]
+    layout = {b: [(f["iou"], f["threshold"]) for f in figures["layout"] if f["branch"] == b]
+              for b in ("cond", "uncond")}
+    assert layout["cond"] != layout["uncond"]
+    assert sorted(figures["context_free"]) == ["mid/1.0/cond", "mid/1.0/uncond"]
+    assert all(r["concept_id"].startswith("mid/1.0/uncond/") for r in figures["context_free"]["mid/1.0/uncond"])
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "| weighted | mid | 1.000 | cond |" in markdown and "| weighted | mid | 1.000 | uncond |" in markdown
+
+
+def test_predict_layout_reads_the_sae_of_the_branch_asked_for(two_branch_atlas, tmp_path):
+    with open_atlas(two_branch_atlas) as atlas:
+        label = atlas.labels()[0]
+    args = ["predict-layout", "a red circle on the left", "--label", label, "--t", "1.0", "--atlas",
+            str(two_branch_atlas), "--out", str(tmp_path / "layout.png")]
+    result = CliRunner().invoke(main, [*args, "--block", "mid", "--branch", "uncond"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*args, "--block", "up", "--branch", "uncond"])
+    assert result.exit_code == 1
+    assert "no SAE of block 'up' at t=1.0 on the uncond branch; this atlas has mid/1.0/cond, mid/1.0/uncond" in \
+        result.output

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from atlas.errors import BadInputError, UnavailableError
-from atlas.models import Hooks, ModelNotFoundError, generate, load_model, pick_device, pick_dtype, t_to_step
+from atlas.models import (
+    Hooks,
+    ModelNotFoundError,
+    check_model,
+    generate,
+    load_model,
+    pick_device,
+    pick_dtype,
+    t_to_step,
+)
 
 
 def test_sd14_loads_from_path_like_a_real_checkpoint(tiny_sd_dir, monkeypatch):
@@ -33,6 +45,19 @@ def test_sd14_timesteps_match_the_paper(tiny_sd_dir):
     assert [int(model.scheduler.timesteps[i]) for i in steps] == [981, 481, 1]
 
 
+def test_resolution_is_the_denoisers_latent_size_times_the_vae_scale(tiny_sd_dir, tmp_path):
+    """A VAE's own sample_size is the size it was trained on (SD v2's is 768 for 512 px models): never the model's."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, model_dir)
+    for part, size in (("unet", 4), ("vae", 64)):
+        config = json.loads((model_dir / part / "config.json").read_text())
+        (model_dir / part / "config.json").write_text(json.dumps({**config, "sample_size": size}))
+    model = load_model(str(model_dir), device="cpu")
+    assert len(model.vae.config.block_out_channels) == 2  # the VAE halves the image once: 2 pixels per latent cell
+    assert model.spec.resolution == 8 and model.latent_shape == (4, 4, 4)
+    assert generate(model, ["a dog"], [0], steps=2, guidance=7.5).shape == (1, 8, 8, 3)
+
+
 def test_sd14_missing_checkpoint_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("ATLAS_SD14_PATH", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -47,6 +72,22 @@ def test_unknown_model_and_incomplete_directory(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ModelNotFoundError, match="missing text_encoder, tokenizer, scheduler"):
         load_model(str(tmp_path))
+
+
+def test_check_model_reads_files_only_and_names_what_is_missing(tiny_sd_dir, tmp_path, monkeypatch):
+    path, spec = check_model(str(tiny_sd_dir))
+    assert path == tiny_sd_dir and spec.hook_points["mid"] == "mid_block.attentions.0"
+    model_dir = tmp_path / "sd"
+    shutil.copytree(tiny_sd_dir, model_dir)
+    next((model_dir / "vae").glob("*.safetensors")).unlink()
+    (model_dir / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"lacks vae/ weights \(.safetensors or .bin\), "
+                                                 r"scheduler/scheduler_config.json: copy the complete diffusers"):
+        check_model(str(model_dir))
+    shutil.rmtree(model_dir / "vae")  # sd14 is a latent model: its VAE may not be missing
+    monkeypatch.setenv("ATLAS_SD14_PATH", str(model_dir))
+    with pytest.raises(ModelNotFoundError, match="^sd14 at .* lacks vae/config.json, vae/ weights"):
+        check_model("sd14")
 
 
 def test_unknown_block_lists_the_valid_ones(tiny_shapes_dir):

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.capture import ActivationSet
+from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
 from atlas.errors import BadInputError
-from atlas.pipeline.build import STAGES, build_atlas
+from atlas.pipeline.build import STAGES, build_atlas, capture_config, resolve, sae_job
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.train import ev_table, parse_latents, train_one
 from atlas.report.demo import answer_queries, top_images_grid
@@ -245,3 +246,48 @@ def test_the_default_atlas_directory_does_not_shadow_the_package(tmp_path, monke
     out = subprocess.run([sys.executable, "-c", "import atlas; print(callable(atlas.open))"], cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+def test_a_users_value_wins_over_the_presets_which_wins_over_the_stages_default(tmp_path):
+    config, _ = resolve(BuildConfig(preset="sd14", prompts="prompts.txt", k=20, branches=["cond"]))
+    assert sae_job(config) == SaeJobConfig(k=20, latents="4x", lr=1e-4, batch_size=4096, epochs=1.0, min_tokens=0)
+    assert capture_config(config) == CaptureConfig(blocks=["down", "mid", "up"], t=[1.0, 0.5, 0.0], branches=["cond"],
+                                                   steps=50, guidance=7.5)
+    assert (config.model, config.annotator) == ("sd14", "grounded-sam")
+    config, _ = resolve(BuildConfig(lr=3e-4, steps=5))
+    assert sae_job(config) == SaeJobConfig(lr=3e-4)  # the rest: `atlas train`'s defaults
+    assert capture_config(config) == CaptureConfig(branches=["cond"], steps=5)  # guidance: the model's own
+    assert resolve(config)[0] == config
+
+
+def test_the_sd14_recipe_captures_on_a_tiny_sd_model(tiny_sd_dir, tmp_path):
+    """The preset's capture on SD v1.4's architecture (random weights): every block, t and branch of the paper."""
+    from atlas.capture import capture
+    from atlas.models import load_model
+
+    config, _ = resolve(BuildConfig(preset="sd14", model=str(tiny_sd_dir), prompts="prompts.txt", steps=4))
+    model = load_model(config.model, device="cpu")
+    acts = ActivationSet(capture(model, ["a dog", "a cat"], tmp_path / "acts", capture_config(config), progress=False))
+    assert sorted(acts.keys()) == sorted((b, t, br) for b in ("down", "mid", "up") for t in (1.0, 0.5, 0.0)
+                                         for br in ("cond", "uncond"))
+    assert acts.load("mid", 0.5, "uncond")["x"].shape[1] == 32  # the tiny UNet's width, 1280 in SD v1.4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "sd14"], "--preset sd14 needs --prompts FILE (one prompt per line)"),
+    (["--model", "{sd}"], "--model {sd} is not a shapes model, so the shapes world's captions do not fit it: "
+                          "give --prompts FILE"),
+    (["--model", "{sd}", "--prompts", "{prompts}"], "the shapes annotator reads only shapes-world images"),
+    (["--preset", "sd14", "--model", "{sd}", "--prompts", "{prompts}", "--grounding-dino", "{tmp}/no-dino"],
+     "Grounding DINO weights {tmp}/no-dino are not on this machine"),
+    (["--preset", "sd14", "--model", "{tmp}/no-sd", "--prompts", "{prompts}"], "no model '{tmp}/no-sd'"),
+])
+def test_build_checks_prompts_and_checkpoints_before_the_first_stage(tiny_sd_dir, tmp_path, args, message):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog on a bench\n")
+    values = {"sd": str(tiny_sd_dir), "prompts": str(prompts), "tmp": str(tmp_path)}
+    result = CliRunner().invoke(main, ["build", *(a.format(**values) for a in args),
+                                       "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: " + message.format(**values)), result.output
+    assert not (tmp_path / "atlas").exists()

@@ -10,9 +10,11 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from atlas.annotate.base import AnnotatorNotAvailable
+from atlas.models.loader import cached_snapshot
 
 T = TypeVar("T")
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -53,3 +55,15 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, what: str, flag: 
             return load(name_or_path, local_files_only=True, cache_dir=cache_dir)
     except OSError:
         raise AnnotatorNotAvailable(missing_message(what, name_or_path, flag)) from None
+
+
+def check_pretrained(name_or_path: str, what: str, flag: str, files: tuple[str, ...] = ("config.json",),
+                     cache_dir: str | None = None) -> None:
+    """Raise what `load_pretrained` would for a checkpoint that is not on this machine, looking at files only: the
+    directory (or the cached snapshot of a hub id) must hold a file matching each glob pattern of `files`, and
+    weights."""
+    path = cached_snapshot(name_or_path, cache_dir) if is_hub_id(name_or_path) else Path(name_or_path)
+    complete = (path is not None and all(any(path.glob(pattern)) for pattern in files)
+                and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))))
+    if not complete:
+        raise AnnotatorNotAvailable(missing_message(what, name_or_path, flag))

@@ -16,15 +16,23 @@ from PIL import Image
 from torchvision.ops import nms
 
 from atlas.annotate.base import ObjectAnnotation, check_batch
-from atlas.annotate.checkpoints import load_pretrained
+from atlas.annotate.checkpoints import check_pretrained, load_pretrained
+from atlas.annotate.config import AnnotateConfig
 from atlas.annotate.taggers import Tagger, get_tagger
 from atlas.models.device import pick_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-DEFAULT_GROUNDING_DINO = "IDEA-Research/grounding-dino-tiny"
-DEFAULT_SAM = "facebook/sam-vit-base"
+PROCESSOR_FILES = ("config.json", "*processor_config.json")
+"""What a saved Grounding DINO or SAM holds besides its weights: the model's config and the processor's (hub
+checkpoints name it preprocessor_config.json, newer save_pretrained processor_config.json)."""
+
+
+def check_checkpoints(grounding_dino: str, sam: str, cache_dir: str | None = None) -> None:
+    """Raise AnnotatorNotAvailable for the first of Grounding DINO and SAM that is not on this machine (files only)."""
+    check_pretrained(grounding_dino, "Grounding DINO weights", "--grounding-dino", PROCESSOR_FILES, cache_dir)
+    check_pretrained(sam, "SAM weights", "--sam", PROCESSOR_FILES, cache_dir)
 
 
 class GroundedSamAnnotator:
@@ -35,13 +43,14 @@ class GroundedSamAnnotator:
 
     name = "grounded-sam"
 
-    def __init__(self, grounding_dino: str = DEFAULT_GROUNDING_DINO, sam: str = DEFAULT_SAM,
-                 tagger: str | Tagger = "prompt-nouns", tagger_options: Mapping[str, object] | None = None,
+    def __init__(self, grounding_dino: str = AnnotateConfig.grounding_dino, sam: str = AnnotateConfig.sam,
+                 tagger: str | Tagger = AnnotateConfig.tagger, tagger_options: Mapping[str, object] | None = None,
                  box_threshold: float = 0.35, text_threshold: float = 0.25, nms_iou: float | None = 0.5,
                  mask_threshold: float = 0.0, batch_size: int = 4, device: str | None = None,
                  cache_dir: str | None = None) -> None:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel
 
+        check_checkpoints(str(grounding_dino), str(sam), cache_dir)  # both, before either loads
         self.tagger = get_tagger(tagger, **(tagger_options or {})) if isinstance(tagger, str) else tagger
         self.box_threshold, self.text_threshold, self.nms_iou = box_threshold, text_threshold, nms_iou
         self.mask_threshold, self.batch_size = mask_threshold, batch_size

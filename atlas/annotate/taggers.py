@@ -19,9 +19,11 @@ from PIL import Image
 
 from atlas.annotate.base import AnnotatorNotAvailable
 from atlas.annotate.checkpoints import hub_offline
+from atlas.annotate.config import TAGGER_NAMES
 from atlas.annotate.nouns import prompt_nouns
 from atlas.errors import BadInputError
 from atlas.models.device import pick_device
+from atlas.models.loader import cached_snapshot
 
 # The 80 COCO categories: common objects, the open-clip tagger's vocabulary unless one is given.
 COCO_VOCABULARY = tuple(w.replace("-", " ") for w in (
@@ -47,6 +49,12 @@ class PromptNounsTagger:
 
     name = "prompt-nouns"
 
+    @staticmethod
+    def check(weights: str | os.PathLike | None = None) -> None:
+        if weights is not None:
+            raise BadInputError("the prompt-nouns tagger takes no weights: leave out --tagger-weights, or choose "
+                                "--tagger open-clip or ram")
+
     def tag(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[list[str]]:
         return [prompt_nouns(p) for p in prompts]
 
@@ -64,15 +72,20 @@ class OpenClipTagger:
 
     name = "open-clip"
 
+    @staticmethod
+    def check(weights: str | os.PathLike | None = None, model: str = "ViT-B-32") -> str:
+        """The weights file, once open_clip and the file are found on this machine (nothing is loaded)."""
+        if importlib.util.find_spec("open_clip") is None:
+            raise AnnotatorNotAvailable("the open-clip tagger needs open_clip: pip install open_clip_torch")
+        return _weights_file(weights, f"open_clip {model} weights", "download a local open_clip checkpoint "
+                             "(.bin/.pt/.safetensors) and pass its path as --tagger-weights (weights= in Python)")
+
     def __init__(self, model: str = "ViT-B-32", weights: str | os.PathLike | None = None,
                  vocabulary: Sequence[str] | str | os.PathLike | None = None, top_k: int = 5,
                  min_prob: float = 0.05, template: str = "a photo of a {}.", device: str | None = None) -> None:
-        if importlib.util.find_spec("open_clip") is None:
-            raise AnnotatorNotAvailable("the open-clip tagger needs open_clip: pip install open_clip_torch")
+        weights = self.check(weights, model)
         import open_clip
 
-        weights = _weights_file(weights, f"open_clip {model} weights",
-                                "pass weights=PATH to a local open_clip checkpoint (.bin/.pt/.safetensors)")
         if open_clip.get_model_config(model) is None:
             raise BadInputError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
         self.vocabulary = _read_vocabulary(vocabulary)
@@ -111,16 +124,20 @@ def _read_vocabulary(vocabulary: Sequence[str] | str | os.PathLike | None) -> li
     return words
 
 
+RAM_TOKENIZER = "bert-base-uncased"
+
+
 class RamTagger:
     """The Recognize Anything Model (RAM++ by default, or RAM), the paper's tagger; weights are a local .pth.
 
-    RAM builds a `bert-base-uncased` tokenizer by name, so that tokenizer must be in the Hugging Face cache.
+    RAM builds a `bert-base-uncased` tokenizer by name (RAM_TOKENIZER), so it must be in the Hugging Face cache.
     """
 
     name = "ram"
 
-    def __init__(self, weights: str | os.PathLike | None = None, variant: str = "ram_plus", image_size: int = 384,
-                 device: str | None = None) -> None:
+    @staticmethod
+    def check(weights: str | os.PathLike | None = None, variant: str = "ram_plus") -> str:
+        """The weights file, once the ram package, the file and RAM's BERT tokenizer are found on this machine."""
         if importlib.util.find_spec("ram") is None:
             raise AnnotatorNotAvailable(
                 "the ram tagger needs the recognize-anything package (not on PyPI): "
@@ -129,7 +146,16 @@ class RamTagger:
             raise BadInputError(f"unknown RAM variant {variant!r}; expected ram_plus or ram")
         weights = _weights_file(weights, f"RAM weights ({variant})",
                                 "download ram_plus_swin_large_14m.pth (or ram_swin_large_14m.pth) on a machine "
-                                "with network and pass weights=PATH")
+                                "with network and pass its path as --tagger-weights (weights= in Python)")
+        if cached_snapshot(RAM_TOKENIZER) is None:
+            raise AnnotatorNotAvailable(f"RAM builds the {RAM_TOKENIZER} tokenizer, which is not in the local Hugging "
+                                        f"Face cache: download it with `hf download {RAM_TOKENIZER}` on a machine "
+                                        "with network and copy ~/.cache/huggingface here")
+        return weights
+
+    def __init__(self, weights: str | os.PathLike | None = None, variant: str = "ram_plus", image_size: int = 384,
+                 device: str | None = None) -> None:
+        weights = self.check(weights, variant)
         import ram
         import ram.models
 
@@ -146,12 +172,21 @@ class RamTagger:
         return [[t.strip() for t in tags.split("|") if t.strip()] for tags in english]
 
 
-_TAGGERS = {"prompt-nouns": PromptNounsTagger, "open-clip": OpenClipTagger, "ram": RamTagger}
-TAGGER_NAMES = tuple(_TAGGERS)
+_TAGGERS = dict(zip(TAGGER_NAMES, (PromptNounsTagger, OpenClipTagger, RamTagger)))
+
+
+def _tagger_class(name: str) -> type:
+    if name not in _TAGGERS:
+        raise BadInputError(f"unknown tagger {name!r}; expected one of {', '.join(TAGGER_NAMES)}")
+    return _TAGGERS[name]
 
 
 def get_tagger(name: str, **options: object) -> Tagger:
     """The tagger called `name`, built with `options` (its constructor's keyword arguments)."""
-    if name not in _TAGGERS:
-        raise BadInputError(f"unknown tagger {name!r}; expected one of {', '.join(TAGGER_NAMES)}")
-    return _TAGGERS[name](**options)
+    return _tagger_class(name)(**options)
+
+
+def check_tagger(name: str, weights: str | os.PathLike | None = None) -> None:
+    """Raise what building the tagger `name` with `weights` would raise for a missing package or file, loading
+    nothing."""
+    _tagger_class(name).check(weights)

@@ -37,8 +37,11 @@ from atlas.store import Atlas, SaeInfo
 
 @dataclass(frozen=True)
 class LayoutScore:
+    """Layout prediction by one SAE (block, t, branch) with one method."""
+
     block: str
     t: float
+    branch: str
     method: str
     iou: float  # mean over (test image, label) pairs
     baseline_iou: float
@@ -205,8 +208,9 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
         for method in methods:
             predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells)
             threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold)
-            scores.append(LayoutScore(sae.block, sae.t, method, mean_layout_iou(test, truth, predict, sae, threshold),
-                                      base, len(truth), threshold))
+            scores.append(LayoutScore(sae.block, sae.t, sae.branch, method,
+                                      mean_layout_iou(test, truth, predict, sae, threshold), base, len(truth),
+                                      threshold))
     return scores
 
 

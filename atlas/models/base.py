@@ -46,7 +46,7 @@ class TextToImageModel:
     def latent_shape(self) -> tuple[int, int, int]:
         res = self.spec.resolution
         if self.vae is not None:
-            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            factor = vae_scale_factor(self.vae.config)
             return (self.vae.config.latent_channels, res // factor, res // factor)
         f = self.spec.pixel_unshuffle
         return (3 * f * f, res // f, res // f)
@@ -139,6 +139,18 @@ class TextToImageModel:
                 module = _half_copy(module)
             module.save_pretrained(directory / name, safe_serialization=True)
         self.spec.save(directory)
+
+
+def vae_scale_factor(vae_config: object) -> int:
+    """Pixels per latent cell along each side: the VAE halves the image once per block after the first."""
+    return 2 ** (len(vae_config.block_out_channels) - 1)
+
+
+def native_resolution(denoiser_config: object, vae_config: object) -> int:
+    """The image side a latent model generates at: its denoiser's latent `sample_size` times the VAE's scale
+    factor (a VAE's own `sample_size` is the image size it was trained on, not the model's)."""
+    size = denoiser_config.sample_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size) * vae_scale_factor(vae_config)
 
 
 def _half_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from atlas.errors import UnavailableError
-from atlas.models.base import TextToImageModel
+from atlas.models.base import TextToImageModel, native_resolution
 from atlas.models.device import pick_device, pick_dtype
 from atlas.models.spec import DENOISERS, SD14_SPEC, SPEC_FILE, ModelSpec
 
@@ -66,17 +66,24 @@ def _checked_dir(path: Path, name: str) -> Path:
     return path
 
 
-def _from_hf_cache(repo_id: str) -> Path:
+def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> Path | None:
+    """The local Hugging Face cache's snapshot directory of `repo_id`, or None when it is not there (never fetches)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        path = Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError) as err:
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    path = cached_snapshot(repo_id)
+    if path is None:
         raise ModelNotFoundError(
             f"{repo_id} is not in the local Hugging Face cache: on a machine with network run "
             f"`huggingface-cli download {repo_id}` (then copy ~/.cache/huggingface here), or pass --model "
-            f"PATH to a diffusers directory (for sd14 you can also set ATLAS_SD14_PATH)") from err
+            f"PATH to a diffusers directory (for sd14 you can also set ATLAS_SD14_PATH)")
     return _checked_dir(path, repo_id)
 
 
@@ -88,6 +95,36 @@ def _spec_for(path: Path, builtin: ModelSpec | None) -> ModelSpec:
     if (path / "vae").is_dir():  # an SD-v1-like latent model: same hook points, our defaults
         return replace(SD14_SPEC, name=path.name)
     raise ModelNotFoundError(f"{path} has no vae/ and no {SPEC_FILE}; write a {SPEC_FILE} naming its hook points")
+
+
+def check_model(name_or_path: str) -> tuple[Path, ModelSpec]:
+    """Find a model and check, from its files alone (nothing is loaded), that everything `load_model` reads is on
+    this machine: configs and weights of the denoiser, text encoder and (latent models) VAE, the tokenizer's and the
+    scheduler's configs. Returns (directory, spec); raises ModelNotFoundError saying what to download where."""
+    path, builtin = resolve_model_dir(name_or_path)
+    spec = _spec_for(path, builtin)
+    weighted = [DENOISERS[spec.backbone], "text_encoder"]
+    if builtin is not None or (path / "vae").is_dir():  # a built-in spec is a latent model: no VAE, no images
+        weighted.append("vae")
+    missing = [f"{part}/config.json" for part in weighted if not (path / part / "config.json").is_file()]
+    missing += [f"{part}/ weights (.safetensors or .bin)" for part in weighted
+                if not any((path / part).glob("*.safetensors")) and not any((path / part).glob("*.bin"))]
+    missing += [name for name in ("tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
+                if not (path / name).is_file()]
+    if missing:
+        repo = _hub_repo(name_or_path)
+        fix = (f"download it again with `huggingface-cli download {repo}` on a machine with network and copy "
+               "~/.cache/huggingface here" if repo else
+               "copy the complete diffusers model there (every component with its config and weights)")
+        raise ModelNotFoundError(f"{name_or_path} at {path} lacks {', '.join(missing)}: {fix}")
+    return path, spec
+
+
+def _hub_repo(name_or_path: str) -> str | None:
+    """The Hugging Face id a model name is read from the local cache under, or None for a directory."""
+    if name_or_path == "sd14":
+        return None if os.environ.get("ATLAS_SD14_PATH") else SD14_REPO
+    return None if Path(name_or_path).expanduser().is_dir() or name_or_path == "shapes" else name_or_path
 
 
 def denoiser_class(backbone: str) -> type:
@@ -106,8 +143,7 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
 
     logging.disable_progress_bar()  # loading a local model takes a second; its bar would clutter every command
 
-    path, builtin = resolve_model_dir(name_or_path)
-    spec = _spec_for(path, builtin)
+    path, spec = check_model(name_or_path)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
@@ -119,8 +155,8 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     vae = (AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
            if (path / "vae").is_dir() else None)
-    if vae is not None:  # latent models generate at their VAE's native size (512 for SD v1.4)
-        spec = replace(spec, resolution=int(vae.config.sample_size))
+    if vae is not None:
+        spec = replace(spec, resolution=native_resolution(denoiser.config, vae.config))
         vae.to(dev).eval()
         vae.requires_grad_(False)
     for module in (text_encoder, denoiser):

@@ -6,7 +6,8 @@ rest through its presets.
 
 from atlas.lazy import lazy_face
 
-_NAMES = {"build_atlas": "atlas.pipeline.build", "BuildConfig": "atlas.pipeline.config",
-          "open_executor": "atlas.pipeline.executor", "get_annotator": "atlas.pipeline.presets"}
+_NAMES = {"build_atlas": "atlas.pipeline.build", "check_build": "atlas.pipeline.build",
+          "BuildConfig": "atlas.pipeline.config", "open_executor": "atlas.pipeline.executor",
+          "get_annotator": "atlas.pipeline.presets"}
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_face(__name__, _NAMES)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from copy import copy
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -27,10 +28,20 @@ from atlas.capture.config import CaptureConfig
 from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.run import link_atlas
 from atlas.errors import BadInputError
+from atlas.models import check_model
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.encode import encode_atlas
 from atlas.pipeline.executor import Executor
-from atlas.pipeline.presets import PRESETS, Preset, shapes_captions
+from atlas.pipeline.generate import read_prompts
+from atlas.pipeline.presets import (
+    PRESETS,
+    SHAPES_MODELS,
+    Preset,
+    annotator_options,
+    check_annotator,
+    get_annotator,
+    shapes_captions,
+)
 from atlas.pipeline.train import SaeReport, ev_table, train_all
 from atlas.store import Atlas, default_path
 
@@ -45,19 +56,52 @@ class BuildResult:
 
 
 def resolve(config: BuildConfig) -> tuple[BuildConfig, Preset]:
+    """`config` with every unset (None) option that its preset sets taken from the preset: a user's value wins."""
     if config.preset not in PRESETS:
         raise BadInputError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
     preset = PRESETS[config.preset]
-    config = replace(config, model=config.model or preset.model, n_images=config.n_images or preset.n_images,
-                     annotator=config.annotator or preset.annotator)
+    taken = {f.name: copy(getattr(preset.values, f.name)) for f in fields(BuildConfig)
+             if getattr(config, f.name) is None and getattr(preset.values, f.name) is not None}
+    return replace(config, **taken), preset
+
+
+def check_build(config: BuildConfig) -> BuildConfig:
+    """Resolve `config` and check, in seconds and without loading any weights, what the stages will need: the
+    prompts, the model's files, the annotator's checkpoints. Raises the one-line error of the first gap."""
+    config, preset = resolve(config)
     if preset.prompts_needed and not config.prompts:
         raise BadInputError(f"--preset {config.preset} needs --prompts FILE (one prompt per line)")
-    return config, preset
+    if config.prompts:
+        read_prompts(config.prompts)
+    _, spec = check_model(config.model)
+    if spec.name not in SHAPES_MODELS:
+        if not config.prompts:
+            raise BadInputError(f"--model {config.model} is not a shapes model, so the shapes world's captions do "
+                                "not fit it: give --prompts FILE (one prompt per line)")
+        if config.annotator == "shapes":
+            raise BadInputError(f"the shapes annotator reads only shapes-world images, not those of --model "
+                                f"{config.model}: pass --annotator grounded-sam (or --preset sd14)")
+    check_annotator(config.annotator, config.annotate)
+    return config
+
+
+def capture_config(config: BuildConfig) -> CaptureConfig:
+    """The capture stage's options: the build's where set, else capture's own defaults."""
+    return CaptureConfig(**_set(blocks=config.blocks, t=config.t, branches=config.branches, steps=config.steps,
+                                guidance=config.guidance), seed=config.seed)
+
+
+def sae_job(config: BuildConfig) -> SaeJobConfig:
+    """The train stage's options: the build's where set, else `atlas train`'s defaults."""
+    return SaeJobConfig(**_set(k=config.k, latents=config.latents, lr=config.lr, batch_size=config.sae_batch_size,
+                               epochs=config.epochs, min_tokens=config.sae_tokens), device=config.device)
+
+
+def _set(**values: object) -> dict[str, object]:
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def build_prompts(config: BuildConfig) -> list[str]:
-    from atlas.pipeline.generate import read_prompts
-
     if config.prompts:
         return read_prompts(config.prompts)[: config.n_images]
     return shapes_captions(config.n_images, split=None, seed=config.seed)
@@ -65,8 +109,9 @@ def build_prompts(config: BuildConfig) -> list[str]:
 
 def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print,
                 executor: Executor | None = None) -> BuildResult:
-    """Run (or resume) every stage; `say` receives one line per stage."""
-    config, preset = resolve(config)
+    """Run (or resume) every stage; `say` receives one line per stage. Everything the stages need is checked first
+    (`check_build`), so a missing checkpoint or prompt file stops the build before it starts."""
+    config = check_build(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     root = Path(config.atlas) if config.atlas else default_path()
@@ -87,14 +132,11 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         from atlas.models import load_model
 
         model = load_model(config.model, device=config.device)
-        capture_config = CaptureConfig(blocks=list(preset.blocks), t=list(preset.t), branches=list(config.branches),
-                                       steps=config.steps, guidance=config.guidance, seed=config.seed)
-        capture(model, build_prompts(config), acts_dir, capture_config, progress=progress, executor=executor)
+        capture(model, build_prompts(config), acts_dir, capture_config(config), progress=progress, executor=executor)
         return f"{len(ActivationSet(acts_dir).prompts)} images -> {acts_dir}"
 
     def run_train() -> str:
-        job = SaeJobConfig(k=config.k, latents=config.latents, min_tokens=config.sae_tokens, device=config.device)
-        reports.extend(train_all(ActivationSet(acts_dir), saes_dir, job, progress=progress))
+        reports.extend(train_all(ActivationSet(acts_dir), saes_dir, sae_job(config), progress=progress))
         return f"{len(reports)} SAEs -> {saes_dir}\n" + ev_table(reports)
 
     def run_encode() -> str:
@@ -102,9 +144,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
 
     def run_annotate() -> str:
-        from atlas.pipeline.presets import get_annotator
-
-        return f"{annotate_atlas(writer, get_annotator(config.annotator), progress=progress)} objects found"
+        annotator = get_annotator(config.annotator, **annotator_options(config.annotator, config.annotate))
+        return f"{annotate_atlas(writer, annotator, progress=progress)} objects found"
 
     def run_link() -> str:
         stored = link_atlas(writer, LinkConfig(), progress=progress)
@@ -116,7 +157,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         figures = build_report(atlas, root / "report")
         first = [x for x in figures["layout"] if x["method"] == "weighted" and x["t"] == 1.0]
         first = "; layout IoU at t=1.0: " + ", ".join(
-            f"{x['block']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first) if first else ""
+            f"{x['block']} {x['branch']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first
+        ) if first else ""
         return f"{root / 'report' / 'index.html'}{first}"
 
     with atlas, writer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from atlas.annotate.config import AnnotateConfig
 from atlas.capture.config import StreamConfig
 from atlas.sae.config import SaeConfig, SaeTrainConfig
 
@@ -75,35 +76,49 @@ class SaeJobConfig:
 
 @dataclass
 class BuildConfig:
-    """Options of `atlas build`: every stage from prompts to a queryable atlas."""
+    """Options of `atlas build`: every stage from prompts to a queryable atlas. An option left unset takes the
+    preset's value, else the default of the stage that uses it (`atlas capture`, `atlas train`, the model's own)."""
 
     atlas: str = ""
     """Atlas directory to build; re-run the same command to resume (empty = $ATLAS_DIR, else ./atlas-data, or
     demo/atlas in a source checkout)."""
     preset: str = "shapes"
-    """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's settings; GPU)."""
-    model: str = ""
-    """Model to load (empty = the preset's)."""
-    prompts: str = ""
-    """File with one prompt per line (empty = shapes-world captions, all splits)."""
-    n_images: int = 0
-    """Images to generate (0 = the preset's: 640 for shapes)."""
-    branches: list[str] = field(default_factory=lambda: ["cond"])
-    """CFG halves to capture and train SAEs on: cond, uncond (both: the two)."""
-    steps: int = 0
-    """DDIM steps (0 = the model's default)."""
+    """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's recipe; GPU)."""
+    model: str | None = None
+    """Model to load: shapes, sd14, a diffusers directory or a cached Hugging Face id (unset: the preset's)."""
+    prompts: str | None = None
+    """File with one prompt per line (unset: shapes-world captions, all splits; only a shapes model takes them)."""
+    n_images: int | None = None
+    """Images to generate (unset: the preset's)."""
+    blocks: list[str] | None = None
+    """Hook points to capture: aliases (down, mid, up) or module names (unset: the preset's, else capture's)."""
+    t: list[float] | None = None
+    """Timesteps to capture, t = 1.0 the first denoising step (unset: the preset's, else capture's)."""
+    branches: list[str] | None = None
+    """CFG halves to capture and train SAEs on: cond, uncond (both: the two) (unset: the preset's, else capture's)."""
+    steps: int | None = None
+    """DDIM steps (unset: the preset's, else the model's default)."""
     guidance: float | None = None
-    """Classifier-free guidance scale (unset: the model's own default)."""
-    k: int = SaeJobConfig.k
-    """Active latents per position of every SAE."""
-    latents: str = SaeJobConfig.latents
-    """Latents per SAE: a count or a multiple of the activation width."""
-    sae_tokens: int = SaeJobConfig.min_tokens
-    """Positions each SAE trains on (several passes over a small capture)."""
-    annotator: str = ""
-    """Annotator backend (empty = the preset's: shapes, or grounded-sam for sd14)."""
+    """Classifier-free guidance scale (unset: the preset's, else the model's default)."""
+    k: int | None = None
+    """Active latents per position of every SAE (unset: the preset's, else `atlas train`'s)."""
+    latents: str | None = None
+    """Latents per SAE: a count or a multiple of the activation width (unset: the preset's, else `atlas train`'s)."""
+    lr: float | None = None
+    """Adam learning rate of every SAE (unset: the preset's, else `atlas train`'s)."""
+    sae_batch_size: int | None = None
+    """Positions per SAE optimiser step (unset: the preset's, else `atlas train`'s)."""
+    epochs: float | None = None
+    """Passes of each SAE over its training positions (unset: the preset's, else `atlas train`'s)."""
+    sae_tokens: int | None = None
+    """Positions each SAE trains on at least, in several passes over a small capture (unset: the preset's, else
+    `atlas train`'s --min-tokens)."""
+    annotator: str | None = None
+    """Annotator backend: shapes or grounded-sam (unset: the preset's)."""
     seed: int = 0
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
     threads: int = 0
     """Torch CPU threads (0 = torch's default)."""
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    """The annotator's checkpoints (their own options)."""

@@ -44,21 +44,23 @@ class PromptLayout:
 
 
 def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "up", seed: int = 0,
-                   config: LayoutConfig | None = None, embedder: TextEmbedder | None = None) -> PromptLayout:
-    """Generate `prompt`, read its codes at (block, t) through the atlas's SAE, predict where `label` goes."""
+                   config: LayoutConfig | None = None, embedder: TextEmbedder | None = None,
+                   branch: str = "cond") -> PromptLayout:
+    """Generate `prompt`, read its codes at (block, t) of `branch` through the atlas's SAE, predict where `label`
+    goes."""
     config = config or LayoutConfig()
     embedder = embedder or TextEmbedder()
-    sae_info = next((s for s in atlas.saes() if s.block == block and s.t == float(t) and s.branch == "cond"), None)
+    sae_info = next((s for s in atlas.saes() if (s.block, s.t, s.branch) == (block, float(t), branch)), None)
     if sae_info is None:
-        have = sorted({(s.block, s.t) for s in atlas.saes()})
-        raise NotFoundError(f"no cond SAE for block {block!r} at t={t}; this atlas has {have}")
+        have = ", ".join(f"{s.block}/{s.t}/{s.branch}" for s in atlas.saes())
+        raise NotFoundError(f"no SAE of block {block!r} at t={t} on the {branch} branch; this atlas has {have}")
     if label not in atlas.labels():
         atlas.concepts(label=label)  # raises UnknownLabelError with close labels
     model = load_model(atlas_model_name(atlas))
     steps = model.spec.default_steps
-    latents, cond = delta_at(model, [prompt], [seed], block, t_to_step(t, steps), steps=steps)
+    latents, half = delta_at(model, [prompt], [seed], block, t_to_step(t, steps), branch, steps)
     image = model.to_uint8(model.decode(latents))[0]
-    delta = cond[0].permute(1, 2, 0).reshape(-1, cond.shape[1]).float()
+    delta = half[0].permute(1, 2, 0).reshape(-1, half.shape[1]).float()
     sae = Sae.from_pretrained(atlas.file_path(sae_info.path))
     with torch.no_grad():
         out = sae.encode(delta)

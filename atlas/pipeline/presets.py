@@ -1,7 +1,7 @@
 """Presets: what each kind of atlas brings to the stages, by name. The one place that knows the shapes world.
 
     shapes  the embedded model, its captions (with their splits), its classical annotator, its edit judge
-    sd14    Stable Diffusion v1.4 with the paper's settings, prompts from a file, Grounded-SAM
+    sd14    Stable Diffusion v1.4 with the paper's recipe, prompts from a file, Grounded-SAM
 
 Kept free of heavy imports (the CLI reads the names at startup); each backend loads when asked for.
 """
@@ -13,28 +13,35 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from atlas.errors import BadInputError
+from atlas.pipeline.config import BuildConfig
 
 if TYPE_CHECKING:
     from atlas.annotate.base import Annotator
+    from atlas.annotate.config import AnnotateConfig
     from atlas.edit.run import Judge
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Defaults of one kind of atlas; BuildConfig fields left at 0 / "" take these."""
+    """What one kind of atlas brings to a build."""
 
-    model: str
-    n_images: int
-    annotator: str
-    blocks: tuple[str, ...] = ("down", "mid", "up")
-    t: tuple[float, ...] = (1.0, 0.5, 0.0)
+    values: BuildConfig
+    """What the build's unset (None) options become; an option None here too is left to its stage's default."""
     prompts_needed: bool = False
+    """Prompts must come from a file (--prompts): the shapes world's captions fit only the shapes model."""
 
 
 PRESETS = {
-    "shapes": Preset(model="shapes", n_images=640, annotator="shapes"),
-    "sd14": Preset(model="sd14", n_images=1000, annotator="grounded-sam", prompts_needed=True),
+    "shapes": Preset(BuildConfig(model="shapes", n_images=640, annotator="shapes", branches=["cond"])),
+    # The paper's recipe (docs/PAPER.md), all of it but k = 20: an atlas holds one SAE per (block, t, branch).
+    "sd14": Preset(BuildConfig(model="sd14", n_images=1000, annotator="grounded-sam", blocks=["down", "mid", "up"],
+                               t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], steps=50, guidance=7.5, k=10,
+                               latents="4x", lr=1e-4, sae_batch_size=4096, epochs=1.0, sae_tokens=0),
+                   prompts_needed=True),
 }
+SHAPES_MODELS = ("shapes", "shapes-dit")
+"""Spec names of the models trained on the shapes world (atlas.shapes.model): the ones its captions and its
+annotator fit."""
 ANNOTATOR_NAMES = ("shapes", "grounded-sam")
 
 
@@ -53,11 +60,35 @@ def _grounded_sam(**options: object) -> Annotator:
 _ANNOTATORS: dict[str, Callable[..., Annotator]] = {"shapes": _shapes_annotator, "grounded-sam": _grounded_sam}
 
 
-def get_annotator(name: str, **options: object) -> Annotator:
-    """The annotator backend called `name`, built with `options` (its constructor's keyword arguments)."""
+def _annotator_factory(name: str) -> Callable[..., Annotator]:
     if name not in _ANNOTATORS:
         raise BadInputError(f"unknown annotator {name!r}; expected one of {', '.join(ANNOTATOR_NAMES)}")
-    return _ANNOTATORS[name](**options)
+    return _ANNOTATORS[name]
+
+
+def get_annotator(name: str, **options: object) -> Annotator:
+    """The annotator backend called `name`, built with `options` (its constructor's keyword arguments)."""
+    return _annotator_factory(name)(**options)
+
+
+def annotator_options(name: str, config: AnnotateConfig) -> dict[str, object]:
+    """The constructor options of annotator `name` from the annotate stage's config (shapes takes none)."""
+    if name != "grounded-sam":
+        return {}
+    return {"grounding_dino": config.grounding_dino, "sam": config.sam, "tagger": config.tagger,
+            "tagger_options": {"weights": config.tagger_weights} if config.tagger_weights else {}}
+
+
+def check_annotator(name: str, config: AnnotateConfig) -> None:
+    """Raise the one-line error a missing checkpoint or package of annotator `name` would raise when built, from
+    files alone (no weights load): Grounding DINO, SAM and the tagger's for grounded-sam."""
+    _annotator_factory(name)
+    if name == "grounded-sam":
+        from atlas.annotate.grounded_sam import check_checkpoints
+        from atlas.annotate.taggers import check_tagger
+
+        check_checkpoints(config.grounding_dino, config.sam)
+        check_tagger(config.tagger, config.tagger_weights)
 
 
 def judge_for(model_name: str) -> Judge | None:

@@ -14,12 +14,13 @@ from atlas.viz import heat_overlay, image_grid
 
 LABEL_QUERY = """
 SELECT concept_id, round(mean_iou, 3) AS mean_iou, round(hit_rate, 3) AS hit_rate, support
-FROM concept_labels WHERE label = 'red circle' AND t = 1.0 AND block = 'mid'
+FROM concept_labels WHERE label = 'red circle' AND t = 1.0 AND block = 'mid' AND branch = 'cond'
 ORDER BY mean_iou DESC LIMIT 5"""
 
 TOP_IMAGES_QUERY = """
 WITH best AS (SELECT sae_id, latent FROM concept_labels
-              WHERE label = 'striped background' AND block = 'up' AND t = 0.5 ORDER BY mean_iou DESC LIMIT 1)
+              WHERE label = 'striped background' AND block = 'up' AND t = 0.5 AND branch = 'cond'
+              ORDER BY mean_iou DESC LIMIT 1)
 SELECT c.concept_id, c.image_id, round(max(c.value), 3) AS activation, count(*) AS positions,
        any_value(i.prompt) AS prompt
 FROM codes c JOIN best USING (sae_id, latent) JOIN images i ON i.id = c.image_id
@@ -27,7 +28,7 @@ GROUP BY c.concept_id, c.image_id ORDER BY activation DESC LIMIT 10"""
 
 LAYOUT_QUERY = """
 SELECT t, label, count(*) AS concepts, round(max(mean_iou), 3) AS best_iou
-FROM concept_labels WHERE block = 'mid' AND label LIKE '%circle'
+FROM concept_labels WHERE block = 'mid' AND branch = 'cond' AND label LIKE '%circle'
 GROUP BY ALL ORDER BY label, t DESC"""
 
 QUERIES = (

@@ -1,9 +1,9 @@
 """`atlas report`: the paper's tables and curves for one atlas, as report/index.html, report.md and PNG plots.
 
     explained variance per SAE (Table 1)
-    layout-prediction IoU per block and t on the test split, beside the average-mask baseline (Table 3),
+    layout-prediction IoU per SAE (block, t, branch) on the test split, beside the average-mask baseline (Table 3),
       with the paper's top-concept predictor and with the weighted one (atlas.layout.score)
-    concept cohesion and separability per block and t
+    concept cohesion and separability per SAE
     context-free latents: those firing at the same place whatever the image (lowest spatial variance)
 
 Cohesion is the mean cosine similarity between the decoder directions of concepts that share a best
@@ -94,9 +94,9 @@ def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
     structure = []
     for s in saes:
         cohesion, separability, n_labels = cohesion_separability(atlas, s)
-        structure.append({"block": s.block, "t": s.t, "cohesion": cohesion, "separability": separability,
-                          "labels": n_labels})
-    free = {f"{s.block}/{s.t}": context_free(atlas, s) for s in saes}
+        structure.append({"block": s.block, "t": s.t, "branch": s.branch, "cohesion": cohesion,
+                          "separability": separability, "labels": n_labels})
+    free = {sae_name(s.block, s.t, s.branch): context_free(atlas, s) for s in saes}
     figures = {"explained_variance": ev, "layout": [asdict(x) for x in scores], "structure": structure,
                "context_free": free}
     (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))
@@ -128,11 +128,11 @@ def report_markdown(figures: dict) -> str:
               f"the label's objects on the dictionary images). Thresholds are chosen on the dictionary images. "
               f"Paper: about {PAPER_LAYOUT_IOU_MID_T1} from the mid block at t = 1.0.", "",
               "![layout IoU](layout_iou.png)", ""]
-    lines += _table(figures["layout"], ["method", "block", "t", "iou", "baseline_iou", "pairs", "threshold"])
+    lines += _table(figures["layout"], ["method", "block", "t", "branch", "iou", "baseline_iou", "pairs", "threshold"])
     lines += ["", "## Concept cohesion and separability", "",
               "Paper (mid): cohesion 0.588 / 0.639 / 0.664 and separability 0.433 / 0.363 / 0.344 at t = 1.0 / 0.5 / "
               "0.0.", "", "![cohesion](cohesion.png)", ""]
-    lines += _table(figures["structure"], ["block", "t", "cohesion", "separability", "labels"])
+    lines += _table(figures["structure"], ["block", "t", "branch", "cohesion", "separability", "labels"])
     lines += ["", "## Context-free latents (lowest spatial spread; 0 = always the same cell)", ""]
     for name, rows in figures["context_free"].items():
         lines += [f"**{name}**", ""] + _table(rows, ["concept_id", "images", "mean_row", "mean_col", "spread",
@@ -140,14 +140,29 @@ def report_markdown(figures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sae_name(block: str, t: float, branch: str) -> str:
+    """How the report names one SAE: block/t/branch."""
+    return f"{block}/{t}/{branch}"
+
+
+def _series(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped into one plotted line per block and branch (the branch named only when there are several), each
+    ordered from t = 1.0 down."""
+    several = len({r["branch"] for r in rows}) > 1
+    lines: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: -r["t"]):
+        lines.setdefault(f"{r['block']} {r['branch']}" if several else r["block"], []).append(r)
+    return lines
+
+
 def _plot_layout(scores: list[LayoutScore], path: Path) -> None:
     methods = list(dict.fromkeys(s.method for s in scores))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False, sharey=True)
     for method, ax in zip(methods, axes[0]):
-        for block in dict.fromkeys(s.block for s in scores):
-            mine = sorted((s for s in scores if s.block == block and s.method == method), key=lambda s: -s.t)
-            line, = ax.plot([s.t for s in mine], [s.iou for s in mine], marker="o", label=block)
-            ax.plot([s.t for s in mine], [s.baseline_iou for s in mine], ls="--", color=line.get_color(), alpha=0.6)
+        for name, mine in _series([asdict(s) for s in scores if s.method == method]).items():
+            line, = ax.plot([s["t"] for s in mine], [s["iou"] for s in mine], marker="o", label=name)
+            ax.plot([s["t"] for s in mine], [s["baseline_iou"] for s in mine], ls="--", color=line.get_color(),
+                    alpha=0.6)
         ax.axhline(PAPER_LAYOUT_IOU_MID_T1, color="grey", lw=0.8, ls=":", label="paper, mid t=1.0")
         ax.invert_xaxis()
         ax.set(xlabel="t (1.0 = first step)", title=method, ylim=(0, 1))
@@ -161,9 +176,8 @@ def _plot_layout(scores: list[LayoutScore], path: Path) -> None:
 def _plot_structure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(7, 3))
     for key, ax in zip(("cohesion", "separability"), axes):
-        for block in dict.fromkeys(r["block"] for r in rows):
-            mine = sorted((r for r in rows if r["block"] == block), key=lambda r: -r["t"])
-            ax.plot([r["t"] for r in mine], [r[key] for r in mine], marker="o", label=block)
+        for name, mine in _series(rows).items():
+            ax.plot([r["t"] for r in mine], [r[key] for r in mine], marker="o", label=name)
         ax.invert_xaxis()
         ax.set(xlabel="t", title=key)
     axes[0].legend(fontsize=7)

@@ -1,5 +1,5 @@
 """Images: the list, one image's page (prompt, objects, the top concept at every grid cell for a chosen
-block and t), and the PNGs every page shows (the image, a concept's heatmap over it, an object's mask)."""
+block, t and branch), and the PNGs every page shows (the image, a concept's heatmap over it, an object's mask)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Labels: the list, and one label's page (which concepts predict it at each block and t, and the
+"""Labels: the list, and one label's page (which concepts predict it at each block, t and branch, and the
 annotated objects that carry it, drawn with their masks)."""
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ class LabelData(Envelope):
 
 @PAGE.add("/label/{name:path}", "label.html", LabelData, table="concepts")
 def label(name: Annotated[str, Path(description="A label, e.g. red circle")], state: State,
-          per_sae: Annotated[int, Query(ge=1, le=100, description="Concepts shown per block and t")] = 5,
+          per_sae: Annotated[int, Query(ge=1, le=100, description="Concepts shown per SAE (block, t, branch)")] = 5,
           after: Annotated[int, Query(ge=-1, description="Keyset: examples with object id greater than this")] = -1,
           limit: Annotated[int, Query(ge=1, le=200)] = 24) -> dict:
-    """One label: the concepts that predict it best per block and t (mean IoU, hit rate, support), and examples."""
+    """One label: the concepts that predict it best per SAE (block, t, branch) by mean IoU, hit rate and support, and
+    examples."""
     known = state.atlas.labels()
     if name not in known:
         raise UnknownLabelError(name, known)
