@@ -5,6 +5,7 @@ image ruined by noise) with the verdicts and the centres and pixel changes worke
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from scipy import ndimage
 
 from atlas.edit.core import NAMED_REGIONS, box_mask
 from atlas.edit.judge import AtlasJudge, JudgeUnavailable, Verdict, centre_of_mass, in_region, locality
+from atlas.pipeline.judges import ShapesJudge
 from atlas.shapes import judge as shapes
 from atlas.shapes.annotator import annotate
 from atlas.shapes.world import COLORS, background
@@ -55,7 +57,7 @@ TOP_RIGHT_BLUE = (BLUE, slice(4, 12), slice(20, 28))  # centre (24.0, 8.0)
 SPLIT_RED = ((RED, slice(18, 26), slice(19, 25)), (RED, slice(18, 26), slice(10, 13)))
 
 
-# -- the shapes world's judge (atlas/shapes/judge.py) ---------------------------------------------------------------
+# -- the shapes world's judge (atlas/shapes/judge.py, behind the protocol by atlas.pipeline.judges.ShapesJudge) ----
 
 def test_the_annotator_reads_the_hand_drawn_scenes():
     found = annotate(scene(TOP_LEFT_RED, TOP_RIGHT_BLUE))
@@ -67,45 +69,73 @@ def test_the_annotator_reads_the_hand_drawn_scenes():
     assert len(annotate(confetti(scene(BOTTOM_RIGHT_RED))).objects) == 33
 
 
-def test_shapes_spatial_verdicts():
-    original = scene(TOP_LEFT_RED)
-    moved, ruined = scene(BOTTOM_RIGHT_RED), confetti(scene(BOTTOM_RIGHT_RED))
+@pytest.fixture
+def shapes_judge() -> ShapesJudge:
+    return ShapesJudge()
+
+
+def test_shapes_spatial_moved_and_not_moved(shapes_judge):
+    original = scene(TOP_LEFT_RED, TOP_RIGHT_BLUE)
     target = quadrant("bottom right")
-    # moved into the quadrant: a success; it was not there before
-    assert shapes.moved_into(original, moved, "red square", target)
-    assert not shapes.centre_in(annotate(original), "red square", target)
-    landed = shapes.main_object(annotate(moved), "red square")
-    assert (landed.cx, landed.cy) == (24.0, 24.0)
-    # did not move: no success in the bottom right, and the unedited image counts in its own quadrant
-    assert not shapes.moved_into(original, original, "red square", target)
-    assert shapes.moved_into(original, original, "red square", quadrant("top left"))
-    # split in two: the larger piece (centre 22, 22) lands, but two objects where there was one is no success
-    split = scene(*SPLIT_RED)
-    assert shapes.main_object(annotate(split), "red square").cx == 22.0
-    assert shapes.moved_into(original, split, "red square", target, intact=False)
-    assert not shapes.moved_into(original, split, "red square", target)
-    assert not shapes.no_new_objects(annotate(original), annotate(split))
+    v = shapes_judge(original, scene(BOTTOM_RIGHT_RED, TOP_RIGHT_BLUE), "spatial", "red square", target, "")
+    assert (v.success, v.reached, v.before, v.intact, v.others_stay) == (True, True, False, True, True)
+    assert v.values == {"centre_x": 24.0, "centre_y": 24.0}
+    # 64 of the quadrant's 256 pixels turned red; outside, 64 of 768 turned back to the background
+    assert v.change_in == pytest.approx(64 / 256 * RED_OFF_PLAIN)
+    assert v.change_out == pytest.approx(64 / 768 * RED_OFF_PLAIN)
+    still = shapes_judge(original, original, "spatial", "red square", target, "")
+    assert (still.success, still.reached, still.before, still.others_stay) == (False, False, False, True)
+    assert (still.change_in, still.change_out) == (0.0, 0.0) and still.values == {"centre_x": 8.0, "centre_y": 8.0}
+    there = shapes_judge(original, original, "spatial", "red square", quadrant("top left"), "")
+    assert (there.success, there.before) == (True, True)  # the unedited image is the baseline's success
+    assert shapes_judge(original, original, "spatial", "red square", None, "") is None
+    gone = shapes_judge(original, scene(TOP_RIGHT_BLUE), "spatial", "red square", target, "")
+    assert (gone.success, gone.reached) == (False, False) and gone.values == {}
+
+
+def test_shapes_spatial_split_ruined_and_found_by_colour(shapes_judge):
+    original = scene(TOP_LEFT_RED, TOP_RIGHT_BLUE)
+    target = quadrant("bottom right")
+    # split in two: the larger piece (centre 22, 22) lands, but three objects where there were two is no success
+    split = shapes_judge(original, scene(*SPLIT_RED, TOP_RIGHT_BLUE), "spatial", "red square", target, "")
+    assert split.values == {"centre_x": 22.0, "centre_y": 22.0}
+    assert (split.reached, split.intact, split.others_stay, split.success) == (True, False, True, False)
+    assert not shapes.no_new_objects(annotate(original), annotate(scene(*SPLIT_RED, TOP_RIGHT_BLUE)))
     # ruined by noise: the square's centre is in the quadrant, but 32 new objects make it a failure
-    assert shapes.moved_into(original, ruined, "red square", target, intact=False)
-    assert not shapes.moved_into(original, ruined, "red square", target)
-    # the target is found by colour when the edit blurred the shape into another
-    assert shapes.main_object(annotate(moved), "red circle").label == "red square"
-    assert not shapes.moved_into(original, scene(), "red square", target)  # the object is gone
+    ruined = shapes_judge(original, confetti(scene(BOTTOM_RIGHT_RED)), "spatial", "red square", target, "")
+    assert ruined.values == {"centre_x": 24.0, "centre_y": 24.0}
+    assert (ruined.reached, ruined.intact, ruined.success) == (True, False, False)
+    # the target is found by its colour when the edit blurred the shape into another
+    moved = annotate(scene(BOTTOM_RIGHT_RED))
+    assert shapes.main_object(moved, "red circle").label == "red square"
+    assert shapes.centre_in(moved, "red circle", target) and not shapes.centre_in(moved, "blue circle", target)
+    blurred = shapes_judge(original, scene(BOTTOM_RIGHT_RED, TOP_RIGHT_BLUE), "spatial", "red circle", target, "")
+    assert blurred.success and blurred.values == {"centre_x": 24.0, "centre_y": 24.0}
 
 
-def test_shapes_style_verdicts():
+def test_shapes_style_verdicts(shapes_judge):
     plain = scene(TOP_LEFT_RED, TOP_RIGHT_BLUE)
     striped = scene(TOP_LEFT_RED, TOP_RIGHT_BLUE, style="striped")
     assert shapes.style_of("striped background") == "striped" and shapes.style_of("red circle") is None
-    assert shapes.styled(plain, striped, "striped background") is True
-    assert shapes.styled(plain, plain, "striped background") is False  # nothing changed
-    assert shapes.styled(plain, striped, "red circle") is None  # no style to judge
+    v = shapes_judge(plain, striped, "global", "striped background", None, "")
+    assert (v.success, v.reached, v.before, v.intact, v.others_stay) == (True, True, False, True, True)
+    # the background (every pixel but the squares) turned from 25 to stripes of 60 and 115 in equal shares (the
+    # squares cover rows 4-11: two rows of each colour twice); the squares, outside the region, did not change
+    assert v.change_in == pytest.approx(((60 - PLAIN) + (115 - PLAIN)) / 2 / 255) and v.change_out == 0.0
+    same = shapes_judge(plain, plain, "global", "striped background", None, "")
+    assert (same.success, same.reached, same.before) == (False, False, False)
+    already = shapes_judge(striped, striped, "global", "striped background", None, "")
+    assert (already.success, already.before) == (True, True)
+    assert shapes_judge(plain, striped, "global", "red circle", None, "") is None  # no style to judge
     # striped, but the blue square moved 4 px (more than STAY_PX): the objects must stay
     drifted = scene(TOP_LEFT_RED, (BLUE, slice(4, 12), slice(16, 24)), style="striped")
-    assert 4 > shapes.STAY_PX and shapes.styled(plain, drifted, "striped background") is False
+    assert 4 > shapes.STAY_PX
+    d = shapes_judge(plain, drifted, "global", "striped background", None, "")
+    assert (d.reached, d.intact, d.others_stay, d.success) == (True, False, False, False)
     assert not shapes.objects_stay(annotate(plain).objects, annotate(drifted))
     assert shapes.objects_stay(annotate(plain).objects, annotate(striped))
-    assert shapes.styled(plain, confetti(striped), "striped background") is False  # ruined: the objects are lost
+    ruined = shapes_judge(plain, confetti(striped), "global", "striped background", None, "")
+    assert (ruined.intact, ruined.success) == (False, False)  # the red square lies under the noise
 
 
 # -- the judge of any atlas (atlas/edit/judge.py) with a hand-made annotator -----------------------------------------
@@ -222,7 +252,7 @@ def test_unedited_images_are_annotated_once():
     original = scene(TOP_LEFT_RED)
     for edited in (scene(BOTTOM_RIGHT_RED), scene(TOP_RIGHT_BLUE), scene(BOTTOM_RIGHT_RED)):
         judge(original, edited, "spatial", "red blob", quadrant("bottom right"), "p")
-    assert len(calls) == 3  # the original once, each distinct edited image once
+    assert len(calls) == 4  # the original once, each edited image every time
 
 
 def test_a_judge_without_a_style_scorer_says_so():
@@ -236,42 +266,24 @@ def test_a_verdict_is_plain_json():
     judge = AtlasJudge(colour_blobs, "colour blobs", clip=StripeScore)
     v = judge(scene(TOP_LEFT_RED), scene(TOP_LEFT_RED, style="striped"), "global", "striped background", None, "")
     assert isinstance(v, Verdict)
-    from dataclasses import asdict
-
     assert json.loads(json.dumps(asdict(v))) == asdict(v)
 
 
 # -- CLIP and LPIPS on tiny random models ----------------------------------------------------------------------------
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-@pytest.fixture(scope="module")
-def clip():
-    open_clip = pytest.importorskip("open_clip")
-    from atlas.edit.scores import ClipScorer
-
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY_CLIP)  # built from the config alone: random weights, nothing loaded
-    preprocess = open_clip.image_transform(32, is_train=False)
-    return ClipScorer(model, preprocess, open_clip.SimpleTokenizer(context_length=16))
-
-
-def test_clip_similarity_is_the_cosine_of_the_two_embeddings(clip):
+def test_clip_similarity_is_the_cosine_of_the_two_embeddings(tiny_clip):
     images = [scene(TOP_LEFT_RED), scene(TOP_LEFT_RED, style="striped")]
-    sims = clip.similarity(images, "striped background")
+    sims = tiny_clip.similarity(images, "striped background")
     assert sims.shape == (2,) and np.all(np.abs(sims) <= 1.0)
     with torch.no_grad():
-        image = clip.model.encode_image(clip.preprocess(Image.fromarray(images[1]))[None])
-        text = clip.model.encode_text(clip.tokenizer(["striped background"]))
+        image = tiny_clip.model.encode_image(tiny_clip.preprocess(Image.fromarray(images[1]))[None])
+        text = tiny_clip.model.encode_text(tiny_clip.tokenizer(["striped background"]))
     by_hand = float((image @ text.T) / (image.norm() * text.norm()))
     assert sims[1] == pytest.approx(by_hand, abs=1e-5)
 
 
-def test_clip_style_judge_structure_and_antisymmetry(clip):
-    judge = AtlasJudge(colour_blobs, "colour blobs and CLIP", clip=lambda: clip)
+def test_clip_style_judge_structure_and_antisymmetry(tiny_clip):
+    judge = AtlasJudge(colour_blobs, "colour blobs and CLIP", clip=lambda: tiny_clip)
     plain, striped = scene(TOP_LEFT_RED), scene(TOP_LEFT_RED, style="striped")
     forth = judge(plain, striped, "global", "striped background", None, "a red blob")
     back = judge(striped, plain, "global", "striped background", None, "a red blob")
@@ -283,9 +295,9 @@ def test_clip_style_judge_structure_and_antisymmetry(clip):
 
 def test_clip_without_weights_is_one_line_saying_what_to_download(tmp_path, monkeypatch):
     pytest.importorskip("open_clip")
-    from atlas.edit.scores import load_clip
-
     from huggingface_hub import constants
+
+    from atlas.edit.scores import load_clip
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
     with pytest.raises(JudgeUnavailable) as err:
@@ -295,12 +307,12 @@ def test_clip_without_weights_is_one_line_saying_what_to_download(tmp_path, monk
     assert "--clip-weights PATH" in message
 
 
-def test_clip_loads_a_local_checkpoint_file(tmp_path):
+def test_clip_loads_a_local_checkpoint_file(tmp_path, tiny_clip_config):
     open_clip = pytest.importorskip("open_clip")
     from atlas.edit.scores import load_clip
 
     config = tmp_path / "atlas-judge-tiny-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
+    config.write_text(json.dumps(tiny_clip_config))
     open_clip.add_model_config(config)
     weights = tmp_path / "tiny.pt"
     torch.save(open_clip.create_model("atlas-judge-tiny-clip").state_dict(), weights)

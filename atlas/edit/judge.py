@@ -126,11 +126,11 @@ def head_noun(label: str) -> str:
 class AtlasJudge:
     """The judge of any atlas: `find` (the atlas's annotator) locates objects, `clip` (loaded on first use)
     scores styles. Spatial edits by the centre of the target's pixels, style edits by CLIP similarity (see the
-    module); both need an intact image. Annotations and scores of the unedited images are kept, so a sweep that
-    edits one image many times annotates it once."""
+    module); both need an intact image. The annotations and scores of the last `keep` unedited images are kept,
+    so a sweep that edits one image many times annotates it once."""
 
     def __init__(self, find: Finder, name: str, clip: Callable[[], StyleScorer] | None = None,
-                 keep: int = 256) -> None:
+                 keep: int = 32) -> None:
         self.find, self.name, self._load_clip, self.keep = find, name, clip, keep
         self._clip: StyleScorer | None = None
         self._kept: dict[tuple, object] = {}
@@ -153,18 +153,21 @@ class AtlasJudge:
             self._kept[key] = compute()
         return self._kept[key]
 
-    def _objects(self, image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray]]:
+    def _unedited(self, image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray]]:
         return self._memo(("find", _digest(image), prompt), lambda: self.find(image, prompt))
 
+    def _unedited_similarity(self, image: np.ndarray, text: str) -> float:
+        return self._memo(("clip", _digest(image), text), lambda: self._similarity(image, text))
+
     def _similarity(self, image: np.ndarray, text: str) -> float:
-        return self._memo(("clip", _digest(image), text), lambda: float(self.clip().similarity([image], text)[0]))
+        return float(self.clip().similarity([image], text)[0])
 
     def __call__(self, original: np.ndarray, edited: np.ndarray, kind: str, target: str,
                  region: np.ndarray | None, prompt: str) -> Verdict | None:
         if kind == "spatial" and region is None:
             return None
         shape = original.shape[:2]
-        before, after = self._objects(original, prompt), self._objects(edited, prompt)
+        before, after = self._unedited(original, prompt), self.find(edited, prompt)
         if kind == "spatial":
             others = {name for name, _ in before if name.strip().lower() != target.strip().lower()}
         else:
@@ -181,7 +184,7 @@ class AtlasJudge:
         kept = np.zeros(shape, bool)
         for name in others:
             kept |= label_mask(before, name, shape)
-        was, now = self._similarity(original, target), self._similarity(edited, target)
+        was, now = self._unedited_similarity(original, target), self._similarity(edited, target)
         return verdict(original, edited, now > was, None, intact, others_stay, ~kept, clip_before=was, clip_after=now)
 
 

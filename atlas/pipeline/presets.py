@@ -1,6 +1,6 @@
 """Presets: what each kind of atlas brings to the stages, by name. The one place that knows the shapes world.
 
-    shapes  the embedded model, its captions (with their splits), its classical annotator, its edit judge
+    shapes  the embedded model, its captions (with their splits), its classical annotator
     sd14    Stable Diffusion v1.4 with the paper's settings, prompts from a file, Grounded-SAM
 
 Kept free of heavy imports (the CLI reads the names at startup); each backend loads when asked for.
@@ -16,7 +16,6 @@ from atlas.errors import BadInputError
 
 if TYPE_CHECKING:
     from atlas.annotate.base import Annotator
-    from atlas.edit.run import Judge
 
 
 @dataclass(frozen=True)
@@ -58,15 +57,6 @@ def get_annotator(name: str, **options: object) -> Annotator:
     if name not in _ANNOTATORS:
         raise BadInputError(f"unknown annotator {name!r}; expected one of {', '.join(ANNOTATOR_NAMES)}")
     return _ANNOTATORS[name](**options)
-
-
-def judge_for(model_name: str) -> Judge | None:
-    """The judge of edits on images of `model_name` (atlas.edit.run.Judge), or None when none is known."""
-    if model_name != "shapes":
-        return None
-    from atlas.shapes.judge import judge
-
-    return judge
 
 
 def shapes_captions(n: int, split: str | None = None, seed: int = 0) -> list[str]:

@@ -5,7 +5,7 @@
     style    the annotator reads the target background style, and every object of the unedited image is
              still there: same label, centre within STAY_PX pixels
 
-The pipeline (atlas.pipeline.judges) puts these rules behind the edit stage's judge protocol.
+The pipeline (atlas.pipeline.judges.ShapesJudge) puts these rules behind the edit stage's judge protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from atlas.shapes.annotator import Annotation, FoundObject, annotate
+from atlas.shapes.annotator import Annotation, FoundObject
 
 STAY_PX = 3.0
 """How far (pixels of the 32 px image) an object's centre may drift for a style edit to count."""
@@ -46,14 +46,6 @@ def no_new_objects(before: Annotation, after: Annotation) -> bool:
     return len(after.objects) <= len(before.objects)
 
 
-def moved_into(original: np.ndarray, edited: np.ndarray, label: str, region: np.ndarray,
-               intact: bool = True) -> bool:
-    """Whether the object's centre of mass lies inside the (H, W) bool region of an intact image (see
-    `no_new_objects`); `intact=False` skips that check."""
-    after = annotate(edited)
-    return centre_in(after, label, region) and (not intact or no_new_objects(annotate(original), after))
-
-
 def objects_stay(objects: Iterable[FoundObject], after: Annotation) -> bool:
     """Every one of `objects` has a same-label object in `after` whose centre is within STAY_PX."""
     return all(any(o.label == p.label and np.hypot(o.cx - p.cx, o.cy - p.cy) <= STAY_PX for o in after.objects)
@@ -65,19 +57,3 @@ def style_of(target: str) -> str | None:
     style = target.removesuffix(" background")
     return None if style == target else style
 
-
-def styled(original: np.ndarray, edited: np.ndarray, target: str) -> bool | None:
-    """Whether a style edit toward `target` ("striped background") worked; None when target is no style."""
-    style = style_of(target)
-    if style is None:
-        return None
-    after = annotate(edited)
-    return after.style == style and objects_stay(annotate(original).objects, after)
-
-
-def judge(original: np.ndarray, edited: np.ndarray, kind: str, target: str, region: np.ndarray | None) -> bool | None:
-    """The shapes world's judge of one edit (atlas.edit.run.Judge): spatial edits by `moved_into`, global by
-    `styled`; None when a spatial edit has no region."""
-    if kind == "spatial":
-        return None if region is None else moved_into(original, edited, target, region)
-    return styled(original, edited, target)
