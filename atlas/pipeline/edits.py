@@ -167,8 +167,10 @@ def make_cases(kind: str, n: int, seed: int, labels: list[str], style: str, prom
 def case_source(store: Atlas, model_name: str, config: EvalEditsConfig) -> tuple[list[str], str, list[str]]:
     """(object labels, style label, style prompts): the shapes world's for a shapes atlas; else the labels linked
     to concepts at the block (most concepts first) and the atlas's own prompts."""
-    if config.style and config.style not in store.labels():
-        raise NotFoundError(f"--style {config.style!r} is no label of {store.root}; see `atlas labels`")
+    known = store.labels()
+    if config.style and config.style not in known:
+        raise NotFoundError(f"--style {config.style!r} is no label of {store.root}; its labels include "
+                            f"{', '.join(known[:8])}")
     if model_name == "shapes":
         labels = object_labels(config.seed)
         return labels, config.style or STYLE_TARGET, [f"a {o} on a plain background" for o in labels]
