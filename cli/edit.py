@@ -59,10 +59,12 @@ def edit(prompt: str, concepts: tuple[str, ...], regions: tuple[str, ...], stren
 @config_options(EvalEditsConfig)
 @one_line_errors
 def eval_edits(atlas_dir: str | None, out_dir: str | None, **options) -> None:
-    """Measure edit success per window and strength on a shapes atlas (the paper's Tables 4 and 5).
+    """Measure edit success per window and strength on an atlas (the paper's Tables 4 and 5).
 
-    Prints the table, writes it with example PNGs to --out, and stores the curves in the atlas
-    (edits/curves.json), where `atlas edit --when auto` reads them.
+    A shapes atlas is judged by the shapes world's annotator, any other by its own annotator (spatial)
+    and CLIP (style); every edit also records where the pixels changed and whether the other objects
+    stayed. Prints the table, writes it with every verdict and example PNGs to --out, and stores the
+    curves in the atlas (edits/curves.json), where `atlas edit --when auto` reads them.
 
     \b
     Examples:

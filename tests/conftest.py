@@ -87,3 +87,23 @@ def two_branch_atlas(tmp_path_factory):
                                        "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000"])
     assert result.exit_code == 0, result.output
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config() -> dict:
+    """An open_clip model config small enough for tests (32 px images, 16-dim embeddings)."""
+    return {"embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_config):
+    """A ClipScorer over a tiny open_clip model built from the config alone: random weights, nothing loaded, so no
+    similarity means anything. Skips where open_clip is not installed."""
+    open_clip = pytest.importorskip("open_clip")
+    from atlas.edit.scores import ClipScorer
+
+    torch.manual_seed(0)
+    return ClipScorer(open_clip.CLIP(**tiny_clip_config), open_clip.image_transform(32, is_train=False),
+                      open_clip.SimpleTokenizer(context_length=16))

@@ -190,13 +190,10 @@ def test_open_clip_tagger_without_weights_is_a_one_line_error(tmp_path):
     assert ("pip install open_clip_torch" in str(err.value)) or ("--tagger-weights" in str(err.value))
 
 
-def test_open_clip_tagger_tags_from_its_vocabulary(tmp_path):
+def test_open_clip_tagger_tags_from_its_vocabulary(tmp_path, tiny_clip_config):
     open_clip = pytest.importorskip("open_clip")
-    config = {"embed_dim": 16,
-              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     config_file = tmp_path / "atlas-tiny-clip.json"
-    config_file.write_text(json.dumps(config))
+    config_file.write_text(json.dumps(tiny_clip_config))
     open_clip.add_model_config(config_file)
     torch.manual_seed(0)
     weights = tmp_path / "tiny-clip.pt"

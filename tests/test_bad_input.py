@@ -231,6 +231,8 @@ CLI_CASES = [
     cli("eval-edits", "--windows", "0.2-0.4", *A, expect="measures the named windows"),
     cli("eval-edits", "--block", "nope", *A, expect="no cond SAE of block 'nope'"),
     cli("eval-edits", "--batch-size", "0", *A, expect="not in the range x>=1"),
+    cli("eval-edits", "--kind", "style", "--style", "plaid background", *A,
+        expect="--style 'plaid background' is no label of"),
     # predict-layout
     cli("predict-layout", "", "--label", "red circle", *A, expect="is empty: give the text of the image"),
     cli("predict-layout", HUGE, "--label", "red circle", *A, expect="give at most 1000"),

@@ -68,7 +68,8 @@ def test_edit_resolves_a_label_draws_the_picture_and_logs(atlas_copy, model, tmp
     # the concept's map on the unedited image (it may not fire there: a spatial edit writes it into the region)
     assert result.maps[0].shape == (plan.sae.grid_h, plan.sae.grid_w)
     assert result.maps[0].min() >= 0 and bool(np.isfinite(result.maps[0]).all())
-    assert set(result.outcome) == {"pixel_change", "success"} and isinstance(result.outcome["success"][0], bool)
+    assert set(result.outcome) == {"pixel_change", "success", "verdicts"}
+    assert isinstance(result.outcome["success"][0], bool) and result.outcome["verdicts"][0]["change_in"] is not None
     assert any("early" in line for line in result.said)
     from PIL import Image
 

@@ -30,7 +30,8 @@ from atlas.cli.main import main
 from atlas.errors import AtlasError
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("atlas.errors", "atlas.store.errors", "atlas.server.errors", "atlas.models.loader", "atlas.annotate.base")
+MODULES = ("atlas.errors", "atlas.store.errors", "atlas.server.errors", "atlas.models.loader", "atlas.annotate.base",
+           "atlas.edit.judge")
 """Every module that defines an AtlasError class."""
 STATUS = {
     "AtlasError": 400, "BadInputError": 400, "ReadOnlyError": 403, "NotFoundError": 404, "ConflictError": 409,
@@ -40,8 +41,8 @@ STATUS = {
     "UnknownLabelError": 404, "NoLabelsError": 404, "UnknownSaeError": 404, "BadConceptIdError": 400,
     "SqlError": 400, "ReadOnlySqlError": 400, "QueryTimeoutError": 400, "CorruptFileError": 503,
     "AtlasInUseError": 409, "CatalogBusyError": 503, "NoIndexError": 404, "InvalidInputError": 400,
-    # the server's, the models' and the annotators'
-    "ReadOnlyServerError": 403, "ModelNotFoundError": 503, "AnnotatorNotAvailable": 503,
+    # the server's, the models', the annotators' and the edit judges'
+    "ReadOnlyServerError": 403, "ModelNotFoundError": 503, "AnnotatorNotAvailable": 503, "JudgeUnavailable": 503,
 }
 
 

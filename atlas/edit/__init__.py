@@ -5,9 +5,9 @@
 
 One module per job: `core` the math (windows, regions, ConceptEdit on delta), `plan` resolving a query into
 concepts, a window and a strength, `curves` the measured-curves file (its one owner), `render` the
-side-by-side picture, `log` the interventions log, `run` the edit itself. Judging an outcome is the
-caller's (the shapes world's judge comes through atlas.pipeline.presets); the paper's protocol runs in
-atlas.pipeline.edits.
+side-by-side picture, `log` the interventions log, `run` the edit itself, `judge` the judge protocol and the
+judge of any atlas, `scores` CLIP and LPIPS. Which judge decides an atlas's edits is the pipeline's choice
+(atlas.pipeline.judges); the paper's protocol runs in atlas.pipeline.edits.
 """
 
 from atlas.lazy import lazy_face
@@ -16,7 +16,8 @@ _NAMES = {
     "EditConfig": "atlas.edit.config", "EvalEditsConfig": "atlas.edit.config",
     **dict.fromkeys(("WINDOWS", "ConceptEdit", "Window", "edit_hooks", "parse_region", "parse_window"),
                     "atlas.edit.core"),
-    **dict.fromkeys(("EditResult", "Judge", "edit"), "atlas.edit.run"),
+    **dict.fromkeys(("EditResult", "edit"), "atlas.edit.run"),
+    **dict.fromkeys(("AtlasJudge", "Judge", "Verdict"), "atlas.edit.judge"),
     "PlannedEdit": "atlas.edit.plan",
 }
 __all__ = sorted(_NAMES)

@@ -13,6 +13,8 @@ from atlas.errors import BadInputError
 
 EDITED_BRANCHES = ("cond", "both")  # which CFG halves an edit changes (capture records "uncond" and "cond")
 EVAL_KINDS = ("spatial", "style")  # the two experiments of `atlas eval-edits` (Tables 4 and 5)
+CLIP_MODEL = "ViT-B-32"  # the open_clip model that judges style edits on atlases other than the shapes world's
+CLIP_WEIGHTS = "laion2b_s34b_b79k"  # its pretrained tag (a file in the local Hugging Face cache)
 
 
 def _at_least(name: str, value: int, low: int) -> None:
@@ -87,13 +89,17 @@ class EditConfig:
 
 @dataclass
 class EvalEditsConfig:
-    """The paper's intervention protocol on a shapes atlas (Tables 4 and 5)."""
+    """The paper's intervention protocol on an atlas (Tables 4 and 5)."""
 
     kind: str = "spatial"
-    """spatial: move an object to each quadrant (success = its centre lands there); style: add the striped
-    background globally (success = the background turns striped while the objects stay put)."""
+    """spatial: move an object to each quadrant (success = its centre lands there); style: add a style globally
+    (success = the image takes the style while the other objects stay put). A shapes atlas is judged by the shapes
+    world's annotator; any other by the atlas's own annotator (spatial) and CLIP similarity (style)."""
     n: int = 8
     """Prompts (one object each; spatial edits run each in 4 quadrants). Scales the run linearly."""
+    style: str = ""
+    """Label the style edits add (empty: striped background on a shapes atlas, else the label with the most
+    concepts at --block); style prompts are the shapes world's one-object captions, else the atlas's prompts."""
     windows: str = "early,middle,final"
     """Windows to measure, comma separated."""
     strengths: str = ""
@@ -111,6 +117,10 @@ class EvalEditsConfig:
     """Seed of the first prompt (prompt i uses seed + i)."""
     batch_size: int = 32
     """Edited images denoised together."""
+    clip_model: str = CLIP_MODEL
+    """open_clip model that judges style edits (atlases other than the shapes world's)."""
+    clip_weights: str = CLIP_WEIGHTS
+    """Its weights: a pretrained tag whose file is in the local Hugging Face cache, or a checkpoint file."""
 
     def __post_init__(self) -> None:
         if self.kind not in EVAL_KINDS:

@@ -15,9 +15,24 @@ if TYPE_CHECKING:
 
 def outcome_line(outcome: dict) -> str:
     parts = [f"pixel change {outcome['pixel_change']:.3f}"]
+    verdicts = outcome.get("verdicts", [])
     for i, ok in enumerate(outcome.get("success", [])):
-        parts.append(f"edit {i + 1}: " + ("not judged (no label)" if ok is None else "success" if ok else "failure"))
+        parts.append(f"edit {i + 1}: " + verdict_words(ok, verdicts[i] if i < len(verdicts) else None))
+    if "not_judged" in outcome:
+        parts.append(f"not judged: {outcome['not_judged']}")
     return "outcome: " + ", ".join(parts)
+
+
+def verdict_words(ok: bool | None, verdict: dict | None) -> str:
+    """success / failure, with where the pixels changed and whether the other objects stayed."""
+    if ok is None:
+        return "not judged (no label)"
+    words = "success" if ok else "failure"
+    if not verdict or verdict["change_in"] is None or verdict["change_out"] is None:
+        return words
+    stay = {None: "", True: "; the other objects stay", False: "; other objects moved or were lost"}
+    return (f"{words} (change {verdict['change_in']:.3f} in its region, {verdict['change_out']:.3f} outside"
+            f"{stay[verdict['others_stay']]})")
 
 
 def save_edit_png(result: EditResult, out: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """`atlas edit`: plan (atlas.edit.plan), generate the unedited and the edited image from one seed, judge the
-outcome with the caller's judge, draw them side by side (atlas.edit.render) and log the edit (atlas.edit.log).
+outcome with the caller's judge (atlas.edit.judge), draw them side by side (atlas.edit.render) and log the edit
+(atlas.edit.log).
 
     from atlas.edit import edit
     result = edit("atlas", "a red circle", ["red circle"], ["top-left"], out="edit.png")
@@ -10,19 +11,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from atlas.edit.config import EditConfig
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region
+from atlas.edit.judge import Judge
 from atlas.edit.log import log_edit
 from atlas.edit.plan import PlannedEdit, plan_edit
 from atlas.edit.render import outcome_line, save_edit_png
-from atlas.errors import BadInputError, NotFoundError
+from atlas.errors import BadInputError, NotFoundError, UnavailableError
 from atlas.models import Hooks, TextToImageModel, generate, load_model, t_to_step
 from atlas.sae import Sae
 from atlas.store import Atlas, SaeInfo, open_atlas
@@ -46,13 +47,13 @@ class EditResult:
 def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str] = "",
          config: EditConfig | None = None, out: str | Path | None = None,
          model: TextToImageModel | None = None, load: Callable[[str], TextToImageModel] = load_model,
-         judge_for: Callable[[str], Judge | None] | None = None) -> EditResult:
+         judge_for: Callable[[Atlas], Judge | None] | None = None) -> EditResult:
     """Edit `prompt` with each concept query (label, concept id or SQL) in its region ("" = global).
 
     One region applies to every concept; otherwise give one region per concept. Bad input raises before
     anything is generated or written, and before `load` (the atlas's model by name) is called when no
-    `model` is given. `judge_for` gives the judge of the atlas's model by name (None: only the pixel change
-    is reported; atlas.pipeline.presets.judge_for knows the shapes world's).
+    `model` is given. `judge_for` gives the atlas's judge (None: only the pixel change is reported;
+    atlas.pipeline.judges.judge_for picks one by the atlas's model and annotator).
     """
     if isinstance(atlas, Atlas):
         return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for)
@@ -62,7 +63,7 @@ def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], 
 
 def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str],
           config: EditConfig, out: str | Path | None, model: TextToImageModel | None,
-          load: Callable[[str], TextToImageModel], judge_for: Callable[[str], Judge | None] | None) -> EditResult:
+          load: Callable[[str], TextToImageModel], judge_for: Callable[[Atlas], Judge | None] | None) -> EditResult:
     queries = [concepts] if isinstance(concepts, str) else list(concepts)
     region_list = [regions] if isinstance(regions, str) else list(regions)
     if not prompt.strip():
@@ -90,7 +91,7 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     recorder = MapRecorder(edits, plans, steps)
     original = generate(model, [prompt], [config.seed], steps, guidance, recorder.hooks())[0]
     edited = generate(model, [prompt], [config.seed], steps, guidance, edit_hooks(edits))[0]
-    outcome = judge_outcome(judge_for(spec["name"]) if judge_for else None, original, edited, plans, size)
+    outcome = judge_outcome(store, judge_for, original, edited, plans, prompt)
     said = [plan.describe() for plan in plans] + [outcome_line(outcome)]
     result = EditResult(prompt, config.seed, original, edited, plans, recorder.maps(), outcome, said)
     if out is not None:
@@ -153,23 +154,23 @@ class MapRecorder:
         return [np.zeros((1, 1), np.float32) if m is None else m for m in self._maps]
 
 
-class Judge(Protocol):
-    """Whether one edit did what it asked: `kind` spatial (move `target` into `region`, an image-resolution mask)
-    or global (give the image the `target` style); None when it cannot tell."""
-
-    def __call__(self, original: np.ndarray, edited: np.ndarray, kind: str, target: str,
-                 region: np.ndarray | None) -> bool | None: ...
-
-
-def judge_outcome(judge: Judge | None, original: np.ndarray, edited: np.ndarray, plans: list[PlannedEdit],
-                  size: int) -> dict:
-    """Pixel change always; with a judge also whether each edit did what it asked."""
+def judge_outcome(store: Atlas, judge_for: Callable[[Atlas], Judge | None] | None, original: np.ndarray,
+                  edited: np.ndarray, plans: list[PlannedEdit], prompt: str) -> dict:
+    """Pixel change always; with a judge also whether each edit did what it asked (`success`) and its verdict
+    (`verdicts`: where the pixels changed, whether the other objects stayed); `not_judged` says why not when the
+    judge's model is missing on this machine."""
     outcome: dict = {"pixel_change": pixel_change(original, edited)}
-    if judge is None:
-        return outcome
-    outcome["success"] = [None if p.target is None else
-                          judge(original, edited, p.kind, p.target, parse_region(p.region, size) if p.region else None)
-                          for p in plans]
+    try:
+        judge = judge_for(store) if judge_for else None
+        verdicts = [] if judge is None else [
+            None if p.target is None else
+            judge(original, edited, p.kind, p.target, parse_region(p.region, original.shape[0]) if p.region else None,
+                  prompt) for p in plans]
+    except UnavailableError as err:
+        return {**outcome, "not_judged": err.message}
+    if judge is not None:
+        outcome["success"] = [None if v is None else v.success for v in verdicts]
+        outcome["verdicts"] = [None if v is None else asdict(v) for v in verdicts]
     return outcome
 
 

@@ -1,6 +1,6 @@
 """Presets: what each kind of atlas brings to the stages, by name. The one place that knows the shapes world.
 
-    shapes  the embedded model, its captions (with their splits), its classical annotator, its edit judge
+    shapes  the embedded model, its captions (with their splits), its classical annotator
     sd14    Stable Diffusion v1.4 with the paper's recipe, prompts from a file, Grounded-SAM
 
 Kept free of heavy imports (the CLI reads the names at startup); each backend loads when asked for.
@@ -18,7 +18,6 @@ from atlas.pipeline.config import BuildConfig
 if TYPE_CHECKING:
     from atlas.annotate.base import Annotator
     from atlas.annotate.config import AnnotateConfig
-    from atlas.edit.run import Judge
 
 
 @dataclass(frozen=True)
@@ -89,15 +88,6 @@ def check_annotator(name: str, config: AnnotateConfig) -> None:
 
         check_checkpoints(config.grounding_dino, config.sam)
         check_tagger(config.tagger, config.tagger_weights)
-
-
-def judge_for(model_name: str) -> Judge | None:
-    """The judge of edits on images of `model_name` (atlas.edit.run.Judge), or None when none is known."""
-    if model_name != "shapes":
-        return None
-    from atlas.shapes.judge import judge
-
-    return judge
 
 
 def shapes_captions(n: int, split: str | None = None, seed: int = 0) -> list[str]:

@@ -4,13 +4,17 @@
              the target region, and the annotator finds no objects beyond the unedited image's
     style    the annotator reads the target background style, and every object of the unedited image is
              still there: same label, centre within STAY_PX pixels
+
+The pipeline (atlas.pipeline.judges.ShapesJudge) puts these rules behind the edit stage's judge protocol.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
-from atlas.shapes.annotator import Annotation, FoundObject, annotate
+from atlas.shapes.annotator import Annotation, FoundObject
 
 STAY_PX = 3.0
 """How far (pixels of the 32 px image) an object's centre may drift for a style edit to count."""
@@ -27,37 +31,29 @@ def main_object(annotation: Annotation, label: str) -> FoundObject | None:
     return None
 
 
-def moved_into(original: np.ndarray, edited: np.ndarray, label: str, region: np.ndarray,
-               intact: bool = True) -> bool:
-    """Whether the object's centre of mass lies inside the (H, W) bool region of an intact image: one where
-    the annotator finds no more objects than in the unedited image (an edit that paints the concept into
-    the quadrant while the rest turns to coloured noise is no success); `intact=False` skips that check."""
-    after = annotate(edited)
-    obj = main_object(after, label)
-    if obj is None or (intact and len(after.objects) > len(annotate(original).objects)):
+def centre_in(annotation: Annotation, label: str, region: np.ndarray) -> bool:
+    """Whether the centre of mass of `label`'s main object lies inside the (H, W) bool region (False without one)."""
+    obj = main_object(annotation, label)
+    if obj is None:
         return False
     row, col = min(int(obj.cy), region.shape[0] - 1), min(int(obj.cx), region.shape[1] - 1)
     return bool(region[row, col])
 
 
-def objects_stay(before: Annotation, after: Annotation) -> bool:
-    """Every object of `before` has a same-label object in `after` whose centre is within STAY_PX."""
+def no_new_objects(before: Annotation, after: Annotation) -> bool:
+    """The intact-image rule of spatial edits: the annotator finds no more objects after the edit than before
+    (an edit that paints the concept into the quadrant while the rest turns to coloured noise is no success)."""
+    return len(after.objects) <= len(before.objects)
+
+
+def objects_stay(objects: Iterable[FoundObject], after: Annotation) -> bool:
+    """Every one of `objects` has a same-label object in `after` whose centre is within STAY_PX."""
     return all(any(o.label == p.label and np.hypot(o.cx - p.cx, o.cy - p.cy) <= STAY_PX for o in after.objects)
-               for p in before.objects)
+               for p in objects)
 
 
-def styled(original: np.ndarray, edited: np.ndarray, target: str) -> bool | None:
-    """Whether a style edit toward `target` ("striped background") worked; None when target is no style."""
+def style_of(target: str) -> str | None:
+    """The background style a target names ("striped background" -> "striped"), None when it names none."""
     style = target.removesuffix(" background")
-    if style == target:
-        return None
-    after = annotate(edited)
-    return after.style == style and objects_stay(annotate(original), after)
+    return None if style == target else style
 
-
-def judge(original: np.ndarray, edited: np.ndarray, kind: str, target: str, region: np.ndarray | None) -> bool | None:
-    """The shapes world's judge of one edit (atlas.edit.run.Judge): spatial edits by `moved_into`, global by
-    `styled`; None when a spatial edit has no region."""
-    if kind == "spatial":
-        return None if region is None else moved_into(original, edited, target, region)
-    return styled(original, edited, target)

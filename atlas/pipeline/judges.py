@@ -1,0 +1,80 @@
+"""Which judge decides the edits of an atlas (the edit stage's protocol, atlas.edit.judge.Judge):
+
+    an atlas of the shapes model   the shapes world's rules (atlas.shapes.judge) on its classical annotator
+    any other atlas                AtlasJudge on the annotator that built the atlas (the source of its objects),
+                                   with CLIP for style edits (loaded when first needed)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from atlas.edit.config import CLIP_MODEL, CLIP_WEIGHTS
+from atlas.edit.judge import AtlasJudge, Judge, Verdict, verdict
+from atlas.edit.run import atlas_model
+from atlas.edit.scores import load_clip
+from atlas.pipeline.presets import get_annotator
+from atlas.shapes import judge as shapes
+from atlas.shapes.annotator import annotate
+from atlas.store import Atlas
+
+
+class ShapesJudge:
+    """The shapes world's judge behind the protocol: spatial edits need no new objects, style edits need every
+    object to stay (atlas.shapes.judge); the verdict adds the locality and whether the other objects stayed."""
+
+    name = "the shapes world's annotator"
+
+    def ready(self, kind: str) -> None:
+        """Needs no model."""
+
+    def __call__(self, original: np.ndarray, edited: np.ndarray, kind: str, target: str,
+                 region: np.ndarray | None, prompt: str) -> Verdict | None:
+        before, after = annotate(original), annotate(edited)
+        if kind == "spatial":
+            if region is None:
+                return None
+            others = [o for o in before.objects if o.label != target]
+            moved = shapes.main_object(after, target)
+            centre = {} if moved is None else {"centre_x": moved.cx, "centre_y": moved.cy}
+            return verdict(original, edited, shapes.centre_in(after, target, region),
+                           shapes.centre_in(before, target, region), shapes.no_new_objects(before, after),
+                           shapes.objects_stay(others, after) if others else None, region, **centre)
+        style = shapes.style_of(target)
+        if style is None:
+            return None
+        stay = shapes.objects_stay(before.objects, after)
+        covered = np.zeros(original.shape[:2], bool)
+        for o in before.objects:
+            covered |= o.mask
+        return verdict(original, edited, after.style == style, before.style == style, stay,
+                       stay if before.objects else None, ~covered)
+
+
+def atlas_annotator(store: Atlas) -> str | None:
+    """The annotator that found the atlas's objects (the one that found most, if several did), None before any."""
+    rows = store.query("SELECT source, count(*) AS n FROM objects GROUP BY source ORDER BY n DESC, source LIMIT 1")
+    return rows.to_pylist()[0]["source"] if rows.num_rows else None
+
+
+def judge_for(store: Atlas, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> Judge | None:
+    """The judge of the atlas's edits, or None when the atlas has no annotated objects (nothing to judge by).
+    Building it loads the annotator; a missing model raises its one-line UnavailableError."""
+    if atlas_model(store)["name"] == "shapes":
+        return ShapesJudge()
+    name = atlas_annotator(store)
+    return None if name is None else annotator_judge(name, clip_model, clip_weights)
+
+
+@lru_cache(maxsize=4)
+def annotator_judge(annotator: str, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> AtlasJudge:
+    """AtlasJudge on the annotator called `annotator` (kept, with its models, for the next edit of this process)."""
+    backend = get_annotator(annotator)
+
+    def find(image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray]]:
+        return [(o.label, o.mask) for o in backend.annotate([image], [prompt])[0]]
+
+    return AtlasJudge(find, f"the {annotator} annotator (style: CLIP {clip_model})",
+                      clip=lambda: load_clip(clip_model, clip_weights))
