@@ -318,7 +318,7 @@ CLI_CASES = [
     cli("build", "--annotator", "grounded-sam", "--grounding-dino", "{tmp}/no-dino", *A,
         expect="Grounding DINO weights .*no-dino are not on this machine"),
     cli("build", "--sae-batch-size", "0", *A, expect="not in the range x>=1"),
-    cli("demo", "--n-images", "-1", *A, expect="not in the range x>=0"),
+    cli("demo", "--n-images", "-1", *A, expect="not in the range x>=1"),
     cli("demo", "--device", "tpu", *A, expect="unknown device 'tpu'"),
     # report, check, serve, upgrade
     cli("report", "--atlas", "{tmp}/no-atlas", expect="no atlas at"),

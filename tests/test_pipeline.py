@@ -12,12 +12,14 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
+from atlas.edit.run import atlas_model
 from atlas.errors import BadInputError
 from atlas.pipeline.build import STAGES, build_atlas, capture_config, resolve, sae_job
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
+from atlas.pipeline.encode import register_capture
 from atlas.pipeline.train import ev_table, parse_latents, train_one
 from atlas.report.demo import answer_queries, top_images_grid
-from atlas.store import open_atlas
+from atlas.store import Atlas, open_atlas, open_writer
 
 
 def test_build_fills_every_part_of_the_atlas(shapes_atlas):
@@ -271,6 +273,13 @@ def test_the_sd14_recipe_captures_on_a_tiny_sd_model(tiny_sd_dir, tmp_path):
     assert sorted(acts.keys()) == sorted((b, t, br) for b in ("down", "mid", "up") for t in (1.0, 0.5, 0.0)
                                          for br in ("cond", "uncond"))
     assert acts.load("mid", 0.5, "uncond")["x"].shape[1] == 32  # the tiny UNet's width, 1280 in SD v1.4
+    # the capture names the directory it loaded, so edits and layout prediction can load it again from the atlas
+    assert acts.manifest["source"] == str(tiny_sd_dir.resolve())
+    Atlas.create(tmp_path / "atlas").close()
+    with open_writer(tmp_path / "atlas") as writer:
+        register_capture(writer, acts)
+    with open_atlas(tmp_path / "atlas") as atlas:
+        assert atlas_model(atlas)["source"] == str(tiny_sd_dir.resolve())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -198,9 +198,12 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
     steps_to_t = {t_to_step(t, steps): t for t in ts}
     if len(steps_to_t) != len(ts):
         raise BadInputError(f"timesteps {config.t} fall on the same step of {steps}; use more --steps")
+    source = model.source or (str(model.path) if model.path else "")
+    if source and Path(source).is_dir():
+        source = str(Path(source).resolve())  # what later stages (edits, layout prediction) load the model from
     records = plan_prompts(prompts, config.seed)
-    manifest = {"model": model.spec.name, "config": asdict(config), "steps": steps, "guidance": guidance,
-                "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
+    manifest = {"model": model.spec.name, "source": source, "config": asdict(config), "steps": steps,
+                "guidance": guidance, "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
                 "batch_size": config.batch_size, "resolution": model.spec.resolution}
     prepare_dir(out, manifest, records)
     batches = [records[i:i + config.batch_size] for i in range(0, len(records), config.batch_size)]
@@ -208,7 +211,6 @@ def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, co
     todo = [(b, batch) for b, batch in enumerate(batches) if b not in done]
     bar = tqdm(total=len(records), initial=len(records) - sum(len(batch) for _, batch in todo), unit="img",
                desc="capture", disable=not progress)
-    source = model.source or (str(model.path) if model.path else "")
     job = _CaptureJob(out, source, blocks, steps_to_t, branches, steps, guidance, model)
     for marker in (executor.map(job, todo) if executor is not None else run_here(job, todo)):
         out.write(marker_name(marker["batch"]), json.dumps(marker).encode())

@@ -81,10 +81,10 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     size = int(spec.get("resolution") or 0)
     guidance = spec.get("guidance") if config.guidance is None else config.guidance
     if model is None and not (steps and size):  # an atlas that does not record them: ask the model
-        model = load(spec["name"])
+        model = load(spec["source"])
     steps, size = steps or model.spec.default_steps, size or model.spec.resolution
     plans = [plan_edit(store, q, r, config, steps, size) for q, r in zip(queries, region_list)]
-    model = model or load(spec["name"])  # after planning: bad input fails before the slow load
+    model = model or load(spec["source"])  # after planning: bad input fails before the slow load
     saes = {p.sae.id: Sae.from_pretrained(sae_path(store, p.sae)) for p in plans}
     edits = [ConceptEdit(saes[p.sae.id], [c.latent for c in p.concepts], p.sae.block, p.window.steps(steps),
                          p.strength, p.cells, config.branch) for p in plans]
@@ -104,12 +104,12 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
 
 def atlas_model(store: Atlas) -> dict:
     """The model the atlas was built from, with the steps and guidance its SAEs saw."""
-    rows = store.query("SELECT name, spec FROM models ORDER BY id").to_pylist()
+    rows = store.query("SELECT name, path, spec FROM models ORDER BY id").to_pylist()
     if not rows:
         raise NotFoundError(f"{store.root} records no model; build it with `atlas build`")
     name, spec = rows[0]["name"], rows[0]["spec"]
     spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
-    return {"name": name, **spec}
+    return {"name": name, "source": rows[0]["path"] or name, **spec}
 
 
 def sae_path(store: Atlas, sae: SaeInfo) -> Path:

@@ -235,7 +235,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
         raise NotFoundError(f"{store.root} has no annotated objects to judge edits by; run `atlas annotate`")
     judge.ready(kind_key)  # a missing annotator or CLIP fails here, before any image is generated
     scorer = optional_lpips(lpips, say)
-    model = model or load_model(spec["name"])
+    model = model or load_model(spec["source"])
     steps, guidance = int(spec.get("steps") or model.spec.default_steps), spec.get("guidance")
     cases = make_cases(config.kind, config.n, config.seed, labels, style, prompts)
     unique = list(dict.fromkeys((c.prompt, c.seed) for c in cases))

@@ -42,8 +42,8 @@ def stored_path(atlas: Atlas, path: Path) -> str:
 def register_capture(writer: Writer, acts: ActivationSet) -> np.ndarray:
     """Add the capture's model, prompts and images; returns atlas image ids indexed by capture image id."""
     manifest = acts.manifest
-    writer.catalog.add_model(manifest["model"], spec={k: manifest[k] for k in ("steps", "guidance", "blocks", "t",
-                                                                               "branches", "resolution")})
+    spec = {k: manifest[k] for k in ("steps", "guidance", "blocks", "t", "branches", "resolution")}
+    writer.catalog.add_model(manifest["model"], path=manifest.get("source") or None, spec=spec)
     records = acts.prompts
     prompt_ids = writer.catalog.add_prompts([(r.prompt, r.split) for r in records])
     local = acts.location.local
