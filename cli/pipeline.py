@@ -304,7 +304,8 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
         figures = build_report(atlas, out)
     rows = [(x["method"], x["block"], x["t"], x["branch"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
              x["threshold"]) for x in figures["layout"]]
-    click.echo(format_table(["method", "block", "t", "branch", "layout IoU", "baseline", "pairs", "threshold"], rows))
+    click.echo(format_table(["method", "block", "t", "branch", "layout IoU", "baseline", "pairs", "threshold"], rows)
+               if rows else f"layout prediction: {figures['layout_note']}")
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 
 

@@ -23,3 +23,7 @@ class AnnotateConfig:
     (zero-shot over the COCO classes) or ram (the paper's Recognize Anything Model)."""
     tagger_weights: str | None = None
     """open-clip or ram: the tagger's weights file (.pt/.bin/.safetensors for open-clip, .pth for ram)."""
+    box_threshold: float = 0.35
+    """grounded-sam: keep a detected box whose best object-name score reaches this (Grounding DINO's own default)."""
+    text_threshold: float = 0.25
+    """grounded-sam: a word of the object names counts for a box when its score reaches this."""

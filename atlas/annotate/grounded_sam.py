@@ -36,8 +36,8 @@ def check_checkpoints(grounding_dino: str, sam: str, cache_dir: str | None = Non
 
 
 class GroundedSamAnnotator:
-    """A box is kept when its best tag scores above both thresholds (defaults: Grounding DINO's demo values, box
-    0.35 and text 0.25); of boxes of one image that overlap by more than `nms_iou`, only the best is kept
+    """A box is kept when its best tag scores above both thresholds (defaults: Grounding DINO's demo values, see
+    AnnotateConfig); of boxes of one image that overlap by more than `nms_iou`, only the best is kept
     (non-maximum suppression, as Grounded-SAM's RAM demo does; None: off).
     """
 
@@ -45,7 +45,8 @@ class GroundedSamAnnotator:
 
     def __init__(self, grounding_dino: str = AnnotateConfig.grounding_dino, sam: str = AnnotateConfig.sam,
                  tagger: str | Tagger = AnnotateConfig.tagger, tagger_options: Mapping[str, object] | None = None,
-                 box_threshold: float = 0.35, text_threshold: float = 0.25, nms_iou: float | None = 0.5,
+                 box_threshold: float = AnnotateConfig.box_threshold,
+                 text_threshold: float = AnnotateConfig.text_threshold, nms_iou: float | None = 0.5,
                  mask_threshold: float = 0.0, batch_size: int = 4, device: str | None = None,
                  cache_dir: str | None = None) -> None:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel

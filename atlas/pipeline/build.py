@@ -159,7 +159,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         first = "; layout IoU at t=1.0: " + ", ".join(
             f"{x['block']} {x['branch']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first
         ) if first else ""
-        return f"{root / 'report' / 'index.html'}{first}"
+        note = f"; layout prediction: {figures['layout_note']}" if figures["layout_note"] else ""
+        return f"{root / 'report' / 'index.html'}{first}{note}"
 
     with atlas, writer:
         for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_report)):

@@ -75,7 +75,8 @@ def annotator_options(name: str, config: AnnotateConfig) -> dict[str, object]:
     if name != "grounded-sam":
         return {}
     return {"grounding_dino": config.grounding_dino, "sam": config.sam, "tagger": config.tagger,
-            "tagger_options": {"weights": config.tagger_weights} if config.tagger_weights else {}}
+            "tagger_options": {"weights": config.tagger_weights} if config.tagger_weights else {},
+            "box_threshold": config.box_threshold, "text_threshold": config.text_threshold}
 
 
 def check_annotator(name: str, config: AnnotateConfig) -> None:

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from atlas.errors import NotFoundError  # noqa: E402
 from atlas.layout.config import METHODS  # noqa: E402
 from atlas.layout.score import LayoutScore, layout_iou  # noqa: E402
 from atlas.store import Atlas, SaeInfo  # noqa: E402
@@ -90,17 +91,22 @@ def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
     ev = [{"block": s.block, "t": s.t, "branch": s.branch, "explained_variance": s.metrics.get("explained_variance"),
            "fvu": s.metrics.get("fvu"), "dead_fraction": s.metrics.get("dead_fraction"), "k": s.k,
            "n_latents": s.n_latents} for s in saes]
-    scores = sorted(layout_iou(atlas, methods=METHODS), key=lambda score: METHODS.index(score.method))
+    try:
+        scores = sorted(layout_iou(atlas, methods=METHODS), key=lambda score: METHODS.index(score.method))
+        layout_note = ""
+    except NotFoundError as err:  # a build too small for a held-out split: every other figure still stands
+        scores, layout_note = [], f"Not scored: {err}."
     structure = []
     for s in saes:
         cohesion, separability, n_labels = cohesion_separability(atlas, s)
         structure.append({"block": s.block, "t": s.t, "branch": s.branch, "cohesion": cohesion,
                           "separability": separability, "labels": n_labels})
     free = {sae_name(s.block, s.t, s.branch): context_free(atlas, s) for s in saes}
-    figures = {"explained_variance": ev, "layout": [asdict(x) for x in scores], "structure": structure,
-               "context_free": free}
+    figures = {"explained_variance": ev, "layout": [asdict(x) for x in scores], "layout_note": layout_note,
+               "structure": structure, "context_free": free}
     (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))
-    _plot_layout(scores, out / "layout_iou.png")
+    if scores:
+        _plot_layout(scores, out / "layout_iou.png")
     _plot_structure(structure, out / "cohesion.png")
     markdown = report_markdown(figures)
     (out / "report.md").write_text(markdown)
@@ -127,8 +133,10 @@ def report_markdown(figures: dict) -> str:
               f"label embedding); weighted sums every active concept's evidence for the label (its mean IoU with "
               f"the label's objects on the dictionary images). Thresholds are chosen on the dictionary images. "
               f"Paper: about {PAPER_LAYOUT_IOU_MID_T1} from the mid block at t = 1.0.", "",
-              "![layout IoU](layout_iou.png)", ""]
-    lines += _table(figures["layout"], ["method", "block", "t", "branch", "iou", "baseline_iou", "pairs", "threshold"])
+              figures.get("layout_note") or "![layout IoU](layout_iou.png)", ""]
+    if figures["layout"]:
+        lines += _table(figures["layout"], ["method", "block", "t", "branch", "iou", "baseline_iou", "pairs",
+                                            "threshold"])
     lines += ["", "## Concept cohesion and separability", "",
               "Paper (mid): cohesion 0.588 / 0.639 / 0.664 and separability 0.433 / 0.363 / 0.344 at t = 1.0 / 0.5 / "
               "0.0.", "", "![cohesion](cohesion.png)", ""]
