@@ -28,7 +28,7 @@ def serve(atlas_dir: str | None, host: str, port: int, read_only: bool, threads:
 
     import uvicorn
 
-    from atlas.server import create_app
+    from atlas.server import create_app, server_config
     from atlas.store import default_path
 
     app = create_app(atlas_dir or default_path(), read_only=read_only, threads=threads or None)
@@ -42,5 +42,5 @@ def serve(atlas_dir: str | None, host: str, port: int, read_only: bool, threads:
         bound = sock.getsockname()[1]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         click.echo(f"serving {app.state.atlas.root} at http://{shown}:{bound}/ (Ctrl-C stops)")
-        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        config = server_config(app, log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])

@@ -9,5 +9,5 @@ tables a `.csv` twin; the schema of the JSON API is at /openapi.json.
 
 from atlas.lazy import lazy_face
 
-__getattr__, __dir__ = lazy_face(__name__, {"create_app": "atlas.server.app"})
-__all__ = ["create_app"]
+__getattr__, __dir__ = lazy_face(__name__, {"create_app": "atlas.server.app", "server_config": "atlas.server.app"})
+__all__ = ["create_app", "server_config"]

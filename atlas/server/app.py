@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
@@ -23,10 +24,17 @@ from atlas.server.pages import AtlasJSONResponse, render
 from atlas.server.state import ServerState
 from atlas.server.views import concepts, edit, home, images, labels, search, sql
 
+if TYPE_CHECKING:
+    import uvicorn
+
 STATIC = Path(__file__).parent / "static"
 MACHINE_SUFFIXES = (".json", ".csv", ".png")
 MAX_BODY = 1 << 20
 """Bytes a request body may have: the largest form (an edit with a drawn region) is a few kilobytes."""
+MAX_HEAD = 1 << 20
+"""Bytes a request line and headers may have. h11 answers 400 and closes the connection once an unfinished head
+passes its limit (16 kB by default), so whether a long URL got that or a real answer depended on how the network
+split it; with the limit above any URL a browser sends, a long URL always reaches the views and gets their answer."""
 UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's detail when a body does not decode
 
 
@@ -140,3 +148,10 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(CleanInput)
     return app
+
+
+def server_config(app: ASGIApp, **options: object) -> uvicorn.Config:
+    """How uvicorn serves the web atlas (`atlas serve` and the tests alike); `options` go to uvicorn.Config."""
+    import uvicorn
+
+    return uvicorn.Config(app, h11_max_incomplete_event_size=MAX_HEAD, **options)
