@@ -40,6 +40,7 @@ def _atlas_dir(atlas_dir: str | None) -> str:
 @click.option("--all", "train_everything", is_flag=True,
               help="Train one SAE per captured (block, t) of --branch and print the explained-variance table.")
 @config_options(SaeJobConfig)
+@config_options(ExecutorConfig)
 @one_line_errors
 def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branch: str, train_everything: bool,
           **options) -> None:
@@ -51,24 +52,37 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
     --checkpoint-minutes: when the command runs again, finished SAEs are kept (--retrain to redo them)
     and an interrupted one resumes.
 
+    With --all --executor ray the SAEs train side by side, one at a time on each Ray actor (with
+    --device auto, on the actor's GPU when the cluster has GPUs; --num-gpus-per-actor 0.25 puts four
+    small ones on a GPU). The actors read the shards from --activations and write to --out themselves,
+    so both must be on storage every node shares. The seed gives the same SAE as training here (the
+    same weights on the same kind of device and thread count). One line is printed per SAE finished.
+
     \b
     Examples:
       atlas train --activations acts --block mid --t 1.0 --k 10 --latents 4x
       atlas train --activations acts --all
+      atlas train --activations /shared/acts --out /shared/saes --all --executor ray --ray-address auto
     """
     from atlas.capture import ActivationSet
+    from atlas.pipeline.executor import open_executor
     from atlas.pipeline.train import ev_table, train_all, train_one
 
     config = build_config(SaeJobConfig, options)
+    executor = open_executor(build_config(ExecutorConfig, options))  # checks the options; Ray starts when used
     acts = ActivationSet(acts_dir)
     if train_everything:
         if block or t is not None:
             raise click.UsageError("--all trains every captured (block, t); leave out --block and --t")
-        reports = train_all(acts, out_dir, config, branch=branch)
+        with executor:
+            reports = train_all(acts, out_dir, config, branch=branch, executor=executor,
+                                say=lambda line: click.echo(line, err=True))
         click.echo(ev_table(reports))
         return
     if not block or t is None:
         raise click.UsageError("give --block and --t (or --all)")
+    if executor.name != "local":
+        raise click.UsageError("--executor ray trains with --all; one SAE trains here")
     report = train_one(acts, block, t, branch, out_dir, config)
     m = report.metrics
     click.echo(f"{block} t={t} {branch}: explained variance {m['explained_variance']:.3f}, FVU {m['fvu']:.3f}, "

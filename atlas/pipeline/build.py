@@ -8,8 +8,9 @@
     report    the paper's tables and plots                                         report/
 
 Each stage skips the work it finds done, so re-running the same command after an interruption
-continues where it stopped and a finished atlas is not rebuilt. Capture and encode run their batches
-on the given executor (atlas.pipeline.executor: this process, or Ray actors); the other stages run here.
+continues where it stopped and a finished atlas is not rebuilt. Capture and encode run their batches,
+and train its SAEs, on the given executor (atlas.pipeline.executor: this process, or Ray actors); the
+other stages run here.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{len(ActivationSet(acts_dir).prompts)} images -> {acts_dir}"
 
     def run_train() -> str:
-        reports.extend(train_all(ActivationSet(acts_dir), saes_dir, sae_job(config), progress=progress))
+        reports.extend(train_all(ActivationSet(acts_dir), saes_dir, sae_job(config), progress=progress,
+                                 executor=executor, say=lambda line: say(f"      {line}")))
         return f"{len(reports)} SAEs -> {saes_dir}\n" + ev_table(reports)
 
     def run_encode() -> str:

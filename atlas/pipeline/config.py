@@ -29,10 +29,11 @@ class GenerateConfig:
 
 @dataclass
 class ExecutorConfig:
-    """Where `atlas capture`, `encode` and `build` run their batches (see atlas.pipeline.executor)."""
+    """Where `atlas capture`, `train --all`, `encode` and `build` run their batches or SAEs (see
+    atlas.pipeline.executor)."""
 
     executor: str = "local"
-    """local (this process) or ray (batches spread over Ray actors, each loading the model once)."""
+    """local (this process) or ray (batches, or SAEs to train, spread over Ray actors, each loading the model once)."""
     ray_address: str = ""
     """ray: address of a running cluster (auto, or ray://head:10001); empty = a local Ray instance for this run."""
     actors: int = 0

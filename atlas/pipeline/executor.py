@@ -11,7 +11,10 @@ an interrupted run of either executor resumes the same way.
 
 `RayExecutor` starts Ray on first use (joining `ray_address`, or a local instance it shuts down when
 closed) and keeps its actors for the executor's life: each actor starts a job once and then runs
-many items, so a model is loaded once per actor, not once per batch.
+many items, so a model is loaded once per actor, not once per batch. Items are queued `in_flight` per
+actor: 2 for short batches (an actor never waits for the driver), 1 for long items such as a whole SAE's
+training (an idle actor takes the next one, none waits behind a busy one). An actor that dies (out of
+memory, killed) stops the run with one line naming its item.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Executor:
 
     name = "local"
 
-    def map(self, job: Job, items: Iterable) -> Iterator:
+    def map(self, job: Job, items: Iterable, in_flight: int = IN_FLIGHT) -> Iterator:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -57,7 +60,7 @@ class Executor:
 class LocalExecutor(Executor):
     """The items one after another in this process."""
 
-    def map(self, job: Job, items: Iterable) -> Iterator:
+    def map(self, job: Job, items: Iterable, in_flight: int = IN_FLIGHT) -> Iterator:
         items = list(items)
         if not items:
             return
@@ -129,13 +132,13 @@ class RayExecutor(Executor):
         self._actors = [host.remote(device, max(1, int(per_cpu))) for _ in range(int(count))]
         return self._actors
 
-    def map(self, job: Job, items: Iterable) -> Iterator:
+    def map(self, job: Job, items: Iterable, in_flight: int = IN_FLIGHT) -> Iterator:
         items = list(items)
         if not items:  # nothing to do: do not start Ray
             return
         actors = self._start()
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayActorError, RayTaskError
 
         job_ref = ray.put(job)
         for actor in actors:
@@ -145,18 +148,23 @@ class RayExecutor(Executor):
 
         def submit(actor: ray.actor.ActorHandle) -> None:
             for item in queue:
-                running[actor.run.remote(item)] = actor
+                running[actor.run.remote(item)] = actor, item
                 return
 
-        for actor in actors * IN_FLIGHT:
+        for actor in actors * in_flight:
             submit(actor)
         while running:
             (ready,), _ = ray.wait(list(running), num_returns=1)
-            submit(running.pop(ready))
+            actor, item = running.pop(ready)
+            submit(actor)
             try:
                 yield ray.get(ready)
             except RayTaskError as err:  # the worker's own exception, with the remote traceback chained
                 raise err.cause from err
+            except RayActorError as err:
+                why = next(iter(str(err).strip().splitlines()), "")
+                raise UnavailableError(f"a Ray actor died while running {item} ({why}); run the command again "
+                                       "to resume") from err
 
     def close(self) -> None:
         if not self._actors and not self._started_ray:

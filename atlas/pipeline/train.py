@@ -4,18 +4,27 @@ Each SAE trains on the `train` split of an activation directory and is scored on
 `test` split, else `dictionary`, else the training data itself, which the table then says). Checkpoints go
 to `<out>/<block>/t<t>/<branch>/` in `Sae.save_pretrained` layout, with metrics.json and stats.parquet
 (per-latent firing frequency and mean activation, which edits use to scale their strength).
+`train_all` runs its SAEs on an executor (atlas.pipeline.executor): one after another here, or spread over Ray
+actors that each read the shards from the activation directory and write their SAE directories on storage
+the driver shares; every SAE trains with the same seed either way, so gives the same weights.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from dataclasses import dataclass
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from atlas.capture import ActivationSet, ShardStream
-from atlas.errors import NotFoundError
+from atlas.errors import AtlasError, NotFoundError
 from atlas.pipeline.config import SaeJobConfig
+from atlas.pipeline.executor import Executor, LocalExecutor
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae, write_metrics
 from atlas.sae.config import parse_latents
 
@@ -76,12 +85,61 @@ def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str |
 
 
 def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None = None, branch: str | None = None,
-              progress: bool = True) -> list[SaeReport]:
-    """One SAE per captured (block, t, branch), optionally only one branch."""
-    keys = [k for k in acts.keys() if branch is None or k[2] == branch]
+              progress: bool = True, executor: Executor | None = None,
+              say: Callable[[str], None] | None = None) -> list[SaeReport]:
+    """One SAE per captured (block, t, branch), optionally only one branch, each a `train_one` on `executor` (default:
+    here, one after another); `say` receives one line per SAE finished (its explained variance and worker).
+    Returns the reports in the activation directory's key order."""
+    keys = [SaeKey(*k) for k in acts.keys() if branch is None or k[2] == branch]
     if not keys:
         raise NotFoundError(f"no captured activations of branch {branch!r} in {acts.path}")
-    return [train_one(acts, b, t, br, out, config, progress) for b, t, br in keys]
+    job = _TrainJob(acts, Path(out).absolute(), config or SaeJobConfig(), progress)
+    reports = {}
+    for key, report, worker in (executor or LocalExecutor()).map(job, keys, in_flight=1):
+        reports[key] = replace(report, path=sae_dir(out, *key))
+        if say:
+            say(f"{key}: explained variance {report.metrics['explained_variance']:.3f} ({worker})")
+    return [reports[key] for key in keys]
+
+
+class SaeKey(NamedTuple):
+    """Which SAE: its (block, t, branch)."""
+
+    block: str
+    t: float
+    branch: str
+
+    def __str__(self) -> str:
+        return f"SAE {self.block} t={self.t} {self.branch}"
+
+
+@dataclass(frozen=True)
+class _TrainJob:
+    """`train_one` of each SAE key into `out` (absolute: a Ray actor's working directory is not the driver's),
+    picklable for Ray. A Ray actor trains on its own device unless the config names one."""
+
+    acts: ActivationSet
+    out: Path
+    config: SaeJobConfig
+    progress: bool
+
+    def start(self, device: str | None) -> Callable[[SaeKey], tuple[SaeKey, SaeReport, str]]:
+        if device is None:
+            return partial(self.run, self.config, self.progress, "this process")
+        config = replace(self.config, device=device) if self.config.device == "auto" else self.config
+        worker = f"{config.device} worker {os.getpid()}@{socket.gethostname()}"
+        return partial(self.run, config, False, worker)  # an actor's progress bars would go to its log only
+
+    def run(self, config: SaeJobConfig, progress: bool, worker: str,
+            key: SaeKey) -> tuple[SaeKey, SaeReport, str]:
+        try:
+            return key, train_one(self.acts, *key, self.out, config, progress), worker
+        except AtlasError as err:  # the same meaning (a generic class: pickles for Ray), naming the SAE
+            meaning = next(c for c in type(err).__mro__ if c.__module__ == AtlasError.__module__)
+            raise meaning(f"{key}: {err.message}") from err
+        except Exception as err:  # a bug: its traceback, which names the SAE too
+            err.add_note(f"while training the {key}")
+            raise
 
 
 def load_sae(out: str | Path, block: str, t: float, branch: str) -> Sae:
