@@ -142,13 +142,13 @@ def annotate(annotator: str, batch_size: int, atlas_dir: str | None, **options) 
                      --sam facebook/sam-vit-base --atlas sd-atlas
     """
     from atlas.annotate.run import annotate_atlas
-    from atlas.pipeline.presets import annotator_options, check_annotator, get_annotator
+    from atlas.pipeline.presets import annotator_for_atlas, check_annotator
     from atlas.store import open_writer
 
     config = build_config(AnnotateConfig, options)
     check_annotator(annotator, config)
-    backend = get_annotator(annotator, **annotator_options(annotator, config))
     with open_writer(atlas_dir) as writer:
+        backend = annotator_for_atlas(annotator, config, writer.root)
         n = annotate_atlas(writer, backend, batch_size=batch_size)
     click.echo(f"stored {n} objects found by {annotator}")
 

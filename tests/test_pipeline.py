@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
-from atlas.edit.run import atlas_model
 from atlas.errors import BadInputError
 from atlas.pipeline.build import STAGES, build_atlas, capture_config, resolve, sae_job
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
@@ -279,7 +278,7 @@ def test_the_sd14_recipe_captures_on_a_tiny_sd_model(tiny_sd_dir, tmp_path):
     with open_writer(tmp_path / "atlas") as writer:
         register_capture(writer, acts)
     with open_atlas(tmp_path / "atlas") as atlas:
-        assert atlas_model(atlas)["source"] == str(tiny_sd_dir.resolve())
+        assert atlas.model()["source"] == str(tiny_sd_dir.resolve())
 
 
 @pytest.mark.parametrize("args, message", [

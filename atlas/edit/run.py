@@ -9,7 +9,6 @@ outcome with the caller's judge (atlas.edit.judge), draw them side by side (atla
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,7 +75,7 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
         raise BadInputError(f"got {len(region_list)} regions for {len(queries)} concepts; give one region, or one "
                             "per concept (global for none)")
     region_list = ["" if r.strip().lower() in ("", "global", "none") else r.strip() for r in region_list]
-    spec = atlas_model(store)
+    spec = store.model()
     steps = config.steps or int(spec.get("steps") or 0)
     size = int(spec.get("resolution") or 0)
     guidance = spec.get("guidance") if config.guidance is None else config.guidance
@@ -100,16 +99,6 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
         with store.writer() as writer:
             result.intervention_ids = log_edit(writer, result, config, steps, guidance)
     return result
-
-
-def atlas_model(store: Atlas) -> dict:
-    """The model the atlas was built from, with the steps and guidance its SAEs saw."""
-    rows = store.query("SELECT name, path, spec FROM models ORDER BY id").to_pylist()
-    if not rows:
-        raise NotFoundError(f"{store.root} records no model; build it with `atlas build`")
-    name, spec = rows[0]["name"], rows[0]["spec"]
-    spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
-    return {"name": name, "source": rows[0]["path"] or name, **spec}
 
 
 def sae_path(store: Atlas, sae: SaeInfo) -> Path:

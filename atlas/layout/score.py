@@ -212,10 +212,3 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
                                       mean_layout_iou(test, truth, predict, sae, threshold), base, len(truth),
                                       threshold))
     return scores
-
-
-def atlas_model_name(atlas: Atlas) -> str:
-    names = atlas.query("SELECT coalesce(path, name) AS name FROM models ORDER BY id")["name"].to_pylist()
-    if not names:
-        raise NotFoundError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
-    return names[0]

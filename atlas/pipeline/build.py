@@ -38,9 +38,8 @@ from atlas.pipeline.presets import (
     PRESETS,
     SHAPES_MODELS,
     Preset,
-    annotator_options,
+    annotator_for_atlas,
     check_annotator,
-    get_annotator,
     shapes_captions,
 )
 from atlas.pipeline.train import SaeReport, ev_table, train_all
@@ -146,7 +145,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
 
     def run_annotate() -> str:
-        annotator = get_annotator(config.annotator, **annotator_options(config.annotator, config.annotate))
+        annotator = annotator_for_atlas(config.annotator, config.annotate, root)
         return f"{annotate_atlas(writer, annotator, progress=progress)} objects found"
 
     def run_link() -> str:

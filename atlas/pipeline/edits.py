@@ -35,7 +35,7 @@ from atlas.edit.core import NAMED_REGIONS, WINDOWS, ConceptEdit, box_mask, parse
 from atlas.edit.curves import write_curve
 from atlas.edit.judge import Judge, JudgeUnavailable, Verdict
 from atlas.edit.plan import DEFAULT_STRENGTH, check_concepts_t
-from atlas.edit.run import EditResult, atlas_model, pixel_change, sae_path
+from atlas.edit.run import EditResult, pixel_change, sae_path
 from atlas.edit.run import edit as run_edit
 from atlas.edit.scores import LpipsScorer, load_lpips
 from atlas.errors import BadInputError, NotFoundError
@@ -227,7 +227,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     fixed_t = parse_concepts_t(config.concepts_t)
     if fixed_t is not None:
         check_concepts_t(fixed_t, ts, config.block)
-    spec = atlas_model(store)
+    spec = store.model()
     labels, style, prompts = case_source(store, spec["name"], config)
     kind_key = "spatial" if config.kind == "spatial" else "global"
     judge = judge or judge_for(store, config.clip_model, config.clip_weights)

@@ -13,9 +13,8 @@ import numpy as np
 
 from atlas.edit.config import CLIP_MODEL, CLIP_WEIGHTS
 from atlas.edit.judge import AtlasJudge, Judge, Verdict, verdict
-from atlas.edit.run import atlas_model
 from atlas.edit.scores import load_clip
-from atlas.pipeline.presets import get_annotator
+from atlas.pipeline.presets import recorded_annotator
 from atlas.shapes import judge as shapes
 from atlas.shapes.annotator import annotate
 from atlas.store import Atlas
@@ -62,16 +61,18 @@ def atlas_annotator(store: Atlas) -> str | None:
 def judge_for(store: Atlas, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> Judge | None:
     """The judge of the atlas's edits, or None when the atlas has no annotated objects (nothing to judge by).
     Building it loads the annotator; a missing model raises its one-line UnavailableError."""
-    if atlas_model(store)["name"] == "shapes":
+    if store.model()["name"] == "shapes":
         return ShapesJudge()
     name = atlas_annotator(store)
-    return None if name is None else annotator_judge(name, clip_model, clip_weights)
+    return None if name is None else annotator_judge(name, str(store.root.resolve()), clip_model, clip_weights)
 
 
 @lru_cache(maxsize=4)
-def annotator_judge(annotator: str, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> AtlasJudge:
-    """AtlasJudge on the annotator called `annotator` (kept, with its models, for the next edit of this process)."""
-    backend = get_annotator(annotator)
+def annotator_judge(annotator: str, atlas_dir: str, clip_model: str = CLIP_MODEL,
+                    clip_weights: str = CLIP_WEIGHTS) -> AtlasJudge:
+    """AtlasJudge on the annotator called `annotator`, with the options it annotated the atlas at `atlas_dir` with
+    (kept, with its models, for the next edit of this process)."""
+    backend = recorded_annotator(annotator, atlas_dir)
 
     def find(image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray]]:
         return [(o.label, o.mask) for o in backend.annotate([image], [prompt])[0]]

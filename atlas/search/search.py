@@ -70,10 +70,9 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
 def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int) -> list[Neighbor]:
     """Concepts whose decoder direction is closest to TEXT's mean residual update at (block, t)."""
     from atlas.capture import delta_at
-    from atlas.layout.score import atlas_model_name
     from atlas.models import load_model, t_to_step
 
-    model = load_model(atlas_model_name(atlas))
+    model = load_model(atlas.model()["source"])
     steps = model.spec.default_steps
     _, delta = delta_at(model, [text], [0], block, t_to_step(t, steps), branch, steps)
     vector = delta[0].float().mean(dim=(1, 2)).numpy()

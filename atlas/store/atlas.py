@@ -28,6 +28,7 @@ snapshot from the catalog; an atlas made by a newer version is refused before an
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atlas.errors import NotFoundError
 from atlas.store import codes, revisions, snapshot
 from atlas.store.errors import (
     AtlasNotFoundError,
@@ -141,6 +143,16 @@ class Atlas:
 
     def labels(self) -> list[str]:
         return self.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
+
+    def model(self) -> dict:
+        """The model the atlas was built from: its `name`, the `source` to load it from again (the directory it was
+        built from, else the name) and its spec (steps, guidance, ... the SAEs saw)."""
+        rows = self.query("SELECT name, path, spec FROM models ORDER BY id LIMIT 1").to_pylist()
+        if not rows:
+            raise NotFoundError(f"{self.root} records no model; build it with `atlas build`")
+        spec = rows[0]["spec"]
+        spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
+        return {"name": rows[0]["name"], "source": rows[0]["path"] or rows[0]["name"], **spec}
 
     def file_path(self, path: str) -> Path:
         """A path the catalog stores (relative to the atlas root, or absolute) as a usable path."""
