@@ -252,12 +252,12 @@ def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--method", default="weighted", show_default=True, type=click.Choice(METHODS),
               help="weighted: every active concept adds evidence for the label (its mean IoU with the label's "
-                   "objects on the dictionary images); top-concept: the paper's vote of each position's most active "
-                   "labelled concept.")
+                   "objects on the dictionary images); top-concept: the paper's rule, each position's top concept "
+                   "votes with its label embedding; top-labelled: each position's most active labelled concept votes.")
 @click.option("--threshold", default=None, type=FiniteFloat(-1, 1),
-              help="weighted: fraction of the image's best score a position needs; top-concept: cosine similarity "
-                   "to the label its concept needs  [default: the value that predicts the dictionary images' "
-                   "layouts best at this SAE]")
+              help="weighted: fraction of the image's best score a position needs; top-concept/top-labelled: cosine "
+                   "similarity to the label its concept needs  [default: the value that predicts the dictionary "
+                   "images' layouts best at this SAE]")
 @click.option("--out", "out_path", default="layout.png", show_default=True, type=OUTPUT_FILE, help="PNG to write.")
 @atlas_option
 @one_line_errors
@@ -300,9 +300,11 @@ def predict_layout(prompt: str, label: str, t: float, block: str, branch: str, s
 def report(out_dir: str | None, atlas_dir: str | None) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
-    Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against the
-    average-mask baseline (with the paper's top-concept predictor and the weighted one, thresholds
-    chosen on the dictionary images), concept cohesion and separability per t, and context-free latents.
+    Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against two
+    baselines, the label's average mask and the caption-aware one (the average mask of the position the caption
+    names), with the paper's top-concept predictor, a more generous top-labelled vote and the weighted one
+    (thresholds chosen on the dictionary images), split by whether the caption names a position; every deviation
+    from the paper in one table; concept cohesion and separability per t; context-free latents.
 
     \b
     Example:
