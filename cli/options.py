@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from atlas.annotate.config import TAGGER_NAMES
+from atlas.capture.config import DTYPE_BYTES, parse_key
 from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
 from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
@@ -88,6 +89,21 @@ class NameList(click.ParamType):
         return names
 
 
+class KeyList(NameList):
+    """Comma-separated capture keys (mid/1.0, up/0.0/uncond, down/0.5/both), each checked -> list[str]."""
+
+    name = "keys"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        keys = super().convert(value, param, ctx)
+        for key in keys:
+            try:
+                parse_key(key)
+            except BadInputError as err:
+                self.fail(err.message, param, ctx)
+        return keys
+
+
 class OptionalFile(click.Path):
     """An existing file, or empty for none."""
 
@@ -129,6 +145,8 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "strengths": FloatList(0, as_text=True),
     "object_count_weights": FloatList(0, as_text=True),
     "blocks": NameList(),
+    "keys": KeyList(),
+    "dtype": click.Choice(tuple(DTYPE_BYTES)),
     "preset": click.Choice(("shapes", "sd14")),
     "schedule": click.Choice(("zero-snr", "sd")),
     "text_encoder": click.Choice(("trained", "frozen")),

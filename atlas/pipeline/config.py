@@ -67,8 +67,8 @@ class SaeJobConfig:
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
     buffer_tokens: int = StreamConfig.buffer_tokens
-    """Positions held in memory while the shards stream to training, shuffled together (fp16: positions x width x
-    2 bytes); memory does not grow with the number of positions."""
+    """Positions held in memory while the shards stream to training, shuffled together (positions x width x the
+    stored dtype's bytes, 2 for fp16 and bf16); memory does not grow with the number of positions."""
     checkpoint_minutes: float = SaeTrainConfig.checkpoint_minutes
     """Minutes between checkpoints of an SAE in training (also written on Ctrl-C and SIGTERM); a rerun resumes."""
     retrain: bool = False
@@ -97,6 +97,11 @@ class BuildConfig:
     """Timesteps to capture, t = 1.0 the first denoising step (unset: the preset's, else capture's)."""
     branches: list[str] | None = None
     """CFG halves to capture and train SAEs on: cond, uncond (both: the two) (unset: the preset's, else capture's)."""
+    keys: list[str] | None = None
+    """Capture and train only these (block, t, branch), spelled as SAE names (mid/1.0, up/0.0/uncond); replaces
+    --blocks, --t and --branches (unset: every combination of those)."""
+    dtype: str | None = None
+    """Stored precision of the activations: fp16, bf16 or fp32 (unset: capture's)."""
     steps: int | None = None
     """DDIM steps (unset: the preset's, else the model's default)."""
     guidance: float | None = None
