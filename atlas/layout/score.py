@@ -37,11 +37,12 @@ from atlas.store import Atlas, SaeInfo
 
 @dataclass(frozen=True)
 class LayoutScore:
-    """Layout prediction by one SAE (block, t, branch) with one method."""
+    """Layout prediction by one SAE (block, t, branch, variant) with one method."""
 
     block: str
     t: float
     branch: str
+    variant: str
     method: str
     iou: float  # mean over (test image, label) pairs
     baseline_iou: float
@@ -208,7 +209,7 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
         for method in methods:
             predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells)
             threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold)
-            scores.append(LayoutScore(sae.block, sae.t, sae.branch, method,
+            scores.append(LayoutScore(sae.block, sae.t, sae.branch, sae.variant, method,
                                       mean_layout_iou(test, truth, predict, sae, threshold), base, len(truth),
                                       threshold))
     return scores
