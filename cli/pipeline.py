@@ -47,10 +47,12 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
     """Train TopK sparse autoencoders on captured activations.
 
     Each SAE trains on the train split and is scored on held-out images; checkpoints are written as
-    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). Training
-    streams the shards through a buffer of --buffer-tokens positions and checkpoints every
-    --checkpoint-minutes: when the command runs again, finished SAEs are kept (--retrain to redo them)
-    and an interrupted one resumes.
+    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). With several
+    --k, the SAEs of one (block, t, branch) train together in one pass over its shards: the first k's is
+    the primary SAE, each other k's goes to OUT/<block>/t<t>/<branch>@k<k>/ (the variant k<k>, whose
+    concept ids read mid/1.0/cond@k20/412). Training streams the shards through a buffer of
+    --buffer-tokens positions and checkpoints every --checkpoint-minutes: when the command runs again,
+    finished SAEs are kept (--retrain to redo them) and an interrupted one resumes.
 
     With --all --executor ray the SAEs train side by side, one at a time on each Ray actor (with
     --device auto, on the actor's GPU when the cluster has GPUs; --num-gpus-per-actor 0.25 puts four
@@ -61,7 +63,7 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
     \b
     Examples:
       atlas train --activations acts --block mid --t 1.0 --k 10 --latents 4x
-      atlas train --activations acts --all
+      atlas train --activations acts --all --k 10,20
       atlas train --activations /shared/acts --out /shared/saes --all --executor ray --ray-address auto
     """
     from atlas.capture import ActivationSet
@@ -83,10 +85,11 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
         raise click.UsageError("give --block and --t (or --all)")
     if executor.name != "local":
         raise click.UsageError("--executor ray trains with --all; one SAE trains here")
-    report = train_one(acts, block, t, branch, out_dir, config)
-    m = report.metrics
-    click.echo(f"{block} t={t} {branch}: explained variance {m['explained_variance']:.3f}, FVU {m['fvu']:.3f}, "
-               f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} split) -> {report.path}")
+    for report in train_one(acts, block, t, branch, out_dir, config):
+        m = report.metrics
+        click.echo(f"{block} t={t} {branch} k={report.k}: explained variance {m['explained_variance']:.3f}, FVU "
+                   f"{m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} "
+                   f"split) -> {report.path}")
 
 
 @click.command(context_settings=CONTEXT)
@@ -313,14 +316,16 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
     from pathlib import Path
 
     from atlas.report.report import build_report
+    from atlas.report.tables import sae_columns
     from atlas.store import open_atlas
 
     with open_atlas(atlas_dir) as atlas:
         out = Path(out_dir) if out_dir else atlas.root / "report"
         figures = build_report(atlas, out)
-    rows = [(x["method"], x["block"], x["t"], x["branch"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
-             x["threshold"]) for x in figures["layout"]]
-    click.echo(format_table(["method", "block", "t", "branch", "layout IoU", "baseline", "pairs", "threshold"], rows)
+    sae = sae_columns(figures["layout"])
+    rows = [(x["method"], *(x[c] for c in sae), f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}",
+             f"{x['caption_baseline_iou']:.3f}", x["pairs"], x["threshold"]) for x in figures["layout"]]
+    click.echo(format_table(["method", *sae, "layout IoU", "baseline", "caption baseline", "pairs", "threshold"], rows)
                if rows else f"layout prediction: {figures['layout_note']}")
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 

@@ -124,7 +124,8 @@ def test_report_keeps_the_cond_and_uncond_saes_apart(two_branch_atlas, tmp_path)
     result = CliRunner().invoke(main, ["report", "--atlas", str(two_branch_atlas), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     header, _, *lines = result.output.split("\n\n")[0].splitlines()
-    assert header.split() == ["method", "block", "t", "branch", "layout", "IoU", "baseline", "pairs", "threshold"]
+    assert header.split() == ["method", "block", "t", "branch", "layout", "IoU", "baseline", "caption",
+                               "baseline", "pairs", "threshold"]
     rows = [line.split() for line in lines]
     keys = [tuple(row[:4]) for row in rows]
     assert sorted(keys) == sorted((m, "mid", "1.0", b) for m in METHODS for b in ("cond", "uncond"))

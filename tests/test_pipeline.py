@@ -139,9 +139,9 @@ def test_train_cli_bad_input_is_one_line(shapes_atlas, tmp_path, args, message):
 def test_train_one_keeps_a_finished_sae_and_table_lists_it(shapes_atlas, tmp_path):
     acts = ActivationSet(shapes_atlas / "activations")
     config = SaeJobConfig(min_tokens=10_000, epochs=2)
-    first = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
+    [first] = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
     mtime = (first.path / "sae.safetensors").stat().st_mtime_ns
-    again = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
+    [again] = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
     assert (again.path / "sae.safetensors").stat().st_mtime_ns == mtime
     assert again.metrics["explained_variance"] == first.metrics["explained_variance"]
     assert "| up | " in ev_table([first])

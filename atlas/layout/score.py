@@ -43,11 +43,12 @@ from atlas.store import Atlas, SaeInfo
 
 @dataclass(frozen=True)
 class LayoutScore:
-    """Layout prediction by one SAE (block, t, branch) with one method."""
+    """Layout prediction by one SAE (block, t, branch, variant) with one method."""
 
     block: str
     t: float
     branch: str
+    variant: str
     method: str
     iou: float  # mean over (test image, label) pairs
     baseline_iou: float  # the label's average mask
@@ -274,7 +275,7 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
             predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells, concepts)
             threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold)
             ious = pair_ious(test, truth, predict, sae, threshold)
-            scores.append(LayoutScore(sae.block, sae.t, sae.branch, method, _mean(list(ious.values())),
+            scores.append(LayoutScore(sae.block, sae.t, sae.branch, sae.variant, method, _mean(list(ious.values())),
                                       _mean(list(base.values())), len(truth), threshold,
                                       _mean(list(caption.values())), len(unnamed), _mean([ious[k] for k in unnamed]),
                                       _mean([base[k] for k in unnamed])))

@@ -1,7 +1,7 @@
 """`atlas build`: every stage from prompts to a queryable atlas, resumable stage by stage.
 
     capture   generate images, record delta at the hooked blocks and timesteps   <atlas>/activations/
-    train     one TopK SAE per (block, t, branch)                                  <atlas>/saes/
+    train     TopK SAEs per (block, t, branch), one per k                          <atlas>/saes/
     encode    sparse codes, SAEs, concept statistics, FAISS                        codes/, index/
     annotate  objects and their grid masks                                         masks/, annotations/
     link      the concept dictionary (concept_labels, best labels)                 catalog
@@ -44,6 +44,7 @@ from atlas.pipeline.presets import (
 )
 from atlas.pipeline.train import SaeReport, ev_table, train_all
 from atlas.store import Atlas, default_path
+from atlas.store.ids import branch_part
 
 STAGES = ("capture", "train", "encode", "annotate", "link", "report")
 
@@ -163,7 +164,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         figures = build_report(atlas, root / "report")
         first = [x for x in figures["layout"] if x["method"] == "weighted" and x["t"] == 1.0]
         first = "; layout IoU at t=1.0: " + ", ".join(
-            f"{x['block']} {x['branch']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first
+            f"{x['block']} {branch_part(x['branch'], x['variant'])} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})"
+            for x in first
         ) if first else ""
         note = f"; layout prediction: {figures['layout_note']}" if figures["layout_note"] else ""
         return f"{root / 'report' / 'index.html'}{first}{note}"

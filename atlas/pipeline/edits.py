@@ -255,7 +255,8 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     bar = tqdm(total=total, unit="img", desc=f"eval-edits ({config.kind})", disable=not progress)
     for window in windows:
         t = window.sae_t(ts) if fixed_t is None else fixed_t
-        info = next(s for s in store.saes() if s.block == config.block and s.t == t and s.branch == "cond")
+        info = next(s for s in store.saes() if s.block == config.block and s.t == t and s.branch == "cond"
+                    and not s.variant)  # the primary SAE, whose concepts `store.concepts` ranks
         sae = Sae.from_pretrained(sae_path(store, info))
         latents = {label: [c.latent for c in store.concepts(label=label, t=t, block=config.block,
                                                            limit=config.max_concepts)]

@@ -45,13 +45,14 @@ class PromptLayout:
 def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "up", seed: int = 0,
                    config: LayoutConfig | None = None, embedder: TextEmbedder | None = None,
                    branch: str = "cond") -> PromptLayout:
-    """Generate `prompt`, read its codes at (block, t) of `branch` through the atlas's SAE, predict where `label`
-    goes."""
+    """Generate `prompt`, read its codes at (block, t) of `branch` through the atlas's (primary) SAE, predict where
+    `label` goes."""
     config = config or LayoutConfig()
     embedder = embedder or TextEmbedder()
-    sae_info = next((s for s in atlas.saes() if (s.block, s.t, s.branch) == (block, float(t), branch)), None)
+    sae_info = next((s for s in atlas.saes() if (s.block, s.t, s.branch, s.variant) == (block, float(t), branch, "")),
+                    None)
     if sae_info is None:
-        have = ", ".join(f"{s.block}/{s.t}/{s.branch}" for s in atlas.saes())
+        have = ", ".join(s.name for s in atlas.saes())
         raise NotFoundError(f"no SAE of block {block!r} at t={t} on the {branch} branch; this atlas has {have}")
     if label not in atlas.labels():
         atlas.concepts(label=label)  # raises UnknownLabelError with close labels
