@@ -103,7 +103,7 @@ def test_bf16_and_fp32_store_the_same_activations_and_train_and_encode(model, tm
     fvu = {}
     for dtype in ("bf16", "fp16"):
         acts = ActivationSet(outs[dtype])
-        report = train_one(acts, "up", 1.0, "cond", tmp_path / f"saes-{dtype}", job, progress=False)
+        [report] = train_one(acts, "up", 1.0, "cond", tmp_path / f"saes-{dtype}", job, progress=False)
         fvu[dtype] = report.metrics["fvu"]
         with Atlas.create(tmp_path / f"atlas-{dtype}") as atlas, atlas.writer() as writer:
             written = encode_atlas(writer, acts, tmp_path / f"saes-{dtype}", progress=False)
