@@ -6,7 +6,6 @@ weights make every number meaningless: the test checks that each stage ran and w
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from click.testing import CliRunner
@@ -60,12 +59,17 @@ def test_build_captures_and_trains_every_key_of_the_recipe(sd14_atlas):
 
 
 def test_report_shows_cond_and_uncond_apart(sd14_atlas):
+    """Table 1 of each branch, with a row per block and k (the recipe's k = 10 and 20) like the paper's."""
     atlas, _ = sd14_atlas
     atlas_cli("report", "--atlas", str(atlas))
-    rows = re.findall(r"^\| (down|mid|up) \| ([\d.]+) \| (cond|uncond) \| ([\d.]+) \|", (atlas / "report" / "report.md")
-                      .read_text(), re.M)
-    assert {(b, float(t), br) for b, t, br, _ in rows} >= {(b, t, br) for b in ("down", "mid", "up")
-                                                         for t in (1.0, 0.5, 0.0) for br in ("cond", "uncond")}
+    figures = json.loads((atlas / "report" / "figures.json").read_text())
+    rows = {(r["block"], r["t"], r["branch"], r["k"]) for r in figures["explained_variance"]}
+    assert rows == {(b, t, br, k) for b in ("down", "mid", "up") for t in (1.0, 0.5, 0.0) for br in ("cond", "uncond")
+                    for k in (10, 20)}
+    markdown = (atlas / "report" / "report.md").read_text()
+    for branch in ("cond", "uncond"):
+        table = markdown.split(f"\n{branch} branch (rows: block and k")[1].split("\n\n")[1].splitlines()
+        assert table[0] == "| block | k | t=1.0 | t=0.5 | t=0.0 |" and len(table) == 2 + 3 * 2, table
 
 
 def test_eval_edits_runs_and_judges_with_the_atlas_annotator(sd14_atlas, tmp_path):
