@@ -7,14 +7,17 @@ The shipped shapes model generates --n images (the shapes world's captions, all 
 
 Both use the same seeds and batches of images, so the training positions are the same and the held-out (test)
 positions bit for bit the same; both train the same SAE configuration (the `atlas train` defaults but
---min-tokens, to keep the run short) and score on those test images. Disk peak: the cache's activation
+--min-tokens, to keep the run short; images at --steps 10 rather than the model's 20) and score on those test
+images. Disk peak: the cache's activation
 directory after capture (it only grows); online, the largest of buffer + kept directory seen after any round
 (the buffer at its fullest). The last line is
 
     RESULT fvu_cache=<mean over keys> fvu_online=<mean> fvu_ratio=<online / cache> disk_ratio=<online / cache peak>
            buffer_ratio=<online buffer peak / cache peak> seconds_cache=.. seconds_online=..
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/online_vs_cache.py --n 240
+    OMP_NUM_THREADS=2 .venv/bin/python bench/online_vs_cache.py              # 4 keys, 160 images: minutes
+    OMP_NUM_THREADS=2 .venv/bin/python bench/online_vs_cache.py --n 240 --blocks down,mid,up --t 1.0,0.5,0.0 \
+        --min-tokens 200000                                                     # 9 keys: under an hour
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ def files_bytes(folder: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=240, help="images generated (all splits)")
+    parser.add_argument("--n", type=int, default=160, help="images generated (all splits)")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps (the model default is 20)")
-    parser.add_argument("--blocks", default="down,mid,up")
-    parser.add_argument("--t", default="1.0,0.5,0.0")
+    parser.add_argument("--blocks", default="mid,up")
+    parser.add_argument("--t", default="1.0,0.0")
     parser.add_argument("--images-per-batch", type=int, default=4)
     parser.add_argument("--buffer-fraction", type=float, default=0.1, help="buffer cap / the cache's shard bytes")
-    parser.add_argument("--min-tokens", type=int, default=200_000)
+    parser.add_argument("--min-tokens", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()

@@ -201,36 +201,41 @@ class _OnlineRun:
                     "guidance": self.guidance, "blocks": self.blocks, "t": self.ts, "branches": self.branches,
                     "n_images": len(kept), "batch_size": capture.batch_size, "resolution": model.spec.resolution,
                     "online": {"n_prompts": len(records), "keep": online.keep, "keep_images": online.keep_images}}
-        prepare_dir(self.kept_dir, manifest, kept)
-
-        if config.retrain:
-            for key in self.keys:
-                (sae_dir(out, *key) / "metrics.json").unlink(missing_ok=True)
         self.work = out / WORK_DIR
         self.settings = {"model": model.spec.name, "prompts": hashlib.sha1("\n".join(prompts).encode()).hexdigest(),
                          "capture": asdict(capture), "online": asdict(online),
                          "sae": {k: v for k, v in asdict(config).items()
                                  if k not in ("device", "checkpoint_minutes", "retrain", "buffer_tokens")}}
-        self.train_keys = self._train_keys()
+        resumed = self._resumed_keys()  # both checks before anything is written
+        prepare_dir(self.kept_dir, manifest, kept)
+        if config.retrain:
+            for key in self.keys:
+                (sae_dir(out, *key) / "metrics.json").unlink(missing_ok=True)
+        self.train_keys = resumed if resumed is not None else self._start()
         self.device = pick_device(config.device)
         self.bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.states: dict[Key, _KeyState] = {}
         self._pending: dict[int, dict[Key, Tensor]] = {}
         """Activations of a batch generated before the buffer could take them (the first one, to learn sizes)."""
 
-    def _train_keys(self) -> list[Key]:
-        """The keys this run trains: those without a finished SAE, or those of the interrupted run it resumes."""
+    def _resumed_keys(self) -> list[Key] | None:
+        """The keys of the interrupted run in the work directory (None: there is none); refuses another run's."""
         path = self.work / "run.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if {k: v for k, v in saved.items() if k != "keys"} != self.settings:
-                raise ConflictError(f"{self.work} holds an online run with other prompts or settings: give the same "
-                                    f"options to resume it, or delete {self.work} to start over")
-            return [(b, float(t), br) for b, t, br in saved["keys"]]
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if {k: v for k, v in saved.items() if k != "keys"} != self.settings:
+            raise ConflictError(f"{self.work} holds an online run with other prompts or settings: give the same "
+                                f"options to resume it, or delete {self.work} to start over")
+        return [(b, float(t), br) for b, t, br in saved["keys"]]
+
+    def _start(self) -> list[Key]:
+        """The keys without a finished SAE, recorded in the work directory for a resumed run to train the same."""
         keys = [key for key in self.keys if not (sae_dir(self.out, *key) / "metrics.json").exists()]
         if keys:
             self.work.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp: tmp.write_text(json.dumps({**self.settings, "keys": keys})))
+            text = json.dumps({**self.settings, "keys": keys})
+            atomic_write(self.work / "run.json", lambda tmp: tmp.write_text(text))
         return keys
 
     # --- generation ---------------------------------------------------------------------------------------------
@@ -349,19 +354,20 @@ class _OnlineRun:
         per_image = sum(self.layout.positions[k] * (self.layout.width[k] * itemsize + INDEX_BYTES) for k in self.keys)
         self.shares: dict[Key, list[int]] = {}
         self.n_train: dict[Key, int] = {}
-        reads = 0.0
+        reads = []
         for key in self.train_keys:
             n = [self._rows(key, b) for b in range(len(self.batches))]
             self.n_train[key] = total = sum(n)
             n_tokens = max(self.config.min_tokens, int(self.config.epochs * total))
             self.shares[key] = [n_tokens * n_b // total for n_b in n]
-            reads = sum(self.shares[key]) / total
+            reads.append(sum(self.shares[key]) / total)
         self.say(f"online: buffer of {self.slots} batches of {size} images, at most "
                  f"{format_bytes(self.slots * slot_bytes)} on disk (capped at --buffer-gb {self.online.buffer_gb:g}), "
                  "instead of "
                  f"{format_bytes(per_image * self.n_images)} for the full cache of {self.n_images} images; "
                  f"{len(self.kept_ids)} held-out images kept in {self.kept_dir} "
-                 f"({format_bytes(per_image * len(self.kept_ids))}); each training position is read {reads:.3g} times")
+                 f"({format_bytes(per_image * len(self.kept_ids))}); each training position is read "
+                 f"{min(reads):.3g}{f' to {max(reads):.3g}' if max(reads) > min(reads) * 1.01 else ''} times")
 
     def _resident(self, j: int) -> range:
         """The batches in the buffer during round `j`."""
