@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from atlas.annotate.config import AnnotateConfig
+from atlas.capture.config import CaptureConfig
 from atlas.cli.common import (
     CONTEXT,
     DEVICE_NAME,
@@ -13,13 +14,15 @@ from atlas.cli.common import (
     PROMPT,
     FiniteFloat,
     atlas_option,
+    model_option,
     one_line_errors,
 )
-from atlas.cli.options import build_config, config_options
+from atlas.cli.options import ChoiceList, build_config, config_options, field_docs
 from atlas.cli.store import format_table
 from atlas.dictionary.config import LinkConfig
 from atlas.layout.config import METHODS
 from atlas.pipeline.config import BuildConfig, ExecutorConfig, SaeJobConfig
+from atlas.pipeline.online_config import KEEPABLE, OnlineConfig
 from atlas.pipeline.presets import ANNOTATOR_NAMES
 
 
@@ -90,6 +93,73 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
         click.echo(f"{block} t={t} {branch} k={report.k}: explained variance {m['explained_variance']:.3f}, FVU "
                    f"{m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} "
                    f"split) -> {report.path}")
+
+
+@click.command("train-online", context_settings=CONTEXT)
+@model_option
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
+              help="File with one prompt per line  [default: shapes-world captions, for a shapes model]")
+@click.option("--n-images", type=click.IntRange(min=1), default=None,
+              help="Images to generate: the first N prompts of --prompts, or N shapes-world captions.")
+@click.option("--activations", "acts_dir", required=True, type=OUTPUT_DIR,
+              help="Activation directory that keeps the held-out images (what `atlas encode --activations` reads).")
+@click.option("--out", "out_dir", default="saes", show_default=True, type=OUTPUT_DIR,
+              help="Where the SAEs go; the buffer and the checkpoint wait in OUT/online/ while they train.")
+@config_options(CaptureConfig, exclude=("batch_size", "seed"))
+@click.option("--images-per-batch", default=CaptureConfig.batch_size, show_default=True, type=click.IntRange(min=1),
+              help="Images denoised together; the buffer holds whole batches.")
+@config_options(OnlineConfig, exclude=("keep",))
+@click.option("--keep", type=ChoiceList(*KEEPABLE), default=",".join(KEEPABLE), show_default=True,
+              help=field_docs(OnlineConfig)["keep"])
+@config_options(SaeJobConfig, exclude=("buffer_tokens",))
+@one_line_errors
+def train_online(model_name: str, prompts_file: str | None, n_images: int | None, acts_dir: str, out_dir: str,
+                 images_per_batch: int, **options) -> None:
+    """Train the SAEs while the images are generated, with no dense activation cache on disk.
+
+    Generates the images batch by batch (the seeds and splits `atlas capture` gives them), puts each
+    batch's train-split positions into a shuffle buffer on disk of at most --buffer-gb (the oldest batch
+    leaves when a new one comes) and trains one TopK SAE per (block, t, branch) on batches mixed from the
+    buffered images. Each position is read as often as `atlas train` reads it from a full capture
+    (--epochs, --min-tokens). The first lines say the buffer's size against the full cache's.
+
+    The held-out images (--keep) stay in --activations, an activation directory: its test images score
+    the SAEs, and `atlas encode --activations` puts them in an atlas that link and report use as usual.
+    The training images' activations are never stored, so the atlas has codes of the kept images only;
+    for codes of every image, `atlas capture` them and encode that directory instead.
+
+    The SAEs land in OUT/<block>/t<t>/<branch>/ as `atlas train` writes them. Interrupt at any time: the
+    same command resumes from the last checkpoint (every --checkpoint-minutes, and on Ctrl-C at the end of
+    the batch in hand), generating again the batches the buffer no longer holds.
+
+    \b
+    Examples:
+      atlas train-online --model shapes --n-images 640 --buffer-gb 0.05 --activations held --out saes
+      atlas train-online --model sd14 --prompts coco-200k.txt --steps 50 --guidance 7.5 --branches both \\
+          --lr 1e-4 --batch-size 4096 --epochs 1 --min-tokens 0 --buffer-gb 100 --activations held --out saes
+      atlas encode --activations held --saes saes --atlas atlas
+    """
+    from dataclasses import replace
+
+    from atlas.models import load_model
+    from atlas.pipeline.generate import read_prompts
+    from atlas.pipeline.online import train_online as run_online
+    from atlas.pipeline.presets import shapes_captions
+    from atlas.pipeline.train import ev_table
+
+    config = build_config(SaeJobConfig, options)
+    capture_config = replace(build_config(CaptureConfig, options), seed=config.seed, batch_size=images_per_batch)
+    online = build_config(OnlineConfig, options)
+    if prompts_file:
+        prompts = read_prompts(prompts_file)[:n_images]
+    elif n_images:
+        prompts = shapes_captions(n_images, split=None, seed=config.seed)
+    else:
+        raise click.UsageError("give --prompts FILE or --n-images N (shapes-world captions)")
+    model = load_model(model_name, device=config.device)
+    reports = run_online(model, prompts, acts_dir, out_dir, capture_config, config, online,
+                         say=lambda line: click.echo(line, err=True))
+    click.echo(ev_table(reports))
 
 
 @click.command(context_settings=CONTEXT)

@@ -272,6 +272,11 @@ CLI_CASES = [
     cli("capture", "--n-prompts", "3", "--t", "first", "--out", "{tmp}/acts", expect="'first' is not a number"),
     cli("capture", "--n-prompts", "3", "--branches", "cond,x", "--out", "{tmp}/acts",
         expect="'x' is not one of cond, uncond, both"),
+    cli("train-online", "--activations", "{tmp}/held", expect=r"give --prompts FILE or --n-images N"),
+    cli("train-online", "--n-images", "8", "--keep", "train", "--activations", "{tmp}/held",
+        expect="'train' is not one of dictionary, test"),
+    cli("train-online", "--n-images", "8", "--buffer-gb", "-1", "--activations", "{tmp}/held",
+        expect="--buffer-gb must be a positive number of GB"),
     # shapes
     cli("shapes", "train", "--minutes", "-1", expect="not in the range x>0"),
     cli("shapes", "train", "--batch-size", "0", expect="not in the range x>=1"),
