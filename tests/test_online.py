@@ -4,6 +4,7 @@ run resumes to the SAEs of an uninterrupted one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -155,6 +156,12 @@ def test_a_buffer_too_small_for_one_batch_is_one_line(model, prompts, tmp_path):
                      progress=False)
     with pytest.raises(BadInputError, match="none of the 16 prompts falls in the kept splits"):
         train_online(model, prompts[:4] * 4, tmp_path / "h2", tmp_path / "s2", CAPTURE, SAES, ONLINE, progress=False)
+    for other, saes, message in [(dataclasses.replace(CAPTURE, keys=["mid/1.0"]), SAES, "--keys and --dtype are"),
+                                   (dataclasses.replace(CAPTURE, dtype="bf16"), SAES, "--keys and --dtype are"),
+                                   (CAPTURE, dataclasses.replace(SAES, k=[4, 8]), "give one --k, not 4,8")]:
+        with pytest.raises(BadInputError, match=message):
+            train_online(model, prompts, tmp_path / "h3", tmp_path / "s3", other, saes, ONLINE, progress=False)
+        assert not (tmp_path / "h3").exists() and not (tmp_path / "s3").exists()
 
 
 def test_the_command_trains_prints_the_cap_and_refuses_bad_options_in_one_line(tiny_shapes_dir, tmp_path):

@@ -171,6 +171,9 @@ class _OnlineRun:
         self.say = say
         if not prompts:
             raise BadInputError("no prompts to generate")
+        if capture.keys or capture.dtype != "fp16":
+            raise BadInputError("train-online records fp16 activations of every --blocks x --t x --branches; "
+                                "--keys and --dtype are options of `atlas capture`")
         if len(config.k) != 1:
             raise BadInputError(f"online training trains one SAE per key: give one --k, not "
                                 f"{','.join(map(str, config.k))}")
