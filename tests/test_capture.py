@@ -125,3 +125,48 @@ def test_delta_at_reads_without_changing_the_image(tiny_shapes_dir):
     latents, delta = delta_at(model, ["a red circle", "a blue square"], [0, 1], "mid", step=0, steps=4)
     assert np.array_equal(model.to_uint8(model.decode(latents)), plain)
     assert delta.shape[0] == 2 and delta.ndim == 4
+
+
+
+def test_shards_equal_the_blocks_own_forward_pass(tiny_sd_dir, tmp_path):
+    """Each shard row is output - input of the block's Transformer2DModel, called directly on the inputs it saw.
+
+    Independent of atlas.models.hooks: a plain torch pre-hook records what each Transformer2DModel receives at
+    every step, the test calls the module itself on the inputs of t's step, and compares. Checked to fail when
+    broken: storing the block's output instead of output - input, or capturing the step after t's, fails it.
+    """
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from atlas.models.hooks import t_to_step
+
+    model = load_model(str(tiny_sd_dir), device="cpu")
+    prompts, steps, keys = ["a dog on a bench", "a cat"], 4, [("mid", 1.0), ("up", 0.0)]
+    out = ActivationSet(capture(model, prompts, tmp_path / "acts",
+                                CaptureConfig(blocks=["mid", "up"], t=[1.0, 0.0], steps=steps, batch_size=2),
+                                progress=False))
+    modules = dict(model.denoiser.named_modules())
+    calls: dict[str, list[tuple[tuple, dict]]] = {block: [] for block, _ in keys}
+    handles = []
+    for block in calls:
+        module = modules[model.hook_module_name(block)]
+        assert isinstance(module, Transformer2DModel)
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, args, kwargs, seen=calls[block]: seen.append(
+                (tuple(a.clone() for a in args), {k: v.clone() if torch.is_tensor(v) else v
+                                                  for k, v in kwargs.items()})), with_kwargs=True))
+    try:
+        generate(model, prompts, [0, 1], steps=steps)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for block, t in keys:
+        args, kwargs = calls[block][t_to_step(t, steps)]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        with torch.no_grad():
+            result = modules[model.hook_module_name(block)](*args, **kwargs)
+        delta = (result[0] if isinstance(result, tuple) else result.sample) - hidden
+        for branch, half in (("uncond", 0), ("cond", 1)):
+            expected = delta.chunk(2)[half].permute(0, 2, 3, 1).reshape(-1, delta.shape[1]).half()
+            stored = out.load(block, t, branch)["x"]
+            assert stored.shape == expected.shape
+            torch.testing.assert_close(stored.float(), expected.float(), rtol=0, atol=2e-3)

@@ -30,7 +30,6 @@ def test_build_fills_every_part_of_the_atlas(shapes_atlas):
         assert images.num_rows == 48 and set(images["split"].to_pylist()) <= {"train", "dictionary", "test"}
         for sae in saes:
             assert sae.k == 10 and sae.n_latents == 4 * sae.d_in
-            assert 0.0 < sae.metrics["explained_variance"] <= 1.0
             # every position of every image keeps at most k codes
             counts = atlas.sql(f"SELECT count(*) AS n, count(DISTINCT image_id) AS images FROM codes "
                                f"WHERE sae_id = {sae.id}").rows[0]
@@ -43,9 +42,69 @@ def test_build_fills_every_part_of_the_atlas(shapes_atlas):
         assert atlas.sql("SELECT count(*) FROM concepts WHERE best_label IS NOT NULL").rows[0][0] > 0
         for stage in ("link", "build"):
             assert atlas.stage_done(stage)
-        # the dictionary is built without test images
-        cells = pq.read_table(next((shapes_atlas / "annotations" / "shapes").glob("batch-*.parquet")))
-        assert set(cells.column_names) >= {"object_id", "image_id", "label", "grid_h", "grid_w", "row", "col"}
+
+
+def test_the_dictionary_never_reads_a_test_image(shapes_atlas, tmp_path):
+    """A label planted on every test image (covering the whole image) earns no concept, while the same label
+    planted on as many dictionary images does, under a rule that links any overlap (IoU > 0, one hit).
+
+    Checked to fail when broken: linking with DICTIONARY_SPLITS + ("test",) links the test-only label.
+    """
+    import numpy as np
+
+    from atlas.annotate.run import atlas_grids, object_cells
+    from atlas.dictionary.link import LinkConfig
+    from atlas.dictionary.run import link_atlas
+
+    copy = shutil.copytree(shapes_atlas, tmp_path / "atlas")
+    with open_atlas(copy) as atlas:
+        images = atlas.images().to_pylist()
+        grids = atlas_grids(atlas)
+    test = [r["id"] for r in images if r["split"] == "test"]
+    kept = [r["id"] for r in images if r["split"] != "test"][:len(test)]
+    assert test and len(kept) == len(test)
+    probes = [(i, "probe on a test image") for i in test] + [(i, "probe on a dictionary image") for i in kept]
+    cells = object_cells([10**6 + n for n in range(len(probes))], [i for i, _ in probes],
+                         [label for _, label in probes], [np.ones((32, 32), bool)] * len(probes), grids)
+    pq.write_table(cells, copy / "annotations" / "shapes" / "batch-999999.parquet")
+    with open_writer(copy) as writer:
+        link_atlas(writer, LinkConfig(iou=0.0, min_hits=1), progress=False)
+    with open_atlas(copy) as atlas:
+        linked = {label for (label,) in atlas.sql("SELECT DISTINCT label FROM concept_labels").rows}
+    assert "probe on a dictionary image" in linked
+    assert "probe on a test image" not in linked
+
+
+def test_stored_explained_variance_is_what_the_sae_explains_of_held_out_activations(shapes_atlas):
+    """Each SAE's stored EV equals a dense recomputation (top-k of ReLU pre-activations, z @ W_dec + b_dec) on the
+    activations of the split it was scored on, and beats the same architecture freshly initialised by 0.2.
+
+    Checked to fail when broken: scoring on images other than the split recorded in scored_on, or saving the SAE
+    before training (the initialisation's EV), fails it."""
+    import torch
+
+    from atlas.sae import Sae
+
+    acts = ActivationSet(shapes_atlas / "activations")
+    with open_atlas(shapes_atlas) as atlas:
+        saes = atlas.saes()
+    for info in saes:
+        sae = Sae.from_pretrained(shapes_atlas / info.path)
+        x = acts.load(info.block, info.t, info.branch, info.metrics["scored_on"])["x"].double()
+        assert info.metrics["explained_variance"] == pytest.approx(_explained(sae, x), abs=1e-4), info.name
+        fresh = Sae(sae.cfg, generator=torch.Generator().manual_seed(0))
+        assert _explained(sae, x) > _explained(fresh, x) + 0.2, info.name
+
+
+def _explained(sae, x):
+    """1 - SSE / total variance of a dense top-k reconstruction of x, in float64."""
+    import torch
+
+    w_enc, b_enc, w_dec, b_dec = (p.detach().double() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+    pre = torch.relu((x - b_dec) @ w_enc.T + b_enc)
+    top = pre.topk(sae.cfg.k, dim=1)
+    z = torch.zeros_like(pre).scatter(1, top.indices, top.values)
+    return 1 - float(((x - (z @ w_dec + b_dec)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
 
 
 def test_concept_labels_point_at_objects_the_concept_overlaps(shapes_atlas):

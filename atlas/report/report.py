@@ -10,7 +10,8 @@
 
 Cohesion is the mean cosine similarity between the decoder directions of concepts that share a best
 label (averaged over labels); separability is the mean cosine similarity between the mean directions
-of different labels (lower = more separable), as in the paper's 0.433 -> 0.344.
+of different labels (lower = more separable); the paper does not define its figures beyond "mean similarity between
+concepts", so the report does not compare the two.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
 from atlas.errors import NotFoundError  # noqa: E402
 from atlas.layout.config import METHODS  # noqa: E402
@@ -60,16 +62,15 @@ def decoder(atlas: Atlas, sae: SaeInfo) -> np.ndarray:
     return Sae.from_pretrained(atlas.file_path(sae.path)).W_dec.detach().float().numpy()
 
 
-def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int]:
-    """(cohesion, separability, labels used) of one SAE's labelled concepts."""
-    found = atlas.query("SELECT latent, best_label FROM concepts WHERE sae_id = ? AND best_label IS NOT NULL",
-                        [sae.id])
-    rows = list(zip(found["latent"].to_pylist(), found["best_label"].to_pylist()))
-    if not rows:
+def label_geometry(w: np.ndarray, latent_labels: list[tuple[int, str]]) -> tuple[float, float, int]:
+    """(cohesion, separability, labels) of decoder rows `w` (unit norm) grouped by label.
+
+    Cohesion: the mean over labels with two or more latents of the mean pairwise cosine of their rows.
+    Separability: the mean pairwise cosine between the labels' normalised mean rows (lower = more separable)."""
+    if not latent_labels:
         return float("nan"), float("nan"), 0
-    w = decoder(atlas, sae)
     groups: dict[str, list[int]] = {}
-    for latent, label in rows:
+    for latent, label in latent_labels:
         groups.setdefault(label, []).append(latent)
     within = []
     for latents in groups.values():
@@ -83,21 +84,49 @@ def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int
             len(groups))
 
 
+def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int]:
+    """(cohesion, separability, labels used) of one SAE's labelled concepts, grouped by best label."""
+    found = atlas.query("SELECT latent, best_label FROM concepts WHERE sae_id = ? AND best_label IS NOT NULL",
+                        [sae.id])
+    rows = list(zip(found["latent"].to_pylist(), found["best_label"].to_pylist()))
+    return label_geometry(decoder(atlas, sae), rows) if rows else (float("nan"), float("nan"), 0)
+
+
+SPREAD_SQL = """
+    SELECT latent, count(*) AS firings, count(DISTINCT image_id) AS images,
+           round(sum(value * row) / sum(value), 2) AS mean_row, round(sum(value * col) / sum(value), 2) AS mean_col,
+           round((greatest(sum(value * row * row) / sum(value) - pow(sum(value * row) / sum(value), 2), 0)
+                  + greatest(sum(value * col * col) / sum(value) - pow(sum(value * col) / sum(value), 2), 0))
+                 / $uniform, 4) AS spread
+    FROM {codes} GROUP BY latent HAVING count(DISTINCT image_id) >= $min_images"""
+"""Each latent's value-weighted positional variance (row + col) over every firing, divided by that of a uniform
+spread over the grid: 0 = always one cell, 1 = anywhere. Latents on fewer than $min_images images are left out."""
+
+
+def _spread_params(grid: tuple[int, int], min_images: int) -> dict:
+    return {"uniform": (grid[0] ** 2 - 1) / 12 + (grid[1] ** 2 - 1) / 12, "min_images": min_images}
+
+
+def positional_spread(codes: pa.Table, grid: tuple[int, int],
+                      min_images: int = CONTEXT_FREE_MIN_FIRINGS) -> pa.Table:
+    """SPREAD_SQL over codes (image_id, row, col, latent, value) of one SAE, most fixed first."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.register("codes", codes)
+        return con.sql(SPREAD_SQL.format(codes="codes") + " ORDER BY spread, firings DESC",
+                       params=_spread_params(grid, min_images)).to_arrow_table()
+
+
 def context_free(atlas: Atlas, sae: SaeInfo, n: int = 5) -> list[dict]:
-    """The `n` latents whose firings sit at the most fixed place (normalised positional variance, 0 = one cell)."""
-    uniform = (sae.grid_h ** 2 - 1) / 12 + (sae.grid_w ** 2 - 1) / 12
-    query = """
-        WITH s AS (SELECT latent, count(*) AS firings, count(DISTINCT image_id) AS images, sum(value) AS w,
-                          sum(value * row) / sum(value) AS mr, sum(value * col) / sum(value) AS mc,
-                          sum(value * row * row) / sum(value) AS r2, sum(value * col * col) / sum(value) AS c2
-                   FROM codes WHERE sae_id = $sae_id GROUP BY latent)
-        SELECT concept_id, s.firings, s.images, round(s.mr, 2) AS mean_row, round(s.mc, 2) AS mean_col,
-               round(greatest(s.r2 - s.mr * s.mr, 0) + greatest(s.c2 - s.mc * s.mc, 0), 4) / $uniform AS spread,
-               c.best_label
+    """The `n` latents whose firings sit at the most fixed place (SPREAD_SQL), with their concept ids."""
+    query = f"""
+        WITH s AS ({SPREAD_SQL.format(codes="(SELECT * FROM codes WHERE sae_id = $sae_id)")})
+        SELECT c.concept_id, s.firings, s.images, s.mean_row, s.mean_col, s.spread, c.best_label
         FROM s JOIN concepts c ON c.sae_id = $sae_id AND c.latent = s.latent
-        WHERE s.images >= $min_images ORDER BY spread, s.firings DESC LIMIT $n"""
-    return atlas.query(query, {"sae_id": sae.id, "uniform": uniform, "min_images": CONTEXT_FREE_MIN_FIRINGS,
-                               "n": n}).to_pylist()
+        ORDER BY s.spread, s.firings DESC LIMIT $n"""
+    params = {"sae_id": sae.id, "n": n, **_spread_params((sae.grid_h, sae.grid_w), CONTEXT_FREE_MIN_FIRINGS)}
+    return atlas.query(query, params).to_pylist()
 
 
 def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
