@@ -136,3 +136,13 @@ def test_a_random_sd14_architecture_directory_loads_hooks_and_generates(tmp_path
     assert images.shape == (1, 64, 64, 3)
     with pytest.raises(BadInputError, match="unknown random SD size"):
         write_random_sd(tmp_path / "other", "huge")
+
+
+def test_the_shipped_dit_is_a_model_name_and_its_variable_moves_it(tmp_path, monkeypatch):
+    """`shapes-dit` names data/shapes-dit (a PixArt transformer), ATLAS_SHAPES_DIT_MODEL another directory; a
+    directory without the model says how to make one."""
+    path, _ = check_model("shapes-dit")
+    assert path.name == "shapes-dit" and (path / "transformer").is_dir()
+    monkeypatch.setenv("ATLAS_SHAPES_DIT_MODEL", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="shapes-dit model not found in .*atlas shapes train --backbone dit"):
+        load_model("shapes-dit")

@@ -24,19 +24,26 @@ class ModelNotFoundError(UnavailableError):
     edit asked for is fine, this server lacks the weights of the atlas's model."""
 
 
-def shapes_model_dir() -> Path:
+SHIPPED_MODELS = {"shapes": "ATLAS_SHAPES_MODEL", "shapes-dit": "ATLAS_SHAPES_DIT_MODEL"}
+"""Models shipped in data/ (the U-Net and the DiT of the shapes world), each with the variable that moves it."""
+
+
+def shapes_model_dir(name: str = "shapes") -> Path:
+    """Where a shipped shapes model is: data/<name>, or the directory its environment variable names."""
     import atlas.data  # the repository's data/ folder, installed as package data (atlas.data)
 
-    return Path(os.environ.get("ATLAS_SHAPES_MODEL", Path(atlas.data.__file__).parent / "shapes"))
+    return Path(os.environ.get(SHIPPED_MODELS[name], Path(atlas.data.__file__).parent / name))
 
 
 def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
     """Find a model's directory: returns (directory, built-in spec or None to read it from the directory)."""
-    if name_or_path == "shapes":
-        path = shapes_model_dir()
+    if name_or_path in SHIPPED_MODELS:
+        path = shapes_model_dir(name_or_path)
         if not _has_denoiser(path):
-            raise ModelNotFoundError(f"shapes model not found in {path}: run `atlas shapes train` then "
-                                     "`atlas shapes export`, or set ATLAS_SHAPES_MODEL to its directory")
+            backbone = " --backbone dit" if name_or_path == "shapes-dit" else ""
+            raise ModelNotFoundError(f"{name_or_path} model not found in {path}: run `atlas shapes train{backbone}` "
+                                     f"then `atlas shapes export`, or set {SHIPPED_MODELS[name_or_path]} to its "
+                                     "directory")
         return path, None
     if name_or_path == "sd14":
         local = os.environ.get("ATLAS_SD14_PATH")
@@ -48,8 +55,8 @@ def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
         return _checked_dir(path, name_or_path), None
     if "/" in name_or_path and not path.exists() and name_or_path.count("/") == 1:
         return _from_hf_cache(name_or_path), None
-    raise ModelNotFoundError(f"no model {name_or_path!r}: use `shapes`, `sd14`, a diffusers model directory "
-                             "or a Hugging Face id that is in the local cache")
+    raise ModelNotFoundError(f"no model {name_or_path!r}: use `shapes`, `shapes-dit`, `sd14`, a diffusers model "
+                             "directory or a Hugging Face id that is in the local cache")
 
 
 def _has_denoiser(path: Path) -> bool:
@@ -124,7 +131,7 @@ def _hub_repo(name_or_path: str) -> str | None:
     """The Hugging Face id a model name is read from the local cache under, or None for a directory."""
     if name_or_path == "sd14":
         return None if os.environ.get("ATLAS_SD14_PATH") else SD14_REPO
-    return None if Path(name_or_path).expanduser().is_dir() or name_or_path == "shapes" else name_or_path
+    return None if Path(name_or_path).expanduser().is_dir() or name_or_path in SHIPPED_MODELS else name_or_path
 
 
 def denoiser_class(backbone: str) -> type:
