@@ -12,11 +12,16 @@ from atlas.pipeline.config import ExecutorConfig, GenerateConfig
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="concept-atlas")
-def main() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (TQDM_DISABLE=1 does the same); results and "
+              "errors still print. Without a terminal, bars print a line per quarter done instead of redrawing.")
+def main(quiet: bool) -> None:
     """Concept Atlas: sparse-autoencoder concepts of text-to-image diffusion models.
 
     Start with `atlas demo`: it builds an atlas of the embedded shapes model and queries it.
     """
+    from atlas.progress import show_messages
+
+    show_messages(quiet)
 
 
 @main.command()

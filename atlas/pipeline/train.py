@@ -107,7 +107,7 @@ def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tu
     jobs = [(SaeConfig(d_in=stream.d_in, n_latents=n_latents, k=min(k, n_latents), dead_tokens=config.dead_tokens,
                        k_aux=min(256, n_latents // 2)), train_config) for _, k, _ in todo]
     checkpoint = todo[0][2] / CHECKPOINT_DIR
-    results = train_saes(stream, jobs, checkpoint=checkpoint, progress=progress)
+    results = train_saes(stream, jobs, checkpoint=checkpoint, progress=progress, name=f"sae {block}/{t}/{branch}")
     scored_on = held_out or "train"
     reports = []
     for (variant, k, path), result in zip(todo, results):  # the held-out shards stream once per SAE
