@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"atlas": "atlas", "cli": "atlas.cli", "migrations": "atlas.migrations", "data": "atlas.data"}
 FLOORS = {
     "foundation": ("atlas.errors", "atlas.lazy", "atlas.files", "atlas.grids", "atlas.viz", "atlas.location",
-                   "atlas.models", "atlas.sae", "atlas.store", "atlas.migrations", "atlas.data"),
+                   "atlas.progress", "atlas.tables", "atlas.models", "atlas.sae", "atlas.store", "atlas.migrations",
+                   "atlas.data"),
     "stages": ("atlas.capture", "atlas.annotate", "atlas.dictionary", "atlas.layout", "atlas.search", "atlas.edit",
                "atlas.report", "atlas.shapes"),
     "pipeline": ("atlas.pipeline",),
