@@ -129,7 +129,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     sae = small_sae(k=3, auxk_alpha=0.05, dead_tokens=123, b_init="mean")
     x = torch.randn(50, 16)
     sae.save_pretrained(tmp_path / "sae")
-    assert json.loads((tmp_path / "sae" / "config.json").read_text())["n_latents"] == 48
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["n_latents"] == 48
     loaded = Sae.from_pretrained(tmp_path / "sae")
     assert loaded.cfg == sae.cfg
     for name, p in sae.state_dict().items():
