@@ -83,9 +83,10 @@ def _log_bar_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._mark: tuple[int, float, float] | None = None  # (percent mark, time, n) of the last line
             kwargs.setdefault("mininterval", 0)
+            sized = kwargs.get("total") or (args and args[0] is not None and hasattr(args[0], "__len__"))
             kwargs.setdefault("bar_format", "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} "
                                             "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-                              if kwargs.get("total") else "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]")
+                              if sized else "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]")
             super().__init__(*args, **kwargs)
 
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:

@@ -30,6 +30,12 @@ def test_a_bar_in_a_log_writes_a_line_per_quarter_not_a_redraw_per_update(log_st
     assert all(line.startswith("sae mid/1.0/cond: ") for line in lines)
 
 
+def test_a_bar_over_a_list_shows_its_length_in_a_log(log_stderr):
+    for _ in progress.bar(list(range(8)), desc="link", unit="sae", file=log_stderr):
+        pass
+    assert log_stderr.getvalue().splitlines()[-1].startswith("link: 100% 8/8 sae")
+
+
 def test_quiet_and_tqdm_disable_turn_every_bar_off(log_stderr, monkeypatch):
     progress.set_quiet(True)
     bar = progress.bar(total=10, desc="encode", file=log_stderr)
