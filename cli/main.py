@@ -12,11 +12,16 @@ from atlas.pipeline.config import ExecutorConfig, GenerateConfig
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="concept-atlas")
-def main() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (TQDM_DISABLE=1 does the same); results and "
+              "errors still print. Without a terminal, bars print a line per quarter done instead of redrawing.")
+def main(quiet: bool) -> None:
     """Concept Atlas: sparse-autoencoder concepts of text-to-image diffusion models.
 
     Start with `atlas demo`: it builds an atlas of the embedded shapes model and queries it.
     """
+    from atlas.progress import show_messages
+
+    show_messages(quiet)
 
 
 @main.command()
@@ -90,6 +95,7 @@ def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: s
 
 
 from atlas.cli.edit import edit, eval_edits  # noqa: E402
+from atlas.cli.interop import export  # noqa: E402
 from atlas.cli.pipeline import (  # noqa: E402
     annotate,
     build,
@@ -107,7 +113,7 @@ from atlas.cli.shapes import shapes  # noqa: E402
 from atlas.cli.store import search, sql, upgrade  # noqa: E402
 
 for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade, edit,
-                eval_edits, serve, check, shapes, train_online):
+                eval_edits, serve, check, shapes, train_online, export):
     main.add_command(command)
 
 if __name__ == "__main__":

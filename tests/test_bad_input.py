@@ -346,6 +346,8 @@ CLI_CASES = [
     cli("serve", "--host", "no such host", *A, expect="cannot listen on no such host:8000: .*; choose another --host"),
     cli("serve", "--atlas", "{tmp}/no-atlas", expect="no atlas at"),
     cli("upgrade", "--atlas", "{tmp}/no-atlas", expect="no atlas at"),
+    cli("export", "--atlas", "{tmp}/no-atlas", "--out", "{tmp}/export", expect="no atlas at"),
+    cli("export", *A, "--out", "{tmp}/export", "--top-images", "0", expect="--top-images must be at least 1"),
     cli("upgrade", "--atlas", "{atlas}/codes", expect="no atlas at"),
     cli("sketch", expect="No such command 'sketch'"),
     # outputs that could not be written (under a file, or a file where a directory goes): refused while parsing

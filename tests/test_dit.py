@@ -142,7 +142,7 @@ def test_cli_trains_a_dit_of_the_default_size_and_exports_it_beside_the_run(tmp_
     assert 3.5e6 < sum(w.numel() for w in saved["transformer"].values()) < 4.5e6
     result = CliRunner().invoke(main, ["shapes", "export", "--run-dir", str(run), "--no-eval"])
     assert result.exit_code == 0, result.output
-    card = (run / "model" / "MODEL_CARD.md").read_text()  # beside the run: the shipped UNet stays in data/shapes
+    card = (run / "model" / "README.md").read_text()  # beside the run: the shipped UNet stays in data/shapes
     assert "6 transformer blocks of width 192 (6 heads) on the 8x8 grid of image tokens" in card
     assert "`mid` = `transformer_blocks.3`" in card
     assert load_model(str(run / "model"), device="cpu").spec.backbone == "dit"

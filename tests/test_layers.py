@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"atlas": "atlas", "cli": "atlas.cli", "migrations": "atlas.migrations", "data": "atlas.data"}
 FLOORS = {
     "foundation": ("atlas.errors", "atlas.lazy", "atlas.files", "atlas.grids", "atlas.viz", "atlas.location",
-                   "atlas.models", "atlas.sae", "atlas.store", "atlas.migrations", "atlas.data"),
+                   "atlas.progress", "atlas.tables", "atlas.models", "atlas.sae", "atlas.store", "atlas.migrations",
+                   "atlas.data"),
     "stages": ("atlas.capture", "atlas.annotate", "atlas.dictionary", "atlas.layout", "atlas.search", "atlas.edit",
                "atlas.report", "atlas.shapes"),
     "pipeline": ("atlas.pipeline",),
@@ -171,3 +172,30 @@ def data_packages() -> set[str]:
             if parent_importable and all(p.isidentifier() for p in parts):
                 found.add(".".join([package, *parts]))
     return found
+
+
+def test_every_imported_package_is_declared():
+    """Each third-party module the package imports comes from a distribution pyproject.toml names (a dependency or
+    an extra), so `pip install concept-atlas[...]` never leaves an import to luck."""
+    import ast
+    import importlib.metadata
+    import re
+    import sys
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    declared = {re.split(r"[<>=!~\[; ]", d)[0].lower().replace("_", "-") for d in wanted}
+    owners = importlib.metadata.packages_distributions()
+    modules = set()
+    for path in [*ROOT.glob("atlas/**/*.py"), *ROOT.glob("cli/*.py"), *ROOT.glob("migrations/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"atlas", "ram"}  # ram: RAM++ from its git repo, optional
+    undeclared = {m: owners.get(m) for m in third_party
+                  if not {d.lower().replace("_", "-") for d in owners.get(m, [m])} & declared}
+    assert not undeclared

@@ -155,3 +155,13 @@ def test_predict_layout_reads_the_sae_of_the_branch_asked_for(two_branch_atlas, 
     assert result.exit_code == 1
     assert "no SAE of block 'up' at t=1.0 on the uncond branch; this atlas has mid/1.0/cond, mid/1.0/uncond" in \
         result.output
+
+
+def test_the_report_page_renders_its_markdown_with_a_markdown_library():
+    from pathlib import Path
+
+    from atlas.report.report import _html
+
+    page = _html("# Report\n\n**bold** and `code`\n\n| a | b |\n|---|---|\n| 1 | <x> |\n\n![curve](c.png)\n", Path("r"))
+    assert "<h1>Report</h1>" in page and "<strong>bold</strong>" in page and "<code>code</code>" in page
+    assert "<td>1</td>" in page and "&lt;x&gt;" in page and '<img src="c.png" alt="curve"' in page

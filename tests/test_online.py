@@ -88,7 +88,7 @@ def test_the_buffer_stays_under_its_cap_and_the_saes_are_atlas_trains_kind(model
         key = (report.block, report.t, report.branch)
         for split in ("test", "dictionary"):  # the same images, seeds and batches as a full capture: the same rows
             assert torch.equal(held.load(*key, split=split)["x"], full.load(*key, split=split)["x"])
-        assert {p.name for p in report.path.iterdir()} == {"config.json", "sae.safetensors", "metrics.json",
+        assert {p.name for p in report.path.iterdir()} == {"cfg.json", "sae.safetensors", "metrics.json",
                                                             "stats.parquet"}
         metrics = json.loads((report.path / "metrics.json").read_text())
         assert metrics["scored_on"] == "test" and 0 < metrics["fvu"] < 1

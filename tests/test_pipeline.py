@@ -172,7 +172,7 @@ def test_train_cli_one_sae_and_all(shapes_atlas, tmp_path):
                                   "--min-tokens", "20000", "--epochs", "2", "--latents", "2x", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "explained variance" in result.output
-    config = json.loads((out / "mid" / "t1.0" / "cond" / "config.json").read_text())
+    config = json.loads((out / "mid" / "t1.0" / "cond" / "cfg.json").read_text())
     assert config["n_latents"] == 2 * 128 and config["k"] == 10
     metrics = json.loads((out / "mid" / "t1.0" / "cond" / "metrics.json").read_text())
     assert metrics["scored_on"] in ("test", "dictionary")

@@ -129,7 +129,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     sae = small_sae(k=3, auxk_alpha=0.05, dead_tokens=123, b_init="mean")
     x = torch.randn(50, 16)
     sae.save_pretrained(tmp_path / "sae")
-    assert json.loads((tmp_path / "sae" / "config.json").read_text())["n_latents"] == 48
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["n_latents"] == 48
     loaded = Sae.from_pretrained(tmp_path / "sae")
     assert loaded.cfg == sae.cfg
     for name, p in sae.state_dict().items():
@@ -247,3 +247,23 @@ def test_train_sae_on_an_iterable_of_chunks():
     assert result.history[-1]["lr"] > 0  # length known from n_tokens: decayed, not yet 0
     unbounded = train_sae(iter(x.split(700)), cfg, SaeTrainConfig(batch_size=256), progress=False)
     assert unbounded.metrics["n_tokens"] == 2816  # every full batch of the 3000 tokens, remainders carried over
+
+
+def test_an_sae_saved_by_an_older_atlas_still_loads(tmp_path):
+    """Before the sparsify layout: config.json and tensors named W_enc / b_enc."""
+    from safetensors.torch import load_file, save_file
+
+    sae = small_sae(k=3)
+    path = sae.save_pretrained(tmp_path / "sae")
+    config = json.loads((path / "cfg.json").read_text())
+    (path / "cfg.json").unlink()
+    (path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "num_latents"}))
+    renamed = {"encoder.weight": "W_enc", "encoder.bias": "b_enc"}
+    tensors = {renamed.get(name, name): t for name, t in load_file(str(path / "sae.safetensors")).items()}
+    assert set(tensors) == {"W_enc", "b_enc", "W_dec", "b_dec"}
+    save_file(tensors, str(path / "sae.safetensors"))
+    loaded = Sae.from_pretrained(path)
+    x = torch.randn(20, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x).top_indices, sae.encode(x).top_indices)
+    assert loaded.cfg == sae.cfg

@@ -113,10 +113,10 @@ def test_save_pretrained_writes_metrics_and_stats(tmp_path):
     sae.save_pretrained(tmp_path / "s")
     write_metrics(sae, tmp_path / "s", metrics=metrics, stats=stats)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "config.json", "metrics.json", "sae.safetensors", "stats.parquet"]
+        "cfg.json", "metrics.json", "sae.safetensors", "stats.parquet"]
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["l0"] == 0.75
     table = pq.read_table(tmp_path / "s" / "stats.parquet").to_pydict()
     assert table == {"latent": [0, 1, 2], "frequency": [0.5, 0.25, 0.0], "mean_activation": [1.5, 3.0, 0.0],
                      "decoder_norm": [1.0, 1.0, 1.0]}
     sae.save_pretrained(tmp_path / "plain")
-    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["config.json", "sae.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["cfg.json", "sae.safetensors"]

@@ -8,6 +8,7 @@ from the tokenizer's character offsets), so labels are always whole tags, never 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,7 @@ from torchvision.ops import nms
 from atlas.annotate.base import ObjectAnnotation, check_batch
 from atlas.annotate.checkpoints import check_pretrained, load_pretrained
 from atlas.annotate.config import AnnotateConfig
+from atlas.annotate.original import check_sam_file, refuse_grounding_dino_file, sam_directory
 from atlas.annotate.taggers import Tagger, get_tagger
 from atlas.models.device import pick_device
 
@@ -31,8 +33,12 @@ checkpoints name it preprocessor_config.json, newer save_pretrained processor_co
 
 def check_checkpoints(grounding_dino: str, sam: str, cache_dir: str | None = None) -> None:
     """Raise AnnotatorNotAvailable for the first of Grounding DINO and SAM that is not on this machine (files only)."""
+    refuse_grounding_dino_file(grounding_dino)
     check_pretrained(grounding_dino, "Grounding DINO weights", "--grounding-dino", PROCESSOR_FILES, cache_dir)
-    check_pretrained(sam, "SAM weights", "--sam", PROCESSOR_FILES, cache_dir)
+    if Path(sam).is_file():  # SAM's original sam_vit_*.pth: converted when the annotator loads
+        check_sam_file(Path(sam))
+    else:
+        check_pretrained(sam, "SAM weights", "--sam", PROCESSOR_FILES, cache_dir)
 
 
 class GroundedSamAnnotator:
@@ -52,6 +58,7 @@ class GroundedSamAnnotator:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel
 
         check_checkpoints(str(grounding_dino), str(sam), cache_dir)  # both, before either loads
+        sam = sam_directory(str(sam))
         self.tagger = get_tagger(tagger, **(tagger_options or {})) if isinstance(tagger, str) else tagger
         self.box_threshold, self.text_threshold, self.nms_iou = box_threshold, text_threshold, nms_iou
         self.mask_threshold, self.batch_size = mask_threshold, batch_size

@@ -44,7 +44,7 @@ def write_random_grounding_dino(path: str | Path, words: list[str], image_size: 
     return out
 
 
-def write_random_sam(path: str | Path, image_size: int = 128, seed: int = 0) -> Path:
+def write_random_sam(path: str | Path, image_size: int = 128, seed: int = 0, decoder_heads: int = 2) -> Path:
     """A tiny SAM (ViT image encoder, prompt encoder, mask decoder) with its processor."""
     import torch
     from transformers import (
@@ -65,7 +65,7 @@ def write_random_sam(path: str | Path, image_size: int = 128, seed: int = 0) -> 
         prompt_encoder_config=SamPromptEncoderConfig(hidden_size=16, image_size=image_size, patch_size=16,
                                                      mask_input_channels=4),
         mask_decoder_config=SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=2,
-                                                 num_attention_heads=2, iou_head_hidden_dim=16))
+                                                 num_attention_heads=decoder_heads, iou_head_hidden_dim=16))
     out = Path(path)
     SamModel(config).save_pretrained(out)
     SamProcessor(SamImageProcessor(size={"longest_edge": image_size},

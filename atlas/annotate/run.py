@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from tqdm.auto import tqdm
 
 from atlas.annotate.base import Annotator
 from atlas.errors import NotFoundError
 from atlas.files import atomic_write
 from atlas.grids import mask_cells, mask_to_grid
+from atlas.progress import bar as progress_bar
 from atlas.store import Atlas, Writer
 
 CELLS_DIR = "annotations"
@@ -49,7 +49,7 @@ def annotate_atlas(writer: Writer, annotator: Annotator, batch_size: int = 64, p
     for image in images:
         batches.setdefault(image["id"] // batch_size, []).append(image)
     todo = {b: rows for b, rows in batches.items() if not (out_dir / f"batch-{b:06d}.parquet").exists()}
-    bar = tqdm(total=len(images), initial=len(images) - sum(map(len, todo.values())), unit="img",
+    bar = progress_bar(total=len(images), initial=len(images) - sum(map(len, todo.values())), unit="img",
                desc=f"annotate ({annotator.name})", disable=not progress)
     stored = 0
     for b, rows in todo.items():

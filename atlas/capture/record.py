@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load, save
-from tqdm.auto import tqdm
 
 from atlas.capture.config import BRANCHES, CaptureConfig, Key
 from atlas.capture.plan import CapturePlan, plan_capture
@@ -43,6 +42,7 @@ from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo, t_to_step
 from atlas.models.loader import load_model
 from atlas.models.sampler import sample_latents
+from atlas.progress import bar as progress_bar
 from atlas.store.ids import concept_prefix
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -130,9 +130,11 @@ class _CaptureJob:
     guidance: float
     model: TextToImageModel | None = None
     """The driver's loaded model, used in this process; it is not pickled: a Ray worker loads its own."""
+    on_step: Callable[[int], None] | None = None
+    """Called with the batch size after each denoising step, in this process only (progress); not pickled."""
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "model": None}
+        return {**self.__dict__, "model": None, "on_step": None}
 
     def start(self, device: str | None) -> Callable[[tuple[int, list[PromptRecord]]], dict]:
         if self.model is None and not self.model_source:
@@ -148,8 +150,9 @@ class _CaptureJob:
         for block in blocks:
             hooks.on(block, recorder, steps=[step for step, t in self.steps_to_t.items()
                                              if any((block, t, branch) in recorder.keys for branch in BRANCHES)])
+        step = partial(self.on_step, len(batch)) if self.on_step else None
         latents = sample_latents(model, [r.prompt for r in batch], [r.seed for r in batch], self.steps,
-                                 self.guidance, hooks)
+                                 self.guidance, hooks, on_step=step)
         for record, image in zip(batch, model.to_uint8(model.decode(latents))):
             png = io.BytesIO()
             Image.fromarray(image).save(png, format="PNG")
@@ -195,11 +198,15 @@ class CaptureRun:
         self.plan.check()
         prepare_dir(self.out, self.manifest, self.records)
         left = sum(len(batch) for _, batch in self.todo)
-        bar = tqdm(total=len(self.records), initial=len(self.records) - left, unit="img", desc="capture",
-                   disable=not progress)
+        steps = self.job.steps  # the bar counts denoising steps of images: it moves within a batch
+        bar = progress_bar(total=len(self.records) * steps, initial=(len(self.records) - left) * steps,
+                           unit="img-step", desc=f"capture ({steps} steps per image)", disable=not progress)
+        self.job.on_step = bar.update  # batches run in this process move it step by step; a Ray worker's do not
+        done = bar.n
         for marker in (executor.map(self.job, self.todo) if executor is not None else run_here(self.job, self.todo)):
             self.out.write(marker_name(marker["batch"]), json.dumps(marker).encode())
-            bar.update(len(marker["image_ids"]))
+            done += len(marker["image_ids"]) * steps
+            bar.update(done - bar.n)
         bar.close()
         return self.out.local or self.out.uri
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from atlas.annotate.run import CELLS_DIR, cells_files
 from atlas.dictionary.link import LinkConfig, link
 from atlas.errors import BadInputError, NotFoundError
+from atlas.progress import bar as progress_bar
 from atlas.store import Atlas, Writer
 
 DICTIONARY_SPLITS = ("train", "dictionary")
@@ -57,7 +57,7 @@ def link_atlas(writer: Writer, config: LinkConfig | None = None, source: str | N
     source = annotation_source(atlas, source)
     cells = dictionary_cells(atlas, source, splits)
     stored: dict[str, int] = {}
-    for sae in tqdm(atlas.saes(), desc="link", unit="sae", disable=not progress):
+    for sae in progress_bar(atlas.saes(), desc="link", unit="sae", disable=not progress):
         codes = atlas.sae_codes(sae.id, splits)
         result = link(codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), config, threads=atlas.threads)
         passing = result.filter(result["passes"])

@@ -139,6 +139,42 @@ class TextToImageModel:
                 module = _half_copy(module)
             module.save_pretrained(directory / name, safe_serialization=True)
         self.spec.save(directory)
+        if self.vae is None:
+            write_pipeline_index(directory, self)
+
+
+PIPELINE_FILE = "pipeline_shapes.py"
+"""The diffusers pipeline of pixel-space models (shipped in data/shapes), copied beside every such export so that
+`DiffusionPipeline.from_pretrained(directory, trust_remote_code=True)` loads it with diffusers alone."""
+
+
+def write_pipeline_index(directory: Path, model: TextToImageModel) -> None:
+    """model_index.json naming ShapesPipeline (in `PIPELINE_FILE`, copied here) and each component's class."""
+    import json
+    import shutil
+
+    import atlas.data
+
+    source = Path(atlas.data.__file__).parent / "shapes" / PIPELINE_FILE
+    if source.resolve() != (directory / PIPELINE_FILE).resolve():
+        shutil.copyfile(source, directory / PIPELINE_FILE)
+    parts = {name: getattr(model, name) for name in ("text_encoder", "tokenizer", "scheduler", model.denoiser_name)}
+    index = {"_class_name": [PIPELINE_FILE.removesuffix(".py"), "ShapesPipeline"],
+             "_diffusers_version": _diffusers_version(),
+             **{name: [_library(part), type(part).__name__] for name, part in sorted(parts.items())},
+             "pixel_unshuffle": model.spec.pixel_unshuffle, "coord_channels": model.spec.coord_channels,
+             "default_steps": model.spec.default_steps, "default_guidance": model.spec.default_guidance}
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _library(part: object) -> str:
+    return type(part).__module__.split(".")[0]
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
 
 
 def vae_scale_factor(vae_config: object) -> int:

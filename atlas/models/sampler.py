@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from atlas.errors import BadInputError
 from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo
+from atlas.progress import bar as progress_bar
 
 
 def initial_noise(model: TextToImageModel, seeds: Sequence[int]) -> torch.Tensor:
@@ -25,8 +25,9 @@ def initial_noise(model: TextToImageModel, seeds: Sequence[int]) -> torch.Tensor
 @torch.no_grad()
 def sample_latents(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
                    guidance: float | None = None, hooks: Hooks | None = None,
-                   negative_prompt: str = "") -> torch.Tensor:
-    """Denoise one batch: returns final latents (B, C, H, W). `hooks` see every UNet call with its step."""
+                   negative_prompt: str = "", on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """Denoise one batch: returns final latents (B, C, H, W). `hooks` see every UNet call with its step;
+    `on_step` is called after each step (progress)."""
     if len(prompts) != len(seeds):
         raise BadInputError("need one seed per prompt")
     steps, guidance = model.spec.steps(steps), model.spec.guidance(guidance)
@@ -44,6 +45,8 @@ def sample_latents(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
             uncond, cond = out.chunk(2)
             guided = uncond + guidance * (cond - uncond)
             latents = scheduler.step(guided, timestep, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step()
     finally:
         for handle in handles:
             handle.remove()
@@ -58,7 +61,7 @@ def generate(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[in
     """Generate one image per (prompt, seed): uint8 array (N, H, W, 3). Batches never mix results."""
     prompts, seeds = list(prompts), list(seeds)
     images = []
-    bar = tqdm(total=len(prompts), unit="img", desc="generate", disable=not progress)
+    bar = progress_bar(total=len(prompts), unit="img", desc="generate", disable=not progress)
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
         latents = sample_latents(model, prompts[chunk], seeds[chunk], steps, guidance, hooks)

@@ -43,6 +43,7 @@ from atlas.pipeline.presets import (
     shapes_captions,
 )
 from atlas.pipeline.train import SaeReport, ev_table, train_all
+from atlas.progress import logger
 from atlas.store import Atlas, default_path
 from atlas.store.ids import branch_part
 
@@ -109,7 +110,7 @@ def build_prompts(config: BuildConfig) -> list[str]:
     return shapes_captions(config.n_images, split=None, seed=config.seed)
 
 
-def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print,
+def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = logger.info,
                 executor: Executor | None = None) -> BuildResult:
     """Run (or resume) every stage; `say` receives one line per stage. Everything the stages need is checked first
     (`check_build`), so a missing checkpoint or prompt file stops the build before it starts; then the capture's

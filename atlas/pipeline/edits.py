@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from atlas.edit.config import EditConfig, EvalEditsConfig, parse_concepts_t
 from atlas.edit.core import NAMED_REGIONS, WINDOWS, ConceptEdit, box_mask, parse_window, region_to_grid
@@ -43,6 +43,8 @@ from atlas.files import atomic_write
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
 from atlas.pipeline.judges import judge_for
+from atlas.progress import bar as progress_bar
+from atlas.progress import logger
 from atlas.sae import Sae
 from atlas.shapes.world import COLORS, SHAPES
 from atlas.store import Atlas
@@ -211,7 +213,7 @@ def optional_lpips(load: Callable[[], LpipsScorer], say: Callable[[str], None]) 
 
 
 def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model: TextToImageModel | None = None,
-               progress: bool = True, say: Callable[[str], None] = print, judge: Judge | None = None,
+               progress: bool = True, say: Callable[[str], None] = logger.info, judge: Judge | None = None,
                lpips: Callable[[], LpipsScorer] = load_lpips) -> EvalResult:
     """Run the protocol; writes eval-<kind>.json/.md and example PNGs to `out_dir`, curves to the atlas. `judge`
     defaults to the atlas's (atlas.pipeline.judges), `lpips` loads the LPIPS scorer (optional)."""
@@ -252,7 +254,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     baseline = float(np.mean(before)) if before else None
     points, examples, records = [], {}, []
     total = len(windows) * len(sweep or SWEEP) * len(cases)
-    bar = tqdm(total=total, unit="img", desc=f"eval-edits ({config.kind})", disable=not progress)
+    bar = progress_bar(total=total, unit="img", desc=f"eval-edits ({config.kind})", disable=not progress)
     for window in windows:
         t = window.sae_t(ts) if fixed_t is None else fixed_t
         info = next(s for s in store.saes() if s.block == config.block and s.t == t and s.branch == "cond"
@@ -309,7 +311,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def run_batched(model: TextToImageModel, cases: list[Case], edits: list[ConceptEdit | None], block: str,
                 window_steps: list[int], steps: int, guidance: float | None, batch_size: int,
-                bar: tqdm) -> list[np.ndarray]:
+                bar: Any) -> list[np.ndarray]:
     images = []
     for start in range(0, len(cases), batch_size):
         chunk = slice(start, start + batch_size)

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
 from atlas.capture import ActivationSet
 from atlas.errors import NotFoundError
 from atlas.pipeline.executor import Executor, LocalExecutor
 from atlas.pipeline.train import load_sae, sae_dir, trained_variants
+from atlas.progress import bar as progress_bar
 from atlas.sae import Sae
 from atlas.store import Atlas, Writer
 from atlas.store.catalog_writer import CONCEPT_STATS
@@ -80,7 +80,7 @@ def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, bra
     grids = _grids(acts)
     finished = {stage_name(*key) for key in keys if writer.atlas.stage_done(stage_name(*key))}  # one snapshot load
     written: dict[str, int] = {}
-    bar = tqdm(total=len(keys) * len(acts.done), unit="shard", desc="encode", disable=not progress)
+    bar = progress_bar(total=len(keys) * len(acts.done), unit="shard", desc="encode", disable=not progress)
     for block, t, br, variant in keys:
         name = stage_name(block, t, br, variant)
         if name in finished:

@@ -52,7 +52,6 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from atlas.capture import ActivationSet
 from atlas.capture.config import CaptureConfig
@@ -75,6 +74,7 @@ from atlas.models.sampler import sample_latents
 from atlas.pipeline.config import SaeJobConfig
 from atlas.pipeline.online_config import OnlineConfig
 from atlas.pipeline.train import HELD_OUT_SPLITS, SaeReport, sae_dir
+from atlas.progress import bar as progress_bar
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, write_metrics
 from atlas.sae.config import parse_latents
 from atlas.sae.train import _load_checkpoint, _Run, _StopSignals, permutation
@@ -426,7 +426,7 @@ class _OnlineRun:
                      "positions": [{"step": s.step, "tokens": s.tokens, "carry": s.carry} for s in states.values()]}
             atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-        bar = tqdm(total=self.rounds, initial=first, unit="round", desc="online", disable=not progress)
+        bar = progress_bar(total=self.rounds, initial=first, unit="round", desc="online", disable=not progress)
         last_save = time.perf_counter()
         with _StopSignals(True) as stop:
             for j in range(first, self.rounds):

@@ -32,7 +32,7 @@ from atlas.pipeline.executor import Executor, LocalExecutor
 from atlas.report.tables import ev_pivot
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_saes, write_metrics
 from atlas.sae.config import parse_latents
-from atlas.sae.model import CONFIG_NAME
+from atlas.sae.model import read_config
 from atlas.store.ids import DEFAULT_VARIANT, branch_part, k_variants, split_branch_part
 
 CHECKPOINT_DIR = "checkpoint"
@@ -107,7 +107,7 @@ def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tu
     jobs = [(SaeConfig(d_in=stream.d_in, n_latents=n_latents, k=min(k, n_latents), dead_tokens=config.dead_tokens,
                        k_aux=min(256, n_latents // 2)), train_config) for _, k, _ in todo]
     checkpoint = todo[0][2] / CHECKPOINT_DIR
-    results = train_saes(stream, jobs, checkpoint=checkpoint, progress=progress)
+    results = train_saes(stream, jobs, checkpoint=checkpoint, progress=progress, name=f"sae {block}/{t}/{branch}")
     scored_on = held_out or "train"
     reports = []
     for (variant, k, path), result in zip(todo, results):  # the held-out shards stream once per SAE
@@ -122,7 +122,7 @@ def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tu
 
 def _check_k(path: Path, k: int, ks: list[int]) -> None:
     """A finished SAE kept for `k` must have been trained with it: the first k given names the primary SAE."""
-    saved = json.loads((path / CONFIG_NAME).read_text())
+    saved = read_config(path)
     if saved["k"] != min(k, saved["n_latents"]):
         raise BadInputError(f"{path} holds an SAE with k={saved['k']}, but --k {','.join(map(str, ks))} gives it "
                             f"k={k} (the first k names each key's primary SAE, the others k<k>): reorder --k, or "

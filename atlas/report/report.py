@@ -259,31 +259,11 @@ def _plot_structure(rows: list[dict], path: Path) -> None:
 
 
 def _html(markdown: str, root: Path) -> str:
-    """A dependency-free rendering of report.md: tables, headings, images, paragraphs."""
-    body, table = [], []
+    """report.md rendered by markdown-it-py (CommonMark with tables, raw HTML escaped) into a standalone page."""
+    from markdown_it import MarkdownIt
 
-    def flush() -> None:
-        if table:
-            head, *rest = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in table if "---" not in r]
-            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" + "".join(
-                "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rest) + "</table>")
-            table.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("!["):
-            src = line[line.index("(") + 1:-1]
-            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
-        elif line.strip():
-            body.append(f"<p>{html.escape(line.strip('*'))}</p>")
-    flush()
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)  # labels are text, not HTML
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Atlas report: {html.escape(str(root))}"
-            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+            f"</title><style>{style}</style></head><body>{body}</body></html>\n")

@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from atlas.files import atomic_write
 from atlas.sae.config import SaeConfig
 
-CONFIG_NAME = "config.json"
+CONFIG_NAME = "cfg.json"
+"""The SAE's config, named and shaped as sparsify's (`SparseCoder.load_from_disk` reads it; it ignores our extra
+keys, as `SaeConfig.from_dict` ignores sparsify's)."""
+LEGACY_CONFIG_NAME = "config.json"
+"""What atlases written before the sparsify layout call the config (still read)."""
+SPARSIFY_NAMES = {"W_enc": "encoder.weight", "b_enc": "encoder.bias"}
+"""Our parameter names -> sparsify's tensor names in sae.safetensors (W_dec and b_dec are the same in both)."""
 DENSE_AUX_DENSITY = 8
 """AuxK goes dense when k_aux * this >= the number of dead latents (selection density >= 1/8)."""
 WEIGHTS_NAME = "sae.safetensors"
@@ -269,21 +275,37 @@ class Sae(nn.Module):
         adds stats.parquet and metrics.json beside them)."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        config = json.dumps({"_class_name": "Sae", **self.cfg.to_dict()}, indent=2) + "\n"
+        sparsify = {"activation": "topk", "normalize_decoder": True, "num_latents": self.n_latents,
+                    "multi_topk": False, "skip_connection": False, "transcode": False}
+        config = json.dumps({"_class_name": "Sae", **sparsify, **self.cfg.to_dict()}, indent=2) + "\n"
         atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(config))
-        tensors = {name: p.detach().contiguous().cpu() for name, p in self.state_dict().items()}
+        tensors = {SPARSIFY_NAMES.get(name, name): p.detach().contiguous().cpu()
+                   for name, p in self.state_dict().items()}
         atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         return path
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> Sae:
-        """Load what `save_pretrained` wrote; weights keep their stored dtype."""
+        """Load what `save_pretrained` wrote (or an older atlas's config.json + W_enc/b_enc, or sparsify's
+        `save_to_disk` of a TopK SAE); weights keep their stored dtype."""
         path = Path(directory)
-        cfg = SaeConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
-        tensors = load_file(str(path / WEIGHTS_NAME), device=str(device or "cpu"))
+        cfg = SaeConfig.from_dict(read_config(path))
+        ours = {value: key for key, value in SPARSIFY_NAMES.items()}
+        tensors = {ours.get(name, name): tensor
+                   for name, tensor in load_file(str(path / WEIGHTS_NAME), device=str(device or "cpu")).items()}
         sae = cls(cfg, device="meta", dtype=tensors["W_enc"].dtype)
         sae.load_state_dict(tensors, assign=True)
         return sae
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The config dict of the SAE saved in `directory`: cfg.json, or an older atlas's config.json. A sparsify
+    config names the latent count `num_latents` (0 = expansion_factor * d_in), ours `n_latents`: both give it."""
+    path = Path(directory)
+    name = CONFIG_NAME if (path / CONFIG_NAME).exists() else LEGACY_CONFIG_NAME
+    config = json.loads((path / name).read_text())
+    config.setdefault("n_latents", config.get("num_latents", 0))
+    return config
 
 
 def geometric_median(x: Tensor, iters: int = 20, tol: float = 1e-6) -> Tensor:

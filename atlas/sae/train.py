@@ -269,13 +269,15 @@ def train_saes(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     saes: Sequence[Sae | None] | None = None,
+    name: str = "sae",
 ) -> list[TrainResult]:
     """Train one SAE per (SaeConfig, SaeTrainConfig) in one pass over the data, or continue the given `saes`.
 
     The SAEs share the options of SHARED_FIELDS; a tensor is shuffled with the first one's seed. With a
     `checkpoint` directory the run is resumable (a tensor or a TokenStream; a plain iterable cannot resume).
+    `name` labels the progress bar (the pipeline passes block/t/branch).
     """
-    from tqdm.auto import tqdm
+    from atlas.progress import bar as progress_bar
 
     cfg = _shared_config(jobs)
     device = pick_device(cfg.device)
@@ -328,8 +330,8 @@ def train_saes(
     def elapsed() -> float:
         return seconds + time.perf_counter() - start
 
-    bar = tqdm(total=total_tokens or None, initial=tokens, unit="tok", unit_scale=True, disable=not progress,
-               desc="sae" if len(runs) == 1 else f"{len(runs)} saes")
+    bar = progress_bar(total=total_tokens or None, initial=tokens, unit="tok", unit_scale=True, disable=not progress,
+                       desc=name if len(runs) == 1 else f"{name} ({len(runs)} saes)")
     with _StopSignals(path is not None) as stop:
         while total_steps is None or step < total_steps:
             try:

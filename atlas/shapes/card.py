@@ -57,9 +57,29 @@ def _dit_line(model_dir: Path, spec: dict) -> tuple[str, str]:
             f"every block on the {grid}x{grid} token grid")
 
 
+FRONT_MATTER = ["---", "license: other", "library_name: diffusers", "pipeline_tag: text-to-image",
+                "tags: [diffusers, text-to-image, pixel-space, concept-atlas, sparse-autoencoders]", "---", ""]
+USAGE = [
+    "## Use",
+    "",
+    "With diffusers alone (the pipeline's code is `pipeline_shapes.py` in this directory, hence `trust_remote_code`):",
+    "",
+    "```python",
+    "import torch",
+    "from diffusers import DiffusionPipeline",
+    "",
+    'pipe = DiffusionPipeline.from_pretrained("data/shapes", trust_remote_code=True, dtype=torch.float32)',
+    'image = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images[0]',
+    "```",
+    "",
+    "A seed gives the same image as `atlas generate --model data/shapes` (noise drawn per image on the CPU).",
+    "",
+]
+
+
 def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, command: str,
                      result: EvalResult | None = None, eval_command: str = "") -> Path:
-    """MODEL_CARD.md + loss.png in `model_dir`."""
+    """README.md (the Hugging Face Hub's model card: YAML front matter, then Markdown) + loss.png in `model_dir`."""
     model_dir = Path(model_dir)
     plot_loss(model_dir / "loss.csv", model_dir / "loss.png")
     spec = json.loads((model_dir / "atlas_model.json").read_text())
@@ -73,6 +93,7 @@ def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, com
         made_of = ("(UNet2DConditionModel with CrossAttnDownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D,\n"
                    "a CLIP text transformer)")
     lines = [
+        *FRONT_MATTER,
         "# The shapes model" + (" (DiT)" if denoiser == "DiT" else ""),
         "",
         "A tiny text-to-image diffusion model of the shapes world (coloured circles, squares and triangles",
@@ -99,10 +120,11 @@ def write_model_card(model_dir: str | Path, facts: dict, train_config: dict, com
         "- data: scenes drawn on the fly from the shapes world, captions of the `train` split only",
         "- loss curve: `loss.csv`, `loss.png`",
         "",
+        *USAGE,
     ]
     if result is not None:
         lines += ["## Quality on held-out captions", "", f"Command: `{eval_command}`", "", "```", result.table(), "```",
                   ""]
-    path = model_dir / "MODEL_CARD.md"
+    path = model_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -13,6 +13,7 @@ from atlas.models.base import TextToImageModel
 from atlas.models.sampler import generate
 from atlas.shapes.annotator import Annotation, annotate
 from atlas.shapes.world import Scene, random_scene
+from atlas.tables import text_table
 from atlas.viz import image_grid
 
 # The quality bar of the shipped shapes model (issue 2).
@@ -31,17 +32,15 @@ class EvalResult:
     n_styles: int
 
     def table(self) -> str:
-        rows = [("metric", "value", "bar", "ok")]
+        rows = []
         for name in ("objects_present", "all_objects_present", "no_extra_objects", "positions_respected",
                      "style_respected"):
             bar = BARS.get(name)
             value = getattr(self, name)
             rows.append((name, f"{value:.3f}", f"{bar:.2f}" if bar else "-",
                          ("yes" if value >= bar else "NO") if bar else "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.append(f"({self.n_images} images, {self.n_positions} named positions, {self.n_styles} named styles)")
-        return "\n".join(lines)
+        return (text_table(["metric", "value", "bar", "ok"], rows) + f"\n({self.n_images} images, {self.n_positions} "
+                f"named positions, {self.n_styles} named styles)")
 
     def passes(self) -> bool:
         return all(getattr(self, k) >= v for k, v in BARS.items())

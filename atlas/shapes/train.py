@@ -19,13 +19,13 @@ from types import FrameType
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from atlas.errors import BadInputError, ConflictError, NotFoundError
 from atlas.files import atomic_write
 from atlas.models.base import TextToImageModel
 from atlas.models.loader import denoiser_class
 from atlas.models.spec import DENOISERS, SPEC_FILE, ModelSpec
+from atlas.progress import bar as progress_bar
 from atlas.shapes.config import ShapesTrainConfig
 from atlas.shapes.model import ShapesModelConfig, new_shapes_model, training_scheduler
 from atlas.shapes.world import WorldConfig, random_scene, render
@@ -125,7 +125,7 @@ def train(config: ShapesTrainConfig, model_config: ShapesModelConfig | None = No
     start = time.time()
     last_save = start
     running = None
-    bar = tqdm(desc="train shapes", unit="step", initial=state["step"],
+    bar = progress_bar(desc="train shapes", unit="step", initial=state["step"],
                total=config.max_steps or None, disable=not progress)
     model.denoiser.train()
     model.text_encoder.train(not model_config.frozen_text_encoder)

@@ -29,6 +29,10 @@ from atlas.store import migrate, snapshot
 from atlas.store.errors import AtlasInUseError, CatalogBusyError
 from atlas.store.schema import TABLES
 
+STORAGE_VERSION = "v1.5.0"
+"""The DuckDB storage format a new catalog.duckdb is written in: DuckDB 1.5 (the newest CLI on PyPI when written)
+opens it, where DuckDB 2's own format would be refused as too new. The file keeps it when later opened."""
+
 CATALOG_FILE = "catalog.duckdb"
 WRITERS_LOCK = "writers.lock"
 _EXCLUSIVE: set[Path] = set()
@@ -69,7 +73,7 @@ class Catalog:
         self.root = root
         self.path = root / CATALOG_FILE
         self.busy_timeout = busy_timeout
-        config = {"threads": threads} if threads else {}
+        config = {"storage_compatibility_version": STORAGE_VERSION, **({"threads": threads} if threads else {})}
         self.engine = create_engine(f"duckdb:///{self.path}", poolclass=NullPool,
                                     connect_args={"config": config})
 

@@ -87,6 +87,11 @@ class CodeFile:
     bytes: int
 
 
+VALUE_DOC = ("value = 2 ** ((q + qbase) / 16) with qbase = saes.value_qbase of the row's SAE (in a by_latent file "
+             "also its metadata key atlas.qbase); block, t, branch: that saes row")
+"""How to read a stored byte, written into every codes file's Parquet metadata (key atlas.value)."""
+
+
 def qbase_for(max_value: float) -> int:
     """The smallest offset that keeps `max_value` at or below q = 255."""
     return math.ceil(math.log2(max_value) * STEPS_PER_OCTAVE) - 255
@@ -244,7 +249,7 @@ def compact(con: duckdb.DuckDBPyConnection, root: Path, sae_id: int, parts: list
         ROW_GROUP_ROWS * 10)
     name = token()
     files = []
-    metadata = {"atlas.sae_id": str(sae_id), "atlas.qbase": str(qbase)}
+    metadata = {"atlas.sae_id": str(sae_id), "atlas.qbase": str(qbase), "atlas.value": VALUE_DOC}
     for bucket, batches in _split(reader, "latent", LATENTS_PER_BUCKET):
         path = root / "codes" / "by_latent" / f"sae_id={sae_id}" / f"bucket={bucket}" / f"{name}.parquet"
         rows = _atomic_parquet(path, batches, BY_LATENT_SCHEMA, _BY_LATENT_OPTIONS, metadata)
@@ -268,7 +273,7 @@ def rebuild_by_image(con: duckdb.DuckDBPyConnection, root: Path, by_latent: dict
     files = []
     for bucket, batches in _split(reader, "image_id", IMAGES_PER_BUCKET):
         path = root / "codes" / "by_image" / f"bucket={bucket}" / f"{name}.parquet"
-        rows = _atomic_parquet(path, batches, BY_IMAGE_SCHEMA, _BY_IMAGE_OPTIONS, {})
+        rows = _atomic_parquet(path, batches, BY_IMAGE_SCHEMA, _BY_IMAGE_OPTIONS, {"atlas.value": VALUE_DOC})
         files.append(CodeFile(str(path.relative_to(root)), BY_IMAGE, None, bucket, rows, path.stat().st_size))
     return files
 
