@@ -289,18 +289,20 @@ def build(**options) -> None:
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
 @click.option("--n-images", default=None, type=click.IntRange(min=1),
-              help="Images to generate  [default: the shapes preset's]")
+              help="Images to generate  [default: the shapes preset's, 640; 64 builds a small atlas in about a "
+                   "minute]")
+@click.option("--sae-tokens", default=None, type=click.IntRange(min=0), help=field_docs(BuildConfig)["sae_tokens"])
 @click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
               help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
-def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
+def demo(atlas_dir: str | None, n_images: int | None, sae_tokens: int | None, device: str) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
     from atlas.pipeline.build import build_atlas
     from atlas.report.demo import answer_queries, top_images_grid
     from atlas.store import open_atlas
 
     atlas_dir = _atlas_dir(atlas_dir)
-    result = build_atlas(BuildConfig(atlas=atlas_dir, n_images=n_images, device=device))
+    result = build_atlas(BuildConfig(atlas=atlas_dir, n_images=n_images, sae_tokens=sae_tokens, device=device))
     with open_atlas(atlas_dir) as atlas:
         answers = answer_queries(atlas)
         for i, answer in enumerate(answers, 1):

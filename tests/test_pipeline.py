@@ -299,3 +299,21 @@ def test_build_checks_prompts_and_checkpoints_before_the_first_stage(tiny_sd_dir
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("Error: " + message.format(**values)), result.output
     assert not (tmp_path / "atlas").exists()
+
+
+def test_a_build_too_small_for_a_stage_says_so_before_the_first_stage(tmp_path):
+    """One image holds no test-split image: the report's layout prediction is named as skipped before anything runs,
+    with the smallest size that scores it; prompts with no train or dictionary image are refused outright."""
+    from atlas.capture.splits import split_of
+    from atlas.pipeline.build import size_notes
+
+    notes = size_notes(BuildConfig(n_images=1))
+    assert len(notes) == 1 and "no image of the test split" in notes[0] and "layout prediction" in notes[0]
+    wanted = int(notes[0].split("--n-images ")[-1].split()[0])
+    assert size_notes(BuildConfig(n_images=wanted)) == [] and wanted > 1
+    only_test = [p for p in (f"a dog number {i}" for i in range(200)) if split_of(p) == "test"][:3]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(only_test) + "\n")
+    result = CliRunner().invoke(main, ["build", "--prompts", str(prompts), "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and "no image of the train or dictionary split" in result.output, result.output
+    assert not (tmp_path / "atlas").exists()

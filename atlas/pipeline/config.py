@@ -61,11 +61,12 @@ class SaeJobConfig:
     """Positions per optimiser step."""
     epochs: float = 20.0
     """Passes over the training split."""
-    min_tokens: int = 1_000_000
-    """Train on at least this many positions (more passes when the split is small)."""
+    min_tokens: int = 0
+    """Train on at least this many positions, in more passes over a small split (0 = what the captured images hold:
+    --epochs passes over the train split's positions, so a small build trains small SAEs quickly)."""
     dead_tokens: int = SaeConfig.dead_tokens
     """A latent that has not fired for this many positions joins the AuxK loss (0: a fifth of the positions the SAE
-    trains on, at most 10M: 200,000 at the default 1M)."""
+    trains on, at most 10M)."""
     seed: int = SaeTrainConfig.seed
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
@@ -128,7 +129,7 @@ class BuildConfig:
     """Passes of each SAE over its training positions (unset: the preset's, else `atlas train`'s)."""
     sae_tokens: int | None = None
     """Positions each SAE trains on at least, in several passes over a small capture (unset: the preset's, else
-    `atlas train`'s --min-tokens)."""
+    `atlas train`'s --min-tokens: --epochs passes over what the captured images hold)."""
     annotator: str | None = None
     """Annotator backend: shapes or grounded-sam (unset: the preset's)."""
     seed: int = 0
