@@ -292,7 +292,7 @@ def test_rename_concept_then_find_it_by_name(base, atlas):
 
 def test_errors_are_one_line_everywhere(base):
     assert "bad concept id" in failure(base, "/concept/mid/one/3.json", 400)
-    assert "does not exist" in failure(base, "/concept/mid/1.0/99999.json", 400)
+    assert "does not exist" in failure(base, "/concept/mid/1.0/99999.json", 404)
     assert "unknown block" in failure(base, "/concept/nope/1.0/3.json", 404)
     assert "no page at" in failure(base, "/nowhere.json", 404)
     assert "bad n" in failure(base, "/concept/mid/1.0/3.json", 400, n="many")

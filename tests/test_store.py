@@ -105,7 +105,8 @@ def test_top_images_match_brute_force(atlas, built):
             assert [h.image_id for h in hits] == ids
             np.testing.assert_allclose([h.activation for h in hits], values, rtol=1e-6)
             for hit in hits:
-                assert hit.path == f"images/{hit.image_id:06d}.png" and hit.prompt == f"prompt {hit.image_id}"
+                assert hit.path == str((atlas.root / f"images/{hit.image_id:06d}.png").absolute())
+                assert hit.prompt == f"prompt {hit.image_id}"
 
 
 def test_image_codes_and_activation_map_match_brute_force(atlas, built):
