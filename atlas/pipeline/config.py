@@ -135,7 +135,9 @@ class BuildConfig:
     seed: int = 0
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
-    threads: int = 0
-    """Torch CPU threads (0 = torch's default)."""
+    threads: int | None = None
+    """Torch CPU threads (0 = torch's default, one per core; unset: the preset's, else 0). The shapes preset takes 1:
+    its model and SAEs are too small to gain from more, and a thread per core runs many times slower when other
+    processes share the CPU (measured: 32 images captured in 16 s on 1 thread, 229 s on 2, at load 17)."""
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     """The annotator's checkpoints (their own options)."""
