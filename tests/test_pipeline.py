@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
+from atlas.dictionary.names import atlas_concept_names
 from atlas.errors import BadInputError
 from atlas.pipeline.build import STAGES, build_atlas, capture_config, resolve, sae_job
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
@@ -98,8 +99,14 @@ def test_interrupted_annotation_resumes_without_duplicates(shapes_atlas, tmp_pat
 def test_demo_queries_answer_on_a_built_atlas(shapes_atlas, tmp_path):
     with open_atlas(shapes_atlas) as atlas:
         answers = answer_queries(atlas)
-        assert [len(a.result.columns) for a in answers] == [4, 5, 4]
+        assert [len(a.result.columns) for a in answers[1:]] == [5, 4]
         assert answers[2].result.rows, "mid-block circle concepts exist"
+        headline = answers[0].result.to_dicts()
+        named = [r["concept_id"] for r in headline if "concept_id" in r]
+        assert all(r["name"] == "red circle" for r in headline if "name" in r)
+        assert set(atlas_concept_names(atlas, named).values()) <= {"red circle"}
+        if not named:  # none at the headline's block and t: where the dictionary's red-circle concepts are instead
+            assert answers[0].title.startswith("No concept") and all(r["best_concept"] for r in headline)
         concept = atlas.sql("SELECT concept_id FROM concept_labels ORDER BY mean_iou DESC LIMIT 1").rows[0][0]
         path = top_images_grid(atlas, concept, tmp_path / "grid.png")
     assert path.stat().st_size > 1000
