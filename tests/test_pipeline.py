@@ -221,9 +221,15 @@ def test_search_by_meaning_and_before_labels_exist(shapes_atlas, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["search", "red disc", "--atlas", str(shapes_atlas), "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert "closest label by meaning, 'red circle'" in result.output
+    assert "closest in meaning: label 'red circle'" in result.output
     rows = json.loads(result.stdout)
     assert rows and {r["label"] for r in rows} == {"red circle"}
+    far = runner.invoke(main, ["search", "purple hexagon", "--atlas", str(shapes_atlas)])
+    assert far.exit_code == 1 and "nothing in this atlas is close to 'purple hexagon'" in far.output
+    assert "did you mean" not in far.output and "similarity" in far.output
+    cid = rows[0]["concept_id"]
+    by_id = runner.invoke(main, ["search", cid, "--atlas", str(shapes_atlas), "--format", "json"])
+    assert by_id.exit_code == 0 and json.loads(by_id.stdout)[0]["concept_id"] == cid, by_id.output
     result = runner.invoke(main, ["search", "dog", "--atlas", str(shapes_atlas)])
     assert result.exit_code != 0 and "unknown label 'dog'" in result.output
 
