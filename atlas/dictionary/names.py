@@ -105,8 +105,8 @@ class Description:
     text: str
     links: list[Link]
     emergence: list[tuple[float, float]]
-    """(t, best mean IoU of its best label among the concepts of its block, branch and SAE variant at that t), from
-    the first denoising step (t = 1.0) on."""
+    """(t, best mean IoU of its best label among the concepts of its block, branch and SAE variant at that t; 0 when
+    none is linked to it), from the first denoising step (t = 1.0) on."""
     images: int
     images_total: int
 
@@ -132,10 +132,12 @@ def describe_concept(atlas: Atlas, concept_id: str) -> Description:
                           for x in close_links(links)[:4])
         others = len(links) - len(close_links(links)[:4])
         parts.insert(0, f"Linked to {shown}" + (f" and {others} weaker label(s)." if others else "."))
-        emergence = [(float(r["t"]), float(r["best"])) for r in atlas.query(
+        best = {round(float(r["t"]), 6): float(r["best"]) for r in atlas.query(
             "SELECT t, max(mean_iou) AS best FROM concept_labels WHERE label = ? AND block = ? AND branch = ? AND "
-            "variant = ? GROUP BY t ORDER BY t DESC", [links[0].label, sae.block, sae.branch, sae.variant]
-        ).to_pylist()]
+            "variant = ? GROUP BY t", [links[0].label, sae.block, sae.branch, sae.variant]).to_pylist()}
+        times = sorted({s.t for s in atlas.saes() if (s.block, s.branch, s.variant) == (sae.block, sae.branch,
+                                                                                        sae.variant)}, reverse=True)
+        emergence = [(t, best.get(round(t, 6), 0.0)) for t in times]
         peak = max(best for _, best in emergence)
         first = next(t for t, best in emergence if best >= 0.5 * peak)
         parts.append(f"'{links[0].label}' emerges in the {sae.block} block at t = {first:g} (best IoU per t: "

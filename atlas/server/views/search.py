@@ -53,9 +53,9 @@ def search(state: State, q: Annotated[str, Query(max_length=500, description="Co
     if "/" in q:
         try:
             found["concept"] = state.atlas.concept(q).concept_id
-            return found
-        except AtlasError as err:
+        except AtlasError as err:  # text with a '/' is meant as an id: say what is wrong with it, not what it means
             found["concept_error"] = str(err)
+        return found
     # the candidates come back on every search, so their embeddings are kept; the query's are not
     resolution = resolve_text(state.atlas, q, lambda texts: state.embed(texts, keep=texts[-1:] != [q]), k=2 * k)
     matches = resolution.matches
