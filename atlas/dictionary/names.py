@@ -28,6 +28,9 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 """Attribute words and their kind: what varies among a concept's labels is named by its kind ("any shape")."""
 CLOSE = 0.5
 """A label takes part in the roll-up when its mean IoU is at least this share of the concept's best label's."""
+ENTRY_HIT_RATE = 0.1
+"""A concept is the dictionary's entry for a label when that is its name and it matches (IoU > 0.5) at least this
+share of the label's objects: two chance matches among 90 red circles pass the linking rule, not this one."""
 
 
 @dataclass(frozen=True)

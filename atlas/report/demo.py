@@ -11,20 +11,23 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from atlas.dictionary.names import ENTRY_HIT_RATE
 from atlas.errors import NotFoundError
 from atlas.store import Atlas, QueryResult
 from atlas.viz import heat_overlay, image_grid
 
 HEADLINE = ("red circle", "mid", 1.0)
 """The first query's label, block and t."""
-LABEL_QUERY = """
+LABEL_QUERY = f"""
 SELECT l.concept_id, l.block, l.t, round(l.mean_iou, 3) AS mean_iou, round(l.hit_rate, 3) AS hit_rate, l.support,
        round(c.frequency, 3) AS frequency
 FROM concept_labels l JOIN concepts c USING (sae_id, latent)
-WHERE l.label = 'red circle' AND c.best_label = 'red circle' AND l.branch = 'cond' AND l.variant = ''
+WHERE l.label = 'red circle' AND c.best_label = 'red circle' AND l.hit_rate >= {ENTRY_HIT_RATE}
+  AND l.branch = 'cond' AND l.variant = ''
 ORDER BY l.mean_iou DESC"""
-"""Every concept whose best label is the headline's; those whose dictionary name is the label itself (not shared
-with other labels, as "red (any shape)" is) answer the headline question."""
+"""Every concept whose best label is the headline's and that matches at least ENTRY_HIT_RATE of its objects; those
+whose dictionary name is the label itself (not shared with other labels, as "red (any shape)" is) are the
+dictionary's entries for it and answer the headline question."""
 
 TOP_IMAGES_QUERY = """
 WITH best AS (SELECT sae_id, latent FROM concept_labels
