@@ -231,7 +231,7 @@ def test_search_by_meaning_and_before_labels_exist(shapes_atlas, tmp_path):
     by_id = runner.invoke(main, ["search", cid, "--atlas", str(shapes_atlas), "--format", "json"])
     assert by_id.exit_code == 0 and json.loads(by_id.stdout)[0]["concept_id"] == cid, by_id.output
     result = runner.invoke(main, ["search", "dog", "--atlas", str(shapes_atlas)])
-    assert result.exit_code != 0 and "unknown label 'dog'" in result.output
+    assert result.exit_code != 0 and "nothing in this atlas is close to 'dog'" in result.output
 
     bare = tmp_path / "bare"  # codes and FAISS but no annotations yet
     assert runner.invoke(main, ["encode", "--activations", str(shapes_atlas / "activations"),
