@@ -289,8 +289,8 @@ def build(**options) -> None:
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
 @click.option("--n-images", default=None, type=click.IntRange(min=1),
-              help="Images to generate  [default: the shapes preset's, 640; 64 builds a small atlas in about a minute of "
-                   "CPU time]")
+              help="Images to generate  [default: the shapes preset's, 640; 64 builds a small atlas in about a "
+                   "minute of CPU time]")
 @click.option("--sae-tokens", default=None, type=click.IntRange(min=0), help=field_docs(BuildConfig)["sae_tokens"])
 @click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
               help="auto (CUDA if present, else CPU), cpu, cuda.")
