@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from atlas.errors import NotFoundError
 from atlas.store import (
     Atlas,
     AtlasNotFoundError,
@@ -176,7 +177,7 @@ def test_unknown_names_list_the_valid_ones(atlas):
         atlas.top_images("middle/1.0/3")
     with pytest.raises(UnknownSaeError, match=r"unknown t 0.5: this atlas has t 1.0, 0.0"):
         atlas.concepts(t=0.5, block="mid")
-    with pytest.raises(InvalidInputError, match="latents 0..63"):
+    with pytest.raises(NotFoundError, match="latents 0..63"):
         atlas.top_images("mid/1.0/64")
     with pytest.raises(NoLabelsError, match="atlas link"):
         atlas.concepts(label="dog")
