@@ -12,8 +12,9 @@ from atlas.errors import BadInputError
 
 
 def image_grid(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] | None = None, cols: int = 8,
-               cell: int = 128, label_lines: int = 3) -> Image.Image:
-    """Tile uint8 (H, W, 3) images into one picture, each upscaled to `cell` px with its label below."""
+               cell: int = 128, label_lines: int = 3, title: Sequence[str] = ()) -> Image.Image:
+    """Tile uint8 (H, W, 3) images into one picture, each upscaled to `cell` px with its label below, under the
+    lines of `title`."""
     images = list(images)
     if not images:
         raise BadInputError("no images to put in a grid")
@@ -23,10 +24,13 @@ def image_grid(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] 
     line_h = 11
     chars = max(8, cell // 6)
     label_h = label_lines * line_h + 4 if labels else 0
-    canvas = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
+    top = len(title) * line_h + 6 if title else 0
+    canvas = Image.new("RGB", (cols * cell, top + rows * (cell + label_h)), "white")
     draw = ImageDraw.Draw(canvas)
+    for j, line in enumerate(title):
+        draw.text((4, 3 + j * line_h), line, fill="black", font=font)
     for i, img in enumerate(images):
-        x, y = (i % cols) * cell, (i // cols) * (cell + label_h)
+        x, y = (i % cols) * cell, top + (i // cols) * (cell + label_h)
         canvas.paste(Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((cell, cell), Image.NEAREST), (x, y))
         if labels:
             lines = textwrap.wrap(labels[i], chars)[:label_lines]

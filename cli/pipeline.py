@@ -289,27 +289,35 @@ def build(**options) -> None:
               help="Where to build the demo atlas  [default: $ATLAS_DIR, else ./atlas-data, or demo/atlas in a "
                    "source checkout]")
 @click.option("--n-images", default=None, type=click.IntRange(min=1),
-              help="Images to generate  [default: the shapes preset's]")
+              help="Images to generate  [default: the shapes preset's, 640; 64 builds a small atlas in about a "
+                   "minute of CPU time]")
+@click.option("--sae-tokens", default=None, type=click.IntRange(min=0), help=field_docs(BuildConfig)["sae_tokens"])
 @click.option("--device", default="auto", show_default=True, type=DEVICE_NAME,
               help="auto (CUDA if present, else CPU), cpu, cuda.")
 @one_line_errors
-def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
+def demo(atlas_dir: str | None, n_images: int | None, sae_tokens: int | None, device: str) -> None:
     """Build the shapes atlas (a few minutes on a CPU) and answer three of the README's queries."""
+    from atlas.dictionary.names import atlas_concept_names
     from atlas.pipeline.build import build_atlas
-    from atlas.report.demo import answer_queries, top_images_grid
+    from atlas.report.demo import answer_queries, headline_concept, top_images_grid
     from atlas.store import open_atlas
 
     atlas_dir = _atlas_dir(atlas_dir)
-    result = build_atlas(BuildConfig(atlas=atlas_dir, n_images=n_images, device=device))
+    result = build_atlas(BuildConfig(atlas=atlas_dir, n_images=n_images, sae_tokens=sae_tokens, device=device))
     with open_atlas(atlas_dir) as atlas:
         answers = answer_queries(atlas)
         for i, answer in enumerate(answers, 1):
             click.echo(f"\n{i}. {answer.title}\n   atlas sql --atlas {atlas_dir} \"{' '.join(answer.sql.split())}\"\n")
-            click.echo(format_table(answer.result.columns, answer.result.rows))
-        best = answers[0].result.rows
-        if best:
-            grid = top_images_grid(atlas, best[0][0], result.path / "demo_top_images.png")
-            click.echo(f"\ntop images of {best[0][0]} with its activation maps: {grid}")
+            rows, columns = answer.result.rows, answer.result.columns
+            if "concept_id" in columns and "name" not in columns:  # the name rolled up from its dictionary labels
+                names = atlas_concept_names(atlas, [row[columns.index("concept_id")] for row in rows])
+                rows = [(*row, names[row[columns.index("concept_id")]]) for row in rows]
+                columns = [*columns, "name"]
+            click.echo(format_table(columns, rows))
+        concept = headline_concept(answers[0])
+        if concept:
+            grid = top_images_grid(atlas, concept, result.path / "demo_top_images.png")
+            click.echo(f"\ntop images of {concept} with its activation maps: {grid}")
     click.echo(f"\natlas built in {sum(result.seconds.values()):.0f} s at {result.path}; explore it with "
                f"`atlas search \"red circle\" --atlas {atlas_dir}` or `atlas sql --atlas {atlas_dir} ...`")
 

@@ -120,9 +120,11 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
     """Find concepts by label, or by similarity to another concept.
 
     With LABEL, concepts are ranked by how well their activation maps predict the label's masks
-    (mean IoU, then hit rate and support; the links come from `atlas link`). A word that is not a
-    label uses the label closest in meaning ("kitten" -> "cat"); an atlas without labels ranks
-    concepts by decoder similarity to the word's own activation as a prompt. With --like, by cosine
+    (mean IoU, then hit rate and support; the links come from `atlas link`). A concept's name finds
+    that concept, a concept id shows it. Other text lists the labels and concept names closest in
+    meaning with their similarity and uses the closest ("kitten" -> "cat"), or says nothing is close;
+    an atlas without labels ranks concepts by decoder similarity to the text's own activation as a
+    prompt. With --like, by cosine
     similarity of SAE decoder directions, across all timesteps of the concept's block (or only the
     SAE at --t), among the SAEs of its own branch and variant. Concepts come from each (block, t,
     branch)'s primary SAE unless --variant or --sae-k picks another (`atlas train --k 10,20` trains
@@ -132,14 +134,24 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
     Examples:
       atlas search "red circle" --t 1.0 --block mid
       atlas search "red circle" --sae-k 20
-      atlas search dog --k 20 --format json
+      atlas search "round red thing" --k 20 --format json   # the closest labels and names by meaning
+      atlas search mid/1.0/412                               # a concept id: that concept
       atlas search --like mid/1.0/412
       atlas search --like mid/1.0/cond@k20/412 --t 0.0
     """
     if bool(label) == bool(like):
         raise click.UsageError("give a LABEL or --like CONCEPT_ID (one of them)")
+    from atlas.search.search import concept_id_of
+
     with _open(atlas_dir) as atlas:
-        if like:
+        if label and concept_id_of(label):  # a concept id goes to its concept
+            from atlas.dictionary.names import atlas_concept_names
+
+            info = atlas.concept(label)
+            found = [{**asdict(info), "dictionary_name": atlas_concept_names(atlas, [info.concept_id])[
+                info.concept_id]}]
+            columns = ["concept_id", "name", "dictionary_name", "best_label", "frequency", "mean_activation"]
+        elif like:
             if block or variant is not None or sae_k:
                 raise click.UsageError("--block, --variant and --sae-k do not apply to --like: the concept's own SAE "
                                        "names them")
@@ -152,8 +164,11 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
             found = [asdict(c) for c in result.concepts]
             columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
             if result.via == "meaning":
-                click.echo(f"no concepts are labelled {label!r}; showing the closest label by meaning, "
-                           f"{result.label!r} (similarity {result.similarity:.2f})", err=True)
+                closest = ", ".join(f"{m.kind} {m.text!r} {m.similarity:.2f}" for m in result.matches[:5])
+                click.echo(f"no concepts are labelled {label!r}; closest in meaning: {closest}; showing "
+                           f"{result.label!r}", err=True)
+            elif result.via == "name":
+                click.echo(f"concepts named {label!r}", err=True)
             elif result.via == "prompt activation":
                 click.echo(f"this atlas has no labels yet (run `atlas annotate` and `atlas link`); ranking concepts "
                            f"by decoder similarity to the activation of the prompt {label!r}", err=True)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
+from atlas.dictionary.names import atlas_concept_names
 from atlas.errors import BadInputError
 from atlas.pipeline.build import STAGES, build_atlas, capture_config, resolve, sae_job
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
@@ -157,8 +158,14 @@ def test_interrupted_annotation_resumes_without_duplicates(shapes_atlas, tmp_pat
 def test_demo_queries_answer_on_a_built_atlas(shapes_atlas, tmp_path):
     with open_atlas(shapes_atlas) as atlas:
         answers = answer_queries(atlas)
-        assert [len(a.result.columns) for a in answers] == [4, 5, 4]
+        assert [len(a.result.columns) for a in answers[1:]] == [5, 4]
         assert answers[2].result.rows, "mid-block circle concepts exist"
+        headline = answers[0].result.to_dicts()
+        named = [r["concept_id"] for r in headline if "concept_id" in r]
+        assert all(r["name"] == "red circle" for r in headline if "name" in r)
+        assert set(atlas_concept_names(atlas, named).values()) <= {"red circle"}
+        if not named:  # none at the headline's block and t: where the dictionary's red-circle concepts are instead
+            assert answers[0].title.startswith("No concept") and all(r["best_concept"] for r in headline)
         concept = atlas.sql("SELECT concept_id FROM concept_labels ORDER BY mean_iou DESC LIMIT 1").rows[0][0]
         path = top_images_grid(atlas, concept, tmp_path / "grid.png")
     assert path.stat().st_size > 1000
@@ -273,11 +280,17 @@ def test_search_by_meaning_and_before_labels_exist(shapes_atlas, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["search", "red disc", "--atlas", str(shapes_atlas), "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert "closest label by meaning, 'red circle'" in result.output
+    assert "closest in meaning: label 'red circle'" in result.output
     rows = json.loads(result.stdout)
     assert rows and {r["label"] for r in rows} == {"red circle"}
+    far = runner.invoke(main, ["search", "purple hexagon", "--atlas", str(shapes_atlas)])
+    assert far.exit_code == 1 and "nothing in this atlas is close to 'purple hexagon'" in far.output
+    assert "did you mean" not in far.output and "similarity" in far.output
+    cid = rows[0]["concept_id"]
+    by_id = runner.invoke(main, ["search", cid, "--atlas", str(shapes_atlas), "--format", "json"])
+    assert by_id.exit_code == 0 and json.loads(by_id.stdout)[0]["concept_id"] == cid, by_id.output
     result = runner.invoke(main, ["search", "dog", "--atlas", str(shapes_atlas)])
-    assert result.exit_code != 0 and "unknown label 'dog'" in result.output
+    assert result.exit_code != 0 and "nothing in this atlas is close to 'dog'" in result.output
 
     bare = tmp_path / "bare"  # codes and FAISS but no annotations yet
     assert runner.invoke(main, ["encode", "--activations", str(shapes_atlas / "activations"),
@@ -357,4 +370,22 @@ def test_build_checks_prompts_and_checkpoints_before_the_first_stage(tiny_sd_dir
                                        "--atlas", str(tmp_path / "atlas")])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("Error: " + message.format(**values)), result.output
+    assert not (tmp_path / "atlas").exists()
+
+
+def test_a_build_too_small_for_a_stage_says_so_before_the_first_stage(tmp_path):
+    """One image holds no test-split image: the report's layout prediction is named as skipped before anything runs,
+    with the smallest size that scores it; prompts with no train or dictionary image are refused outright."""
+    from atlas.capture.splits import split_of
+    from atlas.pipeline.build import size_notes
+
+    notes = size_notes(BuildConfig(n_images=1))
+    assert len(notes) == 1 and "no image of the test split" in notes[0] and "layout prediction" in notes[0]
+    wanted = int(notes[0].split("--n-images ")[-1].split()[0])
+    assert size_notes(BuildConfig(n_images=wanted)) == [] and wanted > 1
+    only_test = [p for p in (f"a dog number {i}" for i in range(200)) if split_of(p) == "test"][:3]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(only_test) + "\n")
+    result = CliRunner().invoke(main, ["build", "--prompts", str(prompts), "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and "no image of the train or dictionary split" in result.output, result.output
     assert not (tmp_path / "atlas").exists()

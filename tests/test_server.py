@@ -249,10 +249,44 @@ def test_search_by_id_and_by_meaning(base, atlas):
     assert ok(base, "/search.json", q=cid)["concept"] == cid
     bad = ok(base, "/search.json", q="mid/1.0/x")
     assert bad["concept"] is None and "bad concept id" in bad["concept_error"]
-    assert ok(base, "/search.json", q="red circle")["labels"][0]["label"] == "red circle"
+    first = requests.get(f"{base}/search.json", params={"q": "red circle"}, timeout=600).json()  # loads MiniLM
+    assert first["labels"][0]["label"] == "red circle"
     assert ok(base, "/search.json", q="stripes")["labels"][0]["label"] == "striped background"
     assert ok(base, "/search.json", q="")["labels"] == []
     assert 'id="label-results"' in get(base, "/search", q="circle").text
+    by_id = ok(base, "/search.json", q=cid)
+    assert by_id["labels"] == [] and by_id["names"] == []  # an id goes to its concept, not to labels like its text
+    far = ok(base, "/search.json", q="purple hexagon")
+    assert far["labels"] == [] and "nothing in this atlas is close to 'purple hexagon'" in far["nothing_close"]
+    assert "did you mean" not in far["nothing_close"]
+    rolled = ok(base, "/search.json", q="red")["names"]
+    assert rolled and all(m["kind"] in ("name", "dictionary name") for m in rolled)
+
+
+def test_concept_page_describes_and_samples_the_concept(base, atlas):
+    cid = best_concept(atlas)
+    body = ok(base, f"/concept/{cid}.json")
+    assert body["dictionary_name"] and "Linked to '" in body["description"] and "emerges" in body["description"]
+    assert [e["quantile"] for e in body["quantiles"]] == [0.1, 0.25, 0.5, 0.75, 0.9]
+    peaks = [e["activation"] for e in body["quantiles"]]
+    assert peaks == sorted(peaks) and peaks[-1] <= body["vmax"] + 1e-6
+    assert body["random"] and len({e["image_id"] for e in body["random"]}) == len(body["random"])
+    assert body["random"] == ok(base, f"/concept/{cid}.json")["random"]  # the same sample on every visit
+    assert 0 < body["density"] <= 1
+    faint = png(get(base, f"/image/{body['images'][0]['image_id']}/heatmap.png", concept=cid, opacity=0))
+    raw = png(get(base, f"/image/{body['images'][0]['image_id']}.png"))
+    assert np.array_equal(np.asarray(faint.convert("RGB")), np.asarray(raw.convert("RGB").resize(faint.size)))
+
+
+def test_word_attribution_drops_each_caption_word(base, atlas):
+    cid = best_concept(atlas)
+    top = atlas.top_images(cid, 1)[0]
+    body = requests.get(f"{base}/concept/{cid}/words.json", timeout=600).json()  # loads the model: slow when busy
+    assert body["ok"] and body["image_id"] == top.image_id and [w["word"] for w in body["words"]] == top.prompt.split()
+    assert body["activation"] == pytest.approx(top.activation, rel=0.1, abs=0.05)  # regenerated, not read back
+    assert all(w["change"] == pytest.approx(w["activation"] - body["activation"]) for w in body["words"])
+    assert min(w["change"] for w in body["words"]) < 0  # some word of its top caption drives it
+    assert "does not exist" in failure(base, f"/concept/{cid}/words.json", 404, image_id=10**6)
 
 
 def test_sql_same_limits_as_the_cli(base, atlas):
@@ -280,7 +314,7 @@ def test_rename_concept_then_find_it_by_name(base, atlas):
     assert response.status_code == 200 and response.json() == {"ok": True, "concept_id": cid,
                                                                "name": "round red thing", "note": "fires"}
     assert ok(base, f"/concept/{cid}.json")["concept"]["name"] == "round red thing"
-    names = ok(base, "/search.json", q="a crimson disc")["names"]
+    names = ok(base, "/search.json", q="red round thing")["names"]  # by meaning: similar enough, not verbatim
     assert names and names[0]["concept_id"] == cid
     form = requests.post(f"{base}/concept/{cid}/name", data={"name": "", "note": ""}, allow_redirects=False,
                          timeout=60)
@@ -292,7 +326,7 @@ def test_rename_concept_then_find_it_by_name(base, atlas):
 
 def test_errors_are_one_line_everywhere(base):
     assert "bad concept id" in failure(base, "/concept/mid/one/3.json", 400)
-    assert "does not exist" in failure(base, "/concept/mid/1.0/99999.json", 400)
+    assert "does not exist" in failure(base, "/concept/mid/1.0/99999.json", 404)
     assert "unknown block" in failure(base, "/concept/nope/1.0/3.json", 404)
     assert "no page at" in failure(base, "/nowhere.json", 404)
     assert "bad n" in failure(base, "/concept/mid/1.0/3.json", 400, n="many")

@@ -155,3 +155,29 @@ def test_draw_a_region_and_edit(page, shots, site, shapes_atlas):
     assert "0.5,0,1,0.5" in page.locator("main").inner_text()  # the drawn rectangle became a box
     page.screenshot(path=shots / "8-edit-result.png", full_page=True)
     assert not page.problems, page.problems
+
+
+def test_concept_page_describes_samples_attributes_and_fades_the_heatmap(page, shots, shapes_atlas):
+    """A concept page as Neuronpedia users expect: a description with the dictionary's name, examples across the
+    activation range and at random, the caption words that drive it (measured by the server), and a heatmap whose
+    opacity a slider sets, beside the raw image."""
+    with open_atlas(shapes_atlas) as atlas:
+        cid = atlas.sql("SELECT concept_id FROM concept_labels ORDER BY mean_iou DESC LIMIT 1").rows[0][0]
+        top = atlas.top_images(cid, 1)[0]
+    page.goto(f"/concept/{cid}")
+    description = page.locator("#description").inner_text()
+    assert "Linked to '" in description and "mean IoU" in description and "emerges" in description
+    assert images_loaded(page, "#quantile-examples img.heatmap") == 5
+    assert images_loaded(page, "#random-examples img.heatmap") >= 1
+    assert images_loaded(page, "#top-images img.raw") >= 1
+    words = page.locator("#words tr.word")
+    words.first.wait_for()
+    assert words.count() == len(top.prompt.split())
+    first = page.locator("#top-images img.heatmap").first
+    before = first.get_attribute("src")
+    page.locator("#opacity").fill("0")
+    page.wait_for_function("() => document.querySelector('#top-images img.heatmap').src.includes('opacity=0')")
+    assert first.get_attribute("src") != before
+    images_loaded(page, "#top-images img.heatmap")
+    page.screenshot(path=shots / "concept-described.png", full_page=True)
+    assert not page.problems, page.problems

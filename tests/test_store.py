@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from atlas.errors import NotFoundError
 from atlas.store import (
     Atlas,
     AtlasNotFoundError,
@@ -105,7 +106,8 @@ def test_top_images_match_brute_force(atlas, built):
             assert [h.image_id for h in hits] == ids
             np.testing.assert_allclose([h.activation for h in hits], values, rtol=1e-6)
             for hit in hits:
-                assert hit.path == f"images/{hit.image_id:06d}.png" and hit.prompt == f"prompt {hit.image_id}"
+                assert hit.path == str((atlas.root / f"images/{hit.image_id:06d}.png").absolute())
+                assert hit.prompt == f"prompt {hit.image_id}"
 
 
 def test_image_codes_and_activation_map_match_brute_force(atlas, built):
@@ -175,7 +177,7 @@ def test_unknown_names_list_the_valid_ones(atlas):
         atlas.top_images("middle/1.0/3")
     with pytest.raises(UnknownSaeError, match=r"unknown t 0.5: this atlas has t 1.0, 0.0"):
         atlas.concepts(t=0.5, block="mid")
-    with pytest.raises(InvalidInputError, match="latents 0..63"):
+    with pytest.raises(NotFoundError, match="latents 0..63"):
         atlas.top_images("mid/1.0/64")
     with pytest.raises(NoLabelsError, match="atlas link"):
         atlas.concepts(label="dog")

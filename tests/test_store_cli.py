@@ -105,3 +105,22 @@ def test_upgrade_and_help(run, root):
     for command in (sql, search, upgrade):
         help_text = CliRunner().invoke(command, ["--help"]).output
         assert "Example" in help_text and "--atlas" in help_text
+
+
+def test_search_finds_a_named_concept_by_its_name_and_an_id_goes_to_its_concept(tmp_path, monkeypatch):
+    """A name given on the web (rename_concept) is found by `atlas search NAME` in any case; an id shows the
+    concept with its dictionary name."""
+    monkeypatch.setenv("ATLAS_THREADS", "1")
+    path = tmp_path / "atlas"
+    atlas, _ = synthetic.build(path, n_images=6, blocks=("mid",), times=(1.0,), threads=1)
+    with atlas, atlas.writer() as writer:
+        writer.catalog.set_concept_labels([dict(concept="mid/1.0/2", label="red circle", mean_iou=0.8, hit_rate=0.9,
+                                                precision=0.7, recall=0.6, support=5)])
+        writer.catalog.rename_concept("mid/1.0/5", "Round Red Thing")
+    found = CliRunner().invoke(search, ["round red thing", "--atlas", str(path), "--format", "json"])
+    assert found.exit_code == 0, found.output
+    assert [r["concept_id"] for r in json.loads(found.stdout)] == ["mid/1.0/5"]
+    shown = CliRunner().invoke(search, ["mid/1.0/2", "--atlas", str(path), "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == [{**json.loads(shown.stdout)[0], "concept_id": "mid/1.0/2",
+                                         "dictionary_name": "red circle", "best_label": "red circle"}]

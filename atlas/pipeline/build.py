@@ -27,7 +27,7 @@ from atlas.annotate.run import annotate_atlas
 from atlas.capture import ActivationSet, prepare_capture
 from atlas.capture.config import CaptureConfig
 from atlas.dictionary.config import LinkConfig
-from atlas.dictionary.run import link_atlas
+from atlas.dictionary.run import DICTIONARY_SPLITS, link_atlas
 from atlas.errors import BadInputError
 from atlas.models import check_model
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
@@ -85,7 +85,35 @@ def check_build(config: BuildConfig) -> BuildConfig:
                                 f"{config.model}: pass --annotator grounded-sam (or --preset sd14)")
     check_annotator(config.annotator, config.annotate)
     capture_config(config).selected_keys()
+    size_notes(config)
     return config
+
+
+def size_notes(config: BuildConfig) -> list[str]:
+    """What a build of `config`'s prompts is too small for, said before any stage runs: an error when no image can
+    name a concept (link needs train or dictionary images), else one line per stage that will be skipped."""
+    from atlas.capture.splits import split_of
+
+    prompts = build_prompts(config)
+    splits = [split_of(p) for p in prompts]
+    size = f"--n-images {len(prompts)}" if not config.prompts else f"{len(prompts)} prompts of {config.prompts}"
+    if not any(s in DICTIONARY_SPLITS for s in splits):
+        raise BadInputError(f"{size} holds no image of the train or dictionary split, so no concept could be linked "
+                            f"to a label: give more prompts")
+    if "test" in splits:
+        return []
+    more = _first_test_prompt(config)
+    return [f"note: {size} holds no image of the test split, so the report will not score layout prediction"
+            + (f" (--n-images {more} would)" if more else "")]
+
+
+def _first_test_prompt(config: BuildConfig) -> int | None:
+    """The smallest --n-images whose prompts hold a test-split image (None when none of the first 1,000 does)."""
+    from atlas.capture.splits import split_of
+
+    prompts = read_prompts(config.prompts) if config.prompts else shapes_captions(1_000, split=None,
+                                                                                  seed=config.seed)
+    return next((i + 1 for i, p in enumerate(prompts) if split_of(p) == "test"), None)
 
 
 def capture_config(config: BuildConfig) -> CaptureConfig:
@@ -120,6 +148,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
     config = check_build(config)
     if config.threads:
         torch.set_num_threads(config.threads)
+    for note in size_notes(config):
+        say(note)
     root = Path(config.atlas) if config.atlas else default_path()
     acts_dir, saes_dir = root / "activations", root / "saes"
     planned = [prepare_capture(load_model(config.model, device=config.device), build_prompts(config), acts_dir,

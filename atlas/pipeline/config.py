@@ -61,11 +61,12 @@ class SaeJobConfig:
     """Positions per optimiser step."""
     epochs: float = 20.0
     """Passes over the training split."""
-    min_tokens: int = 1_000_000
-    """Train on at least this many positions (more passes when the split is small)."""
+    min_tokens: int = 0
+    """Train on at least this many positions, in more passes over a small split (0 = what the captured images hold:
+    --epochs passes over the train split's positions, so a small build trains small SAEs quickly)."""
     dead_tokens: int = SaeConfig.dead_tokens
     """A latent that has not fired for this many positions joins the AuxK loss (0: a fifth of the positions the SAE
-    trains on, at most 10M: 200,000 at the default 1M)."""
+    trains on, at most 10M)."""
     seed: int = SaeTrainConfig.seed
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
@@ -129,13 +130,15 @@ class BuildConfig:
     """Passes of each SAE over its training positions (unset: the preset's, else `atlas train`'s)."""
     sae_tokens: int | None = None
     """Positions each SAE trains on at least, in several passes over a small capture (unset: the preset's, else
-    `atlas train`'s --min-tokens)."""
+    `atlas train`'s --min-tokens: --epochs passes over what the captured images hold)."""
     annotator: str | None = None
     """Annotator backend: shapes or grounded-sam (unset: the preset's)."""
     seed: int = 0
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
-    threads: int = 0
-    """Torch CPU threads (0 = torch's default)."""
+    threads: int | None = None
+    """Torch CPU threads (0 = torch's default, one per core; unset: the preset's, else 0). The shapes preset takes 1:
+    its model and SAEs are too small to gain from more, and a thread per core runs many times slower when other
+    processes share the CPU (measured: 32 images captured in 16 s on 1 thread, 229 s on 2, at load 17)."""
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     """The annotator's checkpoints (their own options)."""

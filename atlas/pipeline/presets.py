@@ -33,7 +33,7 @@ class Preset:
 
 
 PRESETS = {
-    "shapes": Preset(BuildConfig(model="shapes", n_images=640, annotator="shapes", branches=["cond"])),
+    "shapes": Preset(BuildConfig(model="shapes", n_images=640, annotator="shapes", branches=["cond"], threads=1)),
     # The paper's recipe (docs/PAPER.md): k = 10 (each key's primary SAE) and k = 20 (its variant "k20").
     "sd14": Preset(BuildConfig(model="sd14", n_images=1000, annotator="grounded-sam", blocks=["down", "mid", "up"],
                                t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], steps=50, guidance=7.5, k=[10, 20],

@@ -32,6 +32,7 @@ import pyarrow as pa  # noqa: E402
 from atlas.errors import NotFoundError  # noqa: E402
 from atlas.layout.config import METHODS  # noqa: E402
 from atlas.layout.score import DictionaryRule, LayoutScore, layout_iou  # noqa: E402
+from atlas.models.text import TextEmbedder  # noqa: E402
 from atlas.report.tables import ev_pivot, markdown_table, sae_columns  # noqa: E402
 from atlas.store import Atlas, SaeInfo  # noqa: E402
 from atlas.store.ids import branch_part  # noqa: E402
@@ -141,12 +142,15 @@ def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
            "explained_variance": s.metrics.get("explained_variance"),
            "fvu": s.metrics.get("fvu"), "dead_fraction": s.metrics.get("dead_fraction"), "k": s.k,
            "n_latents": s.n_latents} for s in saes]
+    embedder = TextEmbedder()  # one label-embedding model for every scoring below (each load takes seconds)
     rules = {"stored dictionary": None, "min_hits 1": DictionaryRule(min_hits=1),
              "dictionary split only": DictionaryRule(splits=("dictionary",))}
     try:
-        scores = sorted(layout_iou(atlas, methods=METHODS), key=lambda score: METHODS.index(score.method))
+        scores = sorted(layout_iou(atlas, methods=METHODS, embedder=embedder),
+                        key=lambda score: METHODS.index(score.method))
         variants = [{"dictionary": name, **asdict(x)} for name, rule in rules.items() if rule is not None
-                    for x in layout_iou(atlas, methods=("top-concept",), rule=rule) if x.t == max(s.t for s in saes)]
+                    for x in layout_iou(atlas, methods=("top-concept",), rule=rule, embedder=embedder)
+                    if x.t == max(s.t for s in saes)]
         variants = [{"dictionary": "stored dictionary", **asdict(x)} for x in scores
                     if x.method == "top-concept" and x.t == max(s.t for s in saes)] + variants
         layout_note = ""

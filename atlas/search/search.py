@@ -1,21 +1,34 @@
-"""`atlas search TEXT`: concepts for a word, by label, by meaning, or (before any labels exist) by activation.
+"""`atlas search TEXT` (and the web's search): concepts for a word, by label, name, meaning, or activation.
 
 1. TEXT is a linked label: concepts ranked by how well they predict its masks.
-2. Otherwise, unless TEXT looks like a misspelt label (then the error names it), the linked label
-   closest in meaning (sentence embeddings) stands in when it is close enough: "kitten" finds "cat".
-3. An atlas without labels yet: TEXT is generated as a prompt, its residual update at the block and t
+2. TEXT is a concept's name (given by a person, any case): those concepts.
+3. Otherwise, unless TEXT looks like a misspelt label (then the error names it), the labels and concept
+   names (people's and the dictionary's roll-up names) closest in meaning (sentence embeddings) are listed
+   with their similarity; the closest stands in when it is close enough ("kitten" finds "cat"), and below
+   MEANING_THRESHOLD the answer is that nothing is close (naming the nearest), never an unrelated label.
+4. An atlas without labels yet: TEXT is generated as a prompt, its residual update at the block and t
    is averaged over positions, and concepts are ranked by decoder cosine to it (FAISS).
+
+A concept id (mid/1.0/412) is not searched: `resolve_text` says which concept it names.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from atlas.errors import NotFoundError
 from atlas.models.text import TextEmbedder
 from atlas.store import Atlas, ConceptInfo, InvalidInputError, Neighbor, NoLabelsError, UnknownLabelError
+from atlas.store.errors import BadConceptIdError
+from atlas.store.ids import parse_concept_id
+from atlas.store.reads import BEST_CONCEPT_SQL
+
+Embed = Callable[[list[str]], np.ndarray]
+"""Unit-norm sentence embeddings of texts (TextEmbedder.embed, or a server's cached one)."""
 
 MAX_TEXT = 200
 """Labels are a few words; longer text is refused before any model loads to embed it."""
@@ -24,19 +37,91 @@ TYPO_CUTOFF = 0.85  # difflib ratio above which the text is taken for a misspelt
 
 
 @dataclass
+class Match:
+    """A label or a concept name close in meaning to a search text."""
+
+    text: str
+    kind: str  # "label", "name" (a person's) or "dictionary name" (rolled up from the concept's labels)
+    similarity: float
+    concept_id: str | None  # a name's concept; a label's best concept
+
+
+@dataclass
+class Resolution:
+    """What a search text names: a concept (its id), else the labels and names closest in meaning."""
+
+    query: str
+    concept: str | None = None
+    matches: list[Match] = field(default_factory=list)
+    """At least MEANING_THRESHOLD similar, best first (a text containing the query verbatim before the rest)."""
+    nearest: Match | None = None
+    """The closest of all, also when nothing is close enough."""
+
+
+@dataclass
 class SearchResult:
     query: str
-    via: str  # "label", "meaning" or "prompt activation"
+    via: str  # "label", "name", "meaning" or "prompt activation"
     label: str | None
     similarity: float | None
     concepts: list[ConceptInfo | Neighbor]
+    matches: list[Match] = field(default_factory=list)
 
 
-def closest_label(text: str, labels: list[str], embedder: TextEmbedder) -> tuple[str, float]:
-    vectors = embedder.embed([text, *labels])
-    sims = vectors[1:] @ vectors[0]
-    best = int(np.argmax(sims))
-    return labels[best], float(sims[best])
+def concept_id_of(text: str) -> str | None:
+    """The concept id TEXT spells (mid/1.0/412), None when it is not one."""
+    if "/" not in text:
+        return None
+    try:
+        return str(parse_concept_id(text.strip()))
+    except BadConceptIdError:
+        return None
+
+
+def named_concepts(atlas: Atlas) -> list[tuple[str, str, str]]:
+    """(name, kind, concept_id) of every named concept: the names people gave, then the dictionary's roll-up names
+    of the concepts of primary SAEs that have links."""
+    from atlas.dictionary.names import atlas_concept_names
+
+    given = [(r["name"], "name", r["concept_id"]) for r in atlas.query(
+        "SELECT concept_id, name FROM concepts WHERE name IS NOT NULL ORDER BY concept_id").to_pylist()]
+    linked = atlas.query("SELECT DISTINCT concept_id FROM concept_labels WHERE variant = '' ORDER BY concept_id")
+    rolled = atlas_concept_names(atlas, linked["concept_id"].to_pylist())
+    return given + [(name, "dictionary name", cid) for cid, name in rolled.items() if name]
+
+
+def resolve_text(atlas: Atlas, text: str, embed: Embed | None = None, k: int = 10) -> Resolution:
+    """What TEXT names in the atlas: a concept id goes to its concept; any other text to the labels and concept
+    names closest in meaning, with their similarity (a name shared by several concepts: its best-linked one)."""
+    text = text.strip()
+    concept = concept_id_of(text)
+    if concept is not None:
+        return Resolution(text, concept=atlas.concept(concept).concept_id)
+    best = {r["label"]: r["concept_id"] for r in atlas.query(
+        f"SELECT label, {BEST_CONCEPT_SQL} AS concept_id FROM concept_labels GROUP BY label").to_pylist()}
+    candidates = [(label, "label", best.get(label)) for label in atlas.labels()]
+    seen: set[tuple[str, str]] = set()
+    for name, kind, cid in named_concepts(atlas):
+        if (name.lower(), kind) not in seen and name not in best:
+            seen.add((name.lower(), kind))
+            candidates.append((name, kind, cid))
+    if not candidates:
+        return Resolution(text)
+    embed = embed or TextEmbedder().embed
+    scores = embed([c[0] for c in candidates]) @ embed([text])[0]
+    contains = np.array([text.lower() in c[0].lower() for c in candidates])
+    order = np.lexsort((-scores, ~contains))
+    found = [Match(candidates[i][0], candidates[i][1], float(scores[i]), candidates[i][2]) for i in order]
+    close = [m for m in found if m.similarity >= MEANING_THRESHOLD or text.lower() in m.text.lower()]
+    return Resolution(text, matches=close[:k], nearest=max(found, key=lambda m: m.similarity))
+
+
+def nothing_close(resolution: Resolution) -> NotFoundError:
+    """The error of a search that found nothing close in meaning, naming the nearest label or name."""
+    near = resolution.nearest
+    nearest = f"; the nearest is the {near.kind} {near.text!r} (similarity {near.similarity:.2f})" if near else ""
+    return NotFoundError(f"nothing in this atlas is close to {resolution.query!r} in meaning (similarity under "
+                         f"{MEANING_THRESHOLD}){nearest}; list the labels with `atlas sql \"SELECT name FROM labels\"`")
 
 
 def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str | None = None,
@@ -49,6 +134,10 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
         raise InvalidInputError("empty search text: give a label, e.g. 'red circle'")
     if len(text) > MAX_TEXT:
         raise InvalidInputError(f"search text of {len(text):,} characters: give a label of at most {MAX_TEXT}")
+    named = [cid for name, kind, cid in named_concepts(atlas) if kind == "name"
+             and name.strip().lower() == text.strip().lower()]
+    if named:
+        return SearchResult(text, "name", None, 1.0, [atlas.concept(cid) for cid in named[:k]])
     try:
         return SearchResult(text, "label", text, 1.0, atlas.concepts(label=text, limit=k, **saes))
     except NoLabelsError as no_labels:
@@ -61,13 +150,17 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
             raise no_labels from None  # nothing to generate the prompt with: say how to get labels instead
         return SearchResult(text, "prompt activation", None, None, found)
     except UnknownLabelError:
-        labels = atlas.labels()
-        if difflib.get_close_matches(text, labels, n=1, cutoff=TYPO_CUTOFF):
+        if difflib.get_close_matches(text, atlas.labels(), n=1, cutoff=TYPO_CUTOFF):
             raise  # a typo: the error names the label meant, rather than silently searching another
-        label, similarity = closest_label(text, labels, embedder or TextEmbedder())
-        if similarity < MEANING_THRESHOLD:
-            raise
-        return SearchResult(text, "meaning", label, similarity, atlas.concepts(label=label, limit=k, **saes))
+        resolution = resolve_text(atlas, text, (embedder or TextEmbedder()).embed, k)
+        if not resolution.matches:
+            raise nothing_close(resolution) from None
+        top = resolution.matches[0]
+        if top.kind == "label":
+            found = atlas.concepts(label=top.text, limit=k, **saes)
+        else:
+            found = [atlas.concept(m.concept_id) for m in resolution.matches if m.kind != "label"][:k]
+        return SearchResult(text, "meaning", top.text, top.similarity, found, resolution.matches)
 
 
 def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int,

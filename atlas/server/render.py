@@ -17,6 +17,8 @@ from PIL import Image
 MIN_SIDE = 128
 MAX_SIDE = 512
 COLORMAP = colormaps["inferno"]
+OPACITY = 0.85
+"""How opaque a heatmap cell at full colour is drawn by default (the concept page's slider changes it)."""
 _PLOTTING = threading.Lock()  # matplotlib's text rendering is not thread-safe, and the server renders in threads
 
 
@@ -32,14 +34,16 @@ def display_size(image: Image.Image, size: int | None = None) -> int:
     return int(min(MAX_SIDE, max(MIN_SIDE if size is None else 16, side)))
 
 
-def heatmap(image: Image.Image, amap: np.ndarray, vmax: float | None = None, size: int | None = None) -> Image.Image:
-    """The image with the activation map blended over it; values are divided by `vmax` (default the map's max)."""
+def heatmap(image: Image.Image, amap: np.ndarray, vmax: float | None = None, size: int | None = None,
+            opacity: float = OPACITY) -> Image.Image:
+    """The image with the activation map blended over it; values are divided by `vmax` (default the map's max), and
+    a cell at full colour is drawn at `opacity` (0 leaves the image as it is)."""
     side = display_size(image, size)
     base = image.convert("RGB").resize((side, side), Image.NEAREST)
     top = float(vmax) if vmax and np.isfinite(vmax) and vmax > 0 else float(np.max(amap, initial=0.0))
     level = np.clip(np.asarray(amap, np.float32) / top, 0.0, 1.0) if top > 0 else np.zeros_like(amap, np.float32)
     colour = (COLORMAP(level)[..., :3] * 255).astype(np.uint8)
-    alpha = (np.sqrt(level) * 0.85 * 255).astype(np.uint8)
+    alpha = (np.sqrt(level) * float(np.clip(opacity, 0.0, 1.0)) * 255).astype(np.uint8)
     layer = Image.fromarray(np.dstack([colour, alpha]), "RGBA").resize((side, side), Image.NEAREST)
     out = base.convert("RGBA")
     out.alpha_composite(layer)

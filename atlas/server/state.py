@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -61,6 +61,13 @@ class ServerState:
 
             self._model = (name, load_model(name))
         return self._model[1]
+
+    @contextmanager
+    def model_turn(self) -> Iterator[Callable[[str], TextToImageModel]]:
+        """The model loader for one computation that writes nothing (word attribution): one at a time, sharing the
+        edits' loaded model, allowed also when serving read-only."""
+        with self._write_lock:
+            yield self.model
 
     def keep_picture(self, name: str, data: bytes, keep: int = 96) -> None:
         self.pictures[name] = data

@@ -206,7 +206,7 @@ class Atlas:
         ref = concept if isinstance(concept, ConceptRef) else parse_concept_id(concept)
         sae = self.select_saes(ref.block, ref.t, ref.branch, ref.variant)[0]
         if ref.latent >= sae.n_latents:
-            raise InvalidInputError(f"{ref} does not exist: the SAE {sae.prefix} has latents 0..{sae.n_latents - 1}")
+            raise NotFoundError(f"{ref} does not exist: the SAE {sae.prefix} has latents 0..{sae.n_latents - 1}")
         return sae, ref.latent
 
     def _files(self, kind: str, sae_id: int | None = None, bucket: int | None = None,
@@ -268,7 +268,8 @@ class Atlas:
     # -- codes ---------------------------------------------------------------------------------------------------
 
     def top_images(self, concept: str, n: int = 20) -> list[ImageHit]:
-        """Images where the concept fires most strongly (largest value; ties: more cells, lower id)."""
+        """Images where the concept fires most strongly (largest value; ties: more cells, lower id), each with the
+        absolute path of its image file."""
         sae, latent = self.resolve(concept)
         rows = self._rows(codes.BY_LATENT, "latent", latent, ["image_id", "row", "col", "q"], sae_id=sae.id,
                           bucket=latent // codes.LATENTS_PER_BUCKET)
@@ -287,7 +288,8 @@ class Atlas:
             "SELECT i.id, i.path, p.text AS prompt FROM snapshot.images i LEFT JOIN snapshot.prompts p "
             f"ON p.id = i.prompt_id WHERE i.id IN ({', '.join(map(str, ids))})").to_pylist()}
         values = codes.dequantize(q[chosen], sae.value_qbase)
-        return [ImageHit(int(i), float(v), int(c), int(x // 65536), int(x % 65536), info.get(i, {}).get("path"),
+        paths = {i: str(self.file_path(r["path"]).absolute()) for i, r in info.items() if r["path"]}
+        return [ImageHit(int(i), float(v), int(c), int(x // 65536), int(x % 65536), paths.get(i),
                          info.get(i, {}).get("prompt"))
                 for i, v, c, x in zip(ids, values, counts[best], cell[chosen])]
 

@@ -49,6 +49,7 @@ class ImageHit:
     row: int
     col: int
     path: str | None
+    """The image file, an absolute path."""
     prompt: str | None
 
 

@@ -47,3 +47,39 @@
   document.getElementById("clear-region").addEventListener("click", () => { field.value = ""; read(); });
   read();
 })();
+
+// The concept page: the heatmap opacity slider redraws every heatmap at the chosen opacity (0: the raw image).
+(function () {
+  const slider = document.getElementById("opacity");
+  if (!slider) return;
+  slider.addEventListener("input", () => {
+    document.querySelectorAll("img.heatmap").forEach(img => {
+      const url = new URL(img.src, window.location.href);
+      url.searchParams.set("opacity", slider.value);
+      img.src = url.toString();
+    });
+  });
+})();
+
+// The concept page: which caption words drive the concept, measured by the server on demand.
+(function () {
+  const table = document.getElementById("words");
+  if (!table) return;
+  const body = table.querySelector("tbody");
+  function cell(row, text) { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); }
+  fetch(table.dataset.src).then(r => r.json()).then(data => {
+    body.textContent = "";
+    if (!data.ok) { const row = body.insertRow(); cell(row, data.error || "not measured"); return; }
+    data.words.forEach(w => {
+      const row = body.insertRow();
+      row.className = "word";
+      cell(row, w.word);
+      cell(row, w.activation.toFixed(3));
+      cell(row, (w.change >= 0 ? "+" : "") + w.change.toFixed(3));
+    });
+    const total = body.insertRow();
+    cell(total, "(full caption)");
+    cell(total, data.activation.toFixed(3));
+    cell(total, "");
+  });
+})();

@@ -1,20 +1,26 @@
 """Concepts: the ranked list, and one concept's page (Neuronpedia's feature page, for images).
 
-The page shows where the concept fires (top images with heatmaps), how it evolves over denoising
-(the nearest concept by decoder direction at every other t, drawn on the same images), how strongly
-and how often it fires (histogram, frequency), what it depicts (labels with IoU and support) and a
-name and note people can edit.
+The page opens with a description (the dictionary's roll-up name, its labels with their figures, when its
+label emerges over denoising), then shows where the concept fires (top images with heatmaps beside the raw
+image, with an opacity control), examples from across its activation range and a random sample, which prompt
+words drive it (each word dropped in turn, measured on demand at `words.json`), how it evolves over denoising
+(the nearest concept by decoder direction at every other t, drawn on the same images), how strongly and how
+often it fires (histogram, density), what it depicts (labels with IoU and support) and a name and note people
+can edit.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Body, Form, Path, Query
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from atlas.dictionary.names import describe_concept
 from atlas.errors import BadInputError
 from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page, concept_url
@@ -25,6 +31,9 @@ from atlas.store import ConceptInfo, NoIndexError, SaeInfo
 from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT, parse_concept_id
 
 PAGE = Page("concepts")
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+"""Where in the range of a concept's per-image peak activation the page shows an example."""
+RANDOM_SAMPLE = 6
 BINS = 30
 NEIGHBOURS = 5
 LINK_FIELDS = ("label", "mean_iou", "hit_rate", "precision", "recall", "support")  # set only on label searches
@@ -102,6 +111,36 @@ def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] =
                                   and (s.branch, s.variant) == (branch, variant)) for s in state.atlas.saes()]}
 
 
+# -- prompt words --------------------------------------------------------------------------------------------
+# Registered before the concept page, whose `/concept/{id:path}.json` would swallow `.../words.json`.
+
+class WordData(Envelope):
+    concept_id: str
+    image_id: int
+    prompt: str
+    activation: float
+    words: list[dict[str, Any]]
+
+
+@PAGE.router.get("/concept/{concept_id:path}/words.json", response_model=WordData, responses=ERRORS,
+                 summary="Which caption words drive a concept: each dropped in turn, the activation change")
+def words_json(concept_id: ConceptId, state: State,
+               image_id: Annotated[int | None, Query(ge=0, description="Image whose caption to take (default: the "
+                                                                        "concept's top image)")] = None) -> WordData:
+    from atlas.pipeline.attribution import word_attribution
+
+    cid = state.atlas.concept(concept_id).concept_id
+    if image_id is None:
+        hits = state.atlas.top_images(cid, 1)
+        if not hits:
+            raise BadInputError(f"concept {cid} never fires on the stored images: give image_id")
+        image_id = hits[0].image_id
+    with state.model_turn() as load:
+        found = word_attribution(state.atlas, cid, image_id, load=load)
+    return WordData(concept_id=found.concept_id, image_id=found.image_id, prompt=found.prompt,
+                    activation=found.activation, words=[asdict(w) for w in found.words])
+
+
 # -- one concept ---------------------------------------------------------------------------------------------
 
 class Hit(BaseModel):
@@ -112,6 +151,15 @@ class Hit(BaseModel):
     row: int
     col: int
     map: list[list[float]]
+
+
+class Example(BaseModel):
+    """An image where the concept fires, picked at a quantile of its per-image peak activation or at random."""
+
+    image_id: int
+    prompt: str | None
+    activation: float
+    quantile: float | None
 
 
 class Neighbour(BaseModel):
@@ -142,8 +190,17 @@ class Histogram(BaseModel):
 
 class ConceptData(Envelope):
     concept: dict[str, Any]
+    dictionary_name: str | None
+    """The roll-up name of the concept's dictionary labels (what they share: "red (any shape)")."""
+    description: str
+    emergence: list[list[float]]
+    """(t, best IoU of its best label in its block at that t), from the first denoising step on."""
+    density: float
+    """Share of the atlas's images the concept fires on."""
     grid: list[int]
     images: list[Hit]
+    quantiles: list[Example]
+    random: list[Example]
     vmax: float
     timesteps: list[Timestep]
     histogram: Histogram
@@ -174,6 +231,20 @@ def histogram(state: ServerState, sae: SaeInfo, latent: int) -> Histogram:
         counts[max(0, int(row["bin"]))] += int(row["n"])
     edges = [lo + i * width for i in range(bins + 1)] if bins > 1 else [lo - 0.5, lo + 0.5]
     return Histogram(edges=edges, counts=counts, positions=stats["n"], images=stats["images"], images_total=total)
+
+
+def examples(state: ServerState, sae: SaeInfo, latent: int) -> tuple[list[Example], list[Example]]:
+    """Images at the QUANTILES of the concept's per-image peak activation, and a random sample of the images it
+    fires on (the same sample on every visit)."""
+    peaks = state.atlas.query("SELECT c.image_id, max(c.value) AS activation, any_value(i.prompt) AS prompt "
+                              "FROM codes c JOIN images i ON i.id = c.image_id WHERE c.sae_id = ? AND c.latent = ? "
+                              "GROUP BY c.image_id ORDER BY activation, c.image_id", [sae.id, latent]).to_pylist()
+    if not peaks:
+        return [], []
+    at = [Example(**peaks[round(q * (len(peaks) - 1))], quantile=q) for q in QUANTILES]
+    rng = np.random.default_rng([sae.id, latent])
+    picked = sorted(rng.choice(len(peaks), min(RANDOM_SAMPLE, len(peaks)), replace=False).tolist())
+    return at, [Example(**peaks[i], quantile=None) for i in picked]
 
 
 def _best_labels(state: ServerState, concept_ids: list[str]) -> dict[str, str | None]:
@@ -217,11 +288,17 @@ def concept(concept_id: ConceptId, state: State,
             neighbour.best_label = best.get(neighbour.concept_id)
     labels = atlas.query("SELECT label, mean_iou, hit_rate, precision, recall, support FROM concept_labels "
                          "WHERE concept_id = ? ORDER BY mean_iou DESC NULLS LAST, label", [cid])
+    described = describe_concept(atlas, cid)
+    at_quantiles, sample = examples(state, sae, info.latent)
     return {
         "concept": {**{k: v for k, v in info.__dict__.items() if k not in LINK_FIELDS}, "url": concept_url(cid)},
+        "dictionary_name": described.name, "description": described.text,
+        "emergence": [list(x) for x in described.emergence],
+        "density": described.images / described.images_total if described.images_total else 0.0,
         "grid": [sae.grid_h or 0, sae.grid_w or 0],
         "images": [Hit(image_id=h.image_id, prompt=h.prompt, activation=h.activation, n_positions=h.n_positions,
                        row=h.row, col=h.col, map=m.tolist()) for h, m in zip(hits, maps)],
+        "quantiles": at_quantiles, "random": sample,
         "vmax": max((h.activation for h in hits), default=0.0), "timesteps": timesteps,
         "histogram": histogram(state, sae, info.latent),
         "labels": Table(columns=labels.column_names, rows=[list(r.values()) for r in labels.to_pylist()]),

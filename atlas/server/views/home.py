@@ -69,7 +69,7 @@ def home(state: State) -> dict:
               for m in atlas.query("SELECT id, name, path, spec FROM models ORDER BY id").to_pylist()]
     top = atlas.query(f"SELECT {BEST_CONCEPT_SQL} AS concept_id, label, max(mean_iou) AS mean_iou, "
                       f"first(support ORDER BY {LINK_RANK}) AS support FROM concept_labels GROUP BY label "
-                      "ORDER BY mean_iou DESC NULLS LAST, label LIMIT 12").to_pylist()
+                      "ORDER BY mean_iou DESC NULLS LAST, label").to_pylist()
     columns = ["sae", "block", "t", "branch", "variant", "k", "n_latents", "d_in", "grid", "n_codes", *METRICS]
     rows = [[s.name, s.block, s.t, s.branch, s.variant, s.k, s.n_latents, s.d_in, s.grid, s.n_codes,
              *(s.metrics.get(m) for m in METRICS)] for s in saes]

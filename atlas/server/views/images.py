@@ -45,9 +45,12 @@ def image_png(image_id: int, state: State, size: Size = None) -> Response:
 def heatmap_png(image_id: int, state: State,
                 concept: Annotated[str, Query(description="Concept id, e.g. mid/1.0/412")],
                 vmax: Annotated[float | None, Query(gt=0, description="Activation drawn at full colour")] = None,
-                size: Size = None) -> Response:
+                size: Size = None,
+                opacity: Annotated[float, Query(ge=0, le=1, description="Opacity of the map at full colour "
+                                                                         "(0: the raw image)")] = render.OPACITY
+                ) -> Response:
     amap = state.atlas.activation_map(image_id, concept)
-    return png_response(render.heatmap(load_image(state, image_id), amap, vmax, size))
+    return png_response(render.heatmap(load_image(state, image_id), amap, vmax, size, opacity))
 
 
 @PAGE.router.get("/object/{object_id}.png", response_class=Response, responses=PNG,

@@ -1,18 +1,18 @@
-"""Search: a concept id goes straight to its concept; any other text finds labels and people's concept
-names by meaning (offline MiniLM sentence embeddings, so "kitten" finds "cat")."""
+"""Search: a concept id goes straight to its concept; any other text finds labels and concept names (people's and
+the dictionary's roll-up names) by meaning (offline MiniLM sentence embeddings, so "kitten" finds "cat"), or
+says that nothing is close."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import Query
 from pydantic import BaseModel
 
 from atlas.errors import AtlasError
+from atlas.search.search import nothing_close, resolve_text
 from atlas.server.pages import Envelope, Page
-from atlas.server.state import ServerState, State
-from atlas.store.reads import BEST_CONCEPT_SQL
+from atlas.server.state import State
 
 PAGE = Page("search")
 
@@ -26,7 +26,8 @@ class LabelMatch(BaseModel):
 class NameMatch(BaseModel):
     concept_id: str
     name: str
-    note: str | None
+    kind: str
+    """name (given by a person) or dictionary name (rolled up from the concept's labels)."""
     score: float
 
 
@@ -36,38 +37,32 @@ class SearchData(Envelope):
     concept_error: str | None
     labels: list[LabelMatch]
     names: list[NameMatch]
-
-
-def ranked(state: ServerState, query: str, texts: list[str], k: int) -> list[tuple[int, float]]:
-    """Indices of the `k` texts closest in meaning to the query; a text containing it verbatim comes first."""
-    if not texts:
-        return []
-    scores = state.embed(texts, keep=True) @ state.embed([query])[0]
-    contains = np.array([query.lower() in t.lower() for t in texts])
-    order = np.lexsort((-scores, ~contains))[:k]
-    return [(int(i), float(scores[i])) for i in order]
+    nothing_close: str | None
+    """Set when no label or name is close in meaning: what was nearest, and how close."""
 
 
 @PAGE.add("/search", "search.html", SearchData)
 def search(state: State, q: Annotated[str, Query(max_length=500, description="Concept id, label or name")] = "",
            k: Annotated[int, Query(ge=1, le=100, description="Matches of each kind")] = 10) -> dict:
-    """Find a concept by id, or labels and concept names by meaning."""
+    """Find a concept by id, or labels and concept names (people's and the dictionary's) by meaning, the same
+    resolution as `atlas search`."""
     q = q.strip()
-    found: dict = {"q": q, "concept": None, "concept_error": None, "labels": [], "names": []}
+    found: dict = {"q": q, "concept": None, "concept_error": None, "labels": [], "names": [], "nothing_close": None}
     if not q:
         return found
-    atlas = state.atlas
     if "/" in q:
         try:
-            found["concept"] = atlas.concept(q).concept_id
-        except AtlasError as err:
+            found["concept"] = state.atlas.concept(q).concept_id
+        except AtlasError as err:  # text with a '/' is meant as an id: say what is wrong with it, not what it means
             found["concept_error"] = str(err)
-    labels = atlas.labels()
-    best = {r["label"]: r["concept_id"] for r in atlas.query(
-        f"SELECT label, {BEST_CONCEPT_SQL} AS concept_id FROM concept_labels GROUP BY label").to_pylist()}
-    found["labels"] = [LabelMatch(label=labels[i], score=s, best_concept=best.get(labels[i]))
-                       for i, s in ranked(state, q, labels, k)]
-    named = atlas.query("SELECT concept_id, name, note FROM concepts WHERE name IS NOT NULL ORDER BY concept_id"
-                        ).to_pylist()
-    found["names"] = [NameMatch(**named[i], score=s) for i, s in ranked(state, q, [n["name"] for n in named], k)]
+        return found
+    # the candidates come back on every search, so their embeddings are kept; the query's are not
+    resolution = resolve_text(state.atlas, q, lambda texts: state.embed(texts, keep=texts[-1:] != [q]), k=2 * k)
+    matches = resolution.matches
+    found["labels"] = [LabelMatch(label=m.text, score=m.similarity, best_concept=m.concept_id)
+                       for m in matches if m.kind == "label"][:k]
+    found["names"] = [NameMatch(concept_id=m.concept_id, name=m.text, kind=m.kind, score=m.similarity)
+                      for m in matches if m.kind != "label"][:k]
+    if not matches:
+        found["nothing_close"] = str(nothing_close(resolution))
     return found
