@@ -407,9 +407,11 @@ def one_variant(variant: str | None, sae_k: int | None) -> str | None:
     return DEFAULT_VARIANT if variant is None and sae_k is None else variant
 
 
-ATLAS_ENTRIES = frozenset({"catalog.duckdb", "catalog.duckdb.wal", "writers.lock", snapshot.TABLES_DIR, "codes",
-                           "index", "masks", "activations", "saes", "annotations", "report"})
-"""What an atlas directory holds (the store's files, and the pipeline's activations, SAEs, annotations and report)."""
+ATLAS_ENTRIES = frozenset({"catalog.duckdb", "catalog.duckdb.wal", "catalog.duckdb.damaged",
+                           "catalog.duckdb.wal.damaged", "writers.lock", snapshot.TABLES_DIR, "codes", "index", "masks",
+                           "activations", "saes", "annotations", "report", "edits"})
+"""What an atlas directory holds: the store's files (with a damaged catalog `atlas check --repair` set aside), the
+pipeline's activations, SAEs, annotations, report and edits."""
 
 
 def refuse_foreign(root: Path) -> None:
