@@ -55,11 +55,17 @@ def number(generation: Path) -> int:
     return int(generation.name[1:])
 
 
+def _complete(generation: Path) -> bool:
+    """Renamed into place by `publish`, so with its meta.json naming its own number."""
+    try:
+        return generation.name[1:].isdigit() and meta(generation).get("generation") == number(generation)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def generations(root: Path) -> list[Path]:
-    """The complete generation directories (renamed into place, so with their meta.json), oldest first."""
-    base = root / TABLES_DIR
-    found = [p for p in base.glob("g[0-9]*") if p.name[1:].isdigit() and (p / "meta.json").exists()]
-    return sorted(found, key=number)
+    """The complete generation directories, oldest first."""
+    return sorted((p for p in (root / TABLES_DIR).glob("g[0-9]*") if _complete(p)), key=number)
 
 
 def newest(root: Path) -> Path | None:
