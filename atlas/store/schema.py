@@ -164,8 +164,8 @@ class File(Base):
     key: Mapped[str | None] = mapped_column(String)
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    sha256: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    sha256: Mapped[str | None] = mapped_column(String)
 
 
 class Stage(Base):
