@@ -340,11 +340,11 @@ def test_serve_answers_the_same_while_encode_and_link_rewrite_the_atlas(referenc
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
-def test_a_reader_during_link_sees_the_old_dictionary_then_the_new_one(shapes_atlas, tmp_path):
+def test_a_reader_during_link_sees_the_old_dictionary_then_the_new_one(two_branch_atlas, tmp_path):
     """`atlas link` commits one SAE's labels at a time; a reader polling meanwhile must see two states only: the
     dictionary before (here: none) and the whole new one."""
     root = tmp_path / "atlas"
-    shutil.copytree(shapes_atlas, root, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report"))
     with Catalog(root).write("concept_labels", "concepts", "stages") as tx:
         tx.query("DELETE FROM concept_labels")
         tx.query("UPDATE concepts SET best_label = NULL")
