@@ -184,10 +184,11 @@ def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | No
       atlas encode --activations s3://bucket/acts --saes saes --atlas atlas --executor ray --ray-address auto
     """
     from atlas.capture import ActivationSet
-    from atlas.pipeline.encode import encode_atlas
+    from atlas.pipeline.encode import encode_atlas, encode_keys
     from atlas.pipeline.executor import open_executor
     from atlas.store import Atlas
 
+    encode_keys(ActivationSet(acts_dir), saes_dir, branch)  # bad inputs create no atlas
     with open_executor(build_config(ExecutorConfig, options)) as executor, \
             Atlas.create(_atlas_dir(atlas_dir)) as atlas, atlas.writer() as writer:
         written = encode_atlas(writer, ActivationSet(acts_dir), saes_dir, branch=branch, executor=executor)
@@ -411,29 +412,33 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
 @click.command(context_settings=CONTEXT)
 @click.option("--max-lines", default=50, show_default=True, type=click.IntRange(min=0),
               help="Problems to print before summarising the rest.")
-@click.option("--repair", is_flag=True, help="First remove orphans (files the catalog does not list: leftovers of "
-              "interrupted writes), one line each; refused while another process writes to the atlas.")
+@click.option("--repair", is_flag=True, help="First rebuild what can be derived (the catalog from its snapshot, "
+              "tables/CURRENT, codes from the capture and the SAEs, FAISS indexes from the SAEs) and remove orphans "
+              "(files the catalog does not list: leftovers of interrupted writes), one line each; refused while "
+              "another process writes to the atlas.")
+@click.option("--quick", is_flag=True, help="Compare file sizes only: no checksums, no checkpoint loads.")
 @atlas_option
 @one_line_errors
-def check(max_lines: int, repair: bool, atlas_dir: str | None) -> None:
-    """Verify an atlas: every listed file exists and reads, counts match the catalog, SAEs load.
+def check(max_lines: int, repair: bool, quick: bool, atlas_dir: str | None) -> None:
+    """Verify an atlas: the catalog opens, every listed file has its checksum, counts match, SAEs load.
 
-    Read-only (safe while a build writes) unless --repair. Prints one problem per line and exits with 1
+    Read-only (safe while a build writes) unless --repair. Prints one problem per cause and exits with 1
     when there are any.
 
     \b
     Examples:
       atlas check --atlas atlas
+      atlas check --atlas atlas --quick
       atlas check --atlas atlas --repair
     """
-    from atlas.store import open_atlas
-    from atlas.store.check import check_atlas, repair_atlas
+    from atlas.store.check import check_atlas
 
     if repair:
-        for path in repair_atlas(atlas_dir):
-            click.echo(f"removed {path}")
-    with open_atlas(atlas_dir) as atlas:
-        report = check_atlas(atlas)
+        from atlas.pipeline.repair import repair_atlas
+
+        report = repair_atlas(atlas_dir, say=click.echo)
+    else:
+        report = check_atlas(atlas_dir, quick=quick)
     for line in report.problems[:max_lines]:
         click.echo(line)
     if len(report.problems) > max_lines:
@@ -441,8 +446,9 @@ def check(max_lines: int, repair: bool, atlas_dir: str | None) -> None:
     if report.orphans:
         click.echo(f"{len(report.orphans)} files the catalog does not list (left by interrupted writes, or being "
                    f"written now), e.g. {report.orphans[0]}: `atlas check --repair` removes them")
-    checked = ", ".join(f"{n} {what}s" for what, n in report.checked.items())
-    click.echo(f"checked {checked}: " + ("no problems" if report.ok else f"{len(report.problems)} problems"),
+    checked = ", ".join(f"{n} {what}{'s' if n != 1 else ''}" for what, n in report.checked.items())
+    n = len(report.problems)
+    click.echo(f"checked {checked}: " + ("no problems" if report.ok else f"{n} problem{'s' if n != 1 else ''}"),
                err=not report.ok)
     if not report.ok:
         raise SystemExit(1)

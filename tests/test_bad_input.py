@@ -335,6 +335,12 @@ CLI_CASES = [
     cli("build", "--annotator", "grounded-sam", "--grounding-dino", "{tmp}/no-dino", *A,
         expect="Grounding DINO weights .*no-dino are not on this machine"),
     cli("build", "--sae-batch-size", "0", *A, expect="not in the range x>=1"),
+    cli("build", "--atlas", "{atlas}/catalog.duckdb", expect="'.*catalog.duckdb' is a file"),
+    cli("build", "--atlas", "{atlas}/..", expect="holds 3 entries no atlas has .*pass --any-directory"),
+    cli("build", "--model", "/nonexistent", "--atlas", "{tmp}/new-atlas", expect="not in the local Hugging Face"),
+    cli("capture", "--n-prompts", "3", "--out", "{atlas}/catalog.duckdb", expect="'.*catalog.duckdb' is a file"),
+    cli("edit", "a red circle", "--concept", "red circle", "--region", "/etc/passwd", *A,
+        expect="region mask /etc/passwd is not a readable image"),
     cli("demo", "--n-images", "-1", *A, expect="not in the range x>=1"),
     cli("demo", "--device", "tpu", *A, expect="unknown device 'tpu'"),
     # report, check, serve, upgrade
@@ -392,6 +398,7 @@ def assert_one_line_error(code: int, stderr: str, expect: str) -> None:
 @pytest.mark.parametrize("args, expect", CLI_CASES)
 def test_command_refuses_bad_input(args: list[str], expect: str, sweep: Sweep) -> None:
     run_refused(sweep.root, args, expect, sweep)
+    assert not (sweep.tmp / "new-atlas").exists(), "a failed command left a half-made atlas"
 
 
 def run_refused(root: Path, args: list[str], expect: str, sweep: Sweep) -> None:

@@ -1,18 +1,23 @@
 """`atlas check` on a real atlas: clean, then with a missing image, a damaged code file and a broken SAE; `--repair`
-removes exactly the orphans an interrupted write leaves."""
+removes exactly the orphans an interrupted write leaves; each corruption of issue 20 (catalog, codes, FAISS,
+CURRENT, the capture's manifest) is one problem, and `check --repair` restores the atlas readers had."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from atlas.cli.main import main
-from atlas.store import open_atlas, snapshot
+from atlas.store import open_atlas, open_writer, snapshot
 from atlas.store.catalog import WRITERS_LOCK, Catalog
+from atlas.store.check import check_atlas
+from atlas.store.errors import CorruptFileError
 
 
 def test_check_finds_nothing_on_a_built_atlas_and_each_planted_fault(shapes_atlas, tmp_path):
@@ -31,8 +36,9 @@ def test_check_finds_nothing_on_a_built_atlas_and_each_planted_fault(shapes_atla
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert any(line.startswith("image 3: missing file") for line in lines)
-    assert any(line.startswith("unreadable codes_by_image file") and damaged.name in line for line in lines)
+    assert any(line.startswith("codes_by_image file") and damaged.name in line and "bytes" in line for line in lines)
     assert any(line.startswith("SAE mid/0.5/cond: checkpoint") for line in lines)
+    assert "checked" in lines[-1] and "3 problems" in lines[-1]  # one per cause: no SAE count for the damaged file
     assert "Traceback" not in result.output
 
 
@@ -97,3 +103,121 @@ def test_repair_removes_exactly_the_orphans_and_nothing_referenced(shapes_atlas,
 
     result = runner.invoke(main, ["check", "--atlas", str(copy), "--repair"])
     assert result.exit_code == 0 and "removed" not in result.output and _contents(copy) == after
+
+
+# -- damage found once per cause, and repaired by the command the message names ----------------------------------
+
+def _answers(root: Path) -> tuple:
+    """What readers get: the codes of every SAE, the labels, a neighbour search, a concept's top images."""
+    with open_atlas(root) as atlas:
+        concept = atlas.concepts(t=1.0, block="mid")[0].concept_id
+        return (atlas.sql("SELECT sae_id, count(*), sum(value) FROM codes GROUP BY ALL ORDER BY ALL").rows,
+                atlas.sql("SELECT image_id, count(*) FROM codes_by_image GROUP BY ALL ORDER BY ALL").rows,
+                atlas.sql("SELECT count(*) FROM concept_labels").rows,
+                [(n.concept_id, round(n.score, 5)) for n in atlas.nearest(concept, k=3)],
+                [h.image_id for h in atlas.top_images(concept, n=3)])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _overwrite_head(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(b"\x00" * 4096 + data[4096:])
+
+
+def _first(root: Path, pattern: str) -> Path:
+    return sorted(root.glob(pattern))[0]
+
+
+SCENARIOS = {
+    "catalog head overwritten": (lambda root: _overwrite_head(root / "catalog.duckdb"),
+                                 "catalog catalog.duckdb is damaged"),
+    "byte flip in a by_latent codes file": (lambda root: _flip_byte(_first(root, "codes/by_latent/*/*/*.parquet")),
+                                            "codes_by_latent file .* is damaged \\(its checksum differs"),
+    "truncated by_latent codes file": (
+        lambda root: (lambda p: p.write_bytes(p.read_bytes()[:200]))(_first(root, "codes/by_latent/*/*/*.parquet")),
+        "codes_by_latent file .* is 200 bytes, the catalog says"),
+    "byte flip in a by_image codes file": (lambda root: _flip_byte(_first(root, "codes/by_image/*/*.parquet")),
+                                           "codes_by_image file .* is damaged"),
+    "missing FAISS index": (lambda root: _first(root, "index/sae-*.faiss").unlink(), "missing faiss_sae file"),
+    "missing block FAISS index": (lambda root: _first(root, "index/block-*.faiss").unlink(),
+                                  "missing faiss_block file"),
+    "deleted tables/CURRENT": (lambda root: (root / "tables" / "CURRENT").unlink(), "tables/CURRENT is missing"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_each_damage_is_one_problem_and_check_repair_restores_the_atlas(two_branch_atlas, tmp_path, scenario):
+    damage, expected = SCENARIOS[scenario]
+    root = tmp_path / "atlas"
+    shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report"))
+    before = _answers(root)
+    damage(root)
+    runner = CliRunner()
+    result = runner.invoke(main, ["check", "--atlas", str(root)])
+    problems = [line for line in result.output.splitlines()[:-1] if not line.startswith(("checked", "..."))]
+    assert result.exit_code == 1 and len(problems) == 1, result.output
+    assert re.search(expected, problems[0]) and "`atlas check --repair`" in problems[0], problems
+    assert result.output.splitlines()[-1].endswith(": 1 problem") and "Traceback" not in result.output
+    if scenario != "deleted tables/CURRENT":
+        quick = runner.invoke(main, ["check", "--atlas", str(root), "--quick"])
+        assert quick.exit_code == (0 if "flip" in scenario else 1), quick.output  # a flip keeps the size
+
+    result = runner.invoke(main, ["check", "--atlas", str(root), "--repair"])
+    assert result.exit_code == 0, result.output
+    assert "no problems" in result.output.splitlines()[-1]
+    assert _answers(root) == before
+    with open_writer(root) as writer:  # writers work again (a damaged catalog made every one fail)
+        writer.catalog.rename_concept(writer.atlas.concepts(t=1.0, block="mid")[0].concept_id, "repaired")
+    assert runner.invoke(main, ["check", "--atlas", str(root)]).exit_code == 0
+
+
+def test_a_damaged_catalog_stops_writers_with_one_line_naming_the_repair(two_branch_atlas, tmp_path):
+    root = tmp_path / "atlas"
+    shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report", "activations", "saes"))
+    _overwrite_head(root / "catalog.duckdb")
+    with pytest.raises(CorruptFileError, match="catalog.duckdb is missing or corrupt .*`atlas check --repair`"):
+        open_writer(root)
+    with open_atlas(root) as atlas:  # readers read the snapshot, not the catalog
+        assert atlas.saes()
+
+
+@pytest.mark.parametrize("edit", ["edited", "not JSON"])
+def test_a_changed_activations_manifest_is_found(two_branch_atlas, tmp_path, edit):
+    root = tmp_path / "atlas"
+    shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report", "saes", "codes", "index"),
+                    ignore_dangling_symlinks=True)
+    manifest = root / "activations" / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"steps": ', '"steps": 1') if edit == "edited" else "{not json")
+    assert manifest.read_text() != text
+    report = check_atlas(root)
+    found = [p for p in report.problems if "activations file" in p]
+    assert len(found) == 1 and "manifest.json" in found[0], report.problems
+
+
+def test_failed_commands_leave_no_atlas_and_build_refuses_a_foreign_directory(tmp_path, two_branch_atlas):
+    runner = CliRunner()
+    result = runner.invoke(main, ["encode", "--activations", str(tmp_path), "--saes", str(tmp_path),
+                                  "--atlas", str(tmp_path / "new")])
+    assert result.exit_code != 0 and "is not an activation directory" in result.output
+    result = runner.invoke(main, ["encode", "--activations", str(two_branch_atlas / "activations"), "--saes",
+                                  str(tmp_path), "--atlas", str(tmp_path / "new")])
+    assert result.exit_code != 0 and "no trained SAEs" in result.output
+    assert not (tmp_path / "new").exists()
+
+    checkout = tmp_path / "checkout"
+    (checkout / "src").mkdir(parents=True)
+    (checkout / "README.md").write_text("a project")
+    result = runner.invoke(main, ["build", "--atlas", str(checkout), "--n-images", "2"])
+    assert result.exit_code != 0 and "entries no atlas has" in result.output and "--any-directory" in result.output
+    assert sorted(p.name for p in checkout.iterdir()) == ["README.md", "src"]
+    from atlas.pipeline.build import check_build
+    from atlas.pipeline.config import BuildConfig
+
+    check_build(BuildConfig(atlas=str(checkout), n_images=2, any_directory=True))  # told: accepted
+    check_build(BuildConfig(atlas=str(two_branch_atlas), n_images=2))  # an atlas: resumed

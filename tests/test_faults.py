@@ -338,3 +338,34 @@ def test_serve_answers_the_same_while_encode_and_link_rewrite_the_atlas(referenc
     per_route = {path: sum(1 for a in answers if a[0] == path) for path, _ in ROUTES}
     assert min(per_route.values()) >= 10, per_route
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_a_reader_during_link_sees_the_old_dictionary_then_the_new_one(two_branch_atlas, tmp_path):
+    """`atlas link` commits one SAE's labels at a time; a reader polling meanwhile must see two states only: the
+    dictionary before (here: none) and the whole new one."""
+    root = tmp_path / "atlas"
+    shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report"))
+    with Catalog(root).write("concept_labels", "concepts", "stages") as tx:
+        tx.query("DELETE FROM concept_labels")
+        tx.query("UPDATE concepts SET best_label = NULL")
+        tx.query("DELETE FROM stages WHERE name = 'link'")
+    query = ("SELECT (SELECT count(*) FROM concept_labels), (SELECT count(best_label) FROM concepts), "
+             "(SELECT count(*) FROM stages WHERE name = 'link')")
+    states: list[tuple] = []
+    polls = 0
+    with open_atlas(root) as atlas:
+        writer = subprocess.Popen(atlas_command("link", "--atlas", str(root)), cwd=REPO, env=ENV,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while True:
+            running = writer.poll() is None
+            state = atlas.sql(query).rows[0]
+            polls += 1
+            if not states or states[-1] != state:
+                states.append(state)
+            if not running:
+                break
+    assert writer.returncode == 0, writer.stderr.read()[-3000:]
+    assert polls > 20, polls
+    assert len(states) == 2 and states[0] == (0, 0, 0), states
+    assert states[1][0] > 0 and states[1][1] > 0 and states[1][2] == 1, states
+    assert (root / "tables" / "CURRENT").read_text() == snapshot.newest(root).name

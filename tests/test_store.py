@@ -531,3 +531,30 @@ def test_encode_defers_by_image_to_one_rebuild(writer, built, monkeypatch):
         assert sorted(new) == sorted(redo[3][redo[0] == image].tolist())
     total = writer.atlas.sql("SELECT count(*) FROM codes").rows
     assert writer.atlas.sql("SELECT count(*) FROM codes_by_image").rows == total
+
+
+def test_a_stage_is_shown_at_its_end_and_a_killed_one_by_the_next_writer(tmp_path):
+    """Inside Writer.stage() the writer reads its own commits while tables/CURRENT stays on the generation before
+    the stage; a stage killed before its end (CURRENT left behind) is shown by the next writer that opens."""
+    root = tmp_path / "atlas"
+    Atlas.create(root, threads=1).close()
+    before = snapshot.pointed(root)
+    with open_writer(root, threads=1) as w:
+        with w.stage():
+            w.catalog.add_prompts([("a red circle", "train")])
+            w.catalog.add_prompts([("a blue square", "train")])
+            assert snapshot.pointed(root) == before and snapshot.number(snapshot.newest(root)) == snapshot.number(
+                before) + 2
+            assert w.atlas.sql("SELECT count(*) FROM prompts").rows == [(2,)]
+        assert snapshot.pointed(root) == snapshot.newest(root)
+        hidden = snapshot.pointed(root)
+        with w.stage():
+            w.catalog.add_prompts([("a green star", "test")])
+        (root / "tables" / "CURRENT").write_text(hidden.name)  # as if killed before the stage's end moved CURRENT
+    assert snapshot.pointed(root) == hidden
+    with open_atlas(root, threads=1) as atlas:
+        assert atlas.sql("SELECT count(*) FROM prompts").rows == [(2,)]
+    open_writer(root, threads=1).close()
+    assert snapshot.pointed(root) == snapshot.newest(root)
+    with open_atlas(root, threads=1) as atlas:
+        assert atlas.sql("SELECT count(*) FROM prompts").rows == [(3,)]

@@ -52,17 +52,18 @@ def annotate_atlas(writer: Writer, annotator: Annotator, batch_size: int = 64, p
     bar = progress_bar(total=len(images), initial=len(images) - sum(map(len, todo.values())), unit="img",
                desc=f"annotate ({annotator.name})", disable=not progress)
     stored = 0
-    for b, rows in todo.items():
-        pixels = [np.asarray(Image.open(_image_path(atlas, r["path"])).convert("RGB")) for r in rows]
-        found = annotator.annotate(pixels, [r["prompt"] or "" for r in rows])
-        objects = [{"image_id": r["id"], "label": o.label, "score": o.score, "box": o.box, "mask": o.mask}
-                   for r, objs in zip(rows, found) for o in objs]
-        ids = writer.objects.add(objects, source=annotator.name) if objects else []
-        table = object_cells(ids, [o["image_id"] for o in objects], [o["label"] for o in objects],
-                             [o["mask"] for o in objects], grids)
-        atomic_write(out_dir / f"batch-{b:06d}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
-        stored += len(objects)
-        bar.update(len(rows))
+    with writer.stage():  # other readers see the objects once every image is annotated
+        for b, rows in todo.items():
+            pixels = [np.asarray(Image.open(_image_path(atlas, r["path"])).convert("RGB")) for r in rows]
+            found = annotator.annotate(pixels, [r["prompt"] or "" for r in rows])
+            objects = [{"image_id": r["id"], "label": o.label, "score": o.score, "box": o.box, "mask": o.mask}
+                       for r, objs in zip(rows, found) for o in objs]
+            ids = writer.objects.add(objects, source=annotator.name) if objects else []
+            table = object_cells(ids, [o["image_id"] for o in objects], [o["label"] for o in objects],
+                                 [o["mask"] for o in objects], grids)
+            atomic_write(out_dir / f"batch-{b:06d}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
+            stored += len(objects)
+            bar.update(len(rows))
     bar.close()
     return stored
 

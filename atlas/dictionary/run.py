@@ -57,12 +57,13 @@ def link_atlas(writer: Writer, config: LinkConfig | None = None, source: str | N
     source = annotation_source(atlas, source)
     cells = dictionary_cells(atlas, source, splits)
     stored: dict[str, int] = {}
-    for sae in progress_bar(atlas.saes(), desc="link", unit="sae", disable=not progress):
-        codes = atlas.sae_codes(sae.id, splits)
-        result = link(codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), config, threads=atlas.threads)
-        passing = result.filter(result["passes"])
-        rows = [{**r, "sae_id": sae.id} for r in passing.to_pylist()]
-        writer.catalog.set_concept_labels(rows, replace=True)
-        stored[sae.name] = len(rows)
-    writer.catalog.mark_stage("link", {"source": source, **{k: float(v) for k, v in vars(config).items()}})
+    with writer.stage():  # other readers see the old dictionary until the new one is complete
+        for sae in progress_bar(atlas.saes(), desc="link", unit="sae", disable=not progress):
+            codes = atlas.sae_codes(sae.id, splits)
+            result = link(codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), config, threads=atlas.threads)
+            passing = result.filter(result["passes"])
+            rows = [{**r, "sae_id": sae.id} for r in passing.to_pylist()]
+            writer.catalog.set_concept_labels(rows, replace=True)
+            stored[sae.name] = len(rows)
+        writer.catalog.mark_stage("link", {"source": source, **{k: float(v) for k, v in vars(config).items()}})
     return stored

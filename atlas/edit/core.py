@@ -112,7 +112,11 @@ def parse_region(text: str, size: int,
     if is_mask_file(text):
         if not path.is_file():
             raise NotFoundError(f"region mask {text} does not exist")
-        gray = np.asarray(Image.open(path).convert("L").resize((size, size), Image.BILINEAR))
+        try:
+            gray = np.asarray(Image.open(path).convert("L").resize((size, size), Image.BILINEAR))
+        except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+            raise BadInputError(f"region mask {text} is not a readable image ({type(err).__name__}); give a "
+                                "black-and-white .png") from None
         return gray >= 128
     names = ", ".join(p.replace(" ", "-") for p in named)
     raise BadInputError(f"bad region {text!r}: use one of {names}, a box x0,y0,x1,y1 or a mask .png")

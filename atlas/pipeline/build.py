@@ -28,7 +28,7 @@ from atlas.capture import ActivationSet, prepare_capture
 from atlas.capture.config import CaptureConfig
 from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.run import DICTIONARY_SPLITS, link_atlas
-from atlas.errors import BadInputError
+from atlas.errors import BadInputError, UnavailableError
 from atlas.models import check_model
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.encode import encode_atlas
@@ -45,6 +45,8 @@ from atlas.pipeline.presets import (
 from atlas.pipeline.train import SaeReport, ev_table, train_all
 from atlas.progress import logger
 from atlas.store import Atlas, default_path
+from atlas.store.atlas import refuse_foreign
+from atlas.store.check import check_atlas
 from atlas.store.ids import branch_part
 
 STAGES = ("capture", "train", "encode", "annotate", "link", "report")
@@ -86,6 +88,8 @@ def check_build(config: BuildConfig) -> BuildConfig:
     check_annotator(config.annotator, config.annotate)
     capture_config(config).selected_keys()
     size_notes(config)
+    if not config.any_directory:
+        refuse_foreign(Path(config.atlas) if config.atlas else default_path())
     return config
 
 
@@ -206,4 +210,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
             stage(name, run)
         writer.catalog.mark_stage("build", {"preset": config.preset, "model": config.model,
                                             "n_images": config.n_images})
+    found = check_atlas(root, quick=True)  # a resumed build skips finished stages: damage there is not redone
+    if not found.ok:
+        raise UnavailableError(f"the stages are done, but {len(found.problems)} problem(s) remain, first: "
+                               f"{found.problems[0]} (`atlas check --atlas {root}` lists them)")
     return BuildResult(root, seconds, reports)

@@ -133,6 +133,9 @@ class BuildConfig:
     `atlas train`'s --min-tokens: --epochs passes over what the captured images hold)."""
     annotator: str | None = None
     """Annotator backend: shapes or grounded-sam (unset: the preset's)."""
+    any_directory: bool = False
+    """Build into --atlas even when it holds files that no atlas has (refused otherwise, so a mistyped --atlas
+    does not fill, say, a source checkout's root)."""
     seed: int = 0
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""

@@ -57,6 +57,8 @@ def register_capture(writer: Writer, acts: ActivationSet) -> np.ndarray:
     images = [{"prompt_id": p, "seed": r.seed, "guidance": manifest["guidance"], "steps": manifest["steps"],
                "path": image_path(r.image_id)} for r, p in zip(records, prompt_ids)]
     ids = writer.catalog.add_images(images)
+    if local:
+        writer.catalog.add_file(local / "manifest.json", "activations")
     mapping = np.full(max(r.image_id for r in records) + 1, -1, dtype=np.int64)
     mapping[[r.image_id for r in records]] = ids
     return mapping
@@ -71,11 +73,25 @@ def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, bra
                  executor: Executor | None = None) -> dict[str, int]:
     """Encode with every trained SAE of a captured (block, t, branch), each variant too; returns codes written per
     SAE name."""
+    keys = encode_keys(acts, saes_root, branch)
+    with writer.stage():  # other readers see the new images, SAEs and codes at once, when all are written
+        return _encode(writer, acts, saes_root, keys, batch_positions, progress, executor)
+
+
+def encode_keys(acts: ActivationSet, saes_root: str | Path, branch: str | None = None
+                ) -> list[tuple[str, float, str, str]]:
+    """The (block, t, branch, variant) of every trained SAE that fits the capture; raises if there is none (before
+    anything is written, so a command can check its inputs before it creates an atlas)."""
     keys = [(*k, variant) for k in acts.keys() if branch is None or k[2] == branch
             for variant in trained_variants(saes_root, *k)]
     if not keys:
         raise NotFoundError(f"no trained SAEs under {saes_root} for the activations in {acts.path}; "
                             "run `atlas train --all` first")
+    return keys
+
+
+def _encode(writer: Writer, acts: ActivationSet, saes_root: str | Path, keys: list[tuple[str, float, str, str]],
+            batch_positions: int, progress: bool, executor: Executor | None) -> dict[str, int]:
     mapping = register_capture(writer, acts)
     grids = _grids(acts)
     finished = {stage_name(*key) for key in keys if writer.atlas.stage_done(stage_name(*key))}  # one snapshot load

@@ -409,6 +409,24 @@ def one_variant(variant: str | None, sae_k: int | None) -> str | None:
     return DEFAULT_VARIANT if variant is None and sae_k is None else variant
 
 
+ATLAS_ENTRIES = frozenset({"catalog.duckdb", "catalog.duckdb.wal", "catalog.duckdb.damaged",
+                           "catalog.duckdb.wal.damaged", "writers.lock", snapshot.TABLES_DIR, "codes", "index", "masks",
+                           "activations", "saes", "annotations", "report", "edits"})
+"""What an atlas directory holds: the store's files (with a damaged catalog `atlas check --repair` set aside), the
+pipeline's activations, SAEs, annotations, report and edits."""
+
+
+def refuse_foreign(root: Path) -> None:
+    """Refuse to build into a directory that holds anything else (hidden files and temporary files aside)."""
+    if root.exists() and not root.is_dir():
+        raise InvalidInputError(f"--atlas {root} is a file, not a directory; choose another --atlas")
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in ATLAS_ENTRIES and not p.name.startswith(".")
+                     and not p.name.endswith(".tmp")) if root.is_dir() else []
+    if foreign:
+        raise InvalidInputError(f"{root} holds {len(foreign)} entries no atlas has (e.g. {foreign[0]}); give "
+                                "--atlas an empty or new directory, or pass --any-directory to build there anyway")
+
+
 def _refuse_newer(root: Path) -> None:
     generation = snapshot.current(root) if root.is_dir() else None
     if generation is not None:
@@ -438,6 +456,7 @@ def _writable_catalog(root: Path, threads: int | None) -> Catalog:
         raise SchemaTooNewError(root, revision, revisions.head())
     if snapshot.meta(snapshot.current(root))["schema"] != revisions.head() or revision != revisions.head():
         catalog.upgrade()
+    catalog.catch_up()
     catalog.recover()
     return catalog
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from atlas.store import migrate, snapshot
-from atlas.store.errors import AtlasInUseError, CatalogBusyError
+from atlas.store.errors import AtlasInUseError, CatalogBusyError, CorruptFileError
 from atlas.store.schema import TABLES
 
 STORAGE_VERSION = "v1.5.0"
@@ -87,6 +87,8 @@ class Catalog:
                 if "lock" not in str(err).lower() or time.monotonic() > deadline:
                     if "lock" in str(err).lower():
                         raise CatalogBusyError(self.path, self.busy_timeout) from None
+                    if self.path.exists():  # a file DuckDB cannot open: damaged
+                        raise CorruptFileError(CATALOG_FILE, str(err).splitlines()[0][:200]) from None
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -178,6 +180,15 @@ class Catalog:
             finally:
                 connection.close()
 
+    def migrate_only(self, revision: str) -> None:
+        """Create or migrate the tables up to `revision` without publishing (rebuilding a catalog from a snapshot)."""
+        connection = self._connect()
+        try:
+            with connection.begin():
+                migrate.upgrade(connection, revision)
+        finally:
+            connection.close()
+
     def republish(self, tables: list[str] | tuple[str, ...] = tuple(TABLES)) -> None:
         with self.hold():
             connection = self._connect()
@@ -185,6 +196,21 @@ class Catalog:
                 self._publish(connection, tables)
             finally:
                 connection.close()
+
+    @contextmanager
+    def stage(self) -> Iterator[None]:
+        """A stage's many writes, shown to other readers at once when it ends (snapshot.staged); `check --repair`
+        is refused meanwhile."""
+        with self.hold(), snapshot.staged(self.root):
+            yield
+
+    def catch_up(self) -> None:
+        """Show what a killed stage committed (snapshot.catch_up), unless a stage is running now."""
+        try:
+            with self.exclusive():
+                snapshot.catch_up(self.root)
+        except AtlasInUseError:
+            pass  # another process writes: a running stage moves CURRENT itself when it ends
 
     def recover(self) -> None:
         """Publish what a writer killed between its commit and its publication left unpublished (if anything)."""

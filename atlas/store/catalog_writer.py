@@ -16,12 +16,13 @@ import numpy as np
 import pyarrow as pa
 from sqlalchemy import select
 
+from atlas.files import sha256
 from atlas.store import snapshot
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError
 from atlas.store.ids import DEFAULT_VARIANT, VARIANT_MARK, check_variant, concept_id, parse_concept_id
 from atlas.store.reads import LINK_SCORE
-from atlas.store.schema import Concept, Intervention, Model, Sae, Stage
+from atlas.store.schema import Concept, File, Intervention, Model, Sae, Stage
 from atlas.store.views import SaeInfo
 
 if TYPE_CHECKING:
@@ -223,6 +224,21 @@ class CatalogWriter:
                                output_path=output_path, note=note)
             tx.session.add(row)
             return row.id
+
+    def add_file(self, path: str | Path, kind: str) -> None:
+        """List a file the pipeline keeps beside the store's own (the capture's manifest: kind `activations`) with
+        its size and checksum, so `atlas check` notices when it changes; the path is stored relative to the atlas
+        when inside it."""
+        full = Path(path).resolve()
+        root = self._writer.atlas.root
+        stored = str(full.relative_to(root)) if full.is_relative_to(root) else str(full)
+        try:
+            size, digest = full.stat().st_size, sha256(full)
+        except OSError as err:
+            raise InvalidInputError(f"add_file: cannot read {path} ({err.strerror})") from None
+        with self._db.write("files") as tx:
+            tx.query("DELETE FROM files WHERE path = ?", [stored])
+            tx.session.add(File(path=stored, kind=kind, rows=0, bytes=size, sha256=digest))
 
     def mark_stage(self, name: str, info: dict | None = None) -> None:
         """Record that a pipeline stage finished (the reader's `stage_done(name)` is then True)."""

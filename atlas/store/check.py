@@ -1,25 +1,35 @@
-"""`atlas check`: verify that everything an atlas's catalog points to is there and readable.
+"""`atlas check`: verify the catalog and everything it points to, one problem per cause.
 
-Read-only: it opens the atlas like any reader and reports one problem per line, so it can run while
-a build writes. Checked: every listed data file (codes, FAISS) exists, its Parquet footer or index
-reads and its row count matches the catalog; image and mask files exist; SAE checkpoints load with
-the catalog's shape; each SAE's stored codes add up to its recorded count. It also lists orphans:
-files no kept snapshot generation refers to (see `find_orphans`), which `repair_atlas` removes.
+Read-only: it reads the atlas like any reader and reports one problem per line, so it can run while
+a build writes. Checked: the catalog file opens and its tables read; tables/CURRENT names a generation;
+every listed file (codes, FAISS, the capture's manifest) exists with the catalog's size and, unless
+`quick`, its checksum (files listed before checksums existed: their Parquet footer or index reads with
+the catalog's row count); image and mask files exist; SAE checkpoints load with the catalog's shape
+(unless `quick`); each SAE's count of codes matches the rows its listed files hold. A damaged file is one
+problem: what depends on it (an SAE's count, the codes view) is not reported again. It also lists orphans:
+files no kept snapshot generation refers to (see `find_orphans`), which `remove_orphans` removes.
+`atlas.pipeline.repair` rebuilds what the problems name.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from atlas.store import Atlas, AtlasError, AtlasNotFoundError, codes, default_path, open_atlas, snapshot
+from atlas.files import sha256
+from atlas.store import Atlas, AtlasNotFoundError, codes, default_path, snapshot
 from atlas.store.catalog import CATALOG_FILE, Catalog
+from atlas.store.schema import TABLES
 
 FAISS_KINDS = ("faiss_sae", "faiss_block")
+
+
+REPAIR = "`atlas check --repair` rebuilds it"
 
 
 @dataclass
@@ -28,6 +38,12 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     """Not problems: a write in progress has some too (its files are listed when it commits)."""
+    catalog_damaged: bool = False
+    pointer_missing: bool = False
+    damaged: list[dict] = field(default_factory=list)
+    """The `files` rows (path, kind, sae_id, bucket, key, ...) of missing or damaged files."""
+    broken_saes: set[int] = field(default_factory=set)
+    """SAEs whose checkpoint is missing or does not load: nothing of theirs can be rebuilt."""
 
     @property
     def ok(self) -> bool:
@@ -37,14 +53,58 @@ class CheckReport:
         self.checked[what] = self.checked.get(what, 0) + n
 
 
-def check_atlas(atlas: Atlas) -> CheckReport:
+def check_atlas(root: str | Path | None = None, quick: bool = False) -> CheckReport:
+    """Check the atlas at `root` (see the module docstring); `quick` compares sizes only, loads no checkpoint."""
+    root = Path(root) if root is not None else default_path()
+    if not root.is_dir() or snapshot.newest(root) is None:
+        raise AtlasNotFoundError(root)
     report = CheckReport()
-    _check_files(atlas, report)
-    _check_paths(atlas, report, "image", "SELECT id, path FROM images")
-    _check_paths(atlas, report, "mask", "SELECT id, mask_path AS path FROM objects WHERE mask_path IS NOT NULL")
-    _check_saes(atlas, report)
-    report.orphans = find_orphans(atlas.root)
+    _check_catalog(root, report)
+    shown = snapshot.pointed(root)
+    if shown is None or not (shown / "meta.json").exists():
+        report.pointer_missing = True
+        report.problems.append(f"{snapshot.TABLES_DIR}/{snapshot.POINTER} is missing or names a missing generation: "
+                               "`atlas check --repair` points it at the newest complete one")
+    with Atlas(root) as atlas:
+        _check_files(atlas, report, quick)
+        _check_paths(atlas, report, "image", "SELECT id, path FROM images")
+        _check_paths(atlas, report, "mask", "SELECT id, mask_path AS path FROM objects WHERE mask_path IS NOT NULL")
+        _check_saes(atlas, report, quick)
+    report.orphans = find_orphans(root)
     return report
+
+
+def _check_catalog(root: Path, report: CheckReport, busy_seconds: float = 10.0) -> None:
+    """The catalog file opens read-only and every table reads (waiting while a writer holds it)."""
+    import duckdb
+
+    report.count("catalog")
+    path = root / CATALOG_FILE
+    deadline = time.monotonic() + busy_seconds
+    while True:
+        try:
+            if not path.exists():
+                raise FileNotFoundError("missing")
+            con = duckdb.connect(str(path), read_only=True)
+            try:
+                for table in TABLES:
+                    con.execute(f"SELECT count(*) FROM {table}").fetchall()
+            finally:
+                con.close()
+            return
+        except duckdb.IOException as err:
+            if "lock" in str(err).lower() and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            if "lock" in str(err).lower():
+                return  # a writer holds it all along: it opened it, so it is not damaged
+            detail = str(err).splitlines()[0][:120]
+        except (duckdb.Error, OSError) as err:
+            detail = str(err).splitlines()[0][:120]
+        report.catalog_damaged = True
+        report.problems.append(f"catalog {CATALOG_FILE} is damaged ({detail}): `atlas check --repair` rebuilds it "
+                               "from the newest snapshot in tables/")
+        return
 
 
 def _column(generation: Path, table: str, column: str) -> set:
@@ -61,12 +121,10 @@ def find_orphans(root: Path) -> list[str]:
     that were pruned or never became current, and anywhere else the temporary files of atomic writes. Captures,
     checkpoints, annotations and the report are not in the catalog and stay, but for their temporary files."""
     root = Path(root)
-    current = snapshot.current(root)
+    current = snapshot.newest(root)
     if current is None:
         return []
-    newest = snapshot.meta(current)["generation"]
-    kept = {g.name for g in (root / snapshot.TABLES_DIR).glob("g[0-9]*")
-            if g.is_dir() and newest - snapshot.KEEP < int(g.name[1:]) <= newest}
+    kept = snapshot.kept(root, snapshot.number(current)) & {g.name for g in snapshot.generations(root)}
     generations = [root / snapshot.TABLES_DIR / name for name in kept]
     listed = set().union(*(_column(g, "files", "path") | _column(g, "objects", "mask_path") for g in generations))
     staged = {f"sae_id={i}" for i in _column(current, "saes", "id")}
@@ -92,43 +150,83 @@ def find_orphans(root: Path) -> list[str]:
     return sorted(orphans)
 
 
-def repair_atlas(root: str | Path | None = None) -> list[str]:
-    """Remove the orphans (see `find_orphans`) with the atlas to this process alone; returns what was removed.
-    Refused while another process writes: a file it has written but not committed yet would look orphaned."""
-    root = Path(root) if root is not None else default_path()
-    open_atlas(root).close()  # the usual one-line errors for a missing or too old atlas
-    if not (root / CATALOG_FILE).exists():
-        raise AtlasNotFoundError(root)
-    catalog = Catalog(root)
-    with catalog.exclusive():
-        catalog.recover()  # so the snapshot lists everything the catalog does
-        orphans = find_orphans(root)
-        for rel in orphans:
-            path = root / rel
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+def remove_orphans(root: Path) -> list[str]:
+    """Remove the orphans (see `find_orphans`); returns what was removed. The caller holds the atlas exclusively
+    (`Catalog.exclusive`): a file another process has written but not committed yet would look orphaned."""
+    Catalog(root).recover()  # so the snapshot lists everything the catalog does
+    orphans = find_orphans(root)
+    for rel in orphans:
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     return orphans
 
 
-def _check_files(atlas: Atlas, report: CheckReport) -> None:
+def rebuild_catalog(root: Path) -> Path:
+    """Replace a damaged catalog file by one made from the newest snapshot generation (which every commit
+    published); the damaged file is kept beside it as catalog.duckdb.damaged. Returns the generation used. The
+    caller holds the atlas exclusively."""
+    import duckdb
+
+    generation = snapshot.newest(root)
+    schema = snapshot.meta(generation)["schema"]
+    path = root / CATALOG_FILE
+    for suffix in ("", ".wal"):
+        damaged = path.with_name(path.name + suffix)
+        if damaged.exists():
+            os.replace(damaged, path.with_name(f"{CATALOG_FILE}{suffix}.damaged"))
+    catalog = Catalog(root)
+    catalog.migrate_only(schema)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("BEGIN")
+        for table in TABLES:
+            source = generation / f"{table}.parquet"
+            if source.exists():
+                columns = [r[0] for r in con.execute(f"SELECT * FROM read_parquet('{source}') LIMIT 0").description]
+                names = ", ".join(f'"{c}"' for c in columns)
+                con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM read_parquet('{source}')")
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return generation
+
+
+def _check_files(atlas: Atlas, report: CheckReport, quick: bool) -> None:
     from atlas.store import index as faiss_index
 
-    for row in atlas.query("SELECT path, kind, rows FROM files ORDER BY path").to_pylist():
-        path, kind, expected = row["path"], row["kind"], row["rows"]
+    for row in atlas.query("SELECT * FROM files ORDER BY path").to_pylist():
+        path, kind = row["path"], row["kind"]
         full = atlas.file_path(path)
         report.count("data file")
+        fix = ("restore it, or capture again (`atlas capture`) and re-encode: the codes were encoded from it"
+               if kind == "activations" else REPAIR)
+        problem = None
         if not full.exists():
-            report.problems.append(f"missing {kind} file {path}")
-            continue
-        try:
-            n = faiss_index.read(full, path).ntotal if kind in FAISS_KINDS else pq.ParquetFile(full).metadata.num_rows
-        except Exception as err:  # any unreadable footer or index is the finding itself
-            report.problems.append(f"unreadable {kind} file {path}: {str(err).splitlines()[0][:120]}")
-            continue
-        if expected and n != expected:
-            report.problems.append(f"{kind} file {path} holds {n} rows, the catalog says {expected}")
+            problem = f"missing {kind} file {path}: {fix}"
+        elif row["bytes"] and full.stat().st_size != row["bytes"]:
+            problem = f"{kind} file {path} is {full.stat().st_size} bytes, the catalog says {row['bytes']}: {fix}"
+        elif quick:
+            pass
+        elif row.get("sha256"):
+            if sha256(full) != row["sha256"]:
+                problem = f"{kind} file {path} is damaged (its checksum differs from the catalog's): {fix}"
+        elif kind != "activations":
+            try:
+                n = faiss_index.read(full, path).ntotal if kind in FAISS_KINDS else \
+                    pq.ParquetFile(full).metadata.num_rows
+            except Exception as err:  # any unreadable footer or index is the finding itself
+                problem = f"unreadable {kind} file {path} ({str(err).splitlines()[0][:120]}): {fix}"
+            else:
+                if row["rows"] and n != row["rows"]:
+                    problem = f"{kind} file {path} holds {n} rows, the catalog says {row['rows']}: {fix}"
+        if problem:
+            report.problems.append(problem)
+            report.damaged.append(row)
+
+
 
 
 def _check_paths(atlas: Atlas, report: CheckReport, what: str, query: str) -> None:
@@ -141,27 +239,29 @@ def _check_paths(atlas: Atlas, report: CheckReport, what: str, query: str) -> No
             report.problems.append(f"{what} {row_id}: missing file {path}")
 
 
-def _check_saes(atlas: Atlas, report: CheckReport) -> None:
+def _check_saes(atlas: Atlas, report: CheckReport, quick: bool) -> None:
+    """Each SAE's count of codes against the rows of its listed codes files (the catalog's own consistency: a
+    damaged file is reported once, by _check_files), and its checkpoint."""
     from atlas.sae import Sae
 
-    try:
-        counts = atlas.query("SELECT sae_id, count(*) AS n FROM codes GROUP BY sae_id")
-        stored = dict(zip(counts["sae_id"].to_pylist(), counts["n"].to_pylist()))
-    except AtlasError as err:
-        report.problems.append(f"codes cannot be read: {str(err).splitlines()[0]}")
-        stored = {}
+    counts = atlas.query("SELECT sae_id, sum(rows) AS n FROM files WHERE kind = ? GROUP BY sae_id", [codes.BY_LATENT])
+    listed = dict(zip(counts["sae_id"].to_pylist(), counts["n"].to_pylist()))
     for sae in atlas.saes():
         report.count("SAE")
         name = f"SAE {sae.name}"
-        if stored.get(sae.id, 0) != sae.n_codes:
-            report.problems.append(f"{name}: {stored.get(sae.id, 0)} stored codes, the catalog says {sae.n_codes}")
-        if not sae.path:
+        if listed.get(sae.id, 0) != sae.n_codes:
+            report.problems.append(f"{name}: its codes files hold {listed.get(sae.id, 0)} codes, the catalog says "
+                                   f"{sae.n_codes}: {REPAIR}")
+        if not sae.path or quick:
             continue
         try:
             loaded = Sae.from_pretrained(atlas.file_path(sae.path))
         except Exception as err:  # a missing or damaged checkpoint is the finding itself
-            report.problems.append(f"{name}: checkpoint {sae.path} does not load ({str(err).splitlines()[0][:100]})")
+            report.broken_saes.add(sae.id)
+            report.problems.append(f"{name}: checkpoint {sae.path} does not load ({str(err).splitlines()[0][:100]}); "
+                                   "train it again with `atlas train`")
             continue
         if (loaded.n_latents, loaded.d_in) != (sae.n_latents, sae.d_in):
+            report.broken_saes.add(sae.id)
             report.problems.append(f"{name}: checkpoint is {loaded.n_latents}x{loaded.d_in}, the catalog says "
                                    f"{sae.n_latents}x{sae.d_in}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import numpy as np
 
-from atlas.files import file_lock
+from atlas.files import file_lock, sha256
 from atlas.store import codes, snapshot
 from atlas.store.catalog import Catalog
 from atlas.store.catalog_writer import merge_stage
@@ -69,6 +69,14 @@ class CodesWriter:
         """Staging writes share it; a finalize holds it alone (across processes)."""
         with file_lock(self._writer.root / "codes" / ".lock", shared):
             yield
+
+    def forget(self, sae_ids: list[int], stages: list[str] = ()) -> None:
+        """Unlist the SAEs' codes (their by_latent files become orphans, their count 0) and unmark `stages`, in one
+        transaction: the next encode of them starts afresh (`atlas check --repair` after a damaged codes file)."""
+        with self._db.write("files", "saes", "stages") as tx:
+            tx.query("DELETE FROM files WHERE kind = ? AND list_contains(?, sae_id)", [codes.BY_LATENT, list(sae_ids)])
+            tx.query("UPDATE saes SET n_codes = 0 WHERE list_contains(?, id)", [list(sae_ids)])
+            tx.query("DELETE FROM stages WHERE list_contains(?, name)", [list(stages)])
 
     def finalize(self, sae_ids: list[int] | None = None, stage: str | None = None, info: dict | None = None,
                  by_image: bool = True) -> dict[int, int]:
@@ -133,7 +141,7 @@ class CodesWriter:
                              [codes.BY_IMAGE, sorted(buckets)])
                 for f in [f for r in done.values() for f in r.files] + by_image_files:
                     tx.session.add(File(path=f.path, kind=f.kind, sae_id=f.sae_id, bucket=f.bucket, rows=f.rows,
-                                        bytes=f.bytes))
+                                        bytes=f.bytes, sha256=sha256(root / f.path)))
                 for sae_id, result in done.items():
                     sae = tx.session.get(Sae, sae_id)
                     sae.value_qbase, sae.n_codes = result.qbase, result.rows

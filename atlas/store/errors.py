@@ -78,8 +78,9 @@ class QueryTimeoutError(BadInputError):
 class CorruptFileError(UnavailableError):
     """A missing or unreadable file of the atlas; `path` is relative to the atlas directory."""
 
-    FIXES = {"tables": "`atlas upgrade` rewrites the catalog snapshot", "codes": "re-run `atlas encode`",
-             "index": "rebuild it with Atlas.add_index(sae_id, decoder) (`atlas encode` indexes every SAE it adds)"}
+    FIXES = {"tables": "`atlas upgrade` rewrites the catalog snapshot", "codes": "`atlas check --repair` rebuilds it",
+             "index": "`atlas check --repair` rebuilds it",
+             "catalog.duckdb": "`atlas check --repair` rebuilds it from the newest snapshot"}
 
     def __init__(self, path: object, detail: str) -> None:
         self.path = str(path)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from atlas.files import sha256
 from atlas.store import codes
 from atlas.store import index as faiss_index
 from atlas.store.catalog import Catalog, Transaction
@@ -53,6 +54,6 @@ class IndexWriter:
         tx.query("DELETE FROM files WHERE (kind = 'faiss_sae' AND sae_id = ?) OR (kind = 'faiss_block' AND key = ?)",
                  [sae.id, key])
         tx.session.add(File(path=str(own_path.relative_to(root)), kind="faiss_sae", sae_id=sae.id,
-                            rows=own.ntotal, bytes=own_bytes))
+                            rows=own.ntotal, bytes=own_bytes, sha256=sha256(own_path)))
         tx.session.add(File(path=str(block_path.relative_to(root)), kind="faiss_block", key=key,
-                            rows=block.ntotal, bytes=block_bytes))
+                            rows=block.ntotal, bytes=block_bytes, sha256=sha256(block_path)))

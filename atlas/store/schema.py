@@ -150,8 +150,10 @@ class Intervention(Base):
 class File(Base):
     """A finished file of the atlas (codes, FAISS index): recorded only after it was renamed into place.
 
-    kind is codes_by_latent (sae_id, bucket), codes_by_image (bucket), faiss_sae (sae_id) or faiss_block
-    (key = "<block>/<branch>", with "@<variant>" for a variant: atlas.store.ids.block_key).
+    kind is codes_by_latent (sae_id, bucket), codes_by_image (bucket), faiss_sae (sae_id), faiss_block
+    (key = "<block>/<branch>", with "@<variant>" for a variant: atlas.store.ids.block_key) or activations (the
+    manifest of the capture the codes were encoded from). sha256 is the file's checksum (added by migration 0004;
+    NULL for files listed before).
     """
 
     __tablename__ = "files"
@@ -163,6 +165,7 @@ class File(Base):
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+    sha256: Mapped[str | None] = mapped_column(String)
 
 
 class Stage(Base):

@@ -18,6 +18,12 @@ A writer killed after its commit but before its generation is published would le
 tables until the next write happened to change the same ones (and a finalize would take the committed
 but unlisted codes files for orphans). So a writer names the tables it changes in `tables/STALE` before
 it commits; every publication also re-exports the tables listed there and then removes the file.
+
+A stage that writes many times (encode, annotate, link) runs inside `staged(root)`: its publications are
+generations that CURRENT does not point at yet (only the process running the stage reads them), and CURRENT moves
+to the newest generation when the stage ends, so other readers see the state before the stage, then the state
+after it, nothing between. Generations are numbered after the newest one on disk, never after CURRENT, so a
+publication always shows every commit; `catch_up` points CURRENT at the newest generation a killed stage left.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -35,20 +42,85 @@ from atlas.files import atomic_write
 KEEP = 3
 TABLES_DIR = "tables"
 STALE = "STALE"
+POINTER = "CURRENT"
+_STAGED: set[Path] = set()
+"""Atlases on which this process runs a stage (`staged`): its readers see its newest generation."""
 
 
 def _gen_name(number: int) -> str:
     return f"g{number:06d}"
 
 
-def current(root: Path) -> Path | None:
-    """The directory of the newest generation, or None if the atlas has none."""
-    pointer = root / TABLES_DIR / "CURRENT"
+def number(generation: Path) -> int:
+    return int(generation.name[1:])
+
+
+def _complete(generation: Path) -> bool:
+    """Renamed into place by `publish`, so with its meta.json naming its own number."""
     try:
-        name = pointer.read_text().strip()
+        return generation.name[1:].isdigit() and meta(generation).get("generation") == number(generation)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def generations(root: Path) -> list[Path]:
+    """The complete generation directories, oldest first."""
+    return sorted((p for p in (root / TABLES_DIR).glob("g[0-9]*") if _complete(p)), key=number)
+
+
+def newest(root: Path) -> Path | None:
+    found = generations(root)
+    return found[-1] if found else None
+
+
+def pointed(root: Path) -> Path | None:
+    """The generation tables/CURRENT names, or None if it is missing."""
+    try:
+        name = (root / TABLES_DIR / POINTER).read_text().strip()
     except FileNotFoundError:
         return None
     return root / TABLES_DIR / name
+
+
+def current(root: Path) -> Path | None:
+    """The generation readers read, or None if the atlas has none: CURRENT's, or the newest one during a stage this
+    process runs or when CURRENT is missing (`atlas check` reports that, `catch_up` restores it)."""
+    if _STAGED and Path(root).resolve() in _STAGED:
+        return newest(root)
+    return pointed(root) or newest(root)
+
+
+def point(root: Path, generation: Path) -> None:
+    """Make `generation` the one every reader reads (an atomic rename of tables/CURRENT)."""
+    atomic_write(root / TABLES_DIR / POINTER, lambda tmp: tmp.write_text(generation.name))
+
+
+def catch_up(root: Path) -> bool:
+    """Point CURRENT at the newest generation if a killed stage (or a deleted pointer) left it behind; True if it
+    moved."""
+    latest, shown = newest(root), pointed(root)
+    if latest is None or (shown is not None and shown.exists() and number(shown) >= number(latest)):
+        return False
+    point(root, latest)
+    return True
+
+
+@contextmanager
+def staged(root: Path) -> Iterator[None]:
+    """Publications inside stay hidden from other processes' readers until the block ends (see the module
+    docstring); then, however it ends, CURRENT moves to the newest generation, which shows every commit."""
+    key = Path(root).resolve()
+    if key in _STAGED:  # a stage inside a stage (build's encode calls finalize ...): the outer one publishes
+        yield
+        return
+    _STAGED.add(key)
+    try:
+        yield
+    finally:
+        _STAGED.discard(key)
+        latest = newest(root)
+        if latest is not None and catch_up(root):
+            _prune(root, number(latest))
 
 
 def meta(generation: Path) -> dict:
@@ -87,9 +159,9 @@ def publish(root: Path, tables: Iterable[str], changed: Iterable[str], schema: s
     base = root / TABLES_DIR
     base.mkdir(parents=True, exist_ok=True)
     changed = set(changed) | stale(root)
-    previous = current(root)
-    number = meta(previous)["generation"] + 1 if previous else 1
-    final = base / _gen_name(number)
+    previous = newest(root)
+    count = number(previous) + 1 if previous else 1
+    final = base / _gen_name(count)
     staging = base / f".{final.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)  # left by a crash between this rename and CURRENT's
@@ -101,13 +173,12 @@ def publish(root: Path, tables: Iterable[str], changed: Iterable[str], schema: s
             export(table, target)
         else:
             os.link(old, target)
-    (staging / "meta.json").write_text(json.dumps({"schema": schema, "generation": number}))
+    (staging / "meta.json").write_text(json.dumps({"schema": schema, "generation": count}))
     os.replace(staging, final)
-    pointer_tmp = base / "CURRENT.tmp"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, base / "CURRENT")
+    if not (_STAGED and Path(root).resolve() in _STAGED):
+        point(root, final)
     (base / STALE).unlink(missing_ok=True)
-    _prune(root, number)
+    _prune(root, count)
     return final
 
 
@@ -119,11 +190,21 @@ def listed_files(generation: Path) -> set[str]:
     return set(pq.read_table(path, columns=["path"]).column("path").to_pylist())
 
 
-def _prune(root: Path, newest: int) -> None:
+def kept(root: Path, latest: int) -> set[str]:
+    """The generations that stay: the KEEP newest, and the KEEP up to CURRENT's (readers may be on them while a
+    stage publishes newer ones)."""
+    shown = pointed(root)
+    shown_number = number(shown) if shown is not None and shown.name[1:].isdigit() else latest
+    return {_gen_name(n) for n in range(latest - KEEP + 1, latest + 1)} | \
+        {_gen_name(n) for n in range(shown_number - KEEP + 1, shown_number + 1)}
+
+
+def _prune(root: Path, latest: int) -> None:
     base = root / TABLES_DIR
-    generations = sorted(p for p in base.glob("g[0-9]*") if p.is_dir())
-    keep = [p for p in generations if int(p.name[1:]) > newest - KEEP]
-    drop = [p for p in generations if p not in keep]
+    found = sorted(p for p in base.glob("g[0-9]*") if p.is_dir())
+    names = kept(root, latest)
+    keep = [p for p in found if p.name in names]
+    drop = [p for p in found if p not in keep]
     if not drop:
         return
     alive = set().union(*(listed_files(p) for p in keep))

@@ -21,6 +21,7 @@ way the writer then releases the catalog's engine and, when `open_writer` opened
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from atlas.store.catalog import Catalog
@@ -46,6 +47,10 @@ class Writer:
         self.codes = CodesWriter(self, catalog)
         self.objects = ObjectsWriter(self, catalog)
         self.index = IndexWriter(self, catalog)
+
+    def stage(self) -> AbstractContextManager[None]:
+        """Wrap a stage's writes: readers of other processes see none of them until it ends, then all of them."""
+        return self._db.stage()
 
     def close(self) -> None:
         """Release the catalog's engine, and the reader if this writer opened it."""
