@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_server import assert_clean_log, shared_server
+from test_server import assert_clean_log, shared_server, writer
 
 EXAMPLES = 8  # per route: ~25 routes x 8 requests take ~20 s on 2 cores
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -60,9 +60,10 @@ def test_every_route_survives_generated_input(read_only_server):
 
 
 def test_writes_are_refused_read_only(read_only_server):
-    response = requests.post(f"{read_only_server}/concept/mid/1.0/1/name.json", json={"name": "x"}, timeout=60)
+    client = writer(read_only_server)
+    response = client.post(f"{read_only_server}/concept/mid/1.0/1/name.json", json={"name": "x"}, timeout=60)
     assert response.status_code == 403 and "read-only" in response.json()["error"]
-    response = requests.post(f"{read_only_server}/edit.json", json={"prompt": "a red circle", "concept": "red circle"},
+    response = client.post(f"{read_only_server}/edit.json", json={"prompt": "a red circle", "concept": "red circle"},
                              timeout=60)
     assert response.status_code == 403 and response.json()["status"] == 403
     page = requests.get(f"{read_only_server}/edit", timeout=60).text
