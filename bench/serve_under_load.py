@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--atlas", default="demo/atlas", help="An atlas with SAEs and labels (it is copied)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--no-edit", action="store_true", help="Only reads and the probe (the server's RSS then "
+                                                               "shows the probe's cost without a model loaded)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     shutil.copytree(args.atlas, work / "atlas")
@@ -54,6 +56,7 @@ def main() -> None:
         reads: list[float] = []
         probes: list[tuple[float, int]] = []
         edits: list[tuple[float, int]] = []
+        errors: set[str] = set()
         stop = time.monotonic() + args.seconds
 
         def reader(offset: int) -> None:
@@ -67,8 +70,9 @@ def main() -> None:
         def prober() -> None:
             while time.monotonic() < stop:
                 start = time.monotonic()
-                status = requests.get(f"{base}/sql.json", params={"q": PROBE}, timeout=120).status_code
-                probes.append((time.monotonic() - start, status))
+                answer = requests.get(f"{base}/sql.json", params={"q": PROBE}, timeout=120)
+                probes.append((time.monotonic() - start, answer.status_code))
+                errors.add(answer.json().get("error", "")[:60])
 
         def editor() -> None:
             session = requests.Session()
@@ -82,7 +86,7 @@ def main() -> None:
                 seed += 1
 
         threads = [threading.Thread(target=reader, args=(i,)) for i in range(args.readers)]
-        threads += [threading.Thread(target=prober), threading.Thread(target=editor)]
+        threads += [threading.Thread(target=prober)] + ([] if args.no_edit else [threading.Thread(target=editor)])
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -94,6 +98,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     ms = np.array(reads) * 1000
     longest = max((t for t, _ in edits), default=0.0)
+    print("probe answers:", sorted(errors))
     print(f"reads: {len(reads)}, probes: {len(probes)} (statuses {sorted({s for _, s in probes})}), edits: "
           f"{len(edits)} (statuses {sorted({s for _, s in edits})}, longest {longest:.1f} s)")
     print(f"RESULT read_p95_ms={np.percentile(ms, 95):.0f} read_max_ms={ms.max():.0f} reads={len(reads)} "
