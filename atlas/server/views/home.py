@@ -16,10 +16,11 @@ PAGE = Page("home")
 
 
 class Table(BaseModel):
-    """Rows of a table view; the `.csv` twin writes exactly these."""
+    """Rows of a table view; the `.csv` twin writes exactly these. In JSON the rows are arrays of values, or objects
+    with `_shape=objects`."""
 
     columns: list[str]
-    rows: list[list[Any]]
+    rows: list[list[Any]] | list[dict[str, Any]]
 
 
 class SaeRow(BaseModel):
