@@ -26,9 +26,10 @@ CELL_WIDTH = 60
 
 
 def _open(atlas_dir: str | None):
+    """The atlas for reading, with the memory limit of readers that run user SQL."""
     from atlas.store import open_atlas
 
-    return open_atlas(atlas_dir)
+    return open_atlas(atlas_dir, memory_limit=SQL_MEMORY_LIMIT)
 
 
 def _cell(value: object) -> str:
@@ -144,13 +145,11 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int | None,
       atlas sql "SELECT * FROM codes WHERE block = 'mid'" -o codes.csv --timeout 60
       atlas sql "SELECT * FROM images" --format parquet --output images.parquet
     """
-    from atlas.store import open_atlas
-
     fmt = fmt or (FORMATS.get(Path(output).suffix.lower(), "table") if output else "table")
     if fmt == "parquet" and not output:
         raise click.UsageError("--format parquet needs --output FILE")
     cap = max_rows if max_rows or output else MAX_ROWS
-    with open_atlas(atlas_dir, memory_limit=SQL_MEMORY_LIMIT) as atlas:
+    with _open(atlas_dir) as atlas:
         if output:
             with atlas.sql_stream(query, timeout=timeout, max_rows=cap, max_bytes=max_bytes) as stream, \
                     _whole_file(output) as partial:

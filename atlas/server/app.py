@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.errors import AtlasError
-from atlas.server.guard import CrossSiteError, Guard, add_cookie
+from atlas.server.errors import CrossSiteError
+from atlas.server.guard import Guard, add_cookie
 from atlas.server.pages import AtlasJSONResponse, render
 from atlas.server.state import EDIT_SECONDS, REQUEST_SECONDS, ServerState, StreamBroken
 from atlas.server.views import concepts, edit, home, images, labels, search, sql

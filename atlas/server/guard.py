@@ -1,7 +1,7 @@
 """Writes only from the atlas's own pages: a same-origin check and a per-session CSRF token on every write.
 
 A browser sends a form to any site, with no preflight, from any page the user visits; so every request
-that could write (POST, PUT, PATCH, DELETE) must (1) not come from another site: an `Origin`
+that writes (a POST: no route takes PUT, PATCH or DELETE) must (1) not come from another site: an `Origin`
 (or, without one, a `Referer`) naming another scheme, host or port, or `Sec-Fetch-Site` other than
 same-origin / none, is refused; and (2) carry the token of its session: the server gives each client a
 session cookie (HttpOnly, SameSite=Lax: never sent with another site's POST) and derives the token from it
@@ -22,20 +22,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.types import Message, Scope
 
-from atlas.errors import AtlasError
+from atlas.server.errors import CrossSiteError
 
 COOKIE = "atlas_session"
 HEADER = "x-csrf-token"
 FIELD = "csrf_token"
-WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-"""The methods that could write; any other is a read or gets a 405 from the router."""
+WRITE_METHODS = {"POST"}
+"""The methods of the routes that write (every write is a POST); any other method is a read or gets a 405 with
+`Allow` from the router."""
 SESSION = re.compile(r"[0-9a-f]{32}")
-
-
-class CrossSiteError(AtlasError):
-    """A write without the same-origin proof or the session's token."""
-
-    status = 403
 
 
 class Guard:
