@@ -6,32 +6,31 @@ They only parse options, call the Python API and print; every expected error bec
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from atlas.cli.common import CONTEXT, atlas_option, one_line_errors
+from atlas.cli.common import CONTEXT, FiniteFloat, atlas_option, one_line_errors
+from atlas.store.limits import MAX_RESULT_BYTES, MAX_ROWS, MAX_TIMEOUT, SQL_MEMORY_LIMIT, TIMEOUT
 from atlas.tables import text_table as format_table
+
+if TYPE_CHECKING:
+    from atlas.store import SqlStream
 
 
 def _open(atlas_dir: str | None):
+    """The atlas for reading, with the memory limit of readers that run user SQL."""
     from atlas.store import open_atlas
 
-    return open_atlas(atlas_dir)
+    return open_atlas(atlas_dir, memory_limit=SQL_MEMORY_LIMIT)
 
 
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        with _writing(output), open(output, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-    else:
-        click.echo(text, nl=not text.endswith("\n"))
 
 
 @contextmanager
@@ -43,26 +42,67 @@ def _writing(output: str) -> Iterator[None]:
         raise click.ClickException(f"cannot write {output}: {err.strerror or err}; choose another --output") from None
 
 
-def _csv(columns: list[str], rows: list[tuple]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return buffer.getvalue()
+FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+"""The --format an --output file's extension implies when --format is not given."""
+
+
+@contextmanager
+def _whole_file(output: str) -> Iterator[Path]:
+    """A temporary file beside `output`, renamed to it when the block ends normally and removed otherwise: an
+    export is written whole or not at all."""
+    target = Path(output)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with _writing(output):
+            yield partial
+            partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _export(stream: SqlStream, fmt: str, path: Path) -> None:
+    """Every row of `stream` into `path` as it comes (memory stays one batch)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetWriter(path, stream.schema) as writer:
+            for batch in stream:
+                writer.write_batch(batch)
+        return
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        if fmt == "csv":
+            handle.writelines(stream.csv())
+        elif fmt == "json":
+            handle.write("[")
+            first = True
+            for batch in stream:
+                for row in batch.to_pylist():
+                    handle.write(("\n" if first else ",\n") + json.dumps(row, default=str))
+                    first = False
+            handle.write("\n]\n")
+        else:
+            rows = [row for batch in stream for row in zip(*(c.to_pylist() for c in batch.columns))]
+            handle.write(format_table(stream.columns, rows) + "\n")
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("query")
 @atlas_option
-@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Stop the query after this many seconds.")
-@click.option("--max-rows", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Return at most this many rows (a note on stderr says when rows were cut).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
-              show_default=True, help="Output format; parquet needs --output.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result to FILE instead of stdout.")
+@click.option("--timeout", default=TIMEOUT, show_default=True,
+              type=FiniteFloat(min=0, min_open=True, max=MAX_TIMEOUT),
+              help="Stop the query (and the export) after this many seconds.")
+@click.option("--max-rows", type=click.IntRange(min=1),
+              help=f"Return at most this many rows [default: {MAX_ROWS} on screen, every row with --output].")
+@click.option("--max-bytes", default=MAX_RESULT_BYTES, show_default=True, type=click.IntRange(min=1),
+              help="Stop with an error once the result passes this many bytes (as Arrow data).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+              help="Output format [default: from the --output extension (.csv, .json, .parquet), else table]; "
+                   "parquet needs --output.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write every row to FILE (streamed; the file appears only when the whole result is written).")
 @one_line_errors
-def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: str, output: str | None) -> None:
+def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int | None, max_bytes: int, fmt: str | None,
+        output: str | None) -> None:
     """Run one read-only SQL query over the atlas.
 
     Views: codes (fast filtered by block, t, latent), codes_by_image (fast filtered by image_id),
@@ -70,7 +110,9 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: s
     Concept ids look like mid/1.0/412 (block/t/latent; branch cond, the primary SAE), mid/1.0/uncond/412
     or mid/1.0/cond@k20/412 (the SAE variant k20); saes, concepts, concept_labels and the codes views
     have a variant column ('' for the primary SAE), saes, concepts and concept_labels a k column.
-    Writes, COPY, ATTACH and files outside the atlas are refused.
+    Writes, COPY, ATTACH and files outside the atlas are refused. A result is bounded by --timeout,
+    --max-bytes and the memory user SQL may take; past one of them the command fails (exit code 1)
+    and writes no --output file.
 
     \b
     Examples:
@@ -81,25 +123,30 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: s
       atlas sql "SELECT concept_id, mean_iou, hit_rate, support FROM concept_labels
                  WHERE label = 'red circle' AND t = 1.0 AND block = 'mid' ORDER BY mean_iou DESC LIMIT 10"
       atlas sql "SELECT concept_id, frequency FROM concepts WHERE k = 20 ORDER BY frequency DESC LIMIT 5"
+      atlas sql "SELECT * FROM codes WHERE block = 'mid'" -o codes.csv --timeout 60
       atlas sql "SELECT * FROM images" --format parquet --output images.parquet
     """
+    fmt = fmt or (FORMATS.get(Path(output).suffix.lower(), "table") if output else "table")
     if fmt == "parquet" and not output:
         raise click.UsageError("--format parquet needs --output FILE")
+    cap = max_rows if max_rows or output else MAX_ROWS
     with _open(atlas_dir) as atlas:
-        result = atlas.sql(query, timeout=timeout, max_rows=max_rows)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with _writing(output):
-            pq.write_table(result.table, output)
-    elif fmt == "json":
-        _emit(json.dumps(result.to_dicts(), default=str, indent=1) + "\n", output)
-    elif fmt == "csv":
-        _emit(_csv(result.columns, result.rows), output)
-    else:
-        _emit(format_table(result.columns, result.rows) + "\n", output)
-    if result.truncated:
-        click.echo(f"(showing the first {max_rows} rows; raise --max-rows for more)", err=True)
+        if output:
+            with atlas.sql_stream(query, timeout=timeout, max_rows=cap, max_bytes=max_bytes) as stream, \
+                    _whole_file(output) as partial:
+                _export(stream, fmt, partial)
+            truncated = stream.truncated
+        elif fmt == "csv":
+            with atlas.sql_stream(query, timeout=timeout, max_rows=cap, max_bytes=max_bytes) as stream:
+                click.echo("".join(stream.csv()), nl=False)
+            truncated = stream.truncated
+        else:
+            result = atlas.sql(query, timeout=timeout, max_rows=cap, max_bytes=max_bytes)
+            truncated = result.truncated
+            click.echo(json.dumps(result.to_dicts(), default=str, indent=1) if fmt == "json"
+                       else format_table(result.columns, result.rows))
+    if truncated:
+        click.echo(f"(showing the first {cap} rows; raise --max-rows for more)", err=True)
 
 
 @click.command(context_settings=CONTEXT)

@@ -179,7 +179,15 @@ CLI_CASES = [
     cli("sql", "SELEC 1", *A, expect='syntax error at or near "SELEC"'),
     cli("sql", "", *A, expect="empty query: write one SELECT statement"),
     cli("sql", "SELECT 1", *A, "--max-rows", "many", expect="'many' is not a valid integer"),
-    cli("sql", "SELECT 1", *A, "--timeout", "-1", expect="not in the range x>0"),
+    cli("sql", "SELECT 1", *A, "--timeout", "-1", expect="not in the range 0<x<=86400"),
+    cli("sql", "SELECT 1", *A, "--timeout", "0", expect="not in the range 0<x<=86400"),
+    cli("sql", "SELECT 1", *A, "--timeout", "nan", expect="'nan' is not a finite number"),
+    cli("sql", "SELECT 1", *A, "--timeout", "inf", expect="not in the range 0<x<=86400"),
+    cli("sql", "SELECT 1", *A, "--timeout", "1e308", expect="not in the range 0<x<=86400"),
+    cli("sql", "SELECT 1", *A, "--max-bytes", "0", expect="not in the range x>=1"),
+    cli("sql", "SELECT list(i) FROM range(100000000) t(i)", *A, expect="needed more than the .* of memory"),
+    cli("sql", "SELECT i FROM range(10000000000) t(i)", *A, "-o", "{tmp}/all.csv", "--timeout", "1",
+        expect="query stopped after the 1 s time limit"),
     cli("sql", "SELECT 1", *A, "--format", "parquet", expect="--format parquet needs --output FILE"),
     cli("sql", "SELECT 1", *A, "--format", "csv", "--output", "{tmp}/no/such/dir/x.csv",
         expect="cannot write .*; choose another --output"),
@@ -464,11 +472,19 @@ class Http:
     expect: str
     body: bytes | None = None
     form: bool = False
+    headers: dict[str, str] | None = None
+    """Extra headers; a write is sent with its session's cookie and CSRF token unless these set the token."""
 
 
-def web(route: str, url: str, status: int, expect: str, body: bytes | None = None, form: bool = False
-        ) -> pytest.param:
-    return pytest.param(Http(route, url, status, expect, body, form), id=f"{route.split()[0]} {url[:70]}")
+def web(route: str, url: str, status: int, expect: str, body: bytes | None = None, form: bool = False,
+        headers: dict[str, str] | None = None) -> pytest.param:
+    return pytest.param(Http(route, url, status, expect, body, form, headers), id=f"{route.split()[0]} {url[:70]}")
+
+
+NAME = "/concept/mid/1.0/1/name"
+EVIL = {"Origin": "http://evil.example"}
+NO_TOKEN = {"X-CSRF-Token": ""}
+MANY_CONCEPTS = json.dumps({"prompt": "a", "concept": "SELECT concept_id FROM concepts LIMIT 100"}).encode()
 
 
 HTTP_CASES = [
@@ -597,15 +613,63 @@ HTTP_CASES = [
     web("POST /edit", "/edit", 400, "bad strength -1.0", body=b"prompt=a&concept=red+circle&strength=-1", form=True),
     web("POST /edit", "/edit", 400, "request body is not valid UTF-8", body=b"prompt=%ff&concept=red+circle",
         form=True),
+    # issue 20: writes from other sites, unbounded results and edits, inputs the schema did not describe
+    web("GET /session.json", "/session.json?x=%ff", 400, "query string is not valid UTF-8"),
+    web("POST /concept/{concept_id}/name.json", NAME + ".json", 403, "refused a write from another site "
+        r"\(http://evil.example\)", body=b'{"name": "x"}', headers=EVIL),
+    web("POST /concept/{concept_id}/name.json", NAME + ".json", 403, "needs this session's CSRF token",
+        body=b'{"name": "x"}', headers=NO_TOKEN),
+    web("POST /concept/{concept_id}/name.json", NAME + ".json", 403, r"Sec-Fetch-Site: cross-site",
+        body=b'{"name": "x"}', headers={"Sec-Fetch-Site": "cross-site"}),
+    web("POST /concept/{concept_id}/name.json", NAME + ".json", 403, "refused a write from another site",
+        body=b'{"name": "x"}', headers={"Referer": "http://localhost:1/page"}),
+    web("POST /concept/{concept_id}/name", NAME, 403, "refused a write from another site", body=b"name=x",
+        form=True, headers=EVIL),
+    web("POST /concept/{concept_id}/name", NAME, 403, "needs this session's CSRF token", body=b"name=x", form=True,
+        headers=NO_TOKEN),
+    web("POST /edit.json", "/edit.json", 403, "refused a write from another site",
+        body=b'{"prompt": "a", "concept": "red circle"}', headers=EVIL),
+    web("POST /edit", "/edit", 403, "needs this session's CSRF token", body=b"prompt=a&concept=red+circle",
+        form=True, headers=NO_TOKEN),
+    web("POST /edit.json", "/edit.json", 400, "names more than 16 concepts", body=MANY_CONCEPTS),
+    web("GET /sql.json", "/sql.json?q=SELECT%20list(i)%20FROM%20range(50000000)%20t(i)", 400,
+        "needed more than the .* of memory user SQL may use"),
+    web("GET /sql.json", "/sql.json?q=SELECT%20repeat('x'%2C%201000000)%20FROM%20range(40)", 400,
+        "passed the 16 MiB limit on query results"),
+    web("GET /sql.json", "/sql.json?q=select%201&timeout=nan", 400, "bad timeout"),
+    web("GET /sql.json", "/sql.json?q=select%201&timeout=inf", 400, "bad timeout"),
+    web("GET /sql.json", "/sql.json?q=select%201&_shape=bogus", 400, "bad _shape"),
+    web("GET /sql.csv", "/sql.csv?q=select%201&timeout=1e308", 400, "bad timeout"),
+    web("GET /sql.csv", "/sql.csv?q=select%201&max_rows=0", 400, "bad max_rows"),
+    web("GET /sql", "/sql?q=SELEC%201", 400, 'syntax error at or near "SELEC"'),
+    web("GET /concepts.json", "/concepts.json?after=%EF%BC%91:1:1", 400, "bad page token"),
+    web("GET /concepts.json", "/concepts.json?after=1:%2B1:1", 400, "bad page token"),
+    web("GET /concept/{concept_id}.json", "/concept/mid/1.0/%EF%BC%91.json", 400, "is not a non-negative integer"),
+    web("GET /concept/{concept_id}.json", "/concept/mid/%EF%BC%91.0/1.json", 400, "is not a number"),
 ]
 
 
+def session(base: str) -> dict[str, str]:
+    """The cookie and CSRF token header of a new session of the server (every write needs them)."""
+    connection = http.client.HTTPConnection(*base.split(":"), timeout=60)
+    connection.request("GET", "/session.json")
+    response = connection.getresponse()
+    token = json.loads(response.read())["csrf_token"]
+    cookie = response.getheader("set-cookie").split(";")[0]
+    connection.close()
+    return {"Cookie": cookie, "X-CSRF-Token": token}
+
+
 def request(base: str, case: Http) -> tuple[int, str, str]:
-    """(status, content type, body) of the case sent byte for byte as written (no client-side normalising)."""
+    """(status, content type, body) of the case sent byte for byte as written (no client-side normalising); a
+    write goes with a session's cookie and token unless the case's headers say otherwise."""
     host, port = base.split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
     headers = {"Content-Type": "application/x-www-form-urlencoded" if case.form else "application/json"} \
         if case.body is not None else {}
+    if case.route.startswith("POST"):
+        headers.update(session(base))
+    headers.update(case.headers or {})
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
     connection.request(case.route.split()[0], case.url, body=case.body, headers=headers)
     response = connection.getresponse()
     text = response.read().decode("utf-8", "replace")
@@ -623,8 +687,9 @@ def test_route_refuses_bad_input(case: Http, sweep: Sweep) -> None:
         assert body.keys() == {"ok", "error", "status"} and body["ok"] is False and body["status"] == status
         message = body["error"]
     else:
-        assert kind.startswith("text/html") and f"<h1>Error {status}</h1>" in text, text[:500]
-        message = html.unescape(re.search(r'<p class="error">(.*?)</p>', text, re.S).group(1))
+        assert kind.startswith("text/html") and (f"<h1>Error {status}</h1>" in text or 'id="sql-error"' in text), \
+            text[:500]
+        message = html.unescape(re.search(r'<p class="error"[^>]*>(.*?)</p>', text, re.S).group(1))
     assert "\n" not in message and "Traceback" not in message
     assert re.search(case.expect, message), message
 

@@ -42,7 +42,9 @@ STATUS = {
     "SqlError": 400, "ReadOnlySqlError": 400, "QueryTimeoutError": 400, "CorruptFileError": 503,
     "AtlasInUseError": 409, "CatalogBusyError": 503, "NoIndexError": 404, "InvalidInputError": 400,
     # the server's, the models', the annotators' and the edit judges'
-    "ReadOnlyServerError": 403, "ModelNotFoundError": 503, "AnnotatorNotAvailable": 503, "JudgeUnavailable": 503,
+    "QueryMemoryError": 400, "ResultTooLargeError": 400,
+    "ReadOnlyServerError": 403, "CrossSiteError": 403, "ModelNotFoundError": 503, "AnnotatorNotAvailable": 503,
+    "JudgeUnavailable": 503,
 }
 
 

@@ -110,6 +110,14 @@ def failure(base: str, path: str, status: int, **params) -> str:
     return body["error"]
 
 
+def writer(base: str) -> requests.Session:
+    """A client with its session's cookie that sends the session's CSRF token, as the atlas's pages do: every
+    write needs both (atlas.server.guard)."""
+    session = requests.Session()
+    session.headers["X-CSRF-Token"] = session.get(f"{base}/session.json", timeout=60).json()["csrf_token"]
+    return session
+
+
 def best_concept(atlas) -> str:
     return atlas.sql("SELECT concept_id FROM concept_labels ORDER BY mean_iou DESC, concept_id LIMIT 1").rows[0][0]
 
@@ -309,18 +317,19 @@ def test_sql_same_limits_as_the_cli(base, atlas):
 
 def test_rename_concept_then_find_it_by_name(base, atlas):
     cid = best_concept(atlas)
-    response = requests.post(f"{base}/concept/{cid}/name.json", json={"name": "round red thing", "note": "fires"},
-                             timeout=60)
+    client = writer(base)
+    response = client.post(f"{base}/concept/{cid}/name.json", json={"name": "round red thing", "note": "fires"},
+                           timeout=60)
     assert response.status_code == 200 and response.json() == {"ok": True, "concept_id": cid,
                                                                "name": "round red thing", "note": "fires"}
     assert ok(base, f"/concept/{cid}.json")["concept"]["name"] == "round red thing"
     names = ok(base, "/search.json", q="red round thing")["names"]  # by meaning: similar enough, not verbatim
     assert names and names[0]["concept_id"] == cid
-    form = requests.post(f"{base}/concept/{cid}/name", data={"name": "", "note": ""}, allow_redirects=False,
-                         timeout=60)
+    form = client.post(f"{base}/concept/{cid}/name", data={"name": "", "note": ""}, allow_redirects=False,
+                       timeout=60)
     assert form.status_code == 303 and form.headers["location"] == f"/concept/{cid}"
     assert ok(base, f"/concept/{cid}.json")["concept"]["name"] is None
-    bad = requests.post(f"{base}/concept/{cid}/name.json", json={"name": "x" * 500}, timeout=60)
+    bad = client.post(f"{base}/concept/{cid}/name.json", json={"name": "x" * 500}, timeout=60)
     assert bad.status_code == 400 and bad.json()["ok"] is False
 
 
@@ -350,7 +359,7 @@ def test_edit_gives_before_and_after_and_logs_it(base, atlas):
     cid = atlas.sql("SELECT concept_id FROM concept_labels WHERE block = 'down' ORDER BY mean_iou DESC LIMIT 1"
                     ).rows[0][0]
     stored = atlas.sql("SELECT id, prompt, seed, path FROM images ORDER BY id LIMIT 1").to_dicts()[0]
-    response = requests.post(f"{base}/edit.json", timeout=300, json={
+    response = writer(base).post(f"{base}/edit.json", timeout=300, json={
         "prompt": stored["prompt"], "concept": cid, "region": "0011/0011/0000/0000", "seed": stored["seed"]})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -369,8 +378,10 @@ def test_edit_gives_before_and_after_and_logs_it(base, atlas):
 
 
 def test_edit_refuses_bad_input_before_generating(base):
+    client = writer(base)
+
     def refused(status: int, **fields) -> str:
-        response = requests.post(f"{base}/edit.json", json={"prompt": "a red circle", "concept": "red circle",
+        response = client.post(f"{base}/edit.json", json={"prompt": "a red circle", "concept": "red circle",
                                                             **fields}, timeout=120)
         assert response.status_code == status, response.text
         assert response.json()["ok"] is False and "\n" not in response.json()["error"]
@@ -382,8 +393,8 @@ def test_edit_refuses_bad_input_before_generating(base):
     assert "bad window" in refused(400, when="sometimes")
     assert "bad prompt" in refused(400, prompt="")
     failure(base, "/edit/picture/nothing.png", 404)
-    html = requests.post(f"{base}/edit", data={"prompt": "a red circle", "concept": "red circle", "strength": "lots"},
-                         timeout=60)
+    html = client.post(f"{base}/edit", data={"prompt": "a red circle", "concept": "red circle", "strength": "lots"},
+                       timeout=60)
     assert html.status_code == 400 and "bad strength" in html.text
 
 

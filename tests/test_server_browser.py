@@ -181,3 +181,32 @@ def test_concept_page_describes_samples_attributes_and_fades_the_heatmap(page, s
     images_loaded(page, "#top-images img.heatmap")
     page.screenshot(path=shots / "concept-described.png", full_page=True)
     assert not page.problems, page.problems
+
+
+def test_sql_error_keeps_the_query_and_columns_sort(page, shots):
+    """Datasette's conventions (issue 22): an error above the editor with the query kept, concept ids linked,
+    columns sorted by a click on their header."""
+    page.goto("/sql")
+    broken = "SELEC concept_id FROM concepts"
+    page.fill("textarea[name=q]", broken)
+    page.click("#sql-form button[type=submit]")
+    page.wait_for_selector("#sql-error")
+    assert "syntax error" in page.locator("#sql-error").inner_text()
+    assert page.input_value("textarea[name=q]") == broken
+    assert page.locator("#sql-error").bounding_box()["y"] < page.locator("textarea[name=q]").bounding_box()["y"]
+    page.problems.clear()  # the error page is a 400, as it should be
+
+    page.fill("textarea[name=q]", "SELECT concept_id, latent FROM concepts ORDER BY concept_id LIMIT 30")
+    page.click("#sql-form button[type=submit]")
+    page.wait_for_selector("#sql-result table")
+    links = page.locator("#sql-result tbody td a")
+    assert links.count() == 30 and links.first.get_attribute("href").startswith("/concept/")
+    latents = "#sql-result tbody tr td:nth-child(2)"
+    page.click("#sql-result th:nth-child(2)")
+    up = [int(v.replace(",", "")) for v in page.locator(latents).all_inner_texts()]
+    page.click("#sql-result th:nth-child(2)")
+    down = [int(v.replace(",", "")) for v in page.locator(latents).all_inner_texts()]
+    assert up == sorted(up) and down == sorted(up, reverse=True) and up != down
+    assert page.locator("#sql-result th:nth-child(2)").get_attribute("aria-sort") == "descending"
+    page.screenshot(path=shots / "9-sql-sorted.png", full_page=True)
+    assert not page.problems, page.problems

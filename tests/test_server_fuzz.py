@@ -11,12 +11,13 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-from test_server import assert_clean_log, shared_server
+from test_server import assert_clean_log, shared_server, writer
 
 EXAMPLES = 8  # per route: ~25 routes x 8 requests take ~20 s on 2 cores
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -38,7 +39,11 @@ def check_answer(response: schemathesis.Response) -> None:
         assert body["ok"] is False and body["status"] == response.status_code
         assert body["error"] and "\n" not in body["error"] and "Traceback" not in body["error"]
     elif media.startswith("application/json"):
-        assert response.json()["ok"] is True
+        body = response.json()
+        if "_shape=array&" in response.request.url + "&":  # Datasette's bare list of row objects
+            assert isinstance(body, list) and all(isinstance(row, dict) for row in body)
+        else:
+            assert body["ok"] is True
 
 
 @pytest.mark.slow
@@ -47,6 +52,7 @@ def test_every_route_survives_generated_input(read_only_server):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
     session = requests.Session()
+    unsatisfiable: list[str] = []
     for operation in operations:
 
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -56,13 +62,18 @@ def test_every_route_survives_generated_input(read_only_server):
             response = case.call_and_validate(base_url=read_only_server, session=session, checks=CHECKS, timeout=60)
             check_answer(response)
 
-        fuzz()
+        try:
+            fuzz()
+        except Unsatisfiable:  # the route's path parameter must hold '/', which generated path segments never do
+            unsatisfiable.append(operation.path)
+    assert set(unsatisfiable) <= {p for p in unsatisfiable if "{concept_id}" in p}, unsatisfiable
 
 
 def test_writes_are_refused_read_only(read_only_server):
-    response = requests.post(f"{read_only_server}/concept/mid/1.0/1/name.json", json={"name": "x"}, timeout=60)
+    client = writer(read_only_server)
+    response = client.post(f"{read_only_server}/concept/mid/1.0/1/name.json", json={"name": "x"}, timeout=60)
     assert response.status_code == 403 and "read-only" in response.json()["error"]
-    response = requests.post(f"{read_only_server}/edit.json", json={"prompt": "a red circle", "concept": "red circle"},
+    response = client.post(f"{read_only_server}/edit.json", json={"prompt": "a red circle", "concept": "red circle"},
                              timeout=60)
     assert response.status_code == 403 and response.json()["status"] == 403
     page = requests.get(f"{read_only_server}/edit", timeout=60).text

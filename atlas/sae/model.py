@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from atlas.errors import UnavailableError
 from atlas.files import atomic_write
 from atlas.sae.config import SaeConfig
 
@@ -287,14 +288,22 @@ class Sae(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> Sae:
         """Load what `save_pretrained` wrote (or an older atlas's config.json + W_enc/b_enc, or sparsify's
-        `save_to_disk` of a TopK SAE); weights keep their stored dtype."""
+        `save_to_disk` of a TopK SAE); weights keep their stored dtype. A checkpoint that is missing, cut or not an
+        SAE's is an UnavailableError naming it (one line), not a traceback."""
+        from safetensors import SafetensorError
+
         path = Path(directory)
-        cfg = SaeConfig.from_dict(read_config(path))
-        ours = {value: key for key, value in SPARSIFY_NAMES.items()}
-        tensors = {ours.get(name, name): tensor
-                   for name, tensor in load_file(str(path / WEIGHTS_NAME), device=str(device or "cpu")).items()}
-        sae = cls(cfg, device="meta", dtype=tensors["W_enc"].dtype)
-        sae.load_state_dict(tensors, assign=True)
+        try:
+            cfg = SaeConfig.from_dict(read_config(path))
+            ours = {value: key for key, value in SPARSIFY_NAMES.items()}
+            tensors = {ours.get(name, name): tensor
+                       for name, tensor in load_file(str(path / WEIGHTS_NAME), device=str(device or "cpu")).items()}
+            sae = cls(cfg, device="meta", dtype=tensors["W_enc"].dtype)
+            sae.load_state_dict(tensors, assign=True)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UnavailableError(f"the SAE checkpoint {path} is missing or corrupt ({type(err).__name__}: "
+                                   f"{detail}); retrain it with `atlas train`") from None
         return sae
 
 

@@ -7,6 +7,8 @@ for `.json`, `.csv` and `.png` URLs, an error page for HTML.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +22,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.errors import AtlasError
+from atlas.server.errors import CrossSiteError
+from atlas.server.guard import Guard, add_cookie
 from atlas.server.pages import AtlasJSONResponse, render
-from atlas.server.state import ServerState
+from atlas.server.state import EDIT_SECONDS, REQUEST_SECONDS, ServerState, StreamBroken
 from atlas.server.views import concepts, edit, home, images, labels, search, sql
 
 if TYPE_CHECKING:
@@ -38,12 +42,15 @@ split it; with the limit above any URL a browser sends, a long URL always reache
 UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's detail when a body does not decode
 
 
-def error_response(request: Request, status: int, message: str) -> Response:
+def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     if request.url.path.endswith(MACHINE_SUFFIXES) or request.url.path == "/openapi.json":
-        return AtlasJSONResponse({"ok": False, "error": message, "status": status}, status_code=status)
-    read_only = getattr(request.app.state, "atlas", None)
-    return render("error.html", status=status, request=request, message=message, status_code=status,
-                  read_only=bool(read_only and read_only.read_only), json_url=None, csv_url=None)
+        response = AtlasJSONResponse({"ok": False, "error": message, "status": status}, status_code=status)
+    else:
+        read_only = getattr(request.app.state, "atlas", None)
+        response = render("error.html", status=status, request=request, message=message, status_code=status,
+                          read_only=bool(read_only and read_only.read_only), json_url=None, csv_url=None)
+    response.headers.update(headers or {})
+    return response
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -66,10 +73,13 @@ def _not_utf8(data: bytes, what: str) -> str | None:
 
 class CleanInput:
     """ASGI middleware: a URL or body that is not UTF-8 is a 400, a body over MAX_BODY a 413, before any view
-    runs; otherwise the decoders would quietly turn the bad bytes into U+FFFD and the views search for that."""
+    runs; otherwise the decoders would quietly turn the bad bytes into U+FFFD and the views search for that.
+    It also keeps the client's session (atlas.server.guard): a new one gets its cookie, and a write from another
+    site or without the session's CSRF token is a 403 before any view runs."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
         self.app = app
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,6 +96,16 @@ class CleanInput:
         if not problem and body:
             form = dict(scope["headers"]).get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded")
             problem = _not_utf8(unquote_to_bytes(body) if form else body, "request body")
+        session = self.guard.session_of(scope)
+        if session is None:
+            session = self.guard.new_session()
+            send = functools.partial(_with_cookie, send, session)
+        scope.setdefault("state", {})["session"] = session
+        if not problem:
+            try:
+                self.guard.check(scope, body)
+            except CrossSiteError as err:
+                status, problem = err.status, err.message
         if problem:
             response = error_response(Request(scope), status, problem)
             return await response(scope, receive, send)
@@ -100,6 +120,50 @@ class CleanInput:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+async def _with_cookie(send: Send, session: str, message: Message) -> None:
+    await send(add_cookie(message, session))
+
+
+class Deadline:
+    """ASGI middleware: the wall-clock limit of a whole request. A read that has not started its answer after
+    REQUEST_SECONDS (a write: EDIT_SECONDS) gets a 503 then; its thread finishes in the background, bounded by the
+    limits of what it runs (user SQL stops at its own time limit). A streamed answer that breaks after it started
+    (StreamBroken) is cut: the connection closes without the final chunk, so the client sees it incomplete."""
+
+    def __init__(self, app: ASGIApp, seconds: float = REQUEST_SECONDS, write_seconds: float = EDIT_SECONDS) -> None:
+        self.app, self.seconds, self.write_seconds = app, seconds, write_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = late = False
+
+        async def answer(message: Message) -> None:
+            nonlocal started
+            if late:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, answer)
+            except StreamBroken:
+                if not started:
+                    raise
+
+        seconds = self.seconds if scope["method"] in ("GET", "HEAD") else self.write_seconds
+        task = asyncio.ensure_future(run())
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if done or started:
+            return await task
+        late = True
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # finished in the background, unheard
+        response = error_response(Request(scope), 503, f"the request took longer than the server's {seconds:g} s "
+                                  "limit: ask for less (filter, LIMIT) or try again when the server is less busy")
+        await response(scope, receive, send)
 
 
 def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | None = None) -> FastAPI:
@@ -127,7 +191,9 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
             message = f"no page at {request.url.path}: start from the home page /"
         elif message == UNREADABLE_BODY:
             message = "the request body could not be read: send UTF-8 JSON (or form data for the HTML forms)"
-        return error_response(request, err.status_code, message)
+        elif err.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}: use {err.headers.get('Allow', 'GET')}"
+        return error_response(request, err.status_code, message, err.headers)
 
     @app.exception_handler(AtlasError)
     async def expected(request: Request, err: AtlasError) -> Response:
@@ -146,7 +212,8 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
     for module in modules:
         app.include_router(module.PAGE.html)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(CleanInput)
+    app.add_middleware(CleanInput, guard=state.guard)
+    app.add_middleware(Deadline)
     return app
 
 

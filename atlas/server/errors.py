@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from atlas.errors import BadInputError, ReadOnlyError
+from atlas.errors import AtlasError, BadInputError, ReadOnlyError
 
 
 class ReadOnlyServerError(ReadOnlyError):
@@ -18,6 +18,12 @@ class ReadOnlyServerError(ReadOnlyError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"cannot {what}: this atlas is served read-only (restart `atlas serve` without --read-only)")
+
+
+class CrossSiteError(AtlasError):
+    """A write without the same-origin proof or the session's CSRF token (atlas.server.guard)."""
+
+    status = 403
 
 
 def bad_input(err: ValidationError) -> BadInputError:

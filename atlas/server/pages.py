@@ -19,10 +19,11 @@ import typing
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import jinja2
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
@@ -101,9 +102,12 @@ def label_url(name: str) -> str:
     return "/label/" + quote(str(name), safe="")
 
 
-def link_for(kind: str, value: object) -> str:
-    """The page of a table cell's value: kind is concept, label or image."""
-    return {"concept": concept_url, "label": label_url, "image": lambda v: f"/image/{int(v)}"}[kind](value)
+def link_for(kind: str, value: object) -> str | None:
+    """The page of a table cell's value (kind is concept, label or image); None when the value cannot be one
+    (an SQL result may call anything image_id)."""
+    if kind == "image":
+        return f"/image/{value}" if isinstance(value, int) and not isinstance(value, bool) else None
+    return {"concept": concept_url, "label": label_url}[kind](value) if isinstance(value, str) else None
 
 
 def number(value: object, digits: int = 3) -> str:
@@ -126,7 +130,16 @@ ENVIRONMENT.globals.update(concept_url=concept_url, label_url=label_url, link_fo
 
 
 def render(template: str, status: int = 200, **context: object) -> HTMLResponse:
-    return HTMLResponse(ENVIRONMENT.get_template(template).render(**context), status_code=status)
+    """A page from its template; with the `request` in `context`, its forms get the session's CSRF token."""
+    request = context.get("request")
+    token = csrf_token(request) if isinstance(request, Request) else ""
+    return HTMLResponse(ENVIRONMENT.get_template(template).render(csrf_token=token, **context), status_code=status)
+
+
+def csrf_token(request: Request) -> str:
+    """The CSRF token of the request's session (atlas.server.guard), which every write must carry."""
+    session = request.scope.get("state", {}).get("session")
+    return request.app.state.atlas.guard.token(session) if session else ""
 
 
 def twin_url(request: Request, suffix: str) -> str:
@@ -155,9 +168,12 @@ class Page:
         self.html = APIRouter()  # included after every API router: `/concept/{id:path}` would swallow `.json`
 
     def add(self, path: str, template: str, model: type[Envelope], table: str | None = None,
-            methods: tuple[str, ...] = ("GET",)) -> Callable:
-        """Register a view as `path` (HTML), `path.json` and, when `table` names a key of its data holding
-        {"columns": [...], "rows": [...]}, `path.csv`."""
+            methods: tuple[str, ...] = ("GET",), rows: str | None = None, html: bool = True,
+            csv: bool = True) -> Callable:
+        """Register a view as `path` (HTML; unless `html` is false), `path.json` and, when `table` names a key of
+        its data holding {"columns": [...], "rows": [...]}, `path.csv` (unless `csv` is false: the module
+        registers its own). `rows` names the key of a list of row objects that the table repeats: the JSON
+        then carries the rows once (see `shaped`)."""
 
         def register(view: Callable[..., dict]) -> Callable[..., dict]:
             hints = typing.get_type_hints(view, include_extras=True)
@@ -165,8 +181,10 @@ class Page:
                       for p in inspect.signature(view).parameters.values()]
             summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else None
 
-            def as_json(**kwargs: object) -> dict:
-                return {"ok": True, **view(**kwargs)}
+            def as_json(**kwargs: object) -> Response:
+                shape = kwargs.pop(SHAPE_PARAM.name)
+                data = model.model_validate({"ok": True, **view(**kwargs)}).model_dump()
+                return AtlasJSONResponse(shaped(data, table, rows, shape))
 
             def as_csv(**kwargs: object) -> Response:
                 data = view(**kwargs)[table]
@@ -175,26 +193,75 @@ class Page:
 
             def as_html(request: Request, **kwargs: object) -> HTMLResponse:
                 data = view(**kwargs)
-                state = request.app.state.atlas
-                return render(template, request=request, read_only=state.read_only, json_url=twin_url(request, ".json"),
-                              csv_url=twin_url(request, ".csv") if table else None, page_url=functools.partial(
-                                  page_url, request), **data)
+                return page(template, request, data, table is not None)
 
             request_param = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
-            for func, extra in ((as_json, []), (as_csv, []), (as_html, [request_param])):
-                func.__signature__ = inspect.Signature(extra + params)  # type: ignore[attr-defined]
+            for func, extra in ((as_json, [SHAPE_PARAM] if table else []), (as_csv, []), (as_html, [request_param])):
+                func.__signature__ = inspect.Signature(params + extra if func is as_json else extra + params)  # type: ignore[attr-defined]
                 func.__name__ = f"{view.__name__}_{func.__name__[3:]}"
             name = path.rstrip("/") or "/"  # the home page's twins are /.json and /.csv
+            described = (view.__doc__ or "") + (SHAPE_NOTE if table else "")
             for method in methods:
-                self.router.add_api_route(f"{name}.json", as_json, methods=[method], response_model=model,
-                                          summary=summary, description=view.__doc__, responses=ERRORS)
-                if table:
+                self.router.add_api_route(f"{name}.json", as_json if table else _no_shape(as_json), methods=[method],
+                                          response_model=model | list[dict[str, Any]] if table else model,
+                                          summary=summary, description=described,
+                                          responses=ERRORS)
+                if table and csv:
                     self.router.add_api_route(f"{name}.csv", as_csv, methods=[method], summary=f"{summary} (CSV)",
                                               response_class=Response, responses={
                                                   **ERRORS, 200: {"content": {"text/csv": {}},
                                                                   "description": "The page's table as CSV"}})
-            self.html.add_api_route(path, as_html, methods=list(methods), include_in_schema=False,
-                                    response_class=HTMLResponse)
+            if html:
+                self.html.add_api_route(path, as_html, methods=list(methods), include_in_schema=False,
+                                        response_class=HTMLResponse)
             return view
 
         return register
+
+
+SHAPE_PARAM = inspect.Parameter(
+    "shape", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[Literal["arrays", "objects", "array"] | None, Query(
+        alias="_shape", description="arrays: the table as columns and rows of values; objects: rows as objects; "
+                                    "array: only the list of row objects (as Datasette)")])
+SHAPE_NOTE = ("\n\n`_shape` picks how the table's rows come: `arrays` ({columns, rows: [[...]]}), `objects` (rows as "
+              "objects) or `array` (the body is only the list of row objects).")
+
+
+def _no_shape(as_json: Callable[..., Response]) -> Callable[..., Response]:
+    """The JSON twin of a view without a table: no `_shape` parameter."""
+
+    def plain_json(**kwargs: object) -> Response:
+        return as_json(**kwargs, shape=None)
+
+    plain_json.__signature__ = as_json.__signature__  # type: ignore[attr-defined]
+    plain_json.__name__ = as_json.__name__
+    return plain_json
+
+
+def shaped(data: dict, table: str | None, rows: str | None, shape: str | None) -> object:
+    """The JSON of a view's data with its table in the `_shape` asked for. A page whose table repeats a list of
+    row objects (`rows`) carries one of them: the objects by default, the table with `arrays`."""
+    if table is None:
+        return data
+    grid = data[table]
+    objects = [dict(zip(grid["columns"], row)) for row in grid["rows"]]
+    if shape == "array":
+        return data[rows] if rows else objects
+    if rows:
+        if shape == "arrays":
+            data.pop(rows)
+        else:
+            data.pop(table)
+        return data
+    if shape == "objects":
+        data[table] = {"columns": grid["columns"], "rows": objects}
+    return data
+
+
+def page(template: str, request: Request, data: dict, has_csv: bool, status: int = 200) -> HTMLResponse:
+    """A view's HTML page with the links to its twins."""
+    state = request.app.state.atlas
+    return render(template, status=status, request=request, read_only=state.read_only,
+                  json_url=twin_url(request, ".json"), csv_url=twin_url(request, ".csv") if has_csv else None,
+                  page_url=functools.partial(page_url, request), **data)

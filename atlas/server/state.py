@@ -7,23 +7,77 @@ the change at its next query because every write publishes a new snapshot.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import numpy as np
 from fastapi import Depends, Request
 
-from atlas.errors import NotFoundError
+from atlas.errors import NotFoundError, UnavailableError
 from atlas.server.errors import ReadOnlyServerError
+from atlas.server.guard import Guard
 from atlas.store import Atlas, SaeInfo, Writer, open_atlas
 from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT
+from atlas.store.limits import SQL_MEMORY_LIMIT
 
 if TYPE_CHECKING:
     from atlas.models import TextToImageModel
+
+T = TypeVar("T")
+
+
+REQUEST_SECONDS = 30.0
+"""Wall-clock limit of a read: past it the client gets a 503 (the SQL of the request is stopped by its own
+limit, which is at most this)."""
+EDIT_SECONDS = 300.0
+"""Wall-clock limit of a write (an edit, waiting in the queue included)."""
+QUEUED_EDITS = 4
+"""Edits that may wait for the edit worker; one more is refused (503) instead of piling up."""
+MAX_EDIT_CONCEPTS = 16
+"""Concepts one web edit may set (a label resolves to at most EditConfig.max_concepts; SQL may return more)."""
+
+
+class StreamBroken(Exception):  # noqa: N818 - a signal to the app's middleware, not an error of the atlas
+    """A streamed response stopped after it started (a limit hit mid-export): the connection is cut so the client
+    sees an incomplete answer."""
+
+
+class EditQueue:
+    """One worker thread runs the edits, one at a time, and at most QUEUED_EDITS wait: an edit never takes a
+    thread that serves reads, and a burst of edits is refused instead of queued without end."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-edit", initializer=_leave_a_core)
+        self._slots = threading.BoundedSemaphore(QUEUED_EDITS + 1)
+
+    def run(self, work: Callable[[], T], seconds: float = EDIT_SECONDS) -> T:
+        if not self._slots.acquire(blocking=False):
+            raise UnavailableError(f"{QUEUED_EDITS} edits are already waiting: try again in a minute")
+        future = self._pool.submit(work)
+        future.add_done_callback(lambda _: self._slots.release())
+        try:
+            return future.result(timeout=seconds)
+        except FutureTimeout:
+            future.cancel()
+            raise UnavailableError(f"the edit did not finish within the server's {seconds:g} s limit (edits wait "
+                                   "for the ones before them): try again when the server is less busy") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _leave_a_core() -> None:
+    """Edits compute with all cores but one, so the reads served meanwhile keep one."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
 class ServerState:
@@ -31,7 +85,10 @@ class ServerState:
         self.root = Path(root).resolve()
         self.read_only = read_only
         self.threads = threads
-        self.atlas: Atlas = open_atlas(self.root, threads=threads)
+        self.atlas: Atlas = open_atlas(self.root, threads=threads, memory_limit=SQL_MEMORY_LIMIT)
+        self.edits = EditQueue()
+        self.guard = Guard()
+        """The sessions' CSRF tokens (atlas.server.guard)."""
         self._write_lock = threading.Lock()
         self._embed_lock = threading.Lock()
         self._embedder = None
@@ -75,6 +132,7 @@ class ServerState:
             self.pictures.popitem(last=False)
 
     def close(self) -> None:
+        self.edits.close()
         self.atlas.close()
 
     # -- lookups the views share --------------------------------------------------------------------------------

@@ -21,15 +21,15 @@ Writing, with a `Writer` opened explicitly (atlas.store.writer); its `with` bloc
 from atlas.lazy import lazy_face
 
 _ERRORS = ("AtlasError", "AtlasNotFoundError", "BadConceptIdError", "CatalogBusyError", "CorruptFileError",
-           "InvalidInputError", "NoIndexError", "NoLabelsError", "QueryTimeoutError",
-           "ReadOnlySqlError", "SchemaTooNewError", "SchemaTooOldError", "SqlError", "UnknownLabelError",
-           "UnknownSaeError")
+           "InvalidInputError", "NoIndexError", "NoLabelsError", "QueryMemoryError", "QueryTimeoutError",
+           "ReadOnlySqlError", "ResultTooLargeError", "SchemaTooNewError", "SchemaTooOldError", "SqlError",
+           "UnknownLabelError", "UnknownSaeError")
 _NAMES = {
     **dict.fromkeys(("Atlas", "default_path", "open_atlas", "open_writer", "upgrade_atlas"), "atlas.store.atlas"),
     **dict.fromkeys(_ERRORS, "atlas.store.errors"),
     **dict.fromkeys(("ConceptRef", "concept_id", "parse_concept_id"), "atlas.store.ids"),
     **dict.fromkeys(("ConceptInfo", "ImageHit", "Neighbor"), "atlas.store.reads"),
-    **dict.fromkeys(("QueryResult", "SaeInfo"), "atlas.store.views"),
+    **dict.fromkeys(("QueryResult", "SaeInfo", "SqlStream"), "atlas.store.views"),
     "Writer": "atlas.store.writer",
 }
 __all__ = sorted(_NAMES)

@@ -51,9 +51,10 @@ from atlas.store.errors import (
     UnknownSaeError,
 )
 from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT, ConceptRef, block_key, concept_id, parse_concept_id
+from atlas.store.limits import MAX_RESULT_BYTES, MAX_ROWS, TIMEOUT
 from atlas.store.lookup import SortedFiles
 from atlas.store.reads import LINK_RANK, ConceptInfo, ImageHit, Neighbor
-from atlas.store.views import QueryResult, SaeInfo, Views
+from atlas.store.views import QueryResult, SaeInfo, SqlStream, Views
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -85,15 +86,17 @@ def default_path() -> Path:
 class Atlas:
     """The reader: typed reads, `query` (the API's SQL), `sql` (user SQL) and `writer()`; nothing else writes.
 
-    `threads` bounds DuckDB's threads (default: $ATLAS_THREADS, else all cores). Hot paths read the one
+    `threads` bounds DuckDB's threads (default: $ATLAS_THREADS, else all cores), `memory_limit` (e.g. "512MB",
+    default DuckDB's own: most of the machine's memory) the memory its queries may take, user SQL and the API's
+    alike. Hot paths read the one
     Parquet file that holds the answer (the by_latent bucket of a concept, the by_image bucket of an image)
     through atlas.store.lookup instead of the all-files `codes` view; FAISS indexes are loaded once per file.
     """
 
-    def __init__(self, root: str | Path, threads: int | None = None) -> None:
+    def __init__(self, root: str | Path, threads: int | None = None, memory_limit: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.threads = threads = threads or int(os.environ.get("ATLAS_THREADS") or 0) or None
-        self._views = Views(self.root, threads=threads)
+        self._views = Views(self.root, threads=threads, memory_limit=memory_limit)
         self._lookup = SortedFiles(self.root)
         self._indexes: dict = {}
 
@@ -176,10 +179,18 @@ class Atlas:
         statement check, no row cap, no time limit. Values always go in `params`, never into the text."""
         return self._views.query(sql, params or ())
 
-    def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
+    def sql(self, query: str, timeout: float = TIMEOUT, max_rows: int | None = MAX_ROWS,
+            max_bytes: int = MAX_RESULT_BYTES) -> QueryResult:
         """User SQL (`atlas sql`, the web /sql page): one read-only SELECT over the atlas views, with a time
-        limit and a row cap (see atlas.store.views for what is allowed)."""
-        return self._views.sql(query, timeout=timeout, max_rows=max_rows)
+        limit, a row cap (None: none) and a cap on the bytes of the result (see atlas.store.views for what is
+        allowed). Limits that bound nothing (nan, inf, 0, negative) are refused."""
+        return self._views.sql(query, timeout=timeout, max_rows=max_rows, max_bytes=max_bytes)
+
+    def sql_stream(self, query: str, timeout: float = TIMEOUT, max_rows: int | None = None,
+                   max_bytes: int = MAX_RESULT_BYTES) -> SqlStream:
+        """User SQL as Arrow batches read while they are used (exports of any size in bounded memory), under the
+        same limits as `sql` but without a row cap by default; use it in a `with` block."""
+        return self._views.stream(query, timeout=timeout, max_rows=max_rows, max_bytes=max_bytes)
 
     def stage_done(self, name: str) -> bool:
         return self.query("SELECT count(*) AS n FROM stages WHERE name = ?", [name])["n"][0].as_py() > 0
@@ -239,6 +250,7 @@ class Atlas:
         """Concepts ranked by frequency, or with `label` by how well they predict it (IoU, hit rate, support).
         They come from the primary SAE of each (block, t, branch) unless `variant` (e.g. "k20") or `sae_k` (the
         SAEs' k) picks others."""
+        _at_least("limit", limit, 1)
         saes = {s.id: s for s in self.select_saes(block, t, branch, one_variant(variant, sae_k), sae_k)}
         if not saes:
             return []
@@ -270,6 +282,7 @@ class Atlas:
     def top_images(self, concept: str, n: int = 20) -> list[ImageHit]:
         """Images where the concept fires most strongly (largest value; ties: more cells, lower id), each with the
         absolute path of its image file."""
+        _at_least("n", n, 1)
         sae, latent = self.resolve(concept)
         rows = self._rows(codes.BY_LATENT, "latent", latent, ["image_id", "row", "col", "q"], sae_id=sae.id,
                           bucket=latent // codes.LATENTS_PER_BUCKET)
@@ -367,6 +380,7 @@ class Atlas:
         """Concepts with the most similar decoder direction (cosine): across every t of the block, only
         within the concept's own SAE (across_t=False), or within the SAE at one other `t` (always among the SAEs of
         the concept's branch and variant)."""
+        _at_least("k", k, 1)
         sae, latent = self.resolve(concept)
         own = self._index("faiss_sae", f"SAE {sae.name}", sae_id=sae.id)
         vector = own.reconstruct(latent)
@@ -385,6 +399,7 @@ class Atlas:
                       sae_k: int | None = None) -> list[Neighbor]:
         """Concepts whose decoder direction is closest to `vector` (e.g. a label prompt's activation), among the
         primary SAEs of the block unless `variant` or `sae_k` picks others."""
+        _at_least("k", k, 1)
         saes = self.select_saes(block, t, branch, one_variant(variant, sae_k), sae_k)
         if t is not None:
             sae = saes[0]
@@ -461,9 +476,16 @@ def _writable_catalog(root: Path, threads: int | None) -> Catalog:
     return catalog
 
 
-def open_atlas(path: str | Path | None = None, threads: int | None = None) -> Atlas:
+def _at_least(name: str, value: object, low: int) -> None:
+    """A count argument of the API refused in one line unless it is a whole number >= `low`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidInputError(f"bad {name} {value!r}: give a whole number of at least {low}")
+
+
+def open_atlas(path: str | Path | None = None, threads: int | None = None, memory_limit: str | None = None
+               ) -> Atlas:
     """Open an atlas for reading (default: `default_path()`); see open_writer to write."""
-    return Atlas(_existing(path), threads=threads)
+    return Atlas(_existing(path), threads=threads, memory_limit=memory_limit)
 
 
 def open_writer(path: str | Path | None = None, threads: int | None = None) -> Writer:

@@ -75,6 +75,18 @@ class QueryTimeoutError(BadInputError):
                          "image_id, or raise --timeout")
 
 
+class ResultTooLargeError(BadInputError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the result passed the {limit / 2**20:g} MiB limit on query results: select fewer "
+                         "columns or rows (LIMIT, WHERE), or aggregate")
+
+
+class QueryMemoryError(BadInputError):
+    def __init__(self, limit: str) -> None:
+        super().__init__(f"the query needed more than the {limit} of memory user SQL may use: filter on block, t "
+                         "and latent or image_id, or aggregate less at once")
+
+
 class CorruptFileError(UnavailableError):
     """A missing or unreadable file of the atlas; `path` is relative to the atlas directory."""
 

@@ -27,6 +27,8 @@ VARIANT_MARK = "@"
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 """What a variant other than the primary may be called."""
 
+CONCEPT_ID_PATTERN = r"^[^/@]+/[^/@]+(/[^/@]+)?(@[A-Za-z0-9_.-]{1,40})?/[0-9]+$"
+"""The shape of every id parse_concept_id reads (it then checks that t is a number), for schemas (OpenAPI)."""
 CONCEPT_ID_SQL = ("{s}.block || '/' || CAST({s}.t AS VARCHAR) || CASE WHEN {s}.branch = 'cond' AND {s}.variant = '' "
                   "THEN '' ELSE '/' || {s}.branch END || CASE WHEN {s}.variant = '' THEN '' ELSE '@' || {s}.variant "
                   "END || '/' || CAST({c}.latent AS VARCHAR)")
@@ -104,10 +106,10 @@ def parse_concept_id(text: str) -> ConceptRef:
     key[-1], mark, variant = key[-1].partition(VARIANT_MARK)  # the variant ends the part before the latent
     block, t_text, *branch = key
     try:
-        t = float(t_text)
+        t = float(t_text) if t_text.isascii() else float("x")  # float() reads full-width digits too
     except ValueError:
         raise BadConceptIdError(text, f"t {t_text!r} is not a number") from None
-    if not latent_text.isdigit():
+    if not re.fullmatch(r"[0-9]+", latent_text):  # str.isdigit() passes full-width and superscript digits
         raise BadConceptIdError(text, f"latent {latent_text!r} is not a non-negative integer")
     if not block or (branch and not branch[0]):
         raise BadConceptIdError(text, "empty block or branch")

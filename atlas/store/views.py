@@ -19,13 +19,17 @@ image_id, sae_id, block, t, branch, variant, row, col, latent, value, concept_id
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -36,16 +40,21 @@ from atlas.store.errors import (
     AtlasError,
     AtlasNotFoundError,
     CorruptFileError,
+    InvalidInputError,
+    QueryMemoryError,
     QueryTimeoutError,
     ReadOnlySqlError,
+    ResultTooLargeError,
     SchemaTooNewError,
     SchemaTooOldError,
     SqlError,
 )
 from atlas.store.ids import CONCEPT_ID_SQL, DEFAULT_VARIANT, concept_prefix, sae_name
+from atlas.store.limits import BATCH_ROWS, MAX_RESULT_BYTES, MAX_ROWS, MAX_TIMEOUT, TIMEOUT
 from atlas.store.revisions import TABLES
 
 ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,11 +122,13 @@ _EMPTY_CODES = ("SELECT NULL::INTEGER AS image_id, NULL::INTEGER AS sae_id, NULL
 class Views:
     """The sandboxed connection, refreshed whenever a newer snapshot generation is published."""
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
+    def __init__(self, root: Path, threads: int | None = None, memory_limit: str | None = None) -> None:
         self.root = root.resolve()
         if not self.root.is_dir() or snapshot.current(self.root) is None:
             raise AtlasNotFoundError(root)
         config = {"threads": threads} if threads else {}
+        if memory_limit:
+            config["memory_limit"] = memory_limit
         self._con = duckdb.connect(":memory:", config=config)
         for setting in ("SET parquet_metadata_cache = true", "SET temp_directory = ''",
                         f"SET allowed_directories = [{codes.sql_string(str(self.root) + '/')}]",
@@ -226,12 +237,25 @@ class Views:
 
         return self._retrying(run)
 
-    def sql(self, query: str, timeout: float = 5.0, max_rows: int = 1000) -> QueryResult:
-        """Run one read-only statement of user SQL with a time limit and a row cap; like `query`, it retries once
-        on a newer generation when a writer pruned a file of the one it started on."""
+    def sql(self, query: str, timeout: float = TIMEOUT, max_rows: int | None = MAX_ROWS,
+            max_bytes: int = MAX_RESULT_BYTES) -> QueryResult:
+        """Run one read-only statement of user SQL with a time limit, a row cap and a byte cap (see `stream`)."""
         start = time.perf_counter()
+        with self.stream(query, timeout, max_rows, max_bytes) as result:
+            table = pa.Table.from_batches(list(result), schema=result.schema)
+        return QueryResult(table, result.truncated, (time.perf_counter() - start) * 1000)
 
-        def run(cur: duckdb.DuckDBPyConnection) -> pa.Table:
+    def stream(self, query: str, timeout: float = TIMEOUT, max_rows: int | None = MAX_ROWS,
+               max_bytes: int = MAX_RESULT_BYTES) -> SqlStream:
+        """User SQL as Arrow batches read while they come: the statement is checked and started here (its errors
+        raise now, before any row is used), the rows come from iterating the stream, which stops the query with a
+        one-line error once it runs past `timeout` seconds or its rows pass `max_bytes`; `max_rows` (None: no cap)
+        cuts it, marking the stream `truncated`. Like `query`, it starts again on a newer generation when a writer
+        pruned a file of the one it started on."""
+        check_limits(timeout, max_rows, max_bytes)
+        deadline = time.monotonic() + timeout
+
+        def run(cur: duckdb.DuckDBPyConnection) -> SqlStream:
             timer = threading.Timer(timeout, cur.interrupt)
             timer.start()
             try:
@@ -240,39 +264,144 @@ class Views:
                 relation = cur.sql(query)
                 if relation is None:
                     raise SqlError("the statement returned no rows")
-                return relation.limit(max_rows + 1).to_arrow_table()
-            except duckdb.InterruptException:
-                raise QueryTimeoutError(timeout) from None
-            finally:
+                if max_rows is not None:
+                    relation = relation.limit(max_rows + 1)
+                reader = relation.to_arrow_reader(BATCH_ROWS)
+            except BaseException as err:
                 timer.cancel()
+                if isinstance(err, duckdb.Error) and _vanished(err):
+                    raise
+                raise (_limit_error(err, timeout, self.root) or err) from None
+            return SqlStream(reader, cur, timer, deadline, timeout, max_rows, max_bytes, self.root)
 
-        table = self._retrying(run)
-        truncated = table.num_rows > max_rows
-        return QueryResult(table.slice(0, max_rows), truncated, (time.perf_counter() - start) * 1000)
+        return self._retrying(run, close=False)
 
     def _refuse_broken(self, cur: duckdb.DuckDBPyConnection, query: str) -> None:
         """The error of a codes view the query reads whose files could not be opened (it reads as empty)."""
         for name in (_referenced_tables(cur, query) & set(self.broken)) if self.broken else ():
             raise self.broken[name]
 
-    def _retrying(self, run: Callable[[duckdb.DuckDBPyConnection], pa.Table]) -> pa.Table:
+    def _retrying(self, run: Callable[[duckdb.DuckDBPyConnection], T], close: bool = True) -> T:
         """`run(cursor)` with DuckDB's errors translated, once more on the newest generation when a writer pruned a
-        file of the one it started on."""
+        file of the one it started on; the cursor is closed after `run` unless `close` is false and `run` returned
+        (then what it returned owns it)."""
         for attempt in (0, 1):
             cur = self.cursor()
             try:
-                return run(cur)
+                answer = run(cur)
             except duckdb.Error as err:
+                cur.close()
                 if attempt == 0 and _vanished(err):
                     self.generation = None
                     continue
                 raise translate(err, self.root) from None
-            finally:
+            except BaseException:
                 cur.close()
+                raise
+            if close:
+                cur.close()
+            return answer
         raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._con.close()
+
+
+class SqlStream:
+    """The Arrow batches of one user query (from `Views.stream`), read from DuckDB as they are iterated; use it in a
+    `with` block (or iterate it to the end) so the query stops and its cursor closes."""
+
+    def __init__(self, reader: pa.RecordBatchReader, cursor: duckdb.DuckDBPyConnection, timer: threading.Timer,
+                 deadline: float, timeout: float, max_rows: int | None, max_bytes: int, root: Path) -> None:
+        self._reader, self._cursor, self._timer = reader, cursor, timer
+        self._deadline, self._timeout, self._max_rows, self._max_bytes, self._root = (deadline, timeout, max_rows,
+                                                                                    max_bytes, root)
+        self.schema: pa.Schema = reader.schema
+        self.rows = 0
+        self.bytes = 0
+        self.truncated = False
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            while True:
+                try:
+                    batch = self._reader.read_next_batch()
+                except StopIteration:
+                    return
+                except BaseException as err:
+                    raise (_limit_error(err, self._timeout, self._root) or err) from None
+                if time.monotonic() > self._deadline:
+                    raise QueryTimeoutError(self._timeout)
+                if self._max_rows is not None and self.rows + batch.num_rows > self._max_rows:
+                    batch, self.truncated = batch.slice(0, self._max_rows - self.rows), True
+                self.bytes += batch.nbytes
+                if self.bytes > self._max_bytes:
+                    raise ResultTooLargeError(self._max_bytes)
+                self.rows += batch.num_rows
+                yield batch
+                if self.truncated:
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._cursor.close()
+
+    def csv(self) -> Iterator[str]:
+        """The rows as CSV text, the header first, then a chunk per batch (NULL is empty, bytes are hex)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        for batch in self:
+            writer.writerows(tuple("" if v is None else v.hex() if isinstance(v, bytes) else v for v in row)
+                             for row in zip(*(c.to_pylist() for c in batch.columns)))
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue()
+
+    def __enter__(self) -> SqlStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_limits(timeout: float, max_rows: int | None, max_bytes: int) -> None:
+    """The limits of user SQL, refused in one line when they could not bound anything (nan, inf, 0, negative)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidInputError(f"bad timeout {timeout!r}: give seconds above 0 and at most {MAX_TIMEOUT:g}")
+    for name, value in (("max_rows", max_rows), ("max_bytes", max_bytes)):
+        if value is None and name == "max_rows":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInputError(f"bad {name} {value!r}: give a whole number of at least 1")
+
+
+def _limit_error(err: BaseException, timeout: float, root: Path) -> AtlasError | None:
+    """A DuckDB error raised while a user query runs as its one-line AtlasError: the timer's interrupt and the
+    memory limit by name (the Arrow reader reports them as OSError), anything else of DuckDB translated."""
+    text = str(err)
+    if isinstance(err, duckdb.InterruptException) or (isinstance(err, OSError) and "INTERRUPT" in text):
+        return QueryTimeoutError(timeout)
+    if isinstance(err, duckdb.OutOfMemoryException) or (isinstance(err, OSError) and "Out of Memory" in text):
+        return QueryMemoryError(_memory_limit(text))
+    if isinstance(err, duckdb.Error):
+        return translate(err, root)
+    if isinstance(err, OSError) and "Error:" in text:
+        return SqlError(_first_line(err))
+    return None
+
+
+def _memory_limit(message: str) -> str:
+    found = re.search(r"/(\d[\d.]* \w+) used\)", message)
+    return found.group(1) if found else "limit"
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:

@@ -12,6 +12,7 @@ can edit.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from atlas.server.state import ServerState, State
 from atlas.server.views.home import Table
 from atlas.server.views.images import PNG, SaeChoice, Variant
 from atlas.store import ConceptInfo, NoIndexError, SaeInfo
-from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT, parse_concept_id
+from atlas.store.ids import CONCEPT_ID_PATTERN, DEFAULT_BRANCH, DEFAULT_VARIANT, parse_concept_id
 
 PAGE = Page("concepts")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -38,7 +39,10 @@ BINS = 30
 NEIGHBOURS = 5
 LINK_FIELDS = ("label", "mean_iou", "hit_rate", "precision", "recall", "support")  # set only on label searches
 ConceptId = Annotated[str, Path(description="A concept id: <block>/<t>/<latent>, e.g. mid/1.0/412, or "
-                                             "<block>/<t>/<branch>[@<variant>]/<latent>, e.g. mid/1.0/cond@k20/412")]
+                                             "<block>/<t>/<branch>[@<variant>]/<latent>, e.g. mid/1.0/cond@k20/412",
+                                 json_schema_extra={"pattern": CONCEPT_ID_PATTERN})]
+PAGE_TOKEN = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?):([0-9]+):([0-9]+)")
+"""A keyset token of /concepts: frequency:sae_id:latent, as the `next` of a page writes it."""
 
 
 # -- the list ------------------------------------------------------------------------------------------------
@@ -57,30 +61,28 @@ class ConceptRow(BaseModel):
 
 
 class ConceptsData(Envelope):
-    concepts: list[ConceptRow]
-    table: Table
+    concepts: list[ConceptRow] | None = Field(None, description="The rows (absent with _shape=arrays)")
+    table: Table | None = Field(None, description="The rows as columns and arrays (only with _shape=arrays)")
     next: str | None
     filters: dict[str, Any]
     saes: list[SaeChoice]
 
 
 def _after(token: str) -> tuple[float, int, int]:
-    try:
-        frequency, sae_id, latent = token.split(":")
-        if not math.isfinite(float(frequency)):
-            raise ValueError(frequency)
-        return float(frequency), int(sae_id), int(latent)
-    except ValueError:
-        raise BadInputError(f"bad page token {token!r}: use the `next` value of the previous page") from None
+    found = PAGE_TOKEN.fullmatch(token)
+    if not found or not math.isfinite(float(found.group(1))):
+        raise BadInputError(f"bad page token {token!r}: use the `next` value of the previous page")
+    return float(found.group(1)), int(found.group(2)), int(found.group(3))
 
 
-@PAGE.add("/concepts", "concepts.html", ConceptsData, table="table")
+@PAGE.add("/concepts", "concepts.html", ConceptsData, table="table", rows="concepts")
 def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] = None, t: float | None = None,
              branch: Annotated[str, Query(max_length=100)] = DEFAULT_BRANCH,
              variant: Variant = DEFAULT_VARIANT,
              label: Annotated[str | None, Query(max_length=500, description="Only concepts whose best label is this")]
              = None, named: Annotated[bool, Query(description="Only concepts people named")] = False,
-             after: Annotated[str | None, Query(max_length=100, description="Keyset token: `next` of the last page")]
+             after: Annotated[str | None, Query(max_length=100, description="Keyset token: `next` of the last page",
+                                                json_schema_extra={"pattern": PAGE_TOKEN.pattern})]
              = None, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
     """Concepts ranked by firing frequency (keyset pagination), optionally of one block, t, branch, variant or
     label."""

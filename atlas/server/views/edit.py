@@ -15,22 +15,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Form, Query
+from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
 from atlas.errors import BadInputError, NotFoundError
 from atlas.server import render
-from atlas.server.errors import bad_input
+from atlas.server.errors import ReadOnlyServerError, bad_input
 from atlas.server.pages import ERRORS, Envelope, Page
 from atlas.server.pages import render as render_page
-from atlas.server.state import ServerState, State
+from atlas.server.state import MAX_EDIT_CONCEPTS, ServerState, State
 from atlas.server.views.images import PNG
 
 PAGE = Page("edit")
 GRID = re.compile(r"[01]+(/[01]+)*")
 WHEN = ("auto", "early", "middle", "final")
+WHEN_PATTERN = r"^\s*(|auto|early|middle|final|[0-9]*\.?[0-9]+(\s*-\s*[0-9]*\.?[0-9]+)?)\s*$"
+"""What `when` may be (atlas.edit.config reads it and says what is wrong), for the OpenAPI schema."""
 DEFAULT_BLOCK = ""  # as `atlas edit --block`: the block whose measured curves succeed most, else mid
 
 
@@ -40,7 +42,8 @@ class EditRequest(BaseModel):
     region: str = Field("", max_length=2000, description="Rows of 0/1 cells joined by '/' (e.g. 0011/0011/0000/"
                                                          "0000), a named region (top-left), a box x0,y0,x1,y1, "
                                                          "or empty for a global edit")
-    when: str = Field("auto", max_length=50, description="auto, early, middle, final, a range t0-t1 or one t")
+    when: str = Field("auto", max_length=50, description="auto, early, middle, final, a range t0-t1 or one t",
+                      json_schema_extra={"pattern": WHEN_PATTERN})
     strength: float | None = Field(None, ge=-1e6, le=1e6)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     block: str = Field(DEFAULT_BLOCK, max_length=200,
@@ -93,7 +96,27 @@ def parse_cells(text: str) -> np.ndarray | None:
     return cells
 
 
+def check_cost(state: ServerState, concept: str) -> None:
+    """Refuse an edit whose SQL names more than MAX_EDIT_CONCEPTS concepts before any model loads (a label resolves
+    to EditConfig.max_concepts; an id is one); the image size and the steps are the atlas's own."""
+    from atlas.edit.plan import is_sql
+
+    if is_sql(concept):
+        found = state.atlas.sql(concept, max_rows=MAX_EDIT_CONCEPTS)
+        if found.truncated:
+            raise BadInputError(f"the SQL names more than {MAX_EDIT_CONCEPTS} concepts; a web edit sets at most "
+                                f"{MAX_EDIT_CONCEPTS} (add a LIMIT), or run `atlas edit` for more")
+
+
 def run_edit(state: ServerState, request: EditRequest) -> EditData:
+    """The edit, run by the server's edit worker (reads never wait behind it) after its cost was checked."""
+    if state.read_only:
+        raise ReadOnlyServerError("run an edit")
+    check_cost(state, request.concept)
+    return state.edits.run(lambda: _edit(state, request))
+
+
+def _edit(state: ServerState, request: EditRequest) -> EditData:
     from atlas.edit import EditConfig
     from atlas.edit.core import is_mask_file
     from atlas.pipeline.edits import edit
@@ -153,18 +176,18 @@ def edit_picture(name: str, state: State) -> Response:
 
 
 @PAGE.html.get("/edit", include_in_schema=False)
-def edit_page(state: State, concept: Annotated[str, Query(max_length=2000)] = "",
+def edit_page(request: Request, state: State, concept: Annotated[str, Query(max_length=2000)] = "",
               prompt: Annotated[str, Query(max_length=500)] = "", seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0
               ) -> HTMLResponse:
     """The edit form, prefilled from a concept page (concept) or an image page (its prompt and seed)."""
     values = {"prompt": prompt, "concept": concept, "region": "", "when": "auto", "strength": None, "seed": seed,
               "block": DEFAULT_BLOCK}
-    return render_page("edit.html", read_only=state.read_only, json_url=None, csv_url=None, result=None,
-                       **form_context(state, values))
+    return render_page("edit.html", request=request, read_only=state.read_only, json_url=None, csv_url=None,
+                       result=None, **form_context(state, values))
 
 
 @PAGE.html.post("/edit", include_in_schema=False)
-def edit_form(state: State, prompt: Annotated[str, Form(max_length=500)],
+def edit_form(request: Request, state: State, prompt: Annotated[str, Form(max_length=500)],
               concept: Annotated[str, Form(max_length=2000)], region: Annotated[str, Form(max_length=2000)] = "",
               when: Annotated[str, Form(max_length=50)] = "auto", strength: Annotated[str, Form(max_length=50)] = "",
               seed: Annotated[int, Form(ge=0)] = 0,
@@ -174,10 +197,10 @@ def edit_form(state: State, prompt: Annotated[str, Form(max_length=500)],
     except ValueError:
         raise BadInputError(f"bad strength {strength!r}: give a number or leave it empty") from None
     try:
-        request = EditRequest(prompt=prompt, concept=concept, region=region, when=when, strength=beta, seed=seed,
-                              block=block)
+        asked = EditRequest(prompt=prompt, concept=concept, region=region, when=when, strength=beta, seed=seed,
+                            block=block)
     except ValidationError as err:  # the JSON route's body gets the same checks from FastAPI itself
         raise bad_input(err) from None
-    result = run_edit(state, request)
-    return render_page("edit.html", read_only=state.read_only, json_url=None, csv_url=None, result=result,
-                       **form_context(state, request.model_dump()))
+    result = run_edit(state, asked)
+    return render_page("edit.html", request=request, read_only=state.read_only, json_url=None, csv_url=None,
+                       result=result, **form_context(state, asked.model_dump()))

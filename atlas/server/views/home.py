@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel
+from fastapi import Request
+from pydantic import BaseModel, Field
 
-from atlas.server.pages import Envelope, Page
+from atlas.server.pages import ERRORS, Envelope, Page, csrf_token
 from atlas.server.state import State
 from atlas.store.reads import BEST_CONCEPT_SQL, LINK_RANK
 
@@ -15,10 +16,11 @@ PAGE = Page("home")
 
 
 class Table(BaseModel):
-    """Rows of a table view; the `.csv` twin writes exactly these."""
+    """Rows of a table view; the `.csv` twin writes exactly these. In JSON the rows are arrays of values, or objects
+    with `_shape=objects`."""
 
     columns: list[str]
-    rows: list[list[Any]]
+    rows: list[list[Any]] | list[dict[str, Any]]
 
 
 class SaeRow(BaseModel):
@@ -44,20 +46,31 @@ class TopLink(BaseModel):
 
 
 class HomeData(Envelope):
-    root: str
+    name: str
     models: list[dict[str, Any]]
     counts: dict[str, int]
-    saes: list[SaeRow]
-    table: Table
+    saes: list[SaeRow] | None = Field(None, description="The rows (absent with _shape=arrays)")
+    table: Table | None = Field(None, description="The rows as columns and arrays (only with _shape=arrays)")
     top_links: list[TopLink]
     labels: list[str]
 
 
 METRICS = ("explained_variance", "fvu", "l0", "dead_fraction")
+class SessionData(Envelope):
+    csrf_token: str = Field(description="Send it as the X-CSRF-Token header, with this response's session cookie, "
+                                        "on every write (POST)")
+
+
+@PAGE.router.get("/session.json", response_model=SessionData, responses=ERRORS,
+                 summary="This client's CSRF token for writes (and its session cookie)")
+def session(request: Request) -> SessionData:
+    return SessionData(csrf_token=csrf_token(request))
+
+
 COUNTS = ("images", "prompts", "objects", "labels", "concepts", "concept_labels", "interventions")
 
 
-@PAGE.add("/", "home.html", HomeData, table="table")
+@PAGE.add("/", "home.html", HomeData, table="table", rows="saes")
 def home(state: State) -> dict:
     """The atlas at a glance: its model, SAEs with metrics, counts, and the best-linked concepts."""
     atlas = state.atlas
@@ -73,5 +86,5 @@ def home(state: State) -> dict:
     columns = ["sae", "block", "t", "branch", "variant", "k", "n_latents", "d_in", "grid", "n_codes", *METRICS]
     rows = [[s.name, s.block, s.t, s.branch, s.variant, s.k, s.n_latents, s.d_in, s.grid, s.n_codes,
              *(s.metrics.get(m) for m in METRICS)] for s in saes]
-    return {"root": str(state.root), "models": models, "counts": counts.to_pylist()[0], "saes": saes,
+    return {"name": state.root.name, "models": models, "counts": counts.to_pylist()[0], "saes": saes,
             "table": Table(columns=columns, rows=rows), "top_links": top, "labels": atlas.labels()}

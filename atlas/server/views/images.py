@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Query
 from fastapi.responses import Response
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from atlas.errors import NotFoundError
 from atlas.server import render
@@ -71,14 +71,14 @@ class ImageRow(BaseModel):
 
 
 class ImagesData(Envelope):
-    images: list[ImageRow]
-    table: Table
+    images: list[ImageRow] | None = Field(None, description="The rows (absent with _shape=arrays)")
+    table: Table | None = Field(None, description="The rows as columns and arrays (only with _shape=arrays)")
     next: str | None
     q: str | None
     split: str | None
 
 
-@PAGE.add("/images", "images.html", ImagesData, table="table")
+@PAGE.add("/images", "images.html", ImagesData, table="table", rows="images")
 def images(state: State, q: Annotated[str | None, Query(max_length=500, description="Prompt contains")] = None,
            split: Annotated[str | None, Query(max_length=100)] = None,
            after: Annotated[int, Query(ge=-1, description="Keyset: images with id greater than this")] = -1,

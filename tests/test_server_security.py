@@ -1,0 +1,169 @@
+"""Issue 20 against a real server: writes from other sites refused, results and requests bounded, the memory
+probe answered in one line while other pages keep answering, exports whole or visibly cut, the API's shapes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+from test_bad_input import serving
+from test_server import writer
+
+import atlas
+from atlas.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def site(shapes_atlas: Path, tmp_path_factory: pytest.TempPathFactory):
+    from atlas.server import create_app
+
+    root = tmp_path_factory.mktemp("security") / "atlas"
+    shutil.copytree(shapes_atlas, root)
+    records: list = []
+    with serving(create_app(root, threads=1), records) as url:
+        yield f"http://{url}", root
+
+
+def concept_name(root: Path, cid: str) -> str | None:
+    with atlas.open(root) as store:
+        return store.concept(cid).name
+
+
+def test_cross_site_writes_are_refused_and_change_nothing(site):
+    base, root = site
+    cid = "mid/1.0/7"
+    url = f"{base}/concept/{cid}/name"
+    evil = requests.post(url, data={"name": "pwned"}, headers={"Origin": "http://evil.example"}, timeout=60,
+                         allow_redirects=False)
+    assert evil.status_code == 403 and "another site" in evil.text
+    assert requests.post(url + ".json", json={"name": "pwned"}, timeout=60).status_code == 403
+    own = writer(base)
+    stolen = requests.post(url + ".json", json={"name": "pwned"}, headers={"X-CSRF-Token": own.headers[
+        "X-CSRF-Token"]}, timeout=60)  # the token without its session's cookie
+    assert stolen.status_code == 403 and "CSRF token" in stolen.json()["error"]
+    assert concept_name(root, cid) is None
+    page = own.get(f"{base}/concept/{cid}", timeout=60).text
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page).group(1)
+    saved = own.post(url, data={"name": "round thing", "csrf_token": token}, headers={"Origin": base},
+                     allow_redirects=False, timeout=60)
+    assert saved.status_code == 303
+    assert concept_name(root, cid) == "round thing"
+    assert own.post(url + ".json", json={"name": None}, timeout=60).json()["ok"]
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_probe_is_one_line_while_other_pages_answer(site):
+    base, _ = site
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def read_pages() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            requests.get(f"{base}/labels.json", timeout=60).raise_for_status()
+            waits.append(time.monotonic() - start)
+
+    reader = threading.Thread(target=read_pages)
+    reader.start()
+    start = time.monotonic()
+    probe = requests.get(f"{base}/sql.json", params={"q": "SELECT list(i) FROM range(50000000) t(i)"}, timeout=60)
+    took = time.monotonic() - start
+    time.sleep(0.5)
+    stop.set()
+    reader.join()
+    assert probe.status_code == 400 and "memory" in probe.json()["error"], probe.text[:300]
+    assert took < 30 and rss_mb() < 1024, (took, rss_mb())
+    assert waits and max(waits) < 2.0, waits
+
+
+def test_csv_export_streams_every_row_and_a_cut_is_visible(site):
+    base, _ = site
+    whole = requests.get(f"{base}/sql.csv", params={"q": "SELECT i FROM range(25000) t(i)"}, timeout=60)
+    lines = whole.text.splitlines()
+    assert whole.status_code == 200 and len(lines) == 25001 and lines[-1] == "24999"
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(f"{base}/sql.csv", params={"q": "SELECT i, repeat('x', 50) FROM range(10000000000) t(i)",
+                                                 "timeout": 1}, timeout=60)
+    bad = requests.get(f"{base}/sql.csv", params={"q": "SELEC 1"}, timeout=60)
+    assert bad.status_code == 400 and "syntax error" in bad.json()["error"]
+
+
+def test_json_shapes_and_rows_once(site):
+    base, _ = site
+    q = {"q": "SELECT concept_id, latent FROM concepts ORDER BY concept_id LIMIT 3"}
+    arrays = requests.get(f"{base}/sql.json", params=q, timeout=60).json()
+    objects = requests.get(f"{base}/sql.json", params={**q, "_shape": "objects"}, timeout=60).json()
+    array = requests.get(f"{base}/sql.json", params={**q, "_shape": "array"}, timeout=60).json()
+    assert arrays["table"]["columns"] == ["concept_id", "latent"] and len(arrays["table"]["rows"]) == 3
+    assert objects["table"]["rows"] == array == [dict(zip(["concept_id", "latent"], r))
+                                                 for r in arrays["table"]["rows"]]
+    concepts = requests.get(f"{base}/concepts.json", params={"limit": 4}, timeout=60).json()
+    assert "table" not in concepts and len(concepts["concepts"]) == 4
+    as_arrays = requests.get(f"{base}/concepts.json", params={"limit": 4, "_shape": "arrays"}, timeout=60).json()
+    assert "concepts" not in as_arrays and [r[0] for r in as_arrays["table"]["rows"]] == \
+        [c["concept_id"] for c in concepts["concepts"]]
+    html = requests.get(f"{base}/sql", params=q, timeout=60).text
+    assert f'href="/concept/{arrays["table"]["rows"][0][0]}"' in html and 'class="sortable"' in html
+
+
+def test_small_leaks_and_methods(site):
+    base, root = site
+    for path in ("/.json", "/"):
+        assert str(root) not in requests.get(base + path, timeout=60).text
+    trace = requests.request("TRACE", base + "/", timeout=60)
+    assert trace.status_code == 405 and "GET" in trace.headers["allow"]
+    schema = requests.get(base + "/openapi.json", timeout=60).json()
+    concept = schema["paths"]["/concept/{concept_id}.json"]["get"]["parameters"][0]["schema"]["pattern"]
+    after = next(p for p in schema["paths"]["/concepts.json"]["get"]["parameters"] if p["name"] == "after")
+    for text in ("mid/1.0/1", "mid/1.0/cond@k20/412"):
+        assert re.fullmatch(concept, text)
+    assert not re.fullmatch(concept, "mid/1.0/１") and not re.fullmatch(after["schema"]["pattern"], "１:1:1")
+    when = schema["components"]["schemas"]["EditRequest"]["properties"]["when"]["pattern"]
+    assert re.fullmatch(when, "0.6-1.0") and not re.fullmatch(when, "bogus")
+
+
+def test_corrupt_sae_checkpoint_in_an_edit_is_one_line(site):
+    base, root = site
+    with atlas.open(root) as store:
+        cid = store.sql("SELECT concept_id FROM concepts WHERE block = 'down' LIMIT 1").rows[0][0]
+        path = store.sql(f"SELECT path FROM saes WHERE id = (SELECT sae_id FROM concepts WHERE concept_id = '{cid}')"
+                         ).rows[0][0]
+    weights = next((root / path).glob("*.safetensors"))
+    weights.write_bytes(b"\0" * 64)
+    response = writer(base).post(f"{base}/edit.json", json={"prompt": "a red circle", "concept": cid}, timeout=300)
+    assert response.status_code == 503 and "checkpoint" in response.json()["error"], response.text[:300]
+    assert "\n" not in response.json()["error"]
+
+
+def test_python_api_and_cli_limits(site, tmp_path):
+    _, root = site
+    with atlas.open(root) as store:
+        for call in (lambda: store.nearest("mid/1.0/1", k=-1), lambda: store.top_images("mid/1.0/1", n=-5),
+                     lambda: store.sql("SELECT 1", max_rows=-1), lambda: store.sql("SELECT 1", timeout=0),
+                     lambda: store.sql("SELECT 1", timeout=float("inf")), lambda: store.concept("mid/1.0/１")):
+            with pytest.raises(atlas.AtlasError) as info:
+                call()
+            assert "\n" not in str(info.value)
+    out = tmp_path / "codes.csv"
+    result = CliRunner().invoke(main, ["sql", "SELECT * FROM codes", "--atlas", str(root), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with atlas.open(root) as store:
+        total = store.sql("SELECT count(*) FROM codes").rows[0][0]
+    assert total > 1000 and len(out.read_text().splitlines()) == total + 1
+    cut = tmp_path / "cut.csv"
+    result = CliRunner().invoke(main, ["sql", "SELECT i FROM range(10000000000) t(i)", "--atlas", str(root),
+                                       "-o", str(cut), "--timeout", "1"])
+    assert result.exit_code == 1 and "time limit" in result.output and not cut.exists()
+    assert not list(tmp_path.glob(".*partial"))
