@@ -60,14 +60,16 @@ def generate(prompt: tuple[str, ...], prompts_file: str | None, model_name: str,
 @one_line_errors
 def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: str, out_dir: str,
             **options) -> None:
-    """Generate images and record delta = output - input of the hooked blocks (dense fp16 shards).
+    """Generate images and record delta = output - input of the hooked blocks (dense shards, fp16 by default).
 
     Every prompt gets a split (train / dictionary / test, from a stable hash of its text), recorded
     in DIR/prompts.jsonl. Interrupt at any time; the same command resumes without duplicating work.
+    The disk it needs is printed first, key by key; a capture the disk cannot hold is refused.
 
     \b
     Examples:
       atlas capture --model shapes --n-prompts 1000 --blocks down,mid,up --t 1.0,0.5,0.0 --out acts
+      atlas capture --model sd14 --prompts coco.txt --keys mid/1.0,up/0.0/uncond --dtype bf16 --out acts
       atlas capture --model sd14 --prompts coco.txt --executor ray --ray-address auto --out s3://bucket/acts
     """
     from atlas.capture import capture as run_capture
@@ -83,18 +85,29 @@ def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: s
     config = build_config(CaptureConfig, options)
     with open_executor(build_config(ExecutorConfig, options)) as executor:
         model = load_model(model_name, device=device)
-        out = run_capture(model, prompts, out_dir, config, executor=executor)
+        out = run_capture(model, prompts, out_dir, config, executor=executor, say=click.echo)
     click.echo(f"captured {len(prompts)} images into {out}")
 
 
 from atlas.cli.edit import edit, eval_edits  # noqa: E402
-from atlas.cli.pipeline import annotate, build, check, demo, encode, link, predict_layout, report, train  # noqa: E402
+from atlas.cli.pipeline import (  # noqa: E402
+    annotate,
+    build,
+    check,
+    demo,
+    encode,
+    link,
+    predict_layout,
+    report,
+    train,
+    train_online,
+)
 from atlas.cli.serve import serve  # noqa: E402
 from atlas.cli.shapes import shapes  # noqa: E402
 from atlas.cli.store import search, sql, upgrade  # noqa: E402
 
 for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade, edit,
-                eval_edits, serve, check, shapes):
+                eval_edits, serve, check, shapes, train_online):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from atlas.annotate.config import TAGGER_NAMES
+from atlas.capture.config import DTYPE_BYTES, parse_key
 from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
 from atlas.edit.config import EVAL_KINDS
 from atlas.errors import BadInputError
@@ -30,6 +31,8 @@ class FloatList(click.ParamType):
     (for fields still typed str)."""
 
     name = "numbers"
+    number = float
+    example = "1.0,0.5,0.0"
 
     def __init__(self, lo: float, hi: float = math.inf, as_text: bool = False) -> None:
         self.lo, self.hi, self.as_text = lo, hi, as_text
@@ -40,16 +43,24 @@ class FloatList(click.ParamType):
         numbers = []
         for item in filter(str.strip, str(value).split(",")):
             try:
-                number = float(item)
+                number = self.number(item)
             except ValueError:
-                self.fail(f"{item.strip()!r} is not a number: give comma-separated numbers, e.g. 1.0,0.5,0.0", param,
-                          ctx)
+                self.fail(f"{item.strip()!r} is not {'an integer' if self.number is int else 'a number'}: give "
+                          f"comma-separated numbers, e.g. {self.example}", param, ctx)
             if not self.lo <= number <= self.hi:
                 self.fail(f"{item.strip()} is outside [{self.lo:g}, {self.hi:g}]", param, ctx)
             numbers.append(number)
         if not numbers and not self.as_text:
-            self.fail("give at least one number (comma-separated, e.g. 1.0,0.5,0.0)", param, ctx)
+            self.fail(f"give at least one number (comma-separated, e.g. {self.example})", param, ctx)
         return str(value) if self.as_text else numbers
+
+
+class IntList(FloatList):
+    """Comma-separated integers in [lo, hi] -> list[int]."""
+
+    name = "integers"
+    number = int
+    example = "10,20"
 
 
 class ChoiceList(click.ParamType):
@@ -89,6 +100,21 @@ class NameList(click.ParamType):
         return names
 
 
+class KeyList(NameList):
+    """Comma-separated capture keys (mid/1.0, up/0.0/uncond, down/0.5/both), each checked -> list[str]."""
+
+    name = "keys"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        keys = super().convert(value, param, ctx)
+        for key in keys:
+            try:
+                parse_key(key)
+            except BadInputError as err:
+                self.fail(err.message, param, ctx)
+        return keys
+
+
 class OptionalFile(click.Path):
     """An existing file, or empty for none."""
 
@@ -116,7 +142,7 @@ FRACTION = FiniteFloat(0, 1)
 FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("seed", "steps", "threads", "max_steps", "warmup_steps", "min_tokens", "dead_tokens",
                      "sae_tokens"), COUNT),
-    **dict.fromkeys(("batch_size", "sae_batch_size", "n_per_prompt", "n_images", "k", "attention_depth",
+    **dict.fromkeys(("batch_size", "sae_batch_size", "n_per_prompt", "n_images", "attention_depth",
                      "buffer_tokens", "max_concepts", "n", "min_hits"), POSITIVE),
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
     **dict.fromkeys(("caption_dropout", "threshold", "box_threshold", "text_threshold", "iou",
@@ -126,10 +152,13 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "device": DEVICE_NAME,
     "latents": LatentCount(),
     "t": FloatList(0, 1),
+    "k": IntList(1),
     "concepts_t": FloatList(0, 1, as_text=True),
     "strengths": FloatList(0, as_text=True),
     "object_count_weights": FloatList(0, as_text=True),
     "blocks": NameList(),
+    "keys": KeyList(),
+    "dtype": click.Choice(tuple(DTYPE_BYTES)),
     "preset": click.Choice(("shapes", "sd14")),
     "schedule": click.Choice(("zero-snr", "sd")),
     "text_encoder": click.Choice(("trained", "frozen")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from atlas.annotate.config import AnnotateConfig
+from atlas.capture.config import CaptureConfig
 from atlas.cli.common import (
     CONTEXT,
     DEVICE_NAME,
@@ -13,13 +14,15 @@ from atlas.cli.common import (
     PROMPT,
     FiniteFloat,
     atlas_option,
+    model_option,
     one_line_errors,
 )
-from atlas.cli.options import build_config, config_options
+from atlas.cli.options import ChoiceList, build_config, config_options, field_docs
 from atlas.cli.store import format_table
 from atlas.dictionary.config import LinkConfig
 from atlas.layout.config import METHODS
 from atlas.pipeline.config import BuildConfig, ExecutorConfig, SaeJobConfig
+from atlas.pipeline.online_config import KEEPABLE, OnlineConfig
 from atlas.pipeline.presets import ANNOTATOR_NAMES
 
 
@@ -47,10 +50,12 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
     """Train TopK sparse autoencoders on captured activations.
 
     Each SAE trains on the train split and is scored on held-out images; checkpoints are written as
-    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). Training
-    streams the shards through a buffer of --buffer-tokens positions and checkpoints every
-    --checkpoint-minutes: when the command runs again, finished SAEs are kept (--retrain to redo them)
-    and an interrupted one resumes.
+    OUT/<block>/t<t>/<branch>/ (config.json, sae.safetensors, metrics.json, stats.parquet). With several
+    --k, the SAEs of one (block, t, branch) train together in one pass over its shards: the first k's is
+    the primary SAE, each other k's goes to OUT/<block>/t<t>/<branch>@k<k>/ (the variant k<k>, whose
+    concept ids read mid/1.0/cond@k20/412). Training streams the shards through a buffer of
+    --buffer-tokens positions and checkpoints every --checkpoint-minutes: when the command runs again,
+    finished SAEs are kept (--retrain to redo them) and an interrupted one resumes.
 
     With --all --executor ray the SAEs train side by side, one at a time on each Ray actor (with
     --device auto, on the actor's GPU when the cluster has GPUs; --num-gpus-per-actor 0.25 puts four
@@ -61,7 +66,7 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
     \b
     Examples:
       atlas train --activations acts --block mid --t 1.0 --k 10 --latents 4x
-      atlas train --activations acts --all
+      atlas train --activations acts --all --k 10,20
       atlas train --activations /shared/acts --out /shared/saes --all --executor ray --ray-address auto
     """
     from atlas.capture import ActivationSet
@@ -83,10 +88,78 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
         raise click.UsageError("give --block and --t (or --all)")
     if executor.name != "local":
         raise click.UsageError("--executor ray trains with --all; one SAE trains here")
-    report = train_one(acts, block, t, branch, out_dir, config)
-    m = report.metrics
-    click.echo(f"{block} t={t} {branch}: explained variance {m['explained_variance']:.3f}, FVU {m['fvu']:.3f}, "
-               f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} split) -> {report.path}")
+    for report in train_one(acts, block, t, branch, out_dir, config):
+        m = report.metrics
+        click.echo(f"{block} t={t} {branch} k={report.k}: explained variance {m['explained_variance']:.3f}, FVU "
+                   f"{m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} "
+                   f"split) -> {report.path}")
+
+
+@click.command("train-online", context_settings=CONTEXT)
+@model_option
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
+              help="File with one prompt per line  [default: shapes-world captions, for a shapes model]")
+@click.option("--n-images", type=click.IntRange(min=1), default=None,
+              help="Images to generate: the first N prompts of --prompts, or N shapes-world captions.")
+@click.option("--activations", "acts_dir", required=True, type=OUTPUT_DIR,
+              help="Activation directory that keeps the held-out images (what `atlas encode --activations` reads).")
+@click.option("--out", "out_dir", default="saes", show_default=True, type=OUTPUT_DIR,
+              help="Where the SAEs go; the buffer and the checkpoint wait in OUT/online/ while they train.")
+@config_options(CaptureConfig, exclude=("batch_size", "seed"))
+@click.option("--images-per-batch", default=CaptureConfig.batch_size, show_default=True, type=click.IntRange(min=1),
+              help="Images denoised together; the buffer holds whole batches.")
+@config_options(OnlineConfig, exclude=("keep",))
+@click.option("--keep", type=ChoiceList(*KEEPABLE), default=",".join(KEEPABLE), show_default=True,
+              help=field_docs(OnlineConfig)["keep"])
+@config_options(SaeJobConfig, exclude=("buffer_tokens",))
+@one_line_errors
+def train_online(model_name: str, prompts_file: str | None, n_images: int | None, acts_dir: str, out_dir: str,
+                 images_per_batch: int, **options) -> None:
+    """Train the SAEs while the images are generated, with no dense activation cache on disk.
+
+    Generates the images batch by batch (the seeds and splits `atlas capture` gives them), puts each
+    batch's train-split positions into a shuffle buffer on disk of at most --buffer-gb (the oldest batch
+    leaves when a new one comes) and trains one TopK SAE per (block, t, branch) on batches mixed from the
+    buffered images. Each position is read as often as `atlas train` reads it from a full capture
+    (--epochs, --min-tokens). The first lines say the buffer's size against the full cache's.
+
+    The held-out images (--keep) stay in --activations, an activation directory: its test images score
+    the SAEs, and `atlas encode --activations` puts them in an atlas that link and report use as usual.
+    The training images' activations are never stored, so the atlas has codes of the kept images only;
+    for codes of every image, `atlas capture` them and encode that directory instead.
+
+    The SAEs land in OUT/<block>/t<t>/<branch>/ as `atlas train` writes them. Interrupt at any time: the
+    same command resumes from the last checkpoint (every --checkpoint-minutes, and on Ctrl-C at the end of
+    the batch in hand), generating again the batches the buffer no longer holds.
+
+    \b
+    Examples:
+      atlas train-online --model shapes --n-images 640 --buffer-gb 0.05 --activations held --out saes
+      atlas train-online --model sd14 --prompts coco-200k.txt --steps 50 --guidance 7.5 --branches both \\
+          --lr 1e-4 --batch-size 4096 --epochs 1 --min-tokens 0 --buffer-gb 100 --activations held --out saes
+      atlas encode --activations held --saes saes --atlas atlas
+    """
+    from dataclasses import replace
+
+    from atlas.models import load_model
+    from atlas.pipeline.generate import read_prompts
+    from atlas.pipeline.online import train_online as run_online
+    from atlas.pipeline.presets import shapes_captions
+    from atlas.pipeline.train import ev_table
+
+    config = build_config(SaeJobConfig, options)
+    capture_config = replace(build_config(CaptureConfig, options), seed=config.seed, batch_size=images_per_batch)
+    online = build_config(OnlineConfig, options)
+    if prompts_file:
+        prompts = read_prompts(prompts_file)[:n_images]
+    elif n_images:
+        prompts = shapes_captions(n_images, split=None, seed=config.seed)
+    else:
+        raise click.UsageError("give --prompts FILE or --n-images N (shapes-world captions)")
+    model = load_model(model_name, device=config.device)
+    reports = run_online(model, prompts, acts_dir, out_dir, capture_config, config, online,
+                         say=lambda line: click.echo(line, err=True))
+    click.echo(ev_table(reports))
 
 
 @click.command(context_settings=CONTEXT)
@@ -142,13 +215,13 @@ def annotate(annotator: str, batch_size: int, atlas_dir: str | None, **options) 
                      --sam facebook/sam-vit-base --atlas sd-atlas
     """
     from atlas.annotate.run import annotate_atlas
-    from atlas.pipeline.presets import annotator_options, check_annotator, get_annotator
+    from atlas.pipeline.presets import annotator_for_atlas, check_annotator
     from atlas.store import open_writer
 
     config = build_config(AnnotateConfig, options)
     check_annotator(annotator, config)
-    backend = get_annotator(annotator, **annotator_options(annotator, config))
     with open_writer(atlas_dir) as writer:
+        backend = annotator_for_atlas(annotator, config, writer.root)
         n = annotate_atlas(writer, backend, batch_size=batch_size)
     click.echo(f"stored {n} objects found by {annotator}")
 
@@ -252,12 +325,12 @@ def demo(atlas_dir: str | None, n_images: int | None, device: str) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--method", default="weighted", show_default=True, type=click.Choice(METHODS),
               help="weighted: every active concept adds evidence for the label (its mean IoU with the label's "
-                   "objects on the dictionary images); top-concept: the paper's vote of each position's most active "
-                   "labelled concept.")
+                   "objects on the dictionary images); top-concept: the paper's rule, each position's top concept "
+                   "votes with its label embedding; top-labelled: each position's most active labelled concept votes.")
 @click.option("--threshold", default=None, type=FiniteFloat(-1, 1),
-              help="weighted: fraction of the image's best score a position needs; top-concept: cosine similarity "
-                   "to the label its concept needs  [default: the value that predicts the dictionary images' "
-                   "layouts best at this SAE]")
+              help="weighted: fraction of the image's best score a position needs; top-concept/top-labelled: cosine "
+                   "similarity to the label its concept needs  [default: the value that predicts the dictionary "
+                   "images' layouts best at this SAE]")
 @click.option("--out", "out_path", default="layout.png", show_default=True, type=OUTPUT_FILE, help="PNG to write.")
 @atlas_option
 @one_line_errors
@@ -300,9 +373,11 @@ def predict_layout(prompt: str, label: str, t: float, block: str, branch: str, s
 def report(out_dir: str | None, atlas_dir: str | None) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
-    Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against the
-    average-mask baseline (with the paper's top-concept predictor and the weighted one, thresholds
-    chosen on the dictionary images), concept cohesion and separability per t, and context-free latents.
+    Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against two
+    baselines, the label's average mask and the caption-aware one (the average mask of the position the caption
+    names), with the paper's top-concept predictor, a more generous top-labelled vote and the weighted one
+    (thresholds chosen on the dictionary images), split by whether the caption names a position; every deviation
+    from the paper in one table; concept cohesion and separability per t; context-free latents.
 
     \b
     Example:
@@ -311,14 +386,16 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
     from pathlib import Path
 
     from atlas.report.report import build_report
+    from atlas.report.tables import sae_columns
     from atlas.store import open_atlas
 
     with open_atlas(atlas_dir) as atlas:
         out = Path(out_dir) if out_dir else atlas.root / "report"
         figures = build_report(atlas, out)
-    rows = [(x["method"], x["block"], x["t"], x["branch"], f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}", x["pairs"],
-             x["threshold"]) for x in figures["layout"]]
-    click.echo(format_table(["method", "block", "t", "branch", "layout IoU", "baseline", "pairs", "threshold"], rows)
+    sae = sae_columns(figures["layout"])
+    rows = [(x["method"], *(x[c] for c in sae), f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}",
+             f"{x['caption_baseline_iou']:.3f}", x["pairs"], x["threshold"]) for x in figures["layout"]]
+    click.echo(format_table(["method", *sae, "layout IoU", "baseline", "caption baseline", "pairs", "threshold"], rows)
                if rows else f"layout prediction: {figures['layout_note']}")
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 

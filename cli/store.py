@@ -88,8 +88,10 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: s
 
     Views: codes (fast filtered by block, t, latent), codes_by_image (fast filtered by image_id),
     images, prompts, saes, concepts, labels, objects, concept_labels, interventions, files, stages.
-    Concept ids look like mid/1.0/412 (block/t/latent; branch cond). Writes, COPY, ATTACH and
-    files outside the atlas are refused.
+    Concept ids look like mid/1.0/412 (block/t/latent; branch cond, the primary SAE), mid/1.0/uncond/412
+    or mid/1.0/cond@k20/412 (the SAE variant k20); saes, concepts, concept_labels and the codes views
+    have a variant column ('' for the primary SAE), saes, concepts and concept_labels a k column.
+    Writes, COPY, ATTACH and files outside the atlas are refused.
 
     \b
     Examples:
@@ -99,6 +101,7 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: s
                  GROUP BY image_id ORDER BY activation DESC LIMIT 10"
       atlas sql "SELECT concept_id, mean_iou, hit_rate, support FROM concept_labels
                  WHERE label = 'red circle' AND t = 1.0 AND block = 'mid' ORDER BY mean_iou DESC LIMIT 10"
+      atlas sql "SELECT concept_id, frequency FROM concepts WHERE k = 20 ORDER BY frequency DESC LIMIT 5"
       atlas sql "SELECT * FROM images" --format parquet --output images.parquet
     """
     if fmt == "parquet" and not output:
@@ -126,12 +129,15 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int, fmt: s
 @click.option("--t", "t", type=float, help="Only this timestep (e.g. 1.0, 0.5, 0.0).")
 @click.option("--block", help="Only this block (e.g. down, mid, up); for LABEL searches.")
 @click.option("--branch", default="cond", show_default=True, help="CFG branch of the SAEs to search.")
+@click.option("--variant", help="SAE variant to search, e.g. k20 (default: the primary SAE); for LABEL searches.")
+@click.option("--sae-k", "sae_k", type=click.IntRange(min=1),
+              help="Search the SAEs trained with this k, whatever their variant is called; for LABEL searches.")
 @click.option("--k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="How many concepts.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @atlas_option
 @one_line_errors
-def search(label: str | None, like: str | None, t: float | None, block: str | None, branch: str, k: int, fmt: str,
-           atlas_dir: str | None) -> None:
+def search(label: str | None, like: str | None, t: float | None, block: str | None, branch: str,
+           variant: str | None, sae_k: int | None, k: int, fmt: str, atlas_dir: str | None) -> None:
     """Find concepts by label, or by similarity to another concept.
 
     With LABEL, concepts are ranked by how well their activation maps predict the label's masks
@@ -139,27 +145,31 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
     label uses the label closest in meaning ("kitten" -> "cat"); an atlas without labels ranks
     concepts by decoder similarity to the word's own activation as a prompt. With --like, by cosine
     similarity of SAE decoder directions, across all timesteps of the concept's block (or only the
-    SAE at --t).
+    SAE at --t), among the SAEs of its own branch and variant. Concepts come from each (block, t,
+    branch)'s primary SAE unless --variant or --sae-k picks another (`atlas train --k 10,20` trains
+    the primary at k 10 and the variant k20).
 
     \b
     Examples:
       atlas search "red circle" --t 1.0 --block mid
+      atlas search "red circle" --sae-k 20
       atlas search dog --k 20 --format json
       atlas search --like mid/1.0/412
-      atlas search --like mid/1.0/412 --t 0.0
+      atlas search --like mid/1.0/cond@k20/412 --t 0.0
     """
     if bool(label) == bool(like):
         raise click.UsageError("give a LABEL or --like CONCEPT_ID (one of them)")
     with _open(atlas_dir) as atlas:
         if like:
-            if block:
-                raise click.UsageError("--block does not apply to --like: the block is the concept's own")
+            if block or variant is not None or sae_k:
+                raise click.UsageError("--block, --variant and --sae-k do not apply to --like: the concept's own SAE "
+                                       "names them")
             found = [asdict(n) for n in atlas.nearest(like, k=k, t=t)]
             columns = ["concept_id", "score", "block", "t", "branch", "latent"]
         else:
             from atlas.search.search import search_concepts
 
-            result = search_concepts(atlas, label, t=t, block=block, branch=branch, k=k)
+            result = search_concepts(atlas, label, t=t, block=block, branch=branch, k=k, variant=variant, sae_k=sae_k)
             found = [asdict(c) for c in result.concepts]
             columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
             if result.via == "meaning":

@@ -7,7 +7,7 @@ import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas"}
+INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas", "two_k_atlas"}
 """Fixtures that build a real atlas (about a minute): a test using one, directly or through another fixture, is
 marked `integration` and left out of `make test-fast`."""
 
@@ -85,6 +85,21 @@ def two_branch_atlas(tmp_path_factory):
     path = tmp_path_factory.mktemp("two-branch-atlas") / "atlas"
     result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
                                        "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_k_atlas(tmp_path_factory):
+    """A tiny shapes atlas with two SAEs of the mid block at t = 1.0 (cond): the primary at k = 2 and the variant
+    "k4", built by the `atlas build --k 2,4` command. Treat it as read-only."""
+    from click.testing import CliRunner
+
+    from atlas.cli.main import main
+
+    path = tmp_path_factory.mktemp("two-k-atlas") / "atlas"
+    result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
+                                       "--t", "1.0", "--branches", "cond", "--k", "2,4", "--sae-tokens", "5000"])
     assert result.exit_code == 0, result.output
     return path
 

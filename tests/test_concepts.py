@@ -43,16 +43,18 @@ def test_iou_golden_values():
     assert iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0.0
 
 
-def test_predict_layout_uses_the_most_active_labelled_concept():
+def test_predict_layout_top_labelled_uses_the_most_active_labelled_concept():
     vectors = np.zeros((5, 2))
     vectors[1] = [1, 0]  # concept 1 labelled "red circle"
     vectors[2] = [0, 1]  # concept 2 labelled something else
     latents = np.array([[[1, 4], [4, 2]], [[2, 1], [3, 4]]])  # (2, 2, k=2); 3 and 4 unlabelled
     values = np.array([[[0.5, 0.9], [1.0, 0.2]], [[0.7, 0.6], [1.0, 1.0]]])
-    mask = predict_layout(latents, values, vectors, np.array([1.0, 0.0]), threshold=0.9)
+    mask = predict_layout(latents, values, vectors, np.array([1.0, 0.0]), threshold=0.9, labelled_only=True)
     # (0,0): unlabelled 4 is stronger but only labelled concepts vote -> 1 -> match
     # (0,1): labelled 2 -> no; (1,0): 2 (0.7) beats 1 (0.6) -> no; (1,1): nothing labelled -> no
     assert mask.tolist() == [[True, False], [False, False]]
+    # the paper's vote: (0,0)'s top concept 4 has no label -> nothing predicted anywhere
+    assert not predict_layout(latents, values, vectors, np.array([1.0, 0.0]), threshold=0.9).any()
 
 
 def test_weighted_layout_sums_every_concepts_evidence():

@@ -50,18 +50,21 @@ def test_label_masks_union_objects_of_one_label_on_one_grid():
     assert masks[(0, "y")].tolist() == [[False, False], [True, False]]
 
 
-def test_layout_iou_on_the_shapes_atlas_beats_nothing_and_is_bounded(shapes_atlas):
+def test_layout_iou_on_the_shapes_atlas_beats_both_baselines_late(shapes_atlas):
+    """At t = 0.0 the up block's codes hold the finished layout: the weighted predictor must beat the caption-aware
+    baseline by a wide margin (demo atlas: 0.66 against 0.25). A predictor that predicts nothing, or the label's
+    average mask, fails this."""
     with open_atlas(shapes_atlas) as atlas:
-        for method in METHODS:
-            scores = layout_iou(atlas, LayoutConfig(method=method))
-            assert sorted((s.block, s.t) for s in scores) == sorted((b, t) for b in ("down", "mid", "up")
-                                                                    for t in (1.0, 0.5, 0.0))
-            for s in scores:
-                assert s.method == method and s.pairs > 0
-                assert 0.0 <= s.iou <= 1.0 and 0.0 <= s.baseline_iou <= 1.0
+        scores = layout_iou(atlas, methods=METHODS)
+    assert sorted({(s.method, s.block, s.t) for s in scores}) == sorted(
+        (m, b, t) for m in METHODS for b in ("down", "mid", "up") for t in (1.0, 0.5, 0.0))
+    late = {s.method: s for s in scores if (s.block, s.t) == ("up", 0.0)}
+    assert late["weighted"].iou > late["weighted"].caption_baseline_iou + 0.15, late["weighted"]
+    for s in scores:  # (whether reading the caption pays is a figure of the demo atlas: this one has 48 images)
+        assert s.pairs > 0 and 0 <= s.unnamed_pairs < s.pairs and 0.0 <= s.iou <= 1.0
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ["weighted", "top-concept"])  # top-labelled's threshold: the same code path
 def test_the_threshold_is_the_best_on_the_dictionary_images(shapes_atlas, method):
     """Chosen per SAE on the dictionary images, like the baseline's threshold; the test images only score it."""
     with open_atlas(shapes_atlas) as atlas:
@@ -121,7 +124,8 @@ def test_report_keeps_the_cond_and_uncond_saes_apart(two_branch_atlas, tmp_path)
     result = CliRunner().invoke(main, ["report", "--atlas", str(two_branch_atlas), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     header, _, *lines = result.output.split("\n\n")[0].splitlines()
-    assert header.split() == ["method", "block", "t", "branch", "layout", "IoU", "baseline", "pairs", "threshold"]
+    assert header.split() == ["method", "block", "t", "branch", "layout", "IoU", "baseline", "caption",
+                               "baseline", "pairs", "threshold"]
     rows = [line.split() for line in lines]
     keys = [tuple(row[:4]) for row in rows]
     assert sorted(keys) == sorted((m, "mid", "1.0", b) for m in METHODS for b in ("cond", "uncond"))

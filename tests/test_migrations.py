@@ -34,7 +34,7 @@ def make_0001_atlas(root):
 
 
 def test_revisions_are_numbered_and_head_matches_the_models(tmp_path):
-    assert migrate.revisions() == ("0001", "0002") and migrate.head() == "0002"
+    assert migrate.revisions() == ("0001", "0002", "0003") and migrate.head() == "0003"
     catalog = Catalog(tmp_path, threads=1)
     catalog.upgrade()
     con = duckdb.connect(str(tmp_path / CATALOG_FILE), read_only=True)
@@ -51,7 +51,7 @@ def test_upgrade_from_0001_keeps_the_data(tmp_path):
     make_0001_atlas(root)
     assert snapshot.meta(snapshot.current(root))["schema"] == "0001"
     before = checksum(root)
-    with pytest.raises(SchemaTooOldError, match="has schema 0001, this version needs 0002: .*atlas upgrade"):
+    with pytest.raises(SchemaTooOldError, match="has schema 0001, this version needs 0003: .*atlas upgrade"):
         open_atlas(root)
     assert checksum(root) == before
     with open_writer(root, threads=1) as writer:
@@ -67,7 +67,33 @@ def test_upgrade_from_0001_keeps_the_data(tmp_path):
     with open_atlas(root) as atlas:
         assert atlas.concept("mid/1.0/3").name == "roundness"
         assert atlas.sql("SELECT kind, strength FROM interventions").rows == [("global", 1.5)]
-    assert snapshot.meta(snapshot.current(root))["schema"] == "0002"
+    assert snapshot.meta(snapshot.current(root))["schema"] == "0003"
+
+
+def test_upgrade_to_0003_keeps_every_concept_id_and_makes_room_for_variants(tmp_path):
+    """An atlas of schema 0002 (one SAE per block, t, branch) keeps its SAE ids, concept ids, names and links; its
+    SAEs become the primary ones, and a variant of the same key can then join them."""
+    root = tmp_path / "old"
+    make_0001_atlas(root)
+    catalog = Catalog(root, threads=1)
+    catalog.upgrade("0002")
+    with catalog.write("saes", "concepts", "labels", "concept_labels") as tx:
+        tx.query("INSERT INTO saes (id, block, t, branch, k, n_latents, d_in, grid_h, grid_w, metrics, n_codes) "
+                 "VALUES (1, 'mid', 1.0, 'uncond', 4, 8, 16, 4, 4, '{}', 0)")
+        tx.query("INSERT INTO concepts VALUES (1, 5, 0.5, 1.0, 1.0, NULL, 'five', NULL)")
+        tx.query("INSERT INTO labels VALUES (0, 'circle', NULL)")
+        tx.query("INSERT INTO concept_labels VALUES (0, 3, 0, 0.6, 0.5, 0.4, 0.3, 7)")
+    with open_writer(root, threads=1) as writer:
+        atlas = writer.atlas
+        assert [(s.id, s.branch, s.variant) for s in atlas.saes()] == [(0, "cond", ""), (1, "uncond", "")]
+        assert atlas.sql("SELECT concept_id, variant, k, name FROM concepts ORDER BY sae_id").rows == [
+            ("mid/1.0/3", "", 4, None), ("mid/1.0/uncond/5", "", 4, "five")]
+        assert atlas.sql("SELECT concept_id, label FROM concept_labels").rows == [("mid/1.0/3", "circle")]
+        assert atlas.concept("mid/1.0/uncond/5").name == "five"
+        k8 = writer.catalog.add_sae("mid", 1.0, "cond", 8, 8, 16, variant="k8")
+        assert k8 == 2 and writer.catalog.add_sae("mid", 1.0, "cond", 4, 8, 16) == 0
+        assert atlas.concept("mid/1.0/cond@k8/3").sae_id == k8 and atlas.concept("mid/1.0/3").sae_id == 0
+    assert snapshot.meta(snapshot.current(root))["schema"] == "0003"
 
 
 def test_an_atlas_from_a_newer_version_is_refused_unchanged(tmp_path):
@@ -79,7 +105,7 @@ def test_an_atlas_from_a_newer_version_is_refused_unchanged(tmp_path):
     for opener in (lambda: open_atlas(root), lambda: open_writer(root),
                    lambda: Atlas.create(root)):
         with pytest.raises(SchemaTooNewError, match="newer Concept Atlas \\(schema 0099; this version knows up to "
-                                                    "0002\\): upgrade with `pip install -U concept-atlas`"):
+                                                    "0003\\): upgrade with `pip install -U concept-atlas`"):
             opener()
     assert checksum(root) == before
 

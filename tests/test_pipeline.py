@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
-from atlas.edit.run import atlas_model
 from atlas.errors import BadInputError
 from atlas.pipeline.build import STAGES, build_atlas, capture_config, resolve, sae_job
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
@@ -140,9 +139,9 @@ def test_train_cli_bad_input_is_one_line(shapes_atlas, tmp_path, args, message):
 def test_train_one_keeps_a_finished_sae_and_table_lists_it(shapes_atlas, tmp_path):
     acts = ActivationSet(shapes_atlas / "activations")
     config = SaeJobConfig(min_tokens=10_000, epochs=2)
-    first = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
+    [first] = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
     mtime = (first.path / "sae.safetensors").stat().st_mtime_ns
-    again = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
+    [again] = train_one(acts, "up", 0.0, "cond", tmp_path, config, progress=False)
     assert (again.path / "sae.safetensors").stat().st_mtime_ns == mtime
     assert again.metrics["explained_variance"] == first.metrics["explained_variance"]
     assert "| up | " in ev_table([first])
@@ -279,7 +278,7 @@ def test_the_sd14_recipe_captures_on_a_tiny_sd_model(tiny_sd_dir, tmp_path):
     with open_writer(tmp_path / "atlas") as writer:
         register_capture(writer, acts)
     with open_atlas(tmp_path / "atlas") as atlas:
-        assert atlas_model(atlas)["source"] == str(tiny_sd_dir.resolve())
+        assert atlas.model()["source"] == str(tiny_sd_dir.resolve())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,6 +19,7 @@ import torch
 from atlas.capture import ActivationSet, ShardStream
 from atlas.capture.synthetic import write_synthetic
 from atlas.errors import BadInputError, ConflictError, UnavailableError
+from atlas.pipeline.train import CHECKPOINT_DIR
 from atlas.sae import SaeConfig, SaeTrainConfig, train_sae, train_saes
 from atlas.sae.train import CHECKPOINT_NAME
 
@@ -175,19 +176,59 @@ def test_a_plain_iterable_cannot_resume(acts_dir, tmp_path):
 
 def test_train_one_streams_checkpoints_and_cleans_up(acts_dir, tmp_path):
     from atlas.pipeline.config import SaeJobConfig
-    from atlas.pipeline.train import CHECKPOINT_DIR, train_one
+    from atlas.pipeline.train import train_one
 
     acts = ActivationSet(acts_dir)
     config = SaeJobConfig(latents="3x", k=3, batch_size=64, epochs=2, min_tokens=0, buffer_tokens=200)
-    report = train_one(acts, *KEY, tmp_path, config, progress=False)
+    [report] = train_one(acts, *KEY, tmp_path, config, progress=False)
     assert not (report.path / CHECKPOINT_DIR).exists()
     metrics = json.loads((report.path / "metrics.json").read_text())
     n_train = ShardStream(acts, *KEY, split="train").n_tokens
     assert metrics["n_train_tokens"] == n_train and metrics["train"]["n_tokens"] == 2 * n_train // 64 * 64
     assert metrics["scored_on"] == "test" and metrics["n_tokens"] == acts.load(*KEY, split="test")["x"].shape[0]
-    again = train_one(acts, *KEY, tmp_path, dataclasses.replace(config, retrain=True), progress=False)
+    [again] = train_one(acts, *KEY, tmp_path, dataclasses.replace(config, retrain=True), progress=False)
     assert again.metrics["explained_variance"] == pytest.approx(metrics["explained_variance"])
     assert list(itertools.chain(report.path.glob("*.tmp"), report.path.glob(CHECKPOINT_DIR))) == []
+
+
+def test_train_one_trains_every_k_of_a_key_in_one_pass(acts_dir, tmp_path, monkeypatch):
+    """`--k 3,5`: one pass over the shards trains both SAEs, the first k's as the primary and the other as the
+    variant k5 beside it, each as it would train alone; a rerun keeps them, and another order of k is refused."""
+    import atlas.pipeline.train as train
+    from atlas.pipeline.config import SaeJobConfig
+    from atlas.sae import Sae
+
+    passes = []
+
+    class Counted(ShardStream):
+        def chunks(self, start: int = 0):
+            passes.append(start)
+            return super().chunks(start)
+
+    monkeypatch.setattr(train, "ShardStream", Counted)
+    acts = ActivationSet(acts_dir)
+    config = SaeJobConfig(latents="3x", k=[3, 5], batch_size=64, epochs=2, min_tokens=0, buffer_tokens=200)
+    primary, k5 = train.train_one(acts, *KEY, tmp_path, config, progress=False)
+    assert len(passes) == 1
+    assert (primary.variant, primary.k, primary.path) == ("", 3, tmp_path / "mid" / "t1.0" / "cond")
+    assert (k5.variant, k5.k, k5.path) == ("k5", 5, tmp_path / "mid" / "t1.0" / "cond@k5")
+    assert [Sae.from_pretrained(r.path).cfg.k for r in (primary, k5)] == [3, 5]
+    assert train.trained_variants(tmp_path, *KEY) == ["", "k5"] and not (primary.path / CHECKPOINT_DIR).exists()
+    alone = train_sae(stream(acts_dir, seed=config.seed, buffer_tokens=config.buffer_tokens),
+                      SaeConfig(d_in=8, n_latents=24, k=5, k_aux=12, dead_tokens=config.dead_tokens),
+                      SaeTrainConfig(lr=config.lr, batch_size=64, n_tokens=2 * k5.metrics["n_train_tokens"]),
+                      progress=False)
+    assert torch.equal(Sae.from_pretrained(k5.path).W_dec, alone.sae.W_dec)
+    assert "| mid | 3 | " in train.ev_table([primary, k5]) and "| mid | 5 | " in train.ev_table([primary, k5])
+
+    mtime = (k5.path / "sae.safetensors").stat().st_mtime_ns
+    assert [r.metrics for r in train.train_one(acts, *KEY, tmp_path, config, progress=False)] == [primary.metrics,
+                                                                                                 k5.metrics]
+    assert (k5.path / "sae.safetensors").stat().st_mtime_ns == mtime and len(passes) == 1
+    with pytest.raises(BadInputError, match=r"holds an SAE with k=3, but --k 5,3 gives it k=5 .* reorder --k"):
+        train.train_one(acts, *KEY, tmp_path, dataclasses.replace(config, k=[5, 3]), progress=False)
+    with pytest.raises(BadInputError, match="distinct positive numbers"):
+        SaeJobConfig(k=[3, 3])
 
 
 SIGTERM_RUN = """

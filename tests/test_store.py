@@ -16,6 +16,7 @@ from atlas.store import (
     AtlasNotFoundError,
     BadConceptIdError,
     CatalogBusyError,
+    ConceptRef,
     InvalidInputError,
     NoLabelsError,
     UnknownLabelError,
@@ -302,6 +303,71 @@ def test_an_sae_with_its_index_and_concepts_is_one_commit(writer):
     assert writer.codes.finalize([sae_id], stage="encode:mid/0.5/cond", info={"codes": 2}) == {sae_id: 2}
     assert generation() == start + 2 and writer.atlas.stage_done("encode:mid/0.5/cond")
     assert writer.atlas.saes()[[s.id for s in writer.atlas.saes()].index(sae_id)].n_codes == 2
+
+
+def test_an_sae_variant_is_a_fourth_key_part_everywhere(writer):
+    """A second SAE of (mid, 1.0, cond) -- another k -- lives beside the primary one: its concept ids carry the
+    variant in Python and SQL alike, reads that expect one SAE per key keep the primary unless told, SQL filters by
+    variant and k, the block index keeps variants apart, and an unknown variant lists the valid ones."""
+    atlas, rng = writer.atlas, np.random.default_rng(5)
+    primary = sae_of(atlas, "mid", 1.0)
+    p, scale = synthetic.zipf_probabilities(rng, 64), rng.lognormal(0.0, 0.5, 64)
+    codes = synthetic.synth_codes(rng, p, scale, 0, 50, (4, 4), 8)
+    stats = {"frequency": np.bincount(codes[3], minlength=64) / 800, "mean_activation": scale,
+             "decoder_norm": np.ones(64)}
+    with pytest.raises(InvalidInputError, match="SAE variant 'k 8'"):
+        writer.catalog.add_sae("mid", 1.0, "cond", 8, 64, 16, variant="k 8")
+    k8 = writer.catalog.add_sae("mid", 1.0, "cond", 8, 64, 16, {"fvu": 0.05}, grid=(4, 4), concepts=stats,
+                                decoder=rng.standard_normal((64, 16)), variant="k8")
+    writer.codes.write(k8, *codes)
+    writer.codes.finalize()
+    assert writer.catalog.add_sae("mid", 1.0, "cond", 4, 64, 16, grid=(4, 4)) == primary.id
+    assert [(s.name, s.k) for s in atlas.saes() if s.block == "mid"] == [
+        ("mid/1.0/cond", 4), ("mid/0.0/cond", 4), ("mid/1.0/cond@k8", 8)]
+
+    for text, canonical in (("mid/1.0/cond@k8/3", "mid/1.0/cond@k8/3"), ("mid/1/cond@k8/3", "mid/1.0/cond@k8/3"),
+                            ("mid/1.0@k8/3", "mid/1.0/cond@k8/3"), ("mid/1.0/uncond@k8/3", "mid/1.0/uncond@k8/3"),
+                            ("mid/1.0/3", "mid/1.0/3")):
+        assert str(parse_concept_id(text)) == canonical
+    assert parse_concept_id("mid/1.0/cond@k8/3").variant == "k8" and parse_concept_id("mid/1.0/3").variant == ""
+    for bad in ("mid/1.0/cond@/3", "mid/1.0/cond@k8@2/3", "mid@k8/1.0/3", "mid/1.0/cond@k 8/3"):
+        with pytest.raises(BadConceptIdError, match="followed by a variant name"):
+            parse_concept_id(bad)
+    rows = atlas.sql("SELECT DISTINCT concept_id, block, t, branch, variant, latent FROM codes WHERE latent = 3 "
+                     "ORDER BY concept_id").rows
+    assert [r[0] for r in rows] == ["mid/0.0/3", "mid/1.0/3", "mid/1.0/cond@k8/3", "up/0.0/3", "up/1.0/3"]
+    for cid, block, t, branch, variant, latent in rows:
+        assert parse_concept_id(cid) == ConceptRef(block, t, branch, latent, variant)
+    assert atlas.sql("SELECT DISTINCT variant, k FROM concepts WHERE block = 'mid' ORDER BY k").rows == [
+        ("", 4), ("k8", 8)]
+    assert atlas.sql("SELECT count(*), min(concept_id) FROM concepts WHERE k = 8").rows == [(64, "mid/1.0/cond@k8/0")]
+
+    ranked = np.argsort(-stats["frequency"], kind="stable")
+    assert [c.concept_id for c in atlas.concepts(block="mid", t=1.0, variant="k8", limit=3)] == [
+        f"mid/1.0/cond@k8/{i}" for i in ranked[:3]]
+    assert {c.sae_id for c in atlas.concepts(sae_k=8)} == {k8}
+    assert {c.sae_id for c in atlas.concepts(block="mid", limit=200)} == {s.id for s in atlas.saes()
+                                                                          if s.block == "mid" and not s.variant}
+    ids, values = expected_top(codes, 3, next(s for s in atlas.saes() if s.id == k8).value_qbase, 5)
+    hits = atlas.top_images("mid/1.0/cond@k8/3", 5)
+    assert [h.image_id for h in hits] == ids
+    np.testing.assert_allclose([h.activation for h in hits], values, rtol=1e-6)
+    table = atlas.image_codes(7, block="mid", t=1.0, variant="k8")
+    assert set(table["concept_id"].to_pylist()) <= {f"mid/1.0/cond@k8/{i}" for i in range(64)}
+    assert table.column_names == atlas.sql("SELECT * FROM codes_by_image LIMIT 0").columns
+    assert table.num_rows == int((codes[0] == 7).sum())
+    neighbours = atlas.nearest("mid/1.0/cond@k8/3", k=5)
+    assert len(neighbours) == 5 and {n.sae_id for n in neighbours} == {k8}  # the block index of the k8 SAEs alone
+    assert all(n.concept_id.startswith("mid/1.0/cond@k8/") for n in neighbours)
+    assert {n.sae_id for n in atlas.nearest("mid/1.0/3", k=50)} <= {s.id for s in atlas.saes() if not s.variant}
+
+    with pytest.raises(UnknownSaeError) as err:
+        atlas.concept("mid/1.0/cond@k30/3")
+    assert str(err.value) == "unknown variant 'k30': this atlas has variant '' (the primary SAE), 'k8'"
+    with pytest.raises(UnknownSaeError, match="unknown t 0.0: this atlas has t 1.0"):
+        atlas.concept("mid/0.0/cond@k8/3")
+    with pytest.raises(UnknownSaeError, match="unknown k 5: this atlas has k 4, 8"):
+        atlas.concepts(sae_k=5)
 
 
 def test_readers_work_while_a_writer_holds_the_catalog(writer):

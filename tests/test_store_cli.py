@@ -101,7 +101,7 @@ def test_search_without_labels_says_where_they_come_from(tmp_path, monkeypatch):
 
 def test_upgrade_and_help(run, root):
     result = run(upgrade)
-    assert result.exit_code == 0 and "schema 0002" in result.stdout
+    assert result.exit_code == 0 and "schema 0003" in result.stdout
     for command in (sql, search, upgrade):
         help_text = CliRunner().invoke(command, ["--help"]).output
         assert "Example" in help_text and "--atlas" in help_text

@@ -59,7 +59,7 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_ray_trains_the_saes_local_training_trains_and_keeps_finished_ones(acts, ray_cluster, tmp_path):
-    config = SaeJobConfig(**{name: type(getattr(SaeJobConfig, name))(value) for name, value in CONFIG.items()})
+    config = SaeJobConfig(latents="32", k=[4], batch_size=64, epochs=1.0, min_tokens=1500, lr=0.003)  # as CONFIG
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a 1-CPU actor: float sums depend on the threads
     try:
@@ -80,7 +80,7 @@ def test_ray_trains_the_saes_local_training_trains_and_keeps_finished_ones(acts,
         assert metrics["fvu"] == pytest.approx(report.metrics["fvu"], abs=1e-5)
         ev = f"{report.metrics['explained_variance']:.3f}"
         assert f"SAE {report.block} t=1.0 cond: explained variance {ev}" in result.stderr
-        assert f"| {report.block} | {ev} |" in result.stdout
+        assert f"| {report.block} | {report.k} | {ev} |" in result.stdout
 
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*") if p.is_file()}
     with RayExecutor(ExecutorConfig(executor="ray", actors=2)) as executor:

@@ -2,10 +2,11 @@
 
 An activation directory holds:
     prompts.jsonl                       image_id, prompt, split, seed (fixed before any work starts)
-    manifest.json                       model, blocks, t, branches, steps, guidance, grids and widths
+    manifest.json                       model, keys (block, t, branch), dtype, steps, guidance
     images/000123.png                   the generated images
     shards/<block>/t<t>/<branch>/batch-000004.safetensors
-                                        x (positions, d) fp16, image_id int32, row int16, col int16
+                                        x (positions, d) fp16, bf16 or fp32 (--dtype), image_id int32,
+                                        row int16, col int16
     done/batch-000004.json              written last: a batch is complete when its marker exists
 
 Shards and markers are written to a temporary name and renamed, so an interrupted run leaves no
@@ -33,7 +34,8 @@ from PIL import Image
 from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
-from atlas.capture.config import CaptureConfig
+from atlas.capture.config import BRANCHES, CaptureConfig, Key
+from atlas.capture.plan import CapturePlan, plan_capture
 from atlas.capture.splits import split_of
 from atlas.errors import BadInputError, ConflictError, NotFoundError, UnavailableError
 from atlas.location import Location
@@ -41,8 +43,9 @@ from atlas.models.base import TextToImageModel
 from atlas.models.hooks import Hooks, StepInfo, t_to_step
 from atlas.models.loader import load_model
 from atlas.models.sampler import sample_latents
+from atlas.store.ids import concept_prefix
 
-BRANCHES = ("uncond", "cond")  # the order of the CFG batch
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -86,20 +89,17 @@ def plan_prompts(prompts: list[str], seed: int) -> list[PromptRecord]:
 
 
 class _Recorder:
-    """A delta handler that keeps this batch's activations per (block, t, branch)."""
+    """A delta handler that keeps this batch's activations of the selected (block, t, branch), in the stored dtype."""
 
-    def __init__(self, steps_to_t: dict[int, float], branches: list[str]) -> None:
-        self.steps_to_t = steps_to_t
-        self.branches = branches
-        self.buffers: dict[tuple[str, float, str], torch.Tensor] = {}
+    def __init__(self, steps_to_t: dict[int, float], keys: list[Key], dtype: torch.dtype) -> None:
+        self.steps_to_t, self.keys, self.dtype = steps_to_t, set(keys), dtype
+        self.buffers: dict[Key, torch.Tensor] = {}
 
     def __call__(self, block: str, step: StepInfo, delta: torch.Tensor) -> None:
         t = self.steps_to_t[step.index]
-        halves = dict(zip(BRANCHES, delta.chunk(2)))
-        for branch in self.branches:
-            d = halves[branch]
-            self.buffers[(block, t, branch)] = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).to(
-                torch.float16).cpu()
+        for branch, d in zip(BRANCHES, delta.chunk(2)):
+            if (block, t, branch) in self.keys:
+                self.buffers[(block, t, branch)] = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).to(self.dtype).cpu()
         return None
 
 
@@ -123,9 +123,9 @@ class _CaptureJob:
 
     out: Location
     model_source: str
-    blocks: list[str]
+    keys: list[Key]
     steps_to_t: dict[int, float]
-    branches: list[str]
+    dtype: str
     steps: int
     guidance: float
     model: TextToImageModel | None = None
@@ -142,23 +142,25 @@ class _CaptureJob:
     def run(self, model: TextToImageModel, item: tuple[int, list[PromptRecord]]) -> dict:
         """Write batch `b`'s images and shards; returns its done marker for the driver to write."""
         b, batch = item
-        recorder = _Recorder(self.steps_to_t, self.branches)
+        recorder = _Recorder(self.steps_to_t, self.keys, TORCH_DTYPES[self.dtype])
         hooks = Hooks()
-        for block in self.blocks:
-            hooks.on(block, recorder, steps=self.steps_to_t)
+        blocks = list(dict.fromkeys(block for block, _, _ in self.keys))
+        for block in blocks:
+            hooks.on(block, recorder, steps=[step for step, t in self.steps_to_t.items()
+                                             if any((block, t, branch) in recorder.keys for branch in BRANCHES)])
         latents = sample_latents(model, [r.prompt for r in batch], [r.seed for r in batch], self.steps,
                                  self.guidance, hooks)
         for record, image in zip(batch, model.to_uint8(model.decode(latents))):
             png = io.BytesIO()
             Image.fromarray(image).save(png, format="PNG")
             self.out.write(f"images/{record.image_id:06d}.png", png.getvalue())
-        modules = {block: model.hook_module_name(block) for block in self.blocks}
-        return write_shards(self.out, b, [r.image_id for r in batch], recorder.buffers, modules)
+        modules = {block: model.hook_module_name(block) for block in blocks}
+        return write_shards(self.out, b, [r.image_id for r in batch], recorder.buffers, modules, self.dtype)
 
 
-def write_shards(out: Location, b: int, image_ids: list[int], buffers: dict[tuple[str, float, str], torch.Tensor],
-                 modules: dict[str, str]) -> dict:
-    """Write batch `b`'s shard of each (block, t, branch) in `buffers`: (images x positions, d) fp16 vectors,
+def write_shards(out: Location, b: int, image_ids: list[int], buffers: dict[Key, torch.Tensor],
+                 modules: dict[str, str], dtype: str = CaptureConfig.dtype) -> dict:
+    """Write batch `b`'s shard of each (block, t, branch) in `buffers`: (images x positions, d) vectors in `dtype`,
     image after image, each image's square grid row-major. Returns the batch's done marker (the driver writes
     it once every shard of the batch is there)."""
     grids: dict[str, list[int]] = {}
@@ -168,68 +170,123 @@ def write_shards(out: Location, b: int, image_ids: list[int], buffers: dict[tupl
         grids[block] = [side, side, int(x.shape[1])]
         ids = torch.tensor(image_ids, dtype=torch.int32).repeat_interleave(n_pos)
         pos = torch.arange(n_pos).repeat(len(image_ids))
-        tensors = {"x": x.to(torch.float16).contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
+        tensors = {"x": x.to(TORCH_DTYPES[dtype]).contiguous(), "image_id": ids, "row": (pos // side).to(torch.int16),
                    "col": (pos % side).to(torch.int16)}
         meta = {"block": block, "t": str(t), "branch": branch, "module": modules[block]}
         out.write(shard_name(block, t, branch, b), save(tensors, metadata=meta))
     return {"batch": b, "image_ids": image_ids, "grids": grids}
 
 
-def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, config: CaptureConfig | None = None,
-            progress: bool = True, executor: Executor | None = None) -> Path | str:
-    """Generate images for `prompts` and record delta at the chosen blocks, timesteps and branches.
+@dataclass
+class CaptureRun:
+    """A capture checked and planned, nothing written yet; `run` writes it."""
 
-    Resumable: re-running with the same prompts and config continues (with either executor); a different
-    config is refused. Returns the directory (a Path, or the URI of a remote one).
-    """
+    out: Location
+    manifest: dict
+    records: list[PromptRecord]
+    todo: list[tuple[int, list[PromptRecord]]]
+    """The batches without a done marker, with their numbers."""
+    job: _CaptureJob
+    plan: CapturePlan
+    """The disk the batches still to capture need, and the free space at `out`."""
+
+    def run(self, progress: bool = True, executor: Executor | None = None) -> Path | str:
+        """Refuse when the disk cannot hold the plan, else write the manifest and every batch still to do."""
+        self.plan.check()
+        prepare_dir(self.out, self.manifest, self.records)
+        left = sum(len(batch) for _, batch in self.todo)
+        bar = tqdm(total=len(self.records), initial=len(self.records) - left, unit="img", desc="capture",
+                   disable=not progress)
+        for marker in (executor.map(self.job, self.todo) if executor is not None else run_here(self.job, self.todo)):
+            self.out.write(marker_name(marker["batch"]), json.dumps(marker).encode())
+            bar.update(len(marker["image_ids"]))
+        bar.close()
+        return self.out.local or self.out.uri
+
+
+def prepare_capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path,
+                    config: CaptureConfig | None = None) -> CaptureRun:
+    """Check a capture's options against the model and the directory (a capture with other settings there is
+    refused), find the batches still to do and plan their disk. Reads only; `CaptureRun.run` writes."""
     config = config or CaptureConfig()
     if not prompts:
         raise BadInputError("no prompts to capture")
     out = Location(out_dir)
-    blocks, ts, branches = list(config.blocks), [float(t) for t in config.t], list(config.branches)
-    if not (blocks and ts and branches):
-        raise BadInputError("capture needs at least one block, one t and one branch")
-    for branch in branches:
-        if branch not in BRANCHES:
-            raise BadInputError(f"unknown branch {branch!r}; use cond, uncond or both")
-    for block in blocks:
+    keys = config.selected_keys()
+    for block in dict.fromkeys(block for block, _, _ in keys):
         model.hook_module_name(block)
+    ts = list(dict.fromkeys(t for _, t, _ in keys))
     steps, guidance = model.spec.steps(config.steps), model.spec.guidance(config.guidance)
     steps_to_t = {t_to_step(t, steps): t for t in ts}
     if len(steps_to_t) != len(ts):
-        raise BadInputError(f"timesteps {config.t} fall on the same step of {steps}; use more --steps")
+        raise BadInputError(f"timesteps {', '.join(map(str, ts))} fall on the same step of {steps}; use more --steps")
     source = model.source or (str(model.path) if model.path else "")
     if source and Path(source).is_dir():
         source = str(Path(source).resolve())  # what later stages (edits, layout prediction) load the model from
     records = plan_prompts(prompts, config.seed)
-    manifest = {"model": model.spec.name, "source": source, "config": asdict(config), "steps": steps,
-                "guidance": guidance, "blocks": blocks, "t": ts, "branches": branches, "n_images": len(records),
-                "batch_size": config.batch_size, "resolution": model.spec.resolution}
-    prepare_dir(out, manifest, records)
+    manifest = make_manifest(model.spec.name, source, config, steps, guidance, len(records), model.spec.resolution)
+    done = set(done_batches(out)) if same_capture(out, manifest, records) else set()
     batches = [records[i:i + config.batch_size] for i in range(0, len(records), config.batch_size)]
-    done = set(done_batches(out))
     todo = [(b, batch) for b, batch in enumerate(batches) if b not in done]
-    bar = tqdm(total=len(records), initial=len(records) - sum(len(batch) for _, batch in todo), unit="img",
-               desc="capture", disable=not progress)
-    job = _CaptureJob(out, source, blocks, steps_to_t, branches, steps, guidance, model)
-    for marker in (executor.map(job, todo) if executor is not None else run_here(job, todo)):
-        out.write(marker_name(marker["batch"]), json.dumps(marker).encode())
-        bar.update(len(marker["image_ids"]))
-    bar.close()
-    return out.local or out.uri
+    grids = json.loads(out.read(marker_name(min(done))))["grids"] if done else None
+    plan = plan_capture(model, sum(len(batch) for _, batch in todo), config, out.uri, grids=grids)
+    job = _CaptureJob(out, source, keys, steps_to_t, config.dtype, steps, guidance, model)
+    return CaptureRun(out, manifest, records, todo, job, plan)
+
+
+def capture(model: TextToImageModel, prompts: list[str], out_dir: str | Path, config: CaptureConfig | None = None,
+            progress: bool = True, executor: Executor | None = None,
+            say: Callable[[str], None] | None = None) -> Path | str:
+    """Generate images for `prompts` and record delta at the chosen (block, t, branch) keys.
+
+    The disk the images still to capture need is planned first (`say` receives the plan's table); a capture the
+    disk cannot hold is refused before anything is written. Resumable: re-running with the same prompts and
+    config continues (with either executor); a different config is refused. Returns the directory (a Path, or
+    the URI of a remote one).
+    """
+    run = prepare_capture(model, prompts, out_dir, config)
+    if say is not None:
+        say(run.plan.format())
+    return run.run(progress, executor)
+
+
+def make_manifest(model: str, source: str, config: CaptureConfig, steps: int, guidance: float, n_images: int,
+                  resolution: int) -> dict:
+    """What manifest.json says of a capture: its model, options and the keys it records."""
+    keys = config.selected_keys()
+    blocks, ts, branches = (list(dict.fromkeys(key[i] for key in keys)) for i in range(3))
+    return {"model": model, "source": source, "config": asdict(config), "steps": steps, "guidance": guidance,
+            "blocks": blocks, "t": ts, "branches": branches, "keys": [list(key) for key in keys],
+            "dtype": config.dtype, "n_images": n_images, "batch_size": config.batch_size, "resolution": resolution}
+
+
+def same_capture(out: Location, manifest: dict, records: list[PromptRecord]) -> bool:
+    """Whether `out` holds this capture already (False: it holds none); refuse a directory holding another one."""
+    if not out.exists("manifest.json"):
+        return False
+    if with_defaults(json.loads(out.read("manifest.json"))) != manifest or out.read("prompts.jsonl").decode() != \
+            _prompt_lines(records):
+        raise ConflictError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
+                            "or the same options to resume")
+    return True
+
+
+def with_defaults(manifest: dict) -> dict:
+    """A manifest with what a capture written before keys and dtype existed meant: fp16, every combination."""
+    keys = [[b, t, br] for b in manifest["blocks"] for t in manifest["t"] for br in manifest["branches"]]
+    config = {"keys": [], "dtype": "fp16", **manifest["config"]}
+    return {**manifest, "keys": manifest.get("keys", keys), "dtype": manifest.get("dtype", "fp16"), "config": config}
 
 
 def prepare_dir(out: Location, manifest: dict, records: list[PromptRecord]) -> None:
     """Write the manifest and the prompts of a new capture; refuse a directory holding another one."""
-    lines = "".join(json.dumps(asdict(r)) + "\n" for r in records)
-    if out.exists("manifest.json"):
-        old = json.loads(out.read("manifest.json"))
-        if old != manifest or out.read("prompts.jsonl").decode() != lines:
-            raise ConflictError(f"{out} holds a capture with other prompts or settings; use a new --out directory "
-                                "or the same options to resume")
-        return
-    out.write("prompts.jsonl", lines.encode())
-    out.write("manifest.json", json.dumps(manifest, indent=2).encode())
+    if not same_capture(out, manifest, records):
+        out.write("prompts.jsonl", _prompt_lines(records).encode())
+        out.write("manifest.json", json.dumps(manifest, indent=2).encode())
+
+
+def _prompt_lines(records: list[PromptRecord]) -> str:
+    return "".join(json.dumps(asdict(r)) + "\n" for r in records)
 
 
 class ActivationSet:
@@ -241,7 +298,7 @@ class ActivationSet:
         if not self.location.exists("manifest.json"):
             raise NotFoundError(f"{self.path} is not an activation directory (no manifest.json); "
                                 "make one with `atlas capture --out DIR`")
-        self.manifest = json.loads(self.location.read("manifest.json"))
+        self.manifest = with_defaults(json.loads(self.location.read("manifest.json")))
         self.prompts = [PromptRecord(**json.loads(line))
                         for line in self.location.read("prompts.jsonl").decode().splitlines()]
         self.done = done_batches(self.location)
@@ -250,9 +307,13 @@ class ActivationSet:
         """The done marker of one batch (its image ids and the blocks' grids)."""
         return json.loads(self.location.read(marker_name(batch)))
 
-    def keys(self) -> list[tuple[str, float, str]]:
-        m = self.manifest
-        return [(b, t, br) for b in m["blocks"] for t in m["t"] for br in m["branches"]]
+    @property
+    def dtype(self) -> torch.dtype:
+        """The stored vectors' dtype."""
+        return TORCH_DTYPES[self.manifest["dtype"]]
+
+    def keys(self) -> list[Key]:
+        return [(b, float(t), br) for b, t, br in self.manifest["keys"]]
 
     def check_key(self, block: str, t: float, branch: str) -> None:
         m = self.manifest
@@ -262,6 +323,10 @@ class ActivationSet:
             raise NotFoundError(f"t={t} was not captured in {self.path}; captured: {', '.join(map(str, m['t']))}")
         if branch not in m["branches"]:
             raise NotFoundError(f"branch {branch!r} was not captured; captured: {', '.join(m['branches'])}")
+        if (block, float(t), branch) not in self.keys():
+            captured = ", ".join(concept_prefix(*key) for key in self.keys())
+            raise NotFoundError(f"{concept_prefix(block, t, branch)} was not captured in {self.path}; "
+                                f"captured: {captured}")
 
     def shards(self, block: str, t: float, branch: str) -> Iterator[dict[str, torch.Tensor]]:
         self.check_key(block, t, branch)
@@ -293,7 +358,7 @@ class ActivationSet:
             yield shard if keep is None else keep_images(shard, keep)
 
     def vectors(self, block: str, t: float, branch: str, split: str | None = None) -> Iterator[torch.Tensor]:
-        """The vectors x (fp16) of one (block, t, branch), a shard at a time, optionally of one split only."""
+        """The vectors x (stored dtype) of one (block, t, branch), a shard at a time, optionally of one split only."""
         for shard in self.split_shards(block, t, branch, split):
             yield shard["x"]
 

@@ -1,7 +1,7 @@
 """Stream one (block, t, branch) of an activation directory to SAE training through a bounded shuffle buffer.
 
 Pass p reads the done batches' shards in an order seeded by (seed, p), groups consecutive ones into windows
-of at most `buffer_tokens` positions, loads one window at a time into the buffer (fp16, as stored) and hands
+of at most `buffer_tokens` positions, loads one window at a time into the buffer (in the stored dtype) and hands
 its rows over in an order seeded by (seed, p, window). Memory holds one buffer whatever the number of
 positions, and the sequence depends on the seed alone: `chunks(start)` resumes it at any token, reading only
 the shards of the window that holds it. This is the `atlas.sae.TokenStream` that `atlas train` trains on.
@@ -74,7 +74,7 @@ class ShardStream:
         return windows
 
     def chunks(self, start: int = 0) -> Iterator[Tensor]:
-        """fp16 (n, d_in) chunks from token `start` of the endless sequence (pass after pass)."""
+        """(n, d_in) chunks in the stored dtype from token `start` of the endless sequence (pass after pass)."""
         pass_index, offset = divmod(start, self.n_tokens)
         while True:
             for w, window in enumerate(self.windows(pass_index)):
@@ -89,7 +89,7 @@ class ShardStream:
     def _fill(self, window: list[int]) -> Tensor:
         """Load the window's shards into the buffer (allocated once, at most `buffer_tokens` rows)."""
         if self._buffer is None:
-            self._buffer = torch.empty(min(self.buffer_tokens, self.n_tokens), self.d_in, dtype=torch.float16)
+            self._buffer = torch.empty(min(self.buffer_tokens, self.n_tokens), self.d_in, dtype=self.acts.dtype)
         self.buffered = 0
         for batch in window:
             shard = self.acts.shard(*self.key, batch)

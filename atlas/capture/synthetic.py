@@ -4,13 +4,12 @@ what reads them (ActivationSet, the training stream) at any width and size, with
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from atlas.capture.config import CaptureConfig
-from atlas.capture.record import marker_name, plan_prompts, prepare_dir, write_shards
+from atlas.capture.record import make_manifest, marker_name, plan_prompts, prepare_dir, write_shards
 from atlas.location import Location
 
 
@@ -22,9 +21,7 @@ def write_synthetic(out_dir: str | Path, n_images: int, side: int, d: int, batch
     out = Location(out_dir)
     config = CaptureConfig(blocks=[block], t=[float(t)], branches=[branch], seed=seed, batch_size=batch_size)
     records = plan_prompts([f"synthetic image {i}" for i in range(n_images)], seed)
-    manifest = {"model": "synthetic", "config": asdict(config), "steps": 1, "guidance": 1.0, "blocks": [block],
-                "t": [float(t)], "branches": [branch], "n_images": n_images, "batch_size": batch_size,
-                "resolution": side}
+    manifest = make_manifest("synthetic", "", config, 1, 1.0, n_images, side)
     prepare_dir(out, manifest, records)
     generator = torch.Generator().manual_seed(seed)
     for b, start in enumerate(range(0, n_images, batch_size)):

@@ -63,6 +63,6 @@ def link_atlas(writer: Writer, config: LinkConfig | None = None, source: str | N
         passing = result.filter(result["passes"])
         rows = [{**r, "sae_id": sae.id} for r in passing.to_pylist()]
         writer.catalog.set_concept_labels(rows, replace=True)
-        stored[f"{sae.block}/{sae.t}/{sae.branch}"] = len(rows)
+        stored[sae.name] = len(rows)
     writer.catalog.mark_stage("link", {"source": source, **{k: float(v) for k, v in vars(config).items()}})
     return stored

@@ -12,7 +12,6 @@ what it chose and why.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -84,7 +83,7 @@ def plan_edit(store: Atlas, prompt: str, query: str, region: str, config: EditCo
     method = edit_method(config.method, kind, region)
     curve_kind = "add" if method == "donor" else "spatial" if region else "global"
     fixed_t = parse_concepts_t(config.concepts_t)
-    measured, source = kind_curves(store.root, atlas_model(store)["source"], curve_kind)
+    measured, source = kind_curves(store.root, store.model()["source"], curve_kind)
     curves = {key: curve for key, curve in measured.items() if fixed_t is None or curve.get("concepts_t") == fixed_t}
     window, strength, why = None, None, ""
     block = config.block or block_of(curves, best_curve(curves)) or "mid"
@@ -143,16 +142,6 @@ def single_label(found: list[ConceptInfo]) -> str | None:
     """The one best label of the concepts, None when they have several (or none)."""
     labels = {c.best_label for c in found}
     return labels.pop() if len(labels) == 1 else None
-
-
-def atlas_model(store: Atlas) -> dict:
-    """The model the atlas was built from, with the steps and guidance its SAEs saw."""
-    rows = store.query("SELECT name, path, spec FROM models ORDER BY id").to_pylist()
-    if not rows:
-        raise NotFoundError(f"{store.root} records no model; build it with `atlas build`")
-    name, spec = rows[0]["name"], rows[0]["spec"]
-    spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
-    return {"name": name, "source": rows[0]["path"] or name, **spec}
 
 
 def check_concepts_t(t: float, ts: list[float], block: str) -> float:

@@ -21,7 +21,7 @@ from atlas.edit.config import EditConfig
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region
 from atlas.edit.judge import Finder, Judge
 from atlas.edit.log import log_edit
-from atlas.edit.plan import PlannedEdit, atlas_model, plan_edit
+from atlas.edit.plan import PlannedEdit, plan_edit
 from atlas.edit.render import outcome_line, save_edit_png
 from atlas.errors import BadInputError, NotFoundError, UnavailableError
 from atlas.models import Hooks, TextToImageModel, generate, load_model, t_to_step
@@ -82,7 +82,7 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
         raise BadInputError(f"got {len(region_list)} regions for {len(queries)} concepts; give one region, or one "
                             "per concept (global for none)")
     region_list = ["" if r.strip().lower() in ("", "global", "none") else r.strip() for r in region_list]
-    spec = atlas_model(store)
+    spec = store.model()
     steps = config.steps or int(spec.get("steps") or 0)
     size = int(spec.get("resolution") or 0)
     guidance = spec.get("guidance") if config.guidance is None else config.guidance

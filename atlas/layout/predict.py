@@ -6,19 +6,20 @@ import numpy as np
 
 
 def predict_layout(latents: np.ndarray, values: np.ndarray, concept_vectors: np.ndarray, target: np.ndarray,
-                   threshold: float = 0.9) -> np.ndarray:
+                   threshold: float = 0.9, labelled_only: bool = False) -> np.ndarray:
     """Predicted mask of a target label on one image's grid, from its codes at an early step.
 
     `latents`, `values`: (H, W, k) top-k codes per position. `concept_vectors`: (n_latents, e) unit
     label embeddings of the concepts (zero rows for concepts without a label). At each position the
-    most active labelled concept votes; the position is predicted when its label's cosine similarity
-    to `target` exceeds `threshold`.
+    top concept (the most active of its codes: the paper's rule) votes, or with `labelled_only` the most
+    active concept that has a label; the position is predicted when the voter's label embedding has a cosine
+    similarity to `target` above `threshold`. An unlabelled top concept predicts nothing there.
     """
     labelled = np.abs(concept_vectors).sum(1) > 0
-    usable = labelled[latents] & (values > 0)
+    usable = (labelled[latents] if labelled_only else True) & (values > 0)
     best = np.where(usable, values, -np.inf).argmax(-1)
     top = np.take_along_axis(latents, best[..., None], -1)[..., 0]
-    has = usable.any(-1)
+    has = usable.any(-1) & labelled[top]
     sim = concept_vectors[top] @ target
     return has & (sim > threshold)
 

@@ -1,12 +1,16 @@
 """Layout prediction (PAPER.md, composition prediction): where will an object be, read off an early step?
 
-Two predictors, both scored by `layout_iou` on the atlas's test images against the objects the
-annotator found in the final images, beside a baseline that never looks at the model (the label's
-average mask over the dictionary images, thresholded where that baseline scores best):
+Three predictors, each scored by `layout_iou` on the atlas's test images against the objects the
+annotator found in the final images, beside two baselines that never look at the model: the label's
+average mask over the dictionary images, and the caption-aware one (when the caption names the object's
+position, the average dictionary mask of that position, whatever the label: atlas.layout.captions), each
+thresholded where it scores best on the dictionary images. Scores are also given on the test pairs whose
+caption names no position, where the caption gives nothing away.
 
-- `top-concept`, the paper's: at each grid position the most active labelled concept votes with its
-  concept embedding (the mean of its labels' text embeddings); positions whose embedding is close to
-  the target label's form the predicted mask.
+- `top-concept`, the paper's rule: at each grid position the top concept (the most active of its codes) votes
+  with its concept embedding (the mean of its labels' text embeddings); positions whose embedding is close to
+  the target label's form the predicted mask; an unlabelled top concept predicts nothing.
+- `top-labelled`, a more generous vote: the most active concept that has a label votes.
 - `weighted`: every active concept adds its activation times how well its maps matched the label's
   objects on the dictionary images (`label_weights`); positions above a fraction of the image's best
   score form the mask. Early in denoising few concepts pass the paper's IoU > 0.5 rule and those that
@@ -25,10 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.link import link
 from atlas.dictionary.run import DICTIONARY_SPLITS, annotation_source, dictionary_cells, grid_cells
 from atlas.errors import NotFoundError
 from atlas.grids import iou
+from atlas.layout.captions import named_position
 from atlas.layout.config import THRESHOLDS, LayoutConfig, check_method
 from atlas.layout.predict import predict_layout, weighted_layout
 from atlas.models.text import TextEmbedder
@@ -37,16 +43,21 @@ from atlas.store import Atlas, SaeInfo
 
 @dataclass(frozen=True)
 class LayoutScore:
-    """Layout prediction by one SAE (block, t, branch) with one method."""
+    """Layout prediction by one SAE (block, t, branch, variant) with one method."""
 
     block: str
     t: float
     branch: str
+    variant: str
     method: str
     iou: float  # mean over (test image, label) pairs
-    baseline_iou: float
+    baseline_iou: float  # the label's average mask
     pairs: int
     threshold: float  # the one used (chosen on the dictionary images unless configured)
+    caption_baseline_iou: float  # the named position's average mask where the caption names one
+    unnamed_pairs: int  # pairs whose caption names no position for the label
+    unnamed_iou: float  # the method's mean IoU on those (nan when none)
+    unnamed_baseline_iou: float  # the average-mask baseline on those (both baselines agree there)
 
 
 Predictor = Callable[[np.ndarray, np.ndarray, str, float], np.ndarray]
@@ -65,6 +76,18 @@ def concept_vectors(atlas: Atlas, sae: SaeInfo, vectors: dict[str, np.ndarray], 
     out = np.zeros((sae.n_latents, dim), np.float32)
     for row in rows:
         out[row["latent"]] += vectors[row["label"]]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+def linked_vectors(stats: pa.Table, n_latents: int, vectors: dict[str, np.ndarray], min_hits: int) -> np.ndarray:
+    """concept_vectors from `link` statistics instead of the stored dictionary: each latent's labels are those whose
+    pairs pass the IoU rule at least `min_hits` times (to measure the dictionary's own rules)."""
+    dim = len(next(iter(vectors.values())))
+    out = np.zeros((n_latents, dim), np.float32)
+    for latent, label, hits in zip(*(stats[c].to_pylist() for c in ("latent", "label", "hits"))):
+        if hits >= min_hits and label in vectors:
+            out[latent] += vectors[label]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
 
@@ -112,11 +135,14 @@ def scored_masks(masks: dict[tuple[int, str], np.ndarray],
     return {key: m for key, m in masks.items() if include_backgrounds or not key[1].endswith("background")}
 
 
-def baseline_masks(train: dict[tuple[int, str], np.ndarray]) -> dict[str, np.ndarray]:
-    """Per label: its average mask, thresholded at the level that maximises IoU on the dictionary images."""
+def baseline_masks(train: dict[tuple[int, str], np.ndarray],
+                   key: Callable[[int, str], str | None] = lambda image_id, label: label) -> dict[str, np.ndarray]:
+    """Per label (or per `key(image_id, label)`, pairs keyed None left out): the average mask, thresholded at the
+    level that maximises IoU on the dictionary images."""
     by_label: dict[str, list[np.ndarray]] = {}
-    for (_, label), mask in train.items():
-        by_label.setdefault(label, []).append(mask)
+    for (image_id, label), mask in train.items():
+        if (name := key(image_id, label)) is not None:
+            by_label.setdefault(name, []).append(mask)
     out = {}
     for label, masks in by_label.items():
         mean = np.mean(masks, axis=0)
@@ -138,29 +164,38 @@ def label_weights(codes: pa.Table, cells: pa.Table, n_latents: int) -> dict[str,
 
 
 def make_predictor(atlas: Atlas, sae: SaeInfo, method: str, vectors: dict[str, np.ndarray],
-                   dictionary_codes: pa.Table, cells: pa.Table) -> Predictor:
+                   dictionary_codes: pa.Table, cells: pa.Table, concepts: np.ndarray | None = None) -> Predictor:
     """The layout predictor `method` for one SAE, from its concept dictionary (`cells`: all grids' object cells
-    of the dictionary images)."""
-    if method == "top-concept":
-        concepts = concept_vectors(atlas, sae, vectors, len(next(iter(vectors.values()))))
+    of the dictionary images); the votes use `concepts` (concept embeddings) when given, else the stored labels."""
+    if method in ("top-concept", "top-labelled"):
+        if concepts is None:
+            concepts = concept_vectors(atlas, sae, vectors, len(next(iter(vectors.values()))))
+        labelled_only = method == "top-labelled"
         return lambda latents, values, label, threshold: predict_layout(latents, values, concepts, vectors[label],
-                                                                        threshold)
+                                                                        threshold, labelled_only)
     weights = label_weights(dictionary_codes, grid_cells(cells, (sae.grid_h, sae.grid_w)), sae.n_latents)
     none = np.zeros(sae.n_latents, np.float32)
     return lambda latents, values, label, threshold: weighted_layout(latents, values, weights.get(label, none),
                                                                      threshold)
 
 
-def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], predict: Predictor,
-                    sae: SaeInfo, threshold: float) -> float:
-    """Mean IoU of predicted vs. annotated masks over (image, label) pairs, from the images' codes of one SAE."""
+def pair_ious(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], predict: Predictor,
+              sae: SaeInfo, threshold: float) -> dict[tuple[int, str], float]:
+    """IoU of predicted vs. annotated mask per (image, label) pair, from the images' codes of one SAE."""
     grid = (sae.grid_h, sae.grid_w)
-    ious = []
+    ious = {}
     for (image_id, label), mask in truth.items():
         mine = codes.get(image_id)
         predicted = np.zeros(grid, bool) if mine is None else predict(*top_codes(mine, grid, sae.k), label, threshold)
-        ious.append(iou(predicted, mask))
-    return float(np.mean(ious)) if ious else 0.0
+        ious[image_id, label] = iou(predicted, mask)
+    return ious
+
+
+def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], predict: Predictor,
+                    sae: SaeInfo, threshold: float) -> float:
+    """Mean IoU of predicted vs. annotated masks over (image, label) pairs, from the images' codes of one SAE."""
+    ious = pair_ious(codes, truth, predict, sae, threshold)
+    return float(np.mean(list(ious.values()))) if ious else 0.0
 
 
 def fit_threshold(dictionary_codes: pa.Table, train: dict[tuple[int, str], np.ndarray], predict: Predictor,
@@ -175,12 +210,27 @@ def fit_threshold(dictionary_codes: pa.Table, train: dict[tuple[int, str], np.nd
     return candidates[int(np.argmax(fit))]
 
 
+@dataclass(frozen=True)
+class DictionaryRule:
+    """A concept dictionary built in memory for the vote predictors, to measure the stored one's rules: the paper's
+    IoU rule on the codes of `splits` images, a label earned after `min_hits` matching objects."""
+
+    min_hits: int = LinkConfig.min_hits
+    splits: tuple[str, ...] = DICTIONARY_SPLITS
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | None = None,
                embedder: TextEmbedder | None = None, splits: tuple[str, ...] = ("test",),
-               methods: tuple[str, ...] = ()) -> list[LayoutScore]:
+               methods: tuple[str, ...] = (), rule: DictionaryRule | None = None) -> list[LayoutScore]:
     """Mean IoU of predicted vs. annotated masks on the images of `splits` (the held-out test split by default),
-    per SAE and method of `methods` (default: the config's), with the average-mask baseline. Each SAE's codes and
-    masks are read once for all methods."""
+    per SAE and method of `methods` (default: the config's), with the average-mask and caption-aware baselines,
+    and the same on the pairs whose caption names no position. Each SAE's codes and masks are read once for all
+    methods. With `rule`, the vote predictors use a dictionary linked in memory by that rule instead of the
+    stored one."""
     config = config or LayoutConfig()
     methods = methods or (config.method,)
     for method in methods:
@@ -192,30 +242,41 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
     if test_cells.num_rows == 0:
         raise NotFoundError(f"{atlas.root} has no annotated {'/'.join(splits)} images to score layout prediction on")
     vectors = label_vectors(atlas, embedder)
+    images = atlas.images()
+    prompts = dict(zip(images["id"].to_pylist(), images["prompt"].to_pylist()))
+
+    def position(image_id: int, label: str) -> str | None:
+        return named_position(prompts.get(image_id) or "", label)
+
     scores = []
-    by_grid: dict[tuple[int, int], tuple[dict, dict, dict]] = {}
+    by_grid: dict[tuple[int, int], tuple[dict, ...]] = {}
     for sae in atlas.saes():
         grid = (sae.grid_h, sae.grid_w)
         if grid not in by_grid:
             dictionary = label_masks(dict_cells, grid)
             by_grid[grid] = (scored_masks(label_masks(test_cells, grid), config.include_backgrounds),
-                             scored_masks(dictionary, config.include_backgrounds), baseline_masks(dictionary))
-        truth, train, baseline = by_grid[grid]
+                             scored_masks(dictionary, config.include_backgrounds), baseline_masks(dictionary),
+                             baseline_masks(dictionary, position))
+        truth, train, baseline, by_position = by_grid[grid]
+        none = np.zeros(grid, bool)
+        named = {key: position(*key) for key in truth}
+        base = {key: iou(baseline.get(key[1], none), mask) for key, mask in truth.items()}
+        caption = {key: iou(by_position[named[key]], mask) if named[key] in by_position else base[key]
+                   for key, mask in truth.items()}
+        unnamed = [key for key in truth if named[key] is None]
         dictionary_codes = atlas.sae_codes(sae.id, DICTIONARY_SPLITS)
         test = codes_by_image(atlas.sae_codes(sae.id, splits))
-        base = float(np.mean([iou(baseline.get(label, np.zeros(grid, bool)), mask)
-                              for (_, label), mask in truth.items()]))
+        concepts = None
+        if rule is not None:
+            stats = link(atlas.sae_codes(sae.id, rule.splits), grid_cells(dictionary_cells(atlas, source, rule.splits),
+                                                                          grid), LinkConfig(min_hits=1))
+            concepts = linked_vectors(stats, sae.n_latents, vectors, rule.min_hits)
         for method in methods:
-            predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells)
+            predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells, concepts)
             threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold)
-            scores.append(LayoutScore(sae.block, sae.t, sae.branch, method,
-                                      mean_layout_iou(test, truth, predict, sae, threshold), base, len(truth),
-                                      threshold))
+            ious = pair_ious(test, truth, predict, sae, threshold)
+            scores.append(LayoutScore(sae.block, sae.t, sae.branch, sae.variant, method, _mean(list(ious.values())),
+                                      _mean(list(base.values())), len(truth), threshold,
+                                      _mean(list(caption.values())), len(unnamed), _mean([ious[k] for k in unnamed]),
+                                      _mean([base[k] for k in unnamed])))
     return scores
-
-
-def atlas_model_name(atlas: Atlas) -> str:
-    names = atlas.query("SELECT coalesce(path, name) AS name FROM models ORDER BY id")["name"].to_pylist()
-    if not names:
-        raise NotFoundError(f"{atlas.root} records no model; build it with `atlas build` or `atlas encode`")
-    return names[0]

@@ -1,7 +1,7 @@
 """`atlas build`: every stage from prompts to a queryable atlas, resumable stage by stage.
 
     capture   generate images, record delta at the hooked blocks and timesteps   <atlas>/activations/
-    train     one TopK SAE per (block, t, branch)                                  <atlas>/saes/
+    train     TopK SAEs per (block, t, branch), one per k                          <atlas>/saes/
     encode    sparse codes, SAEs, concept statistics, FAISS                        codes/, index/
     annotate  objects and their grid masks                                         masks/, annotations/
     link      the concept dictionary (concept_labels, best labels)                 catalog
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from atlas.annotate.run import annotate_atlas
-from atlas.capture import ActivationSet, capture
+from atlas.capture import ActivationSet, prepare_capture
 from atlas.capture.config import CaptureConfig
 from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.run import link_atlas
@@ -38,13 +38,13 @@ from atlas.pipeline.presets import (
     PRESETS,
     SHAPES_MODELS,
     Preset,
-    annotator_options,
+    annotator_for_atlas,
     check_annotator,
-    get_annotator,
     shapes_captions,
 )
 from atlas.pipeline.train import SaeReport, ev_table, train_all
 from atlas.store import Atlas, default_path
+from atlas.store.ids import branch_part
 
 STAGES = ("capture", "train", "encode", "annotate", "link", "report")
 
@@ -83,13 +83,14 @@ def check_build(config: BuildConfig) -> BuildConfig:
             raise BadInputError(f"the shapes annotator reads only shapes-world images, not those of --model "
                                 f"{config.model}: pass --annotator grounded-sam (or --preset sd14)")
     check_annotator(config.annotator, config.annotate)
+    capture_config(config).selected_keys()
     return config
 
 
 def capture_config(config: BuildConfig) -> CaptureConfig:
     """The capture stage's options: the build's where set, else capture's own defaults."""
-    return CaptureConfig(**_set(blocks=config.blocks, t=config.t, branches=config.branches, steps=config.steps,
-                                guidance=config.guidance), seed=config.seed)
+    return CaptureConfig(**_set(blocks=config.blocks, t=config.t, branches=config.branches, keys=config.keys,
+                                dtype=config.dtype, steps=config.steps, guidance=config.guidance), seed=config.seed)
 
 
 def sae_job(config: BuildConfig) -> SaeJobConfig:
@@ -111,12 +112,19 @@ def build_prompts(config: BuildConfig) -> list[str]:
 def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str], None] = print,
                 executor: Executor | None = None) -> BuildResult:
     """Run (or resume) every stage; `say` receives one line per stage. Everything the stages need is checked first
-    (`check_build`), so a missing checkpoint or prompt file stops the build before it starts."""
+    (`check_build`), so a missing checkpoint or prompt file stops the build before it starts; then the capture's
+    disk plan is said, and a capture the disk cannot hold stops it too."""
+    from atlas.models import load_model
+
     config = check_build(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     root = Path(config.atlas) if config.atlas else default_path()
     acts_dir, saes_dir = root / "activations", root / "saes"
+    planned = [prepare_capture(load_model(config.model, device=config.device), build_prompts(config), acts_dir,
+                               capture_config(config))]
+    say(planned[0].plan.format())
+    planned[0].plan.check()
     atlas = Atlas.create(root)
     writer = atlas.writer()
     seconds: dict[str, float] = {}
@@ -130,10 +138,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         say(f"      {summary} ({seconds[name]:.0f} s)")
 
     def run_capture() -> str:
-        from atlas.models import load_model
-
-        model = load_model(config.model, device=config.device)
-        capture(model, build_prompts(config), acts_dir, capture_config(config), progress=progress, executor=executor)
+        planned.pop().run(progress=progress, executor=executor)  # popped: the model is freed once captured
         return f"{len(ActivationSet(acts_dir).prompts)} images -> {acts_dir}"
 
     def run_train() -> str:
@@ -146,7 +151,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{sum(written.values()):,} codes written ({len(written)} SAEs encoded now)"
 
     def run_annotate() -> str:
-        annotator = get_annotator(config.annotator, **annotator_options(config.annotator, config.annotate))
+        annotator = annotator_for_atlas(config.annotator, config.annotate, root)
         return f"{annotate_atlas(writer, annotator, progress=progress)} objects found"
 
     def run_link() -> str:
@@ -159,7 +164,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         figures = build_report(atlas, root / "report")
         first = [x for x in figures["layout"] if x["method"] == "weighted" and x["t"] == 1.0]
         first = "; layout IoU at t=1.0: " + ", ".join(
-            f"{x['block']} {x['branch']} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})" for x in first
+            f"{x['block']} {branch_part(x['branch'], x['variant'])} {x['iou']:.3f} (baseline {x['baseline_iou']:.3f})"
+            for x in first
         ) if first else ""
         note = f"; layout prediction: {figures['layout_note']}" if figures["layout_note"] else ""
         return f"{root / 'report' / 'index.html'}{first}{note}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from atlas.annotate.config import AnnotateConfig
 from atlas.capture.config import StreamConfig
+from atlas.errors import BadInputError
 from atlas.sae.config import SaeConfig, SaeTrainConfig
 
 
@@ -46,10 +47,12 @@ class ExecutorConfig:
 
 @dataclass
 class SaeJobConfig:
-    """Options of `atlas train`: one TopK SAE per (block, t, branch) of an activation directory."""
+    """Options of `atlas train`: TopK SAEs per (block, t, branch) of an activation directory, one per k."""
 
-    k: int = SaeConfig.k
-    """Active latents per position (TopK); the paper uses 10 and 20."""
+    k: list[int] = field(default_factory=lambda: [SaeConfig.k])
+    """Active latents per position (TopK), one SAE per value, all trained in one pass over the activations; the
+    first k's SAE is the primary one of its (block, t, branch), each other k's is the variant "k<k>" (the paper:
+    10,20)."""
     latents: str = f"{SaeConfig.expansion_factor}x"
     """Number of latents: a count (512) or a multiple of the activation width (4x, as in the paper)."""
     lr: float = SaeTrainConfig.lr
@@ -67,12 +70,18 @@ class SaeJobConfig:
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
     buffer_tokens: int = StreamConfig.buffer_tokens
-    """Positions held in memory while the shards stream to training, shuffled together (fp16: positions x width x
-    2 bytes); memory does not grow with the number of positions."""
+    """Positions held in memory while the shards stream to training, shuffled together (positions x width x the
+    stored dtype's bytes, 2 for fp16 and bf16); memory does not grow with the number of positions."""
     checkpoint_minutes: float = SaeTrainConfig.checkpoint_minutes
     """Minutes between checkpoints of an SAE in training (also written on Ctrl-C and SIGTERM); a rerun resumes."""
     retrain: bool = False
     """Train again even when a finished SAE exists (otherwise finished SAEs are kept and an unfinished one resumes)."""
+
+    def __post_init__(self) -> None:
+        ks = [self.k] if isinstance(self.k, int) else list(self.k)  # one k may be given as a number
+        if not ks or any(int(k) < 1 for k in ks) or len(set(ks)) < len(ks):
+            raise BadInputError(f"k: give distinct positive numbers, e.g. 10 or 10,20 (got {self.k})")
+        self.k = [int(k) for k in ks]
 
 
 @dataclass
@@ -97,12 +106,18 @@ class BuildConfig:
     """Timesteps to capture, t = 1.0 the first denoising step (unset: the preset's, else capture's)."""
     branches: list[str] | None = None
     """CFG halves to capture and train SAEs on: cond, uncond (both: the two) (unset: the preset's, else capture's)."""
+    keys: list[str] | None = None
+    """Capture and train only these (block, t, branch), spelled as SAE names (mid/1.0, up/0.0/uncond); replaces
+    --blocks, --t and --branches (unset: every combination of those)."""
+    dtype: str | None = None
+    """Stored precision of the activations: fp16, bf16 or fp32 (unset: capture's)."""
     steps: int | None = None
     """DDIM steps (unset: the preset's, else the model's default)."""
     guidance: float | None = None
     """Classifier-free guidance scale (unset: the preset's, else the model's default)."""
-    k: int | None = None
-    """Active latents per position of every SAE (unset: the preset's, else `atlas train`'s)."""
+    k: list[int] | None = None
+    """Active latents per position: one SAE per value for every (block, t, branch), the first the primary one (unset:
+    the preset's, else `atlas train`'s)."""
     latents: str | None = None
     """Latents per SAE: a count or a multiple of the activation width (unset: the preset's, else `atlas train`'s)."""
     lr: float | None = None

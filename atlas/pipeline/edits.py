@@ -42,7 +42,7 @@ from atlas.edit.config import EditConfig, EvalEditsConfig, parse_concepts_t
 from atlas.edit.core import ALL, NAMED_REGIONS, WINDOWS, ConceptEdit, Window, box_mask, parse_window, region_to_grid
 from atlas.edit.curves import write_curve
 from atlas.edit.judge import Finder, Judge, JudgeUnavailable, Verdict
-from atlas.edit.plan import DEFAULT_STRENGTH, atlas_model, check_concepts_t
+from atlas.edit.plan import DEFAULT_STRENGTH, check_concepts_t
 from atlas.edit.run import EditResult, objects_mask, pixel_change, sae_path
 from atlas.edit.run import edit as run_edit
 from atlas.edit.scores import LpipsScorer, load_lpips
@@ -291,7 +291,7 @@ class Measurer:
                  scorer: LpipsScorer | None, find: Finder | None, originals: dict, bar: tqdm) -> None:
         self.store, self.config, self.model, self.judge, self.scorer = store, config, model, judge, scorer
         self.find, self.originals, self.bar = find, originals, bar
-        spec = atlas_model(store)
+        spec = store.model()
         self.steps, self.guidance = int(spec.get("steps") or model.spec.default_steps), spec.get("guidance")
         self.size = next(iter(originals.values())).shape[0]
         self.pixels = {q: box_mask(NAMED_REGIONS[q], self.size) for q in QUADRANTS}
@@ -365,7 +365,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     fixed_t = parse_concepts_t(config.concepts_t)
     if fixed_t is not None:
         check_concepts_t(fixed_t, ts, config.block)
-    spec = atlas_model(store)
+    spec = store.model()
     labels, style, prompts = case_source(store, spec["name"], config)
     method = config.edit_method
     defaults = DEFAULT_STRENGTH["add" if method == "donor" else "global" if config.kind == "style" else "spatial"]
@@ -391,7 +391,8 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     points, held_out, examples, records = [], [], {}, []
     for window in windows:
         t = window.sae_t(ts) if fixed_t is None else fixed_t
-        info = next(s for s in store.saes() if s.block == config.block and s.t == t and s.branch == "cond")
+        info = next(s for s in store.saes() if s.block == config.block and s.t == t and s.branch == "cond"
+                    and not s.variant)  # the primary SAE, whose concepts `store.concepts` ranks
         sae = Sae.from_pretrained(sae_path(store, info))
         latents = {label: [c.latent for c in store.concepts(label=label, t=t, block=config.block,
                                                            limit=config.max_concepts)]

@@ -1,8 +1,9 @@
 """Put a capture and its SAEs into an atlas: prompts, images, SAEs (+ FAISS), concept statistics, sparse codes.
 
-The trained SAEs run over every captured position; each position keeps its top-k (latent, value)
-pairs. One SAE is finalised and marked done (in one transaction) at a time, so an interrupted run loses
-at most one SAE and a re-run skips the finished ones; writing the same images again replaces their codes.
+The trained SAEs (each variant of a (block, t, branch) too: one per k) run over every captured position; each
+position keeps its top-k (latent, value) pairs. One SAE is finalised and marked done (in one transaction) at a
+time, so an interrupted run loses at most one SAE and a re-run skips the finished ones; writing the same images
+again replaces their codes.
 The shards of an SAE are encoded on an executor (atlas.pipeline.executor: this process or Ray actors, which
 get the SAE once each); the driver stages the codes they return and commits them into the catalog.
 Each SAE costs two catalog transactions (each a snapshot publication): its row with its FAISS indexes
@@ -27,10 +28,11 @@ from tqdm.auto import tqdm
 from atlas.capture import ActivationSet
 from atlas.errors import NotFoundError
 from atlas.pipeline.executor import Executor, LocalExecutor
-from atlas.pipeline.train import load_sae, sae_dir
+from atlas.pipeline.train import load_sae, sae_dir, trained_variants
 from atlas.sae import Sae
 from atlas.store import Atlas, Writer
 from atlas.store.catalog_writer import CONCEPT_STATS
+from atlas.store.ids import DEFAULT_VARIANT, sae_name
 
 
 def stored_path(atlas: Atlas, path: Path) -> str:
@@ -60,16 +62,17 @@ def register_capture(writer: Writer, acts: ActivationSet) -> np.ndarray:
     return mapping
 
 
-def stage_name(block: str, t: float, branch: str) -> str:
-    return f"encode:{block}/{float(t)}/{branch}"
+def stage_name(block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT) -> str:
+    return f"encode:{sae_name(block, t, branch, variant)}"
 
 
 def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, branch: str | None = None,
                  batch_positions: int = 65536, progress: bool = True,
                  executor: Executor | None = None) -> dict[str, int]:
-    """Encode every (block, t, branch) that has a trained SAE; returns codes written per SAE name."""
-    keys = [k for k in acts.keys() if (branch is None or k[2] == branch)
-            and (sae_dir(saes_root, *k) / "sae.safetensors").exists()]
+    """Encode with every trained SAE of a captured (block, t, branch), each variant too; returns codes written per
+    SAE name."""
+    keys = [(*k, variant) for k in acts.keys() if branch is None or k[2] == branch
+            for variant in trained_variants(saes_root, *k)]
     if not keys:
         raise NotFoundError(f"no trained SAEs under {saes_root} for the activations in {acts.path}; "
                             "run `atlas train --all` first")
@@ -78,27 +81,28 @@ def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, bra
     finished = {stage_name(*key) for key in keys if writer.atlas.stage_done(stage_name(*key))}  # one snapshot load
     written: dict[str, int] = {}
     bar = tqdm(total=len(keys) * len(acts.done), unit="shard", desc="encode", disable=not progress)
-    for block, t, br in keys:
-        name = stage_name(block, t, br)
+    for block, t, br, variant in keys:
+        name = stage_name(block, t, br, variant)
         if name in finished:
             bar.update(len(acts.done))
             continue
-        sae = load_sae(saes_root, block, t, br)
-        sae_id = register_sae(writer, sae, sae_dir(saes_root, block, t, br), block, t, br, grids[block])
+        sae = load_sae(saes_root, block, t, br, variant)
+        sae_id = register_sae(writer, sae, sae_dir(saes_root, block, t, br, variant), block, t, br, grids[block],
+                              variant)
         rows = 0
         job = _EncodeJob(acts, sae, (block, t, br), batch_positions)
         for image_id, row, col, latent, value in (executor or LocalExecutor()).map(job, acts.done):
             rows += writer.codes.write(sae_id, mapping[image_id], row, col, latent, value)
             bar.update(1)
         writer.codes.finalize([sae_id], stage=name, info={"codes": rows}, by_image=False)
-        written[f"{block}/{t}/{br}"] = rows
+        written[sae_name(block, t, br, variant)] = rows
     writer.codes.finalize()  # the image buckets of every SAE of this run (or of an interrupted one), at once
     bar.close()
     return written
 
 
 def register_sae(writer: Writer, sae: Sae, path: Path, block: str, t: float, branch: str,
-                 grid: tuple[int, int]) -> int:
+                 grid: tuple[int, int], variant: str = DEFAULT_VARIANT) -> int:
     """Catalog row, FAISS index and per-latent statistics of one trained SAE (loaded from `path`), in one commit."""
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -106,7 +110,7 @@ def register_sae(writer: Writer, sae: Sae, path: Path, block: str, t: float, bra
     stats = pq.read_table(path / "stats.parquet", columns=list(CONCEPT_STATS))
     return writer.catalog.add_sae(block, t, branch, k=sae.cfg.k, n_latents=sae.n_latents, d_in=sae.d_in,
                                   metrics=flat, path=stored_path(writer.atlas, path), grid=grid, decoder=decoder,
-                                  concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS})
+                                  concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS}, variant=variant)
 
 
 def _grids(acts: ActivationSet) -> dict[str, tuple[int, int]]:

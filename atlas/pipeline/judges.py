@@ -14,9 +14,8 @@ import numpy as np
 
 from atlas.edit.config import CLIP_MODEL, CLIP_WEIGHTS
 from atlas.edit.judge import AtlasJudge, Finder, Judge, Verdict, in_region, verdict
-from atlas.edit.plan import atlas_model
 from atlas.edit.scores import load_clip
-from atlas.pipeline.presets import get_annotator
+from atlas.pipeline.presets import recorded_annotator
 from atlas.shapes import judge as shapes
 from atlas.shapes.annotator import Annotation, FoundObject, annotate
 from atlas.store import Atlas
@@ -91,16 +90,17 @@ def shapes_objects(image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray
 def finder_for(store: Atlas) -> Finder | None:
     """The annotator that finds an image's objects for the atlas's edits (an added object leaves them alone): the
     shapes world's for a shapes atlas, else the one that built the atlas (None before any annotation)."""
-    if atlas_model(store)["name"] == "shapes":
+    if store.model()["name"] == "shapes":
         return shapes_objects
     name = atlas_annotator(store)
-    return None if name is None else annotator_finder(name)
+    return None if name is None else annotator_finder(name, str(store.root.resolve()))
 
 
 @lru_cache(maxsize=4)
-def annotator_finder(annotator: str) -> Finder:
-    """The annotator called `annotator` as a Finder (kept, with its models, for the next edit of this process)."""
-    backend = get_annotator(annotator)
+def annotator_finder(annotator: str, atlas_dir: str) -> Finder:
+    """The annotator called `annotator`, with the options it annotated the atlas at `atlas_dir` with, as a Finder
+    (kept, with its models, for the next edit of this process)."""
+    backend = recorded_annotator(annotator, atlas_dir)
 
     def find(image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray]]:
         return [(o.label, o.mask) for o in backend.annotate([image], [prompt])[0]]
@@ -111,14 +111,16 @@ def annotator_finder(annotator: str) -> Finder:
 def judge_for(store: Atlas, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> Judge | None:
     """The judge of the atlas's edits, or None when the atlas has no annotated objects (nothing to judge by).
     Building it loads the annotator; a missing model raises its one-line UnavailableError."""
-    if atlas_model(store)["name"] == "shapes":
+    if store.model()["name"] == "shapes":
         return ShapesJudge()
     name = atlas_annotator(store)
-    return None if name is None else annotator_judge(name, clip_model, clip_weights)
+    return None if name is None else annotator_judge(name, str(store.root.resolve()), clip_model, clip_weights)
 
 
 @lru_cache(maxsize=4)
-def annotator_judge(annotator: str, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> AtlasJudge:
-    """AtlasJudge on the annotator called `annotator` (kept, with its models, for the next edit of this process)."""
-    return AtlasJudge(annotator_finder(annotator), f"the {annotator} annotator (style: CLIP {clip_model})",
+def annotator_judge(annotator: str, atlas_dir: str, clip_model: str = CLIP_MODEL,
+                    clip_weights: str = CLIP_WEIGHTS) -> AtlasJudge:
+    """AtlasJudge on the annotator called `annotator`, with the options it annotated the atlas at `atlas_dir` with
+    (kept, with its models, for the next edit of this process)."""
+    return AtlasJudge(annotator_finder(annotator, atlas_dir), f"the {annotator} annotator (style: CLIP {clip_model})",
                       clip=lambda: load_clip(clip_model, clip_weights))

@@ -18,7 +18,6 @@ from atlas.errors import NotFoundError
 from atlas.grids import iou, mask_to_grid
 from atlas.layout.score import (
     LayoutConfig,
-    atlas_model_name,
     fit_threshold,
     label_masks,
     label_vectors,
@@ -27,7 +26,7 @@ from atlas.layout.score import (
 )
 from atlas.models import load_model, t_to_step
 from atlas.models.text import TextEmbedder
-from atlas.pipeline.presets import get_annotator
+from atlas.pipeline.presets import recorded_annotator
 from atlas.sae import Sae
 from atlas.store import Atlas
 
@@ -46,17 +45,18 @@ class PromptLayout:
 def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block: str = "up", seed: int = 0,
                    config: LayoutConfig | None = None, embedder: TextEmbedder | None = None,
                    branch: str = "cond") -> PromptLayout:
-    """Generate `prompt`, read its codes at (block, t) of `branch` through the atlas's SAE, predict where `label`
-    goes."""
+    """Generate `prompt`, read its codes at (block, t) of `branch` through the atlas's (primary) SAE, predict where
+    `label` goes."""
     config = config or LayoutConfig()
     embedder = embedder or TextEmbedder()
-    sae_info = next((s for s in atlas.saes() if (s.block, s.t, s.branch) == (block, float(t), branch)), None)
+    sae_info = next((s for s in atlas.saes() if (s.block, s.t, s.branch, s.variant) == (block, float(t), branch, "")),
+                    None)
     if sae_info is None:
-        have = ", ".join(f"{s.block}/{s.t}/{s.branch}" for s in atlas.saes())
+        have = ", ".join(s.name for s in atlas.saes())
         raise NotFoundError(f"no SAE of block {block!r} at t={t} on the {branch} branch; this atlas has {have}")
     if label not in atlas.labels():
         atlas.concepts(label=label)  # raises UnknownLabelError with close labels
-    model = load_model(atlas_model_name(atlas))
+    model = load_model(atlas.model()["source"])
     steps = model.spec.default_steps
     latents, half = delta_at(model, [prompt], [seed], block, t_to_step(t, steps), branch, steps)
     image = model.to_uint8(model.decode(latents))[0]
@@ -75,7 +75,7 @@ def predict_prompt(atlas: Atlas, prompt: str, label: str, t: float = 1.0, block:
     train = scored_masks(label_masks(dict_cells, grid), config.include_backgrounds)
     threshold = fit_threshold(dictionary_codes, train, predict, sae_info, config.method, config.threshold)
     predicted = predict(latents, values, label, threshold)
-    found = get_annotator(source).annotate([image], [prompt])[0]
+    found = recorded_annotator(source, atlas.root).annotate([image], [prompt])[0]
     masks = [o.mask for o in found if o.label == label]
     annotated = mask_to_grid(np.any(masks, axis=0), grid, COVERAGE) if masks else np.zeros(grid, bool)
     return PromptLayout(image, predicted, annotated, iou(predicted, annotated), threshold)

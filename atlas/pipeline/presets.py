@@ -8,8 +8,10 @@ Kept free of heavy imports (the CLI reads the names at startup); each backend lo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atlas.errors import BadInputError
@@ -32,9 +34,9 @@ class Preset:
 
 PRESETS = {
     "shapes": Preset(BuildConfig(model="shapes", n_images=640, annotator="shapes", branches=["cond"])),
-    # The paper's recipe (docs/PAPER.md), all of it but k = 20: an atlas holds one SAE per (block, t, branch).
+    # The paper's recipe (docs/PAPER.md): k = 10 (each key's primary SAE) and k = 20 (its variant "k20").
     "sd14": Preset(BuildConfig(model="sd14", n_images=1000, annotator="grounded-sam", blocks=["down", "mid", "up"],
-                               t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], steps=50, guidance=7.5, k=10,
+                               t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], steps=50, guidance=7.5, k=[10, 20],
                                latents="4x", lr=1e-4, sae_batch_size=4096, epochs=1.0, sae_tokens=0),
                    prompts_needed=True),
 }
@@ -77,6 +79,41 @@ def annotator_options(name: str, config: AnnotateConfig) -> dict[str, object]:
     return {"grounding_dino": config.grounding_dino, "sam": config.sam, "tagger": config.tagger,
             "tagger_options": {"weights": config.tagger_weights} if config.tagger_weights else {},
             "box_threshold": config.box_threshold, "text_threshold": config.text_threshold}
+
+
+ANNOTATOR_FILE = "annotator.json"
+"""Inside `annotations/<annotator>/` of an atlas: the annotate stage's options, so that later commands (the edit
+judge) rebuild the annotator that found the atlas's objects."""
+
+
+def annotator_for_atlas(name: str, config: AnnotateConfig, atlas_dir: str | Path) -> Annotator:
+    """The annotator `name` with `config` for annotating the atlas at `atlas_dir`, its options recorded there
+    (checkpoint directories made absolute, so the record holds from any working directory)."""
+    from atlas.annotate.run import CELLS_DIR
+
+    backend = get_annotator(name, **annotator_options(name, config))
+    local = {f.name: str(Path(v).resolve()) for f in fields(config) if isinstance(v := getattr(config, f.name), str)
+             and f.name in ("grounding_dino", "sam", "tagger_weights") and Path(v).exists()}
+    where = Path(atlas_dir) / CELLS_DIR / name
+    where.mkdir(parents=True, exist_ok=True)
+    (where / ANNOTATOR_FILE).write_text(json.dumps(asdict(config) | local, indent=2))
+    return backend
+
+
+def recorded_annotator(name: str, atlas_dir: str | Path) -> Annotator:
+    """The annotator `name` with the options the atlas recorded when it was annotated (its defaults if none)."""
+    from atlas.annotate.config import AnnotateConfig
+    from atlas.annotate.run import CELLS_DIR
+
+    record = Path(atlas_dir) / CELLS_DIR / name / ANNOTATOR_FILE
+    try:
+        known = {f.name for f in fields(AnnotateConfig)}
+        config = AnnotateConfig(**{k: v for k, v in json.loads(record.read_text()).items() if k in known})
+    except FileNotFoundError:
+        config = AnnotateConfig()
+    except (ValueError, TypeError) as err:
+        raise BadInputError(f"{record} is not a readable annotator record ({err}); re-run `atlas annotate`") from None
+    return get_annotator(name, **annotator_options(name, config))
 
 
 def check_annotator(name: str, config: AnnotateConfig) -> None:

@@ -1,10 +1,14 @@
-"""Train one TopK SAE per captured (block, t, branch) and tabulate their explained variance (the paper's Table 1).
+"""Train TopK SAEs per captured (block, t, branch), one per k, and tabulate their explained variance (the paper's
+Table 1).
 
 Each SAE trains on the `train` split of an activation directory and is scored on held-out images (the
-`test` split, else `dictionary`, else the training data itself, which the table then says). Checkpoints go
-to `<out>/<block>/t<t>/<branch>/` in `Sae.save_pretrained` layout, with metrics.json and stats.parquet
-(per-latent firing frequency and mean activation, which edits use to scale their strength).
-`train_all` runs its SAEs on an executor (atlas.pipeline.executor): one after another here, or spread over Ray
+`test` split, else `dictionary`, else the training data itself, which the table then says). The SAEs of one
+(block, t, branch) -- one per k -- train together in one pass over its shards. The first k's SAE is the primary
+one of its key, the others are variants named by atlas.store.ids.k_variants ("k20"). Checkpoints go to
+`<out>/<block>/t<t>/<branch>/` (the primary) and `<out>/<block>/t<t>/<branch>@<variant>/` in `Sae.save_pretrained`
+layout, with metrics.json and stats.parquet (per-latent firing frequency and mean activation, which edits use to
+scale their strength).
+`train_all` runs its keys on an executor (atlas.pipeline.executor): one after another here, or spread over Ray
 actors that each read the shards from the activation directory and write their SAE directories on storage
 the driver shares; every SAE trains with the same seed either way, so gives the same weights.
 """
@@ -22,11 +26,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from atlas.capture import ActivationSet, ShardStream
-from atlas.errors import AtlasError, NotFoundError
+from atlas.errors import AtlasError, BadInputError, NotFoundError
 from atlas.pipeline.config import SaeJobConfig
 from atlas.pipeline.executor import Executor, LocalExecutor
-from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_sae, write_metrics
+from atlas.report.tables import ev_pivot
+from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_saes, write_metrics
 from atlas.sae.config import parse_latents
+from atlas.sae.model import CONFIG_NAME
+from atlas.store.ids import DEFAULT_VARIANT, branch_part, k_variants, split_branch_part
 
 CHECKPOINT_DIR = "checkpoint"
 """Where an unfinished SAE's training state waits, inside its directory."""
@@ -43,63 +50,103 @@ class SaeReport:
     path: Path
     metrics: dict
     scored_on: str
+    variant: str
+    k: int
 
 
-def sae_dir(root: str | Path, block: str, t: float, branch: str) -> Path:
-    return Path(root) / block / f"t{float(t)}" / branch
+def sae_dir(root: str | Path, block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT) -> Path:
+    return Path(root) / block / f"t{float(t)}" / branch_part(branch, variant)
+
+
+def trained_variants(root: str | Path, block: str, t: float, branch: str) -> list[str]:
+    """The variants of (block, t, branch) with a trained SAE under `root`, the primary ("") first."""
+    found = (split_branch_part(path.parent.name) for path in sae_dir(root, block, t, branch).parent.glob(
+        "*/sae.safetensors"))
+    return sorted(variant for name, variant in found if name == branch)
 
 
 def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str | Path,
-              config: SaeJobConfig | None = None, progress: bool = True) -> SaeReport:
-    """Train, score and save the SAE of one (block, t, branch); a finished SAE is kept unless `retrain`.
+              config: SaeJobConfig | None = None, progress: bool = True) -> list[SaeReport]:
+    """Train, score and save the SAEs of one (block, t, branch), one per k of `config.k` (the primary first), in one
+    pass over its shards; a finished SAE is kept unless `retrain`.
 
     Training streams the shards (`config.buffer_tokens` positions in memory) and checkpoints into
-    `<path>/checkpoint/`, so an interrupted run resumes where it stopped; the checkpoint goes once the SAE is
-    saved."""
+    `<path>/checkpoint/` of the first SAE still to train, so an interrupted run resumes where it stopped; the
+    checkpoint goes once the SAEs are saved."""
     config = config or SaeJobConfig()
     acts.check_key(block, t, branch)
-    path = sae_dir(out, block, t, branch)
     held_out = next((s for s in HELD_OUT_SPLITS if any(r.split == s for r in acts.prompts)), None)
-    if (path / "metrics.json").exists():
-        if not config.retrain:
-            metrics = json.loads((path / "metrics.json").read_text())
-            return SaeReport(block, float(t), branch, path, metrics, metrics.get("scored_on", held_out or "train"))
-        (path / "metrics.json").unlink()  # unfinished from here on: an interrupted retrain resumes without --retrain
+    reports: dict[str, SaeReport] = {}
+    todo = []
+    for variant, k in zip(k_variants(config.k), config.k):
+        path = sae_dir(out, block, t, branch, variant)
+        if (path / "metrics.json").exists():
+            if not config.retrain:
+                _check_k(path, k, config.k)
+                metrics = json.loads((path / "metrics.json").read_text())
+                reports[variant] = SaeReport(block, float(t), branch, path, metrics,
+                                             metrics.get("scored_on", held_out or "train"), variant, k)
+                continue
+            (path / "metrics.json").unlink()  # unfinished from here: an interrupted retrain resumes without --retrain
+        todo.append((variant, k, path))
+    if todo:
+        reports.update({r.variant: r for r in _train(acts, block, t, branch, todo, held_out, config, progress)})
+    return [reports[variant] for variant in k_variants(config.k)]
+
+
+def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tuple[str, int, Path]],
+           held_out: str | None, config: SaeJobConfig, progress: bool) -> list[SaeReport]:
+    """Train the SAEs of `todo` (variant, k, directory) of one key together, score and save them."""
     train_split = "train" if any(r.split == "train" for r in acts.prompts) else None
     stream = ShardStream(acts, block, t, branch, split=train_split, seed=config.seed,
                          buffer_tokens=config.buffer_tokens)
     n_latents = parse_latents(config.latents, stream.d_in)
-    sae_config = SaeConfig(d_in=stream.d_in, n_latents=n_latents, k=min(config.k, n_latents),
-                           dead_tokens=config.dead_tokens, k_aux=min(256, n_latents // 2))
     n_tokens = max(config.min_tokens, int(config.epochs * stream.n_tokens))
     train_config = SaeTrainConfig(lr=config.lr, batch_size=min(config.batch_size, stream.n_tokens), n_tokens=n_tokens,
                                   seed=config.seed, device=config.device, checkpoint_minutes=config.checkpoint_minutes)
-    result = train_sae(stream, sae_config, train_config, progress=progress, checkpoint=path / CHECKPOINT_DIR)
+    jobs = [(SaeConfig(d_in=stream.d_in, n_latents=n_latents, k=min(k, n_latents), dead_tokens=config.dead_tokens,
+                       k_aux=min(256, n_latents // 2)), train_config) for _, k, _ in todo]
+    checkpoint = todo[0][2] / CHECKPOINT_DIR
+    results = train_saes(stream, jobs, checkpoint=checkpoint, progress=progress)
     scored_on = held_out or "train"
-    metrics, stats = evaluate_with_stats(result.sae, acts.vectors(block, t, branch, held_out or train_split))
-    metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": stream.n_tokens}
-    result.sae.save_pretrained(path)
-    write_metrics(result.sae, path, metrics=metrics, stats=stats)  # metrics.json last: the SAE is done
-    shutil.rmtree(path / CHECKPOINT_DIR)
-    return SaeReport(block, float(t), branch, path, metrics, scored_on)
+    reports = []
+    for (variant, k, path), result in zip(todo, results):  # the held-out shards stream once per SAE
+        metrics, stats = evaluate_with_stats(result.sae, acts.vectors(block, t, branch, held_out or train_split))
+        metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": stream.n_tokens}
+        result.sae.save_pretrained(path)
+        write_metrics(result.sae, path, metrics=metrics, stats=stats)  # metrics.json last: the SAE is done
+        reports.append(SaeReport(block, float(t), branch, path, metrics, scored_on, variant, k))
+    shutil.rmtree(checkpoint)
+    return reports
+
+
+def _check_k(path: Path, k: int, ks: list[int]) -> None:
+    """A finished SAE kept for `k` must have been trained with it: the first k given names the primary SAE."""
+    saved = json.loads((path / CONFIG_NAME).read_text())
+    if saved["k"] != min(k, saved["n_latents"]):
+        raise BadInputError(f"{path} holds an SAE with k={saved['k']}, but --k {','.join(map(str, ks))} gives it "
+                            f"k={k} (the first k names each key's primary SAE, the others k<k>): reorder --k, or "
+                            "pass --retrain")
 
 
 def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None = None, branch: str | None = None,
               progress: bool = True, executor: Executor | None = None,
               say: Callable[[str], None] | None = None) -> list[SaeReport]:
-    """One SAE per captured (block, t, branch), optionally only one branch, each a `train_one` on `executor` (default:
-    here, one after another); `say` receives one line per SAE finished (its explained variance and worker).
-    Returns the reports in the activation directory's key order."""
+    """The SAEs (one per k) of every captured (block, t, branch), optionally of one branch only, each key a
+    `train_one` on `executor` (default: here, one after another); `say` receives one line per key finished (its
+    SAEs' explained variance and the worker). Returns the reports in the activation directory's key order."""
     keys = [SaeKey(*k) for k in acts.keys() if branch is None or k[2] == branch]
     if not keys:
         raise NotFoundError(f"no captured activations of branch {branch!r} in {acts.path}")
     job = _TrainJob(acts, Path(out).absolute(), config or SaeJobConfig(), progress)
     reports = {}
-    for key, report, worker in (executor or LocalExecutor()).map(job, keys, in_flight=1):
-        reports[key] = replace(report, path=sae_dir(out, *key))
+    for key, trained, worker in (executor or LocalExecutor()).map(job, keys, in_flight=1):
+        reports[key] = [replace(r, path=sae_dir(out, *key, r.variant)) for r in trained]
         if say:
-            say(f"{key}: explained variance {report.metrics['explained_variance']:.3f} ({worker})")
-    return [reports[key] for key in keys]
+            evs = ", ".join(f"{r.metrics['explained_variance']:.3f}" + (f" ({r.variant})" if r.variant else "")
+                            for r in trained)
+            say(f"{key}: explained variance {evs} ({worker})")
+    return [report for key in keys for report in reports[key]]
 
 
 class SaeKey(NamedTuple):
@@ -123,7 +170,7 @@ class _TrainJob:
     config: SaeJobConfig
     progress: bool
 
-    def start(self, device: str | None) -> Callable[[SaeKey], tuple[SaeKey, SaeReport, str]]:
+    def start(self, device: str | None) -> Callable[[SaeKey], tuple[SaeKey, list[SaeReport], str]]:
         if device is None:
             return partial(self.run, self.config, self.progress, "this process")
         config = replace(self.config, device=device) if self.config.device == "auto" else self.config
@@ -131,7 +178,7 @@ class _TrainJob:
         return partial(self.run, config, False, worker)  # an actor's progress bars would go to its log only
 
     def run(self, config: SaeJobConfig, progress: bool, worker: str,
-            key: SaeKey) -> tuple[SaeKey, SaeReport, str]:
+            key: SaeKey) -> tuple[SaeKey, list[SaeReport], str]:
         try:
             return key, train_one(self.acts, *key, self.out, config, progress), worker
         except AtlasError as err:  # the same meaning (a generic class: pickles for Ray), naming the SAE
@@ -142,26 +189,21 @@ class _TrainJob:
             raise
 
 
-def load_sae(out: str | Path, block: str, t: float, branch: str) -> Sae:
-    path = sae_dir(out, block, t, branch)
+def load_sae(out: str | Path, block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT) -> Sae:
+    path = sae_dir(out, block, t, branch, variant)
     if not (path / "sae.safetensors").exists():
-        raise NotFoundError(f"no SAE for {block} t={t} {branch} in {out}; train it with `atlas train`")
+        raise NotFoundError(f"no SAE for {block} t={t} {branch_part(branch, variant)} in {out}; train it with "
+                            "`atlas train`")
     return Sae.from_pretrained(path)
 
 
 def ev_table(reports: list[SaeReport]) -> str:
-    """Explained variance per block (rows) and t (columns), one table per branch, as markdown."""
+    """Explained variance per block and k (rows) and t (columns), one table per branch, as markdown."""
     lines = []
     for branch in dict.fromkeys(r.branch for r in reports):
         mine = [r for r in reports if r.branch == branch]
-        ts = sorted({r.t for r in mine}, reverse=True)
-        blocks = list(dict.fromkeys(r.block for r in mine))
-        cell = {(r.block, r.t): r.metrics["explained_variance"] for r in mine}
         scored = ", ".join(sorted({r.scored_on for r in mine}))
         lines += [f"Explained variance ({branch} branch, held-out split: {scored})", "",
-                  "| block | " + " | ".join(f"t={t}" for t in ts) + " |",
-                  "|---|" + "---|" * len(ts)]
-        lines += ["| " + b + " | " + " | ".join(f"{cell[(b, t)]:.3f}" if (b, t) in cell else "-" for t in ts) + " |"
-                  for b in blocks]
-        lines.append("")
+                  *ev_pivot([{"block": r.block, "t": r.t, "k": r.k,
+                              "explained_variance": r.metrics["explained_variance"]} for r in mine]), ""]
     return "\n".join(lines)

@@ -40,19 +40,23 @@ def closest_label(text: str, labels: list[str], embedder: TextEmbedder) -> tuple
 
 
 def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str | None = None,
-                    branch: str = "cond", k: int = 10, embedder: TextEmbedder | None = None) -> SearchResult:
+                    branch: str = "cond", k: int = 10, embedder: TextEmbedder | None = None,
+                    variant: str | None = None, sae_k: int | None = None) -> SearchResult:
+    """The `k` concepts that fit TEXT best, among the primary SAEs of `branch` unless `variant` (e.g. "k20") or
+    `sae_k` (the SAEs' k) picks others; `t` and `block` narrow them further."""
+    saes = {"t": t, "block": block, "branch": branch, "variant": variant, "sae_k": sae_k}
     if not text.strip():
         raise InvalidInputError("empty search text: give a label, e.g. 'red circle'")
     if len(text) > MAX_TEXT:
         raise InvalidInputError(f"search text of {len(text):,} characters: give a label of at most {MAX_TEXT}")
     try:
-        return SearchResult(text, "label", text, 1.0, atlas.concepts(label=text, t=t, block=block, branch=branch,
-                                                                    limit=k))
+        return SearchResult(text, "label", text, 1.0, atlas.concepts(label=text, limit=k, **saes))
     except NoLabelsError as no_labels:
         from atlas.models import ModelNotFoundError
 
         try:
-            found = by_prompt_activation(atlas, text, block or "mid", 1.0 if t is None else t, branch, k)
+            found = by_prompt_activation(atlas, text, block or "mid", 1.0 if t is None else t, branch, k, variant,
+                                         sae_k)
         except ModelNotFoundError:
             raise no_labels from None  # nothing to generate the prompt with: say how to get labels instead
         return SearchResult(text, "prompt activation", None, None, found)
@@ -63,18 +67,18 @@ def search_concepts(atlas: Atlas, text: str, t: float | None = None, block: str 
         label, similarity = closest_label(text, labels, embedder or TextEmbedder())
         if similarity < MEANING_THRESHOLD:
             raise
-        return SearchResult(text, "meaning", label, similarity,
-                            atlas.concepts(label=label, t=t, block=block, branch=branch, limit=k))
+        return SearchResult(text, "meaning", label, similarity, atlas.concepts(label=label, limit=k, **saes))
 
 
-def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int) -> list[Neighbor]:
+def by_prompt_activation(atlas: Atlas, text: str, block: str, t: float, branch: str, k: int,
+                         variant: str | None = None, sae_k: int | None = None) -> list[Neighbor]:
     """Concepts whose decoder direction is closest to TEXT's mean residual update at (block, t)."""
     from atlas.capture import delta_at
-    from atlas.layout.score import atlas_model_name
     from atlas.models import load_model, t_to_step
 
-    model = load_model(atlas_model_name(atlas))
+    model = load_model(atlas.model()["source"])
     steps = model.spec.default_steps
     _, delta = delta_at(model, [text], [0], block, t_to_step(t, steps), branch, steps)
     vector = delta[0].float().mean(dim=(1, 2)).numpy()
-    return atlas.search_vector(vector / max(float(np.linalg.norm(vector)), 1e-12), block, t=t, k=k, branch=branch)
+    return atlas.search_vector(vector / max(float(np.linalg.norm(vector)), 1e-12), block, t=t, k=k, branch=branch,
+                               variant=variant, sae_k=sae_k)

@@ -88,7 +88,13 @@ def csv_text(columns: list[str], rows: list[list] | list[tuple]) -> str:
 # -- templates ------------------------------------------------------------------------------------------------
 
 def concept_url(concept_id: str) -> str:
-    return "/concept/" + quote(str(concept_id), safe="/")
+    return "/concept/" + quote(str(concept_id), safe="/@")  # '@' (a variant's mark) may stand in a path
+
+
+def sae_query(block: str, t: float, branch: str, variant: str = "") -> str:
+    """The query string choosing one SAE on the /concepts and /image pages (the primary one needs no variant)."""
+    params = {"block": block, "t": t, "branch": branch, **({"variant": variant} if variant else {})}
+    return "&".join(f"{name}={quote(str(value), safe='')}" for name, value in params.items())
 
 
 def label_url(name: str) -> str:
@@ -115,7 +121,8 @@ def number(value: object, digits: int = 3) -> str:
 ENVIRONMENT = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 ENVIRONMENT.filters.update(number=number, q=lambda v: quote(str(v), safe=""))
-ENVIRONMENT.globals.update(concept_url=concept_url, label_url=label_url, link_for=link_for, zip=zip)
+ENVIRONMENT.globals.update(concept_url=concept_url, label_url=label_url, link_for=link_for, sae_query=sae_query,
+                           zip=zip)
 
 
 def render(template: str, status: int = 200, **context: object) -> HTMLResponse:

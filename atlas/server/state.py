@@ -19,8 +19,8 @@ from fastapi import Depends, Request
 
 from atlas.errors import NotFoundError
 from atlas.server.errors import ReadOnlyServerError
-from atlas.store import Atlas, SaeInfo, UnknownSaeError, Writer, open_atlas
-from atlas.store.ids import DEFAULT_BRANCH
+from atlas.store import Atlas, SaeInfo, Writer, open_atlas
+from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT
 
 if TYPE_CHECKING:
     from atlas.models import TextToImageModel
@@ -72,22 +72,14 @@ class ServerState:
 
     # -- lookups the views share --------------------------------------------------------------------------------
 
-    def check(self, block: str | None = None, t: float | None = None, branch: str | None = None) -> list[SaeInfo]:
-        """The SAEs matching the filters given; an unknown block, branch or t lists the valid ones (404)."""
-        chosen = self.atlas.saes()
-        for what, value in (("block", block), ("branch", branch), ("t", t)):
-            if value is None:
-                continue
-            valid = sorted({getattr(s, what) for s in chosen}, reverse=what == "t")
-            chosen = [s for s in chosen
-                      if (abs(s.t - float(value)) < 1e-9 if what == "t" else getattr(s, what) == value)]
-            if not chosen:
-                raise UnknownSaeError(what, value, valid)
-        return chosen
+    def check(self, block: str | None = None, t: float | None = None, branch: str | None = None,
+              variant: str | None = None) -> list[SaeInfo]:
+        """The SAEs matching the filters given; an unknown block, branch, variant or t lists the valid ones (404)."""
+        return self.atlas.select_saes(block, t, branch, variant)
 
-    def sae(self, block: str, t: float, branch: str = DEFAULT_BRANCH) -> SaeInfo:
-        """The SAE of (block, t, branch)."""
-        return self.check(block, t, branch)[0]
+    def sae(self, block: str, t: float, branch: str = DEFAULT_BRANCH, variant: str = DEFAULT_VARIANT) -> SaeInfo:
+        """The SAE of (block, t, branch, variant)."""
+        return self.check(block, t, branch, variant)[0]
 
     def image(self, image_id: int) -> dict:
         """One image's row of the `images` view (id, path, prompt, split, seed, ...); 404 when unknown."""

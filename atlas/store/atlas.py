@@ -28,6 +28,7 @@ snapshot from the catalog; an atlas made by a newer version is refused before an
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atlas.errors import NotFoundError
 from atlas.store import codes, revisions, snapshot
 from atlas.store.errors import (
     AtlasNotFoundError,
@@ -48,7 +50,7 @@ from atlas.store.errors import (
     UnknownLabelError,
     UnknownSaeError,
 )
-from atlas.store.ids import DEFAULT_BRANCH, ConceptRef, concept_id, concept_prefix, parse_concept_id
+from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT, ConceptRef, block_key, concept_id, parse_concept_id
 from atlas.store.lookup import SortedFiles
 from atlas.store.reads import LINK_RANK, ConceptInfo, ImageHit, Neighbor
 from atlas.store.views import QueryResult, SaeInfo, Views
@@ -142,6 +144,16 @@ class Atlas:
     def labels(self) -> list[str]:
         return self.query("SELECT name FROM labels ORDER BY name").column("name").to_pylist()
 
+    def model(self) -> dict:
+        """The model the atlas was built from: its `name`, the `source` to load it from again (the directory it was
+        built from, else the name) and its spec (steps, guidance, ... the SAEs saw)."""
+        rows = self.query("SELECT name, path, spec FROM models ORDER BY id LIMIT 1").to_pylist()
+        if not rows:
+            raise NotFoundError(f"{self.root} records no model; build it with `atlas build`")
+        spec = rows[0]["spec"]
+        spec = json.loads(spec) if isinstance(spec, str) else dict(spec or {})
+        return {"name": rows[0]["name"], "source": rows[0]["path"] or rows[0]["name"], **spec}
+
     def file_path(self, path: str) -> Path:
         """A path the catalog stores (relative to the atlas root, or absolute) as a usable path."""
         return Path(path) if Path(path).is_absolute() else self.root / path
@@ -174,28 +186,27 @@ class Atlas:
 
     # -- resolving names -------------------------------------------------------------------------------------
 
-    def _check_filters(self, block: str | None, t: float | None, branch: str | None) -> list[SaeInfo]:
-        """The SAEs matching the filters; an unknown block, t or branch lists the valid ones."""
-        saes = self.saes()
-        if block is not None and block not in {s.block for s in saes}:
-            raise UnknownSaeError("block", block, sorted({s.block for s in saes}))
-        if branch is not None and branch not in {s.branch for s in saes}:
-            raise UnknownSaeError("branch", branch, sorted({s.branch for s in saes}))
-        chosen = [s for s in saes if (block is None or s.block == block) and (branch is None or s.branch == branch)]
-        if t is not None:
-            valid = sorted({s.t for s in chosen}, reverse=True)
-            chosen = [s for s in chosen if abs(s.t - float(t)) < _TOL]
+    def select_saes(self, block: str | None = None, t: float | None = None, branch: str | None = None,
+                    variant: str | None = None, k: int | None = None) -> list[SaeInfo]:
+        """The SAEs matching every filter given (None: any). A value no SAE has raises UnknownSaeError listing the
+        valid ones among the SAEs the filters before it left (block, branch, variant, k, then t)."""
+        chosen = self.saes()
+        for what, value in (("block", block), ("branch", branch), ("variant", variant), ("k", k), ("t", t)):
+            if value is None:
+                continue
+            valid = sorted({getattr(s, what) for s in chosen}, reverse=what == "t")
+            chosen = [s for s in chosen
+                      if (abs(s.t - float(value)) < _TOL if what == "t" else getattr(s, what) == value)]
             if not chosen:
-                raise UnknownSaeError("t", float(t), valid)
+                raise UnknownSaeError(what, value, valid)
         return chosen
 
     def resolve(self, concept: str | ConceptRef) -> tuple[SaeInfo, int]:
-        """The SAE and latent of a concept id; an unknown block, t, branch or latent lists the valid ones."""
+        """The SAE and latent of a concept id; an unknown block, t, branch, variant or latent lists the valid ones."""
         ref = concept if isinstance(concept, ConceptRef) else parse_concept_id(concept)
-        sae = self._check_filters(ref.block, ref.t, ref.branch)[0]
+        sae = self.select_saes(ref.block, ref.t, ref.branch, ref.variant)[0]
         if ref.latent >= sae.n_latents:
-            raise InvalidInputError(f"{ref} does not exist: the SAE {ref.block}/{ref.t!r} has latents "
-                                    f"0..{sae.n_latents - 1}")
+            raise InvalidInputError(f"{ref} does not exist: the SAE {sae.prefix} has latents 0..{sae.n_latents - 1}")
         return sae, ref.latent
 
     def _files(self, kind: str, sae_id: int | None = None, bucket: int | None = None,
@@ -223,9 +234,12 @@ class Atlas:
     # -- concepts ----------------------------------------------------------------------------------------------
 
     def concepts(self, label: str | None = None, t: float | None = None, block: str | None = None,
-                 branch: str | None = DEFAULT_BRANCH, limit: int = 50) -> list[ConceptInfo]:
-        """Concepts ranked by frequency, or with `label` by how well they predict it (IoU, hit rate, support)."""
-        saes = {s.id: s for s in self._check_filters(block, t, branch)}
+                 branch: str | None = DEFAULT_BRANCH, limit: int = 50, variant: str | None = None,
+                 sae_k: int | None = None) -> list[ConceptInfo]:
+        """Concepts ranked by frequency, or with `label` by how well they predict it (IoU, hit rate, support).
+        They come from the primary SAE of each (block, t, branch) unless `variant` (e.g. "k20") or `sae_k` (the
+        SAEs' k) picks others."""
+        saes = {s.id: s for s in self.select_saes(block, t, branch, one_variant(variant, sae_k), sae_k)}
         if not saes:
             return []
         in_saes = f"sae_id IN ({', '.join(map(str, saes))})"
@@ -278,11 +292,11 @@ class Atlas:
                 for i, v, c, x in zip(ids, values, counts[best], cell[chosen])]
 
     def image_codes(self, image_id: int, block: str | None = None, t: float | None = None,
-                    branch: str | None = None) -> pa.Table:
+                    branch: str | None = None, variant: str | None = None) -> pa.Table:
         """Every stored code of one image (optionally of some SAEs) with the `codes` view's columns, ordered
         by sae_id, row, col, latent (the file's order). The SAE columns are joined here, not in SQL: that
         halves the time of this hot lookup."""
-        saes = {s.id: s for s in self._check_filters(block, t, branch)}
+        saes = {s.id: s for s in self.select_saes(block, t, branch, variant)}
         raw = self._rows(codes.BY_IMAGE, "image_id", int(image_id), ["sae_id", "row", "col", "latent", "q"],
                          bucket=int(image_id) // codes.IMAGES_PER_BUCKET) if saes else None
         if raw is None:
@@ -294,13 +308,14 @@ class Atlas:
         which = pa.array(slot[raw["sae_id"].to_numpy()])
         info = [saes[i] for i in order]
         qbase = np.array([s.value_qbase or 0 for s in info])[which.to_numpy()]
-        prefix = pc.take(pa.array([concept_prefix(s.block, s.t, s.branch) for s in info]), which)
+        prefix = pc.take(pa.array([s.prefix for s in info]), which)
         return pa.table({
             "image_id": pa.array(np.full(raw.num_rows, int(image_id), np.int32)),
             "sae_id": raw["sae_id"].cast(pa.int32()),
             "block": pc.take(pa.array([s.block for s in info]), which),
             "t": pc.take(pa.array([s.t for s in info], pa.float64()), which),
             "branch": pc.take(pa.array([s.branch for s in info]), which),
+            "variant": pc.take(pa.array([s.variant for s in info]), which),
             "row": raw["row"], "col": raw["col"], "latent": raw["latent"],
             "value": pa.array(codes.dequantize(raw["q"].to_numpy(), qbase)),
             "concept_id": pc.binary_join_element_wise(prefix, pc.cast(raw["latent"], pa.string()), "/"),
@@ -342,45 +357,54 @@ class Atlas:
             if (sae_id, latent) == skip or sae_id not in by_id:
                 continue
             s = by_id[sae_id]
-            found.append(Neighbor(concept_id(s.block, s.t, s.branch, latent), float(score), sae_id, latent,
-                                  s.block, s.t, s.branch))
+            found.append(Neighbor(concept_id(s.block, s.t, s.branch, latent, s.variant), float(score), sae_id, latent,
+                                  s.block, s.t, s.branch, s.variant))
         return found[:k]
 
     def nearest(self, concept: str, k: int = 10, across_t: bool = True, t: float | None = None) -> list[Neighbor]:
         """Concepts with the most similar decoder direction (cosine): across every t of the block, only
-        within the concept's own SAE (across_t=False), or within the SAE at one other `t`."""
+        within the concept's own SAE (across_t=False), or within the SAE at one other `t` (always among the SAEs of
+        the concept's branch and variant)."""
         sae, latent = self.resolve(concept)
-        own = self._index("faiss_sae", f"SAE {sae.block}/{sae.t!r}/{sae.branch}", sae_id=sae.id)
+        own = self._index("faiss_sae", f"SAE {sae.name}", sae_id=sae.id)
         vector = own.reconstruct(latent)
         if t is not None:
-            target = self._check_filters(sae.block, t, sae.branch)[0]
-            found = _faiss().search(self._index("faiss_sae", f"SAE {target.block}/{target.t!r}", target.id),
-                                       vector, k + 1)
+            target = self.select_saes(sae.block, t, sae.branch, sae.variant)[0]
+            found = _faiss().search(self._index("faiss_sae", f"SAE {target.name}", target.id), vector, k + 1)
             return self._neighbors(*found, target, (sae.id, latent), k)
         if not across_t:
             return self._neighbors(*_faiss().search(own, vector, k + 1), sae, (sae.id, latent), k)
-        key = f"{sae.block}/{sae.branch}"
+        key = block_key(sae.block, sae.branch, sae.variant)
         found = _faiss().search(self._index("faiss_block", f"block {key}", key=key), vector, k + 1)
         return self._neighbors(*found, None, (sae.id, latent), k)
 
     def search_vector(self, vector: np.ndarray, block: str, t: float | None = None, k: int = 10,
-                      branch: str = DEFAULT_BRANCH) -> list[Neighbor]:
-        """Concepts whose decoder direction is closest to `vector` (e.g. a label prompt's activation)."""
-        saes = self._check_filters(block, t, branch)
+                      branch: str = DEFAULT_BRANCH, variant: str | None = None,
+                      sae_k: int | None = None) -> list[Neighbor]:
+        """Concepts whose decoder direction is closest to `vector` (e.g. a label prompt's activation), among the
+        primary SAEs of the block unless `variant` or `sae_k` picks others."""
+        saes = self.select_saes(block, t, branch, one_variant(variant, sae_k), sae_k)
         if t is not None:
             sae = saes[0]
-            return self._neighbors(*_faiss().search(self._index("faiss_sae", f"SAE {block}/{sae.t!r}", sae.id),
-                                                       vector, k), sae, None, k)
-        key = f"{block}/{branch}"
+            return self._neighbors(*_faiss().search(self._index("faiss_sae", f"SAE {sae.name}", sae.id), vector, k),
+                                   sae, None, k)
+        key = block_key(block, branch, saes[0].variant)
         return self._neighbors(*_faiss().search(self._index("faiss_block", f"block {key}", key=key), vector, k),
                                None, None, k)
 
 
 def _concept_info(sae: SaeInfo, row: dict) -> ConceptInfo:
     fields = ConceptInfo.__dataclass_fields__
-    known = {k: v for k, v in row.items() if k in fields and k not in ("block", "t", "branch", "sae_id")}
-    return ConceptInfo(**known | {"concept_id": concept_id(sae.block, sae.t, sae.branch, row["latent"]),
-                                  "sae_id": sae.id, "block": sae.block, "t": sae.t, "branch": sae.branch})
+    known = {k: v for k, v in row.items() if k in fields and k not in ("block", "t", "branch", "variant", "sae_id")}
+    return ConceptInfo(**known | {"concept_id": concept_id(sae.block, sae.t, sae.branch, row["latent"], sae.variant),
+                                  "sae_id": sae.id, "block": sae.block, "t": sae.t, "branch": sae.branch,
+                                  "variant": sae.variant})
+
+
+def one_variant(variant: str | None, sae_k: int | None) -> str | None:
+    """The variant filter of a read that expects one SAE per (block, t, branch): the one asked for, else the
+    primary, unless `sae_k` picks the SAE of a k (whatever its variant is called)."""
+    return DEFAULT_VARIANT if variant is None and sae_k is None else variant
 
 
 def _refuse_newer(root: Path) -> None:

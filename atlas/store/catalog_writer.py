@@ -19,7 +19,7 @@ from sqlalchemy import select
 from atlas.store import snapshot
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError
-from atlas.store.ids import concept_id, parse_concept_id
+from atlas.store.ids import DEFAULT_VARIANT, VARIANT_MARK, check_variant, concept_id, parse_concept_id
 from atlas.store.reads import LINK_SCORE
 from atlas.store.schema import Concept, Intervention, Model, Sae, Stage
 from atlas.store.views import SaeInfo
@@ -100,12 +100,15 @@ class CatalogWriter:
 
     def add_sae(self, block: str, t: float, branch: str, k: int, n_latents: int, d_in: int, metrics: dict | None = None,
                 path: str | None = None, grid: tuple[int, int] | None = None, decoder: np.ndarray | None = None,
-                concepts: Mapping[str, np.ndarray] | None = None) -> int:
-        """The id of the SAE of (block, t, branch), added or updated; `decoder` (n_latents, d_in) also indexes it
-        and `concepts` (frequency, mean_activation, decoder_norm: what add_concepts takes) sets its per-latent
-        statistics. All of it commits in one transaction, so readers see one new snapshot, not three."""
-        if not block or "/" in block or not branch or "/" in branch:
-            raise InvalidInputError(f"block {block!r} and branch {branch!r} must be non-empty and free of '/'")
+                concepts: Mapping[str, np.ndarray] | None = None, variant: str = DEFAULT_VARIANT) -> int:
+        """The id of the SAE of (block, t, branch, variant), added or updated (variant "" is the key's primary SAE,
+        see atlas.store.ids); `decoder` (n_latents, d_in) also indexes it and `concepts` (frequency,
+        mean_activation, decoder_norm: what add_concepts takes) sets its per-latent statistics. All of it commits in
+        one transaction, so readers see one new snapshot, not three."""
+        if not block or not branch or any(c in block + branch for c in "/" + VARIANT_MARK):
+            raise InvalidInputError(f"block {block!r} and branch {branch!r} must be non-empty and free of '/' and "
+                                    f"{VARIANT_MARK!r}")
+        check_variant(variant)
         if not math.isfinite(float(t)) or not 0 < int(n_latents) <= 65536 or int(k) < 1 or int(d_in) < 1:
             raise InvalidInputError(f"add_sae: need finite t, 1 <= n_latents <= 65536, k >= 1, d_in >= 1 "
                                     f"(got t={t}, n_latents={n_latents}, k={k}, d_in={d_in})")
@@ -114,10 +117,10 @@ class CatalogWriter:
         stats = _concept_stats("add_sae", int(n_latents), concepts) if concepts is not None else None
         changed = ["saes", *(["files"] if decoder is not None else []), *(["concepts"] if stats is not None else [])]
         with self._db.write(*changed) as tx:
-            sae = tx.session.scalars(select(Sae).where(Sae.block == block, Sae.t == float(t),
-                                                       Sae.branch == branch)).first()
+            sae = tx.session.scalars(select(Sae).where(Sae.block == block, Sae.t == float(t), Sae.branch == branch,
+                                                       Sae.variant == variant)).first()
             if sae is None:
-                sae = Sae(id=tx.next_id("saes"), block=block, t=float(t), branch=branch, n_codes=0)
+                sae = Sae(id=tx.next_id("saes"), block=block, t=float(t), branch=branch, variant=variant, n_codes=0)
                 tx.session.add(sae)
             sae.k, sae.n_latents, sae.d_in, sae.metrics, sae.path = int(k), int(n_latents), int(d_in), \
                 dict(metrics or {}), path
@@ -165,12 +168,12 @@ class CatalogWriter:
         rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
         atlas = self._writer.atlas
         saes = {s.id: s for s in atlas.saes()}
-        by_name = {(s.block, s.t, s.branch): s for s in saes.values()}
+        by_name = {(s.block, s.t, s.branch, s.variant): s for s in saes.values()}
         resolved = []
         for r in rows:
             if "concept" in r:
                 ref = parse_concept_id(r["concept"])
-                sae = by_name.get((ref.block, ref.t, ref.branch)) or atlas.resolve(r["concept"])[0]
+                sae = by_name.get((ref.block, ref.t, ref.branch, ref.variant)) or atlas.resolve(r["concept"])[0]
                 latent = ref.latent
             else:
                 sae, latent = saes.get(int(r["sae_id"])), int(r["latent"])
@@ -215,7 +218,7 @@ class CatalogWriter:
         sae, latent = self._writer.atlas.resolve(concept)
         with self._db.write("interventions") as tx:
             row = Intervention(id=tx.next_id("interventions"), concept_id=concept_id(sae.block, sae.t, sae.branch,
-                                                                                      latent),
+                                                                                      latent, sae.variant),
                                sae_id=sae.id, latent=latent, kind=kind, strength=strength, params=dict(params or {}),
                                output_path=output_path, note=note)
             tx.session.add(row)

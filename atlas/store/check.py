@@ -152,7 +152,7 @@ def _check_saes(atlas: Atlas, report: CheckReport) -> None:
         stored = {}
     for sae in atlas.saes():
         report.count("SAE")
-        name = f"SAE {sae.block}/{sae.t}/{sae.branch}"
+        name = f"SAE {sae.name}"
         if stored.get(sae.id, 0) != sae.n_codes:
             report.problems.append(f"{name}: {stored.get(sae.id, 0)} stored codes, the catalog says {sae.n_codes}")
         if not sae.path:

@@ -46,17 +46,18 @@ class NoLabelsError(NotFoundError):
 
 
 class UnknownSaeError(NotFoundError):
-    """An unknown block, t or branch; the message lists the ones present in the atlas."""
+    """An unknown block, t, branch, variant or k; the message lists the ones present in the atlas."""
 
     def __init__(self, what: str, value: object, valid: list) -> None:
-        listed = ", ".join(str(v) for v in valid) if valid else "none yet (no SAEs in this atlas: run `atlas train`)"
+        shown = [(repr(v) + (" (the primary SAE)" if not v else "")) if what == "variant" else str(v) for v in valid]
+        listed = ", ".join(shown) if valid else "none yet (no SAEs in this atlas: run `atlas train`)"
         super().__init__(f"unknown {what} {value!r}: this atlas has {what} {listed}")
 
 
 class BadConceptIdError(BadInputError):
     def __init__(self, text: str, why: str) -> None:
         super().__init__(f"bad concept id {text!r}: {why}; write <block>/<t>/<latent>, e.g. mid/1.0/412 "
-                         "(or <block>/<t>/<branch>/<latent>)")
+                         "(or <block>/<t>/<branch>/<latent>, <block>/<t>/<branch>@<variant>/<latent>)")
 
 
 class SqlError(BadInputError):

@@ -3,7 +3,7 @@
 Exact search (`IndexFlatIP`) on unit-norm decoder rows, so the score is the cosine similarity:
 measured on this machine, 15k x 1280 answers one query in a few ms, and approximate indexes would
 first have to prove their recall on decoder directions. The block index stores the vectors of every
-SAE of one (block, branch) under ids `sae_id << 20 | latent`, so a concept at t = 1.0 finds its
+SAE of one (block, branch, variant) under ids `sae_id << 20 | latent`, so a concept at t = 1.0 finds its
 nearest concepts at t = 0.5 and 0.0 in one search. Files are written to a temporary name and
 renamed; the atlas records them in its `files` table only afterwards.
 """

@@ -1,4 +1,4 @@
-"""A writer's FAISS indexes (`w.index`): one per SAE and one per (block, branch) across its SAEs' timesteps
+"""A writer's FAISS indexes (`w.index`): one per SAE and one per (block, branch, variant) across its SAEs' timesteps
 (atlas.store.index), written before the commit that lists them in `files`."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from atlas.store import codes
 from atlas.store import index as faiss_index
 from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError
+from atlas.store.ids import block_key, branch_part
 from atlas.store.schema import File
 from atlas.store.views import SaeInfo
 
@@ -24,7 +25,7 @@ class IndexWriter:
         self._db = catalog
 
     def add(self, sae_id: int, decoder: np.ndarray) -> None:
-        """Index one SAE's decoder rows (n_latents, d_in) and rebuild the index of its block and branch."""
+        """Index one SAE's decoder rows (n_latents, d_in) and rebuild the index of its block, branch and variant."""
         sae = self._writer.catalog.sae(sae_id)
         if np.shape(decoder) != (sae.n_latents, sae.d_in):
             raise InvalidInputError(f"decoder has shape {np.shape(decoder)}, expected ({sae.n_latents}, {sae.d_in})")
@@ -42,12 +43,12 @@ class IndexWriter:
         own_bytes = faiss_index.write(own, own_path)
         members = [(sae.id, own)]
         others = tx.query("SELECT f.sae_id, min(f.path) FROM files f JOIN saes s ON s.id = f.sae_id "
-                          "WHERE f.kind = 'faiss_sae' AND s.block = ? AND s.branch = ? AND s.id <> ? GROUP BY f.sae_id",
-                          [sae.block, sae.branch, sae.id])
+                          "WHERE f.kind = 'faiss_sae' AND s.block = ? AND s.branch = ? AND s.variant = ? AND s.id <> ? "
+                          "GROUP BY f.sae_id", [sae.block, sae.branch, sae.variant, sae.id])
         members += [(other, faiss_index.read(root / path, path)) for other, path in others]
-        key = f"{sae.block}/{sae.branch}"
+        key = block_key(sae.block, sae.branch, sae.variant)
         block = faiss_index.block_index(sorted(members, key=lambda m: m[0]))
-        block_path = root / "index" / f"block-{sae.block}-{sae.branch}-{token}.faiss"
+        block_path = root / "index" / f"block-{sae.block}-{branch_part(sae.branch, sae.variant)}-{token}.faiss"
         block_bytes = faiss_index.write(block, block_path)
         tx.query("DELETE FROM files WHERE (kind = 'faiss_sae' AND sae_id = ?) OR (kind = 'faiss_block' AND key = ?)",
                  [sae.id, key])

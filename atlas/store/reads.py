@@ -24,6 +24,7 @@ class ConceptInfo:
     t: float
     branch: str
     latent: int
+    variant: str = ""
     frequency: float | None = None
     mean_activation: float | None = None
     decoder_norm: float | None = None
@@ -60,3 +61,4 @@ class Neighbor:
     block: str
     t: float
     branch: str
+    variant: str = ""

@@ -54,18 +54,20 @@ class Image(Base):
 
 
 class Sae(Base):
-    """A trained SAE; one per (block, t, branch), which is what a concept id names.
+    """A trained SAE; one per (block, t, branch, variant), which is what a concept id names (atlas.store.ids: the
+    variant "" is the primary SAE of its (block, t, branch), others are named e.g. k20; added by migration 0003).
 
     value_qbase is the quantisation offset of its codes (see atlas.store.codes); grid_h x grid_w the
     spatial grid of the hooked block.
     """
 
     __tablename__ = "saes"
-    __table_args__ = (UniqueConstraint("block", "t", "branch"),)
+    __table_args__ = (UniqueConstraint("block", "t", "branch", "variant"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     block: Mapped[str] = mapped_column(String)
     t: Mapped[float] = mapped_column(Double)
     branch: Mapped[str] = mapped_column(String)
+    variant: Mapped[str] = mapped_column(String, default="", server_default="")
     k: Mapped[int] = mapped_column(Integer)
     n_latents: Mapped[int] = mapped_column(Integer)
     d_in: Mapped[int] = mapped_column(Integer)
@@ -149,7 +151,7 @@ class File(Base):
     """A finished file of the atlas (codes, FAISS index): recorded only after it was renamed into place.
 
     kind is codes_by_latent (sae_id, bucket), codes_by_image (bucket), faiss_sae (sae_id) or faiss_block
-    (key = "<block>/<branch>").
+    (key = "<block>/<branch>", with "@<variant>" for a variant: atlas.store.ids.block_key).
     """
 
     __tablename__ = "files"

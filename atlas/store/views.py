@@ -11,10 +11,10 @@ ATTACH, INSTALL, CREATE and friends are refused before DuckDB sees them; the all
 let a COPY write into the atlas. A timer calls `interrupt()` to enforce the time limit; the row cap is a
 LIMIT on the user's relation, so DuckDB stops producing rows early.
 
-Views: models, prompts, images (+ prompt, split), saes, concepts, labels, objects (+ label),
-concept_labels (+ label, concept_id), interventions, files, stages, and the codes in both
-arrangements, `codes` (fast for a latent) and `codes_by_image` (fast for an image), each with
-image_id, sae_id, block, t, branch, row, col, latent, value, concept_id.
+Views: models, prompts, images (+ prompt, split), saes, concepts (+ concept_id and the SAE's block, t, branch,
+variant, k), labels, objects (+ label), concept_labels (+ the same, label), interventions, files, stages, and the
+codes in both arrangements, `codes` (fast for a latent) and `codes_by_image` (fast for an image), each with
+image_id, sae_id, block, t, branch, variant, row, col, latent, value, concept_id.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from atlas.store.errors import (
     SchemaTooOldError,
     SqlError,
 )
-from atlas.store.ids import CONCEPT_ID_SQL
+from atlas.store.ids import CONCEPT_ID_SQL, DEFAULT_VARIANT, concept_prefix, sae_name
 from atlas.store.revisions import TABLES
 
 ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -63,6 +63,18 @@ class SaeInfo:
     n_codes: int
     path: str | None
     metrics: dict = field(default_factory=dict)
+    variant: str = DEFAULT_VARIANT
+    """"" for the primary SAE of its (block, t, branch), else a name such as k20 (atlas.store.ids)."""
+
+    @property
+    def name(self) -> str:
+        """Its name in messages and reports: mid/1.0/cond, mid/1.0/cond@k20 (atlas.store.ids.sae_name)."""
+        return sae_name(self.block, self.t, self.branch, self.variant)
+
+    @property
+    def prefix(self) -> str:
+        """The part of its concept ids that names it: mid/1.0, mid/1.0/uncond, mid/1.0/cond@k20."""
+        return concept_prefix(self.block, self.t, self.branch, self.variant)
 
 
 @dataclass
@@ -90,12 +102,12 @@ def parquet_scan(paths: list[Path], hive: bool = False) -> str:
     return f"read_parquet([{', '.join(codes.sql_string(str(p)) for p in paths)}]{options})"
 
 
-_CODES_COLUMNS = ("c.image_id, c.sae_id, s.block, s.t, s.branch, c.row, c.col, c.latent, "
+_CODES_COLUMNS = ("c.image_id, c.sae_id, s.block, s.t, s.branch, s.variant, c.row, c.col, c.latent, "
                   f"{codes.value_sql('c.q', 's.value_qbase')} AS value, {CONCEPT_ID_SQL.format(s='s', c='c')} "
                   "AS concept_id")
 _EMPTY_CODES = ("SELECT NULL::INTEGER AS image_id, NULL::INTEGER AS sae_id, NULL::VARCHAR AS block, NULL::DOUBLE AS t, "
-                "NULL::VARCHAR AS branch, NULL::USMALLINT AS row, NULL::USMALLINT AS col, NULL::USMALLINT AS latent, "
-                "NULL::FLOAT AS value, NULL::VARCHAR AS concept_id WHERE false")
+                "NULL::VARCHAR AS branch, NULL::VARCHAR AS variant, NULL::USMALLINT AS row, NULL::USMALLINT AS col, "
+                "NULL::USMALLINT AS latent, NULL::FLOAT AS value, NULL::VARCHAR AS concept_id WHERE false")
 
 
 class Views:
@@ -148,15 +160,16 @@ class Views:
             raise SchemaTooOldError(self.root, schema, migrate.head())
         t = {name: f"snapshot.{name}" for name in TABLES}
         cid = CONCEPT_ID_SQL.format(s="s", c="c")
+        sae = "s.block, s.t, s.branch, s.variant, s.k,"
         views = {
             **{name: f"SELECT * FROM {t[name]}" for name in TABLES},
             "images": f"SELECT i.*, p.text AS prompt, p.split FROM {t['images']} i "
                       f"LEFT JOIN {t['prompts']} p ON p.id = i.prompt_id",
             "objects": f"SELECT o.*, l.name AS label FROM {t['objects']} o LEFT JOIN {t['labels']} l "
                        "ON l.id = o.label_id",
-            "concepts": f"SELECT {cid} AS concept_id, s.block, s.t, s.branch, c.* FROM {t['concepts']} c "
+            "concepts": f"SELECT {cid} AS concept_id, {sae} c.* FROM {t['concepts']} c "
                         f"JOIN {t['saes']} s ON s.id = c.sae_id",
-            "concept_labels": f"SELECT {cid} AS concept_id, s.block, s.t, s.branch, l.name AS label, c.* "
+            "concept_labels": f"SELECT {cid} AS concept_id, {sae} l.name AS label, c.* "
                               f"FROM {t['concept_labels']} c JOIN {t['saes']} s ON s.id = c.sae_id "
                               f"JOIN {t['labels']} l ON l.id = c.label_id",
         }
@@ -167,7 +180,7 @@ class Views:
             for name in TABLES:
                 con.execute(f"CREATE OR REPLACE TABLE snapshot.{name} AS SELECT * FROM "
                             f"{parquet_scan([generation / f'{name}.parquet'])}")
-            saes = con.sql("SELECT * FROM snapshot.saes ORDER BY block, branch, t DESC").to_arrow_table()
+            saes = con.sql("SELECT * FROM snapshot.saes ORDER BY block, branch, variant, t DESC").to_arrow_table()
             files = con.sql("SELECT * FROM snapshot.files").to_arrow_table().to_pylist()
             for name, body in views.items():
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")

@@ -20,15 +20,16 @@ from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page, concept_url
 from atlas.server.state import ServerState, State
 from atlas.server.views.home import Table
-from atlas.server.views.images import PNG, SaeChoice
+from atlas.server.views.images import PNG, SaeChoice, Variant
 from atlas.store import ConceptInfo, NoIndexError, SaeInfo
-from atlas.store.ids import DEFAULT_BRANCH, concept_prefix, parse_concept_id
+from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT, parse_concept_id
 
 PAGE = Page("concepts")
 BINS = 30
 NEIGHBOURS = 5
 LINK_FIELDS = ("label", "mean_iou", "hit_rate", "precision", "recall", "support")  # set only on label searches
-ConceptId = Annotated[str, Path(description="A concept id: <block>/<t>/<latent>, e.g. mid/1.0/412")]
+ConceptId = Annotated[str, Path(description="A concept id: <block>/<t>/<latent>, e.g. mid/1.0/412, or "
+                                             "<block>/<t>/<branch>[@<variant>]/<latent>, e.g. mid/1.0/cond@k20/412")]
 
 
 # -- the list ------------------------------------------------------------------------------------------------
@@ -38,6 +39,7 @@ class ConceptRow(BaseModel):
     block: str
     t: float
     branch: str
+    variant: str
     latent: int
     frequency: float | None
     mean_activation: float | None
@@ -66,12 +68,14 @@ def _after(token: str) -> tuple[float, int, int]:
 @PAGE.add("/concepts", "concepts.html", ConceptsData, table="table")
 def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] = None, t: float | None = None,
              branch: Annotated[str, Query(max_length=100)] = DEFAULT_BRANCH,
+             variant: Variant = DEFAULT_VARIANT,
              label: Annotated[str | None, Query(max_length=500, description="Only concepts whose best label is this")]
              = None, named: Annotated[bool, Query(description="Only concepts people named")] = False,
              after: Annotated[str | None, Query(max_length=100, description="Keyset token: `next` of the last page")]
              = None, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
-    """Concepts ranked by firing frequency (keyset pagination), optionally of one block, t, branch or label."""
-    saes = {s.id: s for s in state.check(block, t, branch)}
+    """Concepts ranked by firing frequency (keyset pagination), optionally of one block, t, branch, variant or
+    label."""
+    saes = {s.id: s for s in state.check(block, t, branch, variant)}
     where, params = ["list_contains($saes, sae_id)"], {"saes": list(saes), "limit": limit + 1}
     if label:
         where.append("best_label = $label")
@@ -83,7 +87,7 @@ def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] =
         where.append("(coalesce(frequency, -1) < $frequency OR (coalesce(frequency, -1) = $frequency AND "
                      "(sae_id > $sae_id OR (sae_id = $sae_id AND latent > $latent))))")
     rows = state.atlas.query(
-        "SELECT concept_id, sae_id, block, t, branch, latent, frequency, mean_activation, best_label, name "
+        "SELECT concept_id, sae_id, block, t, branch, variant, latent, frequency, mean_activation, best_label, name "
         f"FROM concepts WHERE {' AND '.join(where)} ORDER BY coalesce(frequency, -1) DESC, sae_id, latent "
         "LIMIT $limit", params).to_pylist()
     more, rows = len(rows) > limit, rows[:limit]
@@ -92,10 +96,10 @@ def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] =
         if more and last else None
     columns = ["concept_id", "frequency", "mean_activation", "best_label", "name"]
     return {"concepts": rows, "table": Table(columns=columns, rows=[[r[c] for c in columns] for r in rows]),
-            "next": token, "filters": {"block": block, "t": t, "branch": branch, "label": label, "named": named},
-            "saes": [SaeChoice(name=concept_prefix(s.block, s.t, s.branch), block=s.block, t=s.t, branch=s.branch,
-                               chosen=block == s.block and t is not None and abs(s.t - t) < 1e-9 and s.branch == branch)
-                     for s in state.atlas.saes()]}
+            "next": token, "filters": {"block": block, "t": t, "branch": branch, "variant": variant, "label": label,
+                                       "named": named},
+            "saes": [SaeChoice.of(s, chosen=block == s.block and t is not None and abs(s.t - t) < 1e-9
+                                  and (s.branch, s.variant) == (branch, variant)) for s in state.atlas.saes()]}
 
 
 # -- one concept ---------------------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ class ConceptData(Envelope):
 
 
 def _sae_of(state: ServerState, info: ConceptInfo) -> SaeInfo:
-    return state.sae(info.block, info.t, info.branch)
+    return state.sae(info.block, info.t, info.branch, info.variant)
 
 
 def histogram(state: ServerState, sae: SaeInfo, latent: int) -> Histogram:
@@ -192,7 +196,8 @@ def concept(concept_id: ConceptId, state: State,
     maps = [atlas.activation_map(h.image_id, cid) for h in hits]
     index_note = None
     timesteps = []
-    for other in sorted((s for s in atlas.saes() if s.block == sae.block and s.branch == sae.branch),
+    for other in sorted((s for s in atlas.saes() if (s.block, s.branch, s.variant) == (sae.block, sae.branch,
+                                                                                        sae.variant)),
                         key=lambda s: -s.t):
         own = other.id == sae.id
         try:

@@ -15,12 +15,14 @@ from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page
 from atlas.server.state import ServerState, State
 from atlas.server.views.home import Table
-from atlas.store.ids import DEFAULT_BRANCH, concept_prefix
+from atlas.store import SaeInfo
+from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT
 
 PAGE = Page("images")
 PNG = {**ERRORS, 200: {"content": {"image/png": {}}, "description": "A PNG picture"}}
 Size = Annotated[int | None, Query(ge=16, le=render.MAX_SIDE, description="Side of the picture in pixels")]
 TOP_PER_CELL = 3
+Variant = Annotated[str, Query(max_length=100, description="SAE variant, e.g. k20 (empty: the primary SAE)")]
 
 
 def png_response(image: Image.Image) -> Response:
@@ -120,7 +122,12 @@ class SaeChoice(BaseModel):
     block: str
     t: float
     branch: str
+    variant: str
     chosen: bool
+
+    @classmethod
+    def of(cls, sae: SaeInfo, chosen: bool) -> SaeChoice:
+        return cls(name=sae.prefix, block=sae.block, t=sae.t, branch=sae.branch, variant=sae.variant, chosen=chosen)
 
 
 class ImageData(Envelope):
@@ -130,6 +137,7 @@ class ImageData(Envelope):
     block: str
     t: float
     branch: str
+    variant: str
     grid_h: int
     grid_w: int
     grid: list[list[Cell]]
@@ -140,7 +148,8 @@ class ImageData(Envelope):
 def image(image_id: int, state: State,
           block: Annotated[str | None, Query(max_length=200, description="Block (default: the first SAE's)")] = None,
           t: Annotated[float | None, Query(description="Timestep (default: the block's first)")] = None,
-          branch: Annotated[str, Query(max_length=100)] = DEFAULT_BRANCH) -> dict:
+          branch: Annotated[str, Query(max_length=100)] = DEFAULT_BRANCH,
+          variant: Variant = DEFAULT_VARIANT) -> dict:
     """One image: prompt, objects, and for one SAE the strongest concepts at every grid cell."""
     atlas = state.atlas
     info = state.image(image_id)
@@ -148,9 +157,10 @@ def image(image_id: int, state: State,
     if not saes:
         raise NotFoundError("this atlas has no SAEs yet: run `atlas train` and `atlas encode`")
     block = block or saes[0].block
-    t = t if t is not None else next((s.t for s in saes if s.block == block and s.branch == branch), saes[0].t)
-    sae = state.sae(block, t, branch)
-    codes = atlas.image_codes(image_id, sae.block, sae.t, sae.branch).to_pylist()
+    t = t if t is not None else next((s.t for s in saes if (s.block, s.branch, s.variant) == (block, branch, variant)),
+                                     saes[0].t)
+    sae = state.sae(block, t, branch, variant)
+    codes = atlas.image_codes(image_id, sae.block, sae.t, sae.branch, sae.variant).to_pylist()
     latents = sorted({c["latent"] for c in codes})
     labels = {r["latent"]: r["best_label"] for r in atlas.query(
         "SELECT latent, best_label FROM concepts WHERE sae_id = ? AND list_contains(?, latent)",
@@ -168,11 +178,11 @@ def image(image_id: int, state: State,
     objects = atlas.query("SELECT id, label, score, x0, y0, x1, y1, mask_path FROM objects WHERE image_id = ? "
                           "ORDER BY id", [image_id]).to_pylist()
     return {
-        "image": info, "block": sae.block, "t": sae.t, "branch": sae.branch, "grid_h": h, "grid_w": w,
+        "image": info, "block": sae.block, "t": sae.t, "branch": sae.branch, "variant": sae.variant, "grid_h": h,
+        "grid_w": w,
         "objects": [ObjectRow(id=o["id"], label=o["label"], score=o["score"], box=[o["x0"], o["y0"], o["x1"], o["y1"]],
                               has_mask=bool(o["mask_path"])) for o in objects],
-        "saes": [SaeChoice(name=concept_prefix(s.block, s.t, s.branch), block=s.block, t=s.t, branch=s.branch,
-                           chosen=s.id == sae.id) for s in saes],
+        "saes": [SaeChoice.of(s, chosen=s.id == sae.id) for s in saes],
         "grid": [[Cell(row=r, col=c, top=cells[r][c]) for c in range(w)] for r in range(h)],
         "table": Table(columns=["concept_id", "max_value", "cells", "best_label"],
                        rows=sorted(strongest.values(), key=lambda e: (-e[1], e[0]))),

@@ -67,9 +67,9 @@ def label(name: Annotated[str, Path(description="A label, e.g. red circle")], st
     if name not in known:
         raise UnknownLabelError(name, known)
     ranked = state.atlas.query(
-        "SELECT block, t, branch, rank, concept_id, mean_iou, hit_rate, precision, recall, support FROM ("
+        "SELECT block, t, branch, variant, rank, concept_id, mean_iou, hit_rate, precision, recall, support FROM ("
         f"SELECT *, row_number() OVER (PARTITION BY sae_id ORDER BY {RANK}) AS rank FROM concept_labels "
-        "WHERE label = $name) WHERE rank <= $per_sae ORDER BY block, branch, t DESC, rank",
+        "WHERE label = $name) WHERE rank <= $per_sae ORDER BY block, branch, variant, t DESC, rank",
         {"name": name, "per_sae": per_sae})
     examples = state.atlas.query(
         "SELECT o.id AS object_id, o.image_id, i.prompt, o.score, o.mask_path IS NOT NULL AS has_mask "
