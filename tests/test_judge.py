@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from atlas.edit import judge as rules
 from atlas.edit.core import NAMED_REGIONS, box_mask
 from atlas.edit.judge import AtlasJudge, JudgeUnavailable, Verdict, centre_of_mass, in_region, locality
 from atlas.pipeline.judges import ShapesJudge
@@ -220,6 +221,29 @@ def test_centre_of_mass_and_region_by_hand():
                                np.array([[True, False], [False, False]]))
     assert (inside, outside) == (pytest.approx(0.2), pytest.approx(0.2))
     assert locality(scene(), scene(), np.ones((SIZE, SIZE), bool)) == (0.0, None)
+
+
+def test_label_mask_joins_the_pieces_of_one_label_and_head_noun_names_what_a_style_restyles():
+    left, right = np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool)
+    left[18:26, 10:13], right[18:26, 19:25] = True, True  # SPLIT_RED's two pieces
+    blue = scene(TOP_RIGHT_BLUE)[..., 2] == BLUE[2]
+    found = [("red blob", right), ("Red Blob ", left), ("blue blob", blue)]
+    mask = rules.label_mask(found, "red blob", (SIZE, SIZE))
+    assert (mask == (left | right)).all() and centre_of_mass(mask) == (18.5, 22.0)  # 24 px at x 11.5, 48 at 22
+    assert not rules.label_mask(found, "green blob", (SIZE, SIZE)).any()
+    assert rules.head_noun("Striped  Background") == "background" and rules.head_noun("dog") == "dog"
+    assert rules.head_noun(" ") == ""
+
+
+def test_verdict_needs_the_target_reached_and_the_image_intact():
+    original, edited = scene(), scene(TOP_LEFT_RED)
+    region = quadrant("top left")
+    v = rules.verdict(original, edited, True, False, True, None, region, centre_x=8)
+    assert (v.success, v.reached, v.before, v.intact, v.others_stay) == (True, True, False, True, None)
+    assert v.values == {"centre_x": 8.0} and v.change_out == 0.0
+    assert v.change_in == pytest.approx(64 / 256 * RED_OFF_PLAIN)
+    assert not rules.verdict(original, edited, True, False, False, True, region).success  # reached, but ruined
+    assert not rules.verdict(original, edited, False, True, True, True, region).success
 
 
 def test_spatial_success_with_hand_computed_centre_and_locality(judge):
