@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -154,8 +155,10 @@ class EvalResult:
             f" adding {self.added}" if self.added else "")
         how = "from a donor text (atlas.edit.add)" if self.method == "donor" else f"on {self.block} with {source}"
         chosen, reported = self.seeds
+        given = all(sum(p.window == w for p in self.points) == 1 for w in windows)
         honest = (f"strengths chosen on the prompts of seeds {chosen}+, success on the held-out prompts of seeds "
-                  f"{reported}+" if self.held_out else f"strengths chosen and success reported on the same prompts "
+                  f"{reported}+" if self.held_out else f"strength given (--strengths), not chosen, on the prompts of "
+                  f"seeds {reported}+" if given else f"strengths chosen and success reported on the same prompts "
                   f"(seeds {reported}+)")
         lines = [f"{what} {how}, {self.n_cases} cases per window and strength, {honest} (unedited baseline "
                  f"{_num(self.baseline, 2)}), judged by {self.judge or 'no judge'}", "",
@@ -500,7 +503,9 @@ def save_curves(root: Path, kind: str, result: EvalResult, config: EvalEditsConf
     for p in result.held_out:
         windows[p.window]["held_out"] = {"strength": p.strength, "success": p.success, "seed": result.seeds[1]}
     fixed = "" if result.concepts_t is None else f" --concepts-t {result.concepts_t:g}"
+    chosen = "".join(f" --{name} {shlex.quote(value)}" for name in ("prompt", "add", "method")
+                     if (value := getattr(config, name))) + f" --select-seed {config.select_seed} --seed {config.seed}"
     write_curve(root, kind, result.block, result.concepts_t, {
         "block": result.block, "concepts_t": result.concepts_t, "n": result.n_cases, "date": result.date,
         "baseline": result.baseline, "windows": windows,
-        "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}{fixed}"})
+        "command": f"atlas eval-edits --kind {result.kind} --block {result.block} --n {config.n}{fixed}{chosen}"})
