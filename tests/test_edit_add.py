@@ -112,3 +112,21 @@ def test_a_yellow_circle_is_added_where_asked(model):
     verdicts = [judge(b, a, "add", "yellow circle", quadrant("top right"), "a blue square")
                 for b, a in zip(unedited, edited)]
     assert sum(v.success for v in verdicts) >= 3, verdicts
+
+
+def test_the_shapes_model_ships_a_curve_for_every_kind_of_edit(tmp_path):
+    """An atlas without curves of its own (tmp_path) reads those data/shapes ships, each measured with a held-out
+    success beside its sweep; its own curves, once measured, win."""
+    from atlas.edit.curves import best_point, kind_curves, write_curve
+
+    for kind in ("spatial", "global", "add"):
+        curves, source = kind_curves(tmp_path, "shapes", kind)
+        assert source == "the curves shipped with the model" and curves, kind
+        for curve in curves.values():
+            window, strength, success = best_point(curve)
+            assert 0.0 <= success <= 1.0 and strength > 0
+            assert any("held_out" in row for row in curve["windows"].values()), kind
+    assert best_point(kind_curves(tmp_path, "shapes", "add")[0]["up"])[0] == "all"  # the donor writes every step
+    write_curve(tmp_path, "add", "up", None, {"block": "up", "n": 4, "windows": {"all": {
+        "strength": [1.0], "success": [0.5], "pixel_change": [0.1], "resolved": [1.0]}}})
+    assert kind_curves(tmp_path, "shapes", "add")[1] == "this atlas"
