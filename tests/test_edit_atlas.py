@@ -112,7 +112,8 @@ def test_cli_edit_and_one_line_errors_that_touch_nothing(atlas_copy, tmp_path):
     before = interventions(atlas_copy)
     bad = {"unknown label": (["--concept", label[:-1] + "x"], "did you mean"),
            "bad region": (["--concept", label, "--region", "middle-left"], "bad region"),
-           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1"], "covers no cell"),
+           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1", "--block", "mid", "--method",
+                            "coefficients"], "covers no cell"),  # the donor method would grow the region
            "bad window": (["--concept", label, "--when", "late"], "bad window"),
            "bad id": (["--concept", "mid/1.0/999999"], "does not exist"),
            "sql without ids": (["--concept", "SELECT 1 AS x"], "concept_id column"),
