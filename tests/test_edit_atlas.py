@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from atlas.cli.main import main
 from atlas.edit import EditConfig
 from atlas.edit.config import EvalEditsConfig
+from atlas.edit.curves import model_curves
+from atlas.edit.plan import auto_choice
 from atlas.errors import NotFoundError
 from atlas.models import load_model
 from atlas.pipeline.edits import edit, eval_edits
@@ -110,7 +112,8 @@ def test_cli_edit_and_one_line_errors_that_touch_nothing(atlas_copy, tmp_path):
     before = interventions(atlas_copy)
     bad = {"unknown label": (["--concept", label[:-1] + "x"], "did you mean"),
            "bad region": (["--concept", label, "--region", "middle-left"], "bad region"),
-           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1"], "covers no cell"),
+           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1", "--block", "mid", "--method",
+                            "coefficients"], "covers no cell"),  # the donor method would grow the region
            "bad window": (["--concept", label, "--when", "late"], "bad window"),
            "bad id": (["--concept", "mid/1.0/999999"], "does not exist"),
            "sql without ids": (["--concept", "SELECT 1 AS x"], "concept_id column"),
@@ -145,10 +148,12 @@ def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, t
     plan = auto.plans[0]
     assert plan.sae.block == "up" and str(plan.window) == best.window and plan.strength == 16.0
     assert "auto: spatial edits on up succeeded most" in auto.said[0]
-    label = linked(atlas_copy, "mid", 0.5)  # global edits have no curves yet: the paper's middle window on mid
+    label = linked(atlas_copy, "up", 1.0)  # global edits have no curves in this atlas: those the model ships
     plain = edit(atlas_copy, "a red circle", label, "", EditConfig(log=False), model=model)
-    assert plain.plans[0].sae.block == "mid" and str(plain.plans[0].window) == "middle"
-    assert "no measured global curves" in plain.said[0]
+    shipped = model_curves("shapes")["global"]
+    block, window, strength, _, _ = auto_choice(shipped, "global", None)
+    assert (plain.plans[0].sae.block, str(plain.plans[0].window), plain.plans[0].strength) == (block, window, strength)
+    assert "on the curves shipped with the model" in plain.said[0]
 
 
 @pytest.mark.slow
