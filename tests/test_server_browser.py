@@ -62,7 +62,9 @@ def page(browser, site):
 
 
 def images_loaded(page, selector: str) -> int:
-    """Wait until every image matching `selector` has loaded with real pixels; returns how many there are."""
+    """Wait until every image matching `selector` has loaded with real pixels; returns how many there are. Lazy
+    images load once on screen, so the first one is scrolled into view first (a row of them loads together)."""
+    page.locator(selector).first.scroll_into_view_if_needed()
     page.wait_for_function(f"""() => {{
         const imgs = [...document.querySelectorAll({selector!r})];
         return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
@@ -83,7 +85,7 @@ def test_home_concept_label_image_walk(page, shots):
     concept_id = page.locator("h1 .concept").inner_text()
     page.screenshot(path=shots / "2-concept.png", full_page=True)
 
-    page.locator("h1 + p a[href^='/label/']").click()
+    page.locator("#description + p a[href^='/label/']").click()  # the best label, below the description
     page.wait_for_url(re.compile(r"/label/"))
     assert page.locator("table a.concept").count() >= 1
     images_loaded(page, ".gallery img")
