@@ -136,7 +136,11 @@ def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, t
     with open_atlas(atlas_copy) as atlas:
         result = eval_edits(atlas, config, tmp_path / "eval", model=model, progress=False, say=lambda line: None)
     assert [p.window for p in result.points] == ["middle", "final"] and result.n_cases == 4
-    assert all(0.0 <= p.success <= 1.0 and p.pixel_change >= 0 for p in result.points)
+    stored = json.loads((tmp_path / "eval" / "eval-spatial.json").read_text())
+    for point in result.points:  # each success rate is the share of its 4 edits whose verdict says success
+        verdicts = [e["verdict"] for e in stored["edits"] if e["window"] == point.window]
+        assert len(verdicts) == 4 and point.pixel_change >= 0
+        assert point.success == sum(bool(v and v["success"]) for v in verdicts) / 4
     assert "| middle | 16 |" in result.table() and "0.35" in result.table()  # beside the paper's figure
     for name in ("eval-spatial.md", "eval-spatial.json", "eval-spatial-middle.png", "eval-spatial-final.png"):
         assert (tmp_path / "eval" / name).exists()
@@ -203,7 +207,7 @@ def test_concepts_of_one_sae_edit_every_window_and_auto_reuses_them(shapes_atlas
     assert result.points[0].resolved == (2 if striped else 0)
     curves = json.loads((copy / "edits" / "curves.json").read_text())["global"]
     assert list(curves) == ["up, concepts t=1"] and curves["up, concepts t=1"]["concepts_t"] == 1.0
-    assert curves["up, concepts t=1"]["command"].endswith("--concepts-t 1")
+    assert " --concepts-t 1 " in curves["up, concepts t=1"]["command"] + " "
     label = "striped background" if striped else linked(copy, "up", 1.0)
     auto = edit(copy, "a red circle", label, "", EditConfig(log=False), model=model)
     plan = auto.plans[0]

@@ -334,7 +334,8 @@ class Measurer:
                                              [[e] for e in edits[start:start + size]], self.steps, self.guidance)[1])
                 self.bar.update(len(chunk))
         else:
-            regions = {q: region_to_grid(self.pixels[q], (info.grid_h, info.grid_w), info.block) for q in QUADRANTS}
+            regions = {q: region_to_grid(self.pixels[q], (info.grid_h, info.grid_w), info.block)
+                       for q in {c.quadrant for c in cases if c.quadrant}}  # style edits have none: any grid will do
             edits = [ConceptEdit(sae, latents[c.label], info.block, steps, strength,
                                  regions[c.quadrant] if c.quadrant else None, self.config.branch)
                      if latents[c.label] else None for c in cases]
