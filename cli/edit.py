@@ -30,14 +30,17 @@ def edit(prompt: str, concepts: tuple[str, ...], regions: tuple[str, ...], stren
          atlas_dir: str | None, **options) -> None:
     """Generate PROMPT unedited and edited with atlas concepts (same seed), side by side.
 
-    A spatial edit (--region) sets the concepts to beta * ||z|| inside the region and to 0 outside; a
-    global edit adds them everywhere. The change goes through the concept vectors, so the SAE's
-    reconstruction error stays in the image. The edit is logged in the atlas's interventions table.
+    A spatial edit (--region) of an object the prompt names moves it: the concepts are set to
+    beta * ||z|| inside the region and to 0 outside; a global edit adds them everywhere. The change goes
+    through the concept vectors, so the SAE's reconstruction error stays in the image. An object the
+    prompt lacks is added from a donor text into the region, the rest of the image kept (--method).
+    The edit is logged in the atlas's interventions table.
 
     \b
     Examples:
-      atlas edit "a red square" --concept "red square" --region top-left --when early --block up
-      atlas edit "a blue circle" --concept "striped background" --when early --strength 4096
+      atlas edit "a red square" --concept "red square" --region top-left
+      atlas edit "a blue square" --concept "yellow circle" --region top-left
+      atlas edit "a blue circle" --concept "striped background"
       atlas edit "a red circle" --concept up/0.5/2 --region 0,0,0.5,1 --concept "yellow circle" --region right
     """
     from atlas.pipeline.edits import edit as run_edit
@@ -70,6 +73,7 @@ def eval_edits(atlas_dir: str | None, out_dir: str | None, **options) -> None:
     Examples:
       atlas eval-edits --kind spatial --block up
       atlas eval-edits --kind style --n 16 --strengths 2,8,32
+      atlas eval-edits --kind add --prompt "a blue square" --add "yellow circle" --n 10
     """
     from atlas.pipeline.edits import eval_edits as run_eval
     from atlas.store import default_path, open_atlas
@@ -79,4 +83,4 @@ def eval_edits(atlas_dir: str | None, out_dir: str | None, **options) -> None:
         out = Path(out_dir) if out_dir else store.root / "edits"
         result = run_eval(store, config, out, say=click.echo)
     click.echo(result.table())
-    click.echo(f"wrote {out}/eval-{result.kind}.md, .json and PNGs; curves in {store.root}/edits/curves.json")
+    click.echo(f"wrote {out}/{result.stem}.md, .json and PNGs; curves in {store.root}/edits/curves.json")

@@ -20,6 +20,7 @@ import click
 from atlas.annotate.config import TAGGER_NAMES
 from atlas.capture.config import DTYPE_BYTES, parse_key
 from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
+from atlas.edit.config import EVAL_KINDS
 from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
 from atlas.sae.config import parse_latents
@@ -162,7 +163,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "schedule": click.Choice(("zero-snr", "sd")),
     "text_encoder": click.Choice(("trained", "frozen")),
     "backbone": click.Choice(("unet", "dit")),
-    "kind": click.Choice(("spatial", "style")),
+    "kind": click.Choice(EVAL_KINDS),
     "branches": ChoiceList("cond", "uncond", aliases={"both": ("cond", "uncond")}),
     "prompts": OptionalFile(),
     **dict.fromkeys(("atlas", "run_dir"), OUTPUT_DIR),

@@ -188,9 +188,9 @@ def encode(acts_dir: str, saes_dir: str, branch: str | None, atlas_dir: str | No
     from atlas.pipeline.executor import open_executor
     from atlas.store import Atlas
 
+    executor = open_executor(build_config(ExecutorConfig, options))  # checks its options; starts nothing yet
     encode_keys(ActivationSet(acts_dir), saes_dir, branch)  # bad inputs create no atlas
-    with open_executor(build_config(ExecutorConfig, options)) as executor, \
-            Atlas.create(_atlas_dir(atlas_dir)) as atlas, atlas.writer() as writer:
+    with executor, Atlas.create(_atlas_dir(atlas_dir)) as atlas, atlas.writer() as writer:
         written = encode_atlas(writer, ActivationSet(acts_dir), saes_dir, branch=branch, executor=executor)
     click.echo(f"encoded {len(written)} SAEs ({sum(written.values()):,} codes) into {_atlas_dir(atlas_dir)}")
 

@@ -515,6 +515,8 @@ HTTP_CASES = [
     web("GET /concept/{concept_id}.csv", "/concept/mid/nan/1.csv", 404, "unknown t nan"),
     web("GET /concept/{concept_id}/histogram.png", "/concept/mid/1e308/1/histogram.png", 404,
         r"unknown t 1e\+308: this atlas has t"),
+    web("GET /concept/{concept_id}/words.json", "/concept/mid/9.0/1/words.json", 404, "unknown t 9"),
+    web("GET /concept/{concept_id}/words.json", "/concept/mid/1.0/1/words.json?image_id=-1", 400, "bad image_id"),
     web("POST /concept/{concept_id}/name.json", "/concept/mid/1.0/1/name.json", 400, "bad name: Input should be a "
         "valid string", body=b'{"name": 5}'),
     web("POST /concept/{concept_id}/name.json", "/concept/mid/1.0/1/name.json", 400, "bad name: String should have"

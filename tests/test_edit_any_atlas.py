@@ -108,15 +108,17 @@ def test_eval_edits_spatial_runs_and_writes_its_table(atlas_copy, model, tmp_pat
     assert 0.0 <= point.success <= point.target <= 1.0 and point.change_in is not None
     assert result.baseline is not None and "bright" in result.judge
     assert any(line.startswith("LPIPS not measured: ") for line in lines) or point.lpips is not None
-    table = (tmp_path / "eval" / "eval-spatial.md").read_text()
+    stem = "eval-spatial" + ("" if block == EvalEditsConfig.block else f"-{block}")  # a block's own tables
+    assert result.stem == stem
+    table = (tmp_path / "eval" / f"{stem}.md").read_text()
     assert f"| {window} | 4 |" in table and "change in / out of region" in table and "others stay" in table
-    saved = json.loads((tmp_path / "eval" / "eval-spatial.json").read_text())
+    saved = json.loads((tmp_path / "eval" / f"{stem}.json").read_text())
     edited = [r for r in saved["edits"] if r["edited"]]
     assert len(saved["edits"]) == 8 and len(edited) == point.resolved
     assert all(set(r["verdict"]) >= {"success", "reached", "before", "change_in", "change_out", "others_stay"}
                for r in edited)
     assert any(r["label"] == label and r["verdict"]["values"].keys() <= {"centre_x", "centre_y"} for r in edited)
-    assert (tmp_path / "eval" / f"eval-spatial-{window}.png").stat().st_size > 500
+    assert (tmp_path / "eval" / f"{stem}-{window}.png").stat().st_size > 500
     curves = json.loads((atlas_copy / "edits" / "curves.json").read_text())
     assert curves["spatial"][block]["windows"][window]["strength"] == [4.0]
 
@@ -139,7 +141,7 @@ def test_eval_edits_style_with_a_tiny_clip_and_lpips(atlas_copy, model, tmp_path
     assert point.lpips is not None and point.lpips >= 0
     table = result.table()
     assert f"style edits adding {label!r}" in table and "unedited baseline -" in table
-    saved = json.loads((tmp_path / "eval" / "eval-style.json").read_text())
+    saved = json.loads((tmp_path / "eval" / f"{result.stem}.json").read_text())
     assert [r["prompt"] for r in saved["edits"]] == PROMPTS[:3]  # the atlas's own prompts
     assert all(set(r["verdict"]["values"]) == {"clip_before", "clip_after"} and r["lpips"] is not None
                for r in saved["edits"])
@@ -153,7 +155,8 @@ def test_cli_eval_edits_and_a_missing_clip_is_one_line(atlas_copy, tiny_sd_dir, 
     ok = runner.invoke(main, ["eval-edits", "--n", "1", "--windows", window_of(t), "--strengths", "4", "--block", block,
                               "--batch-size", "4", "--atlas", str(atlas_copy)])
     assert ok.exit_code == 0, ok.output
-    assert f"| {window_of(t)} | 4 |" in ok.output and (atlas_copy / "edits" / "eval-spatial.md").exists()
+    stem = "eval-spatial" + ("" if block == EvalEditsConfig.block else f"-{block}")
+    assert f"| {window_of(t)} | 4 |" in ok.output and (atlas_copy / "edits" / f"{stem}.md").exists()
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(atlas_copy / "no-hub-cache"))
@@ -161,7 +164,7 @@ def test_cli_eval_edits_and_a_missing_clip_is_one_line(atlas_copy, tiny_sd_dir, 
                                "--atlas", str(atlas_copy)])
     assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1, bad.output
     assert "hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in bad.output
-    assert not (atlas_copy / "edits" / "eval-style.md").exists()
+    assert not list((atlas_copy / "edits").glob("eval-style*"))
 
 
 def test_edit_on_any_atlas_reports_its_verdict(atlas_copy, model):

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from atlas.cli.main import main
 from atlas.edit import EditConfig
 from atlas.edit.config import EvalEditsConfig
+from atlas.edit.curves import model_curves
+from atlas.edit.plan import auto_choice
 from atlas.errors import NotFoundError
 from atlas.models import load_model
 from atlas.pipeline.edits import edit, eval_edits
@@ -110,7 +112,8 @@ def test_cli_edit_and_one_line_errors_that_touch_nothing(atlas_copy, tmp_path):
     before = interventions(atlas_copy)
     bad = {"unknown label": (["--concept", label[:-1] + "x"], "did you mean"),
            "bad region": (["--concept", label, "--region", "middle-left"], "bad region"),
-           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1"], "covers no cell"),
+           "tiny region": (["--concept", label, "--region", "0,0,0.1,0.1", "--block", "mid", "--method",
+                            "coefficients"], "covers no cell"),  # the donor method would grow the region
            "bad window": (["--concept", label, "--when", "late"], "bad window"),
            "bad id": (["--concept", "mid/1.0/999999"], "does not exist"),
            "sql without ids": (["--concept", "SELECT 1 AS x"], "concept_id column"),
@@ -133,7 +136,11 @@ def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, t
     with open_atlas(atlas_copy) as atlas:
         result = eval_edits(atlas, config, tmp_path / "eval", model=model, progress=False, say=lambda line: None)
     assert [p.window for p in result.points] == ["middle", "final"] and result.n_cases == 4
-    assert all(0.0 <= p.success <= 1.0 and p.pixel_change >= 0 for p in result.points)
+    stored = json.loads((tmp_path / "eval" / "eval-spatial.json").read_text())
+    for point in result.points:  # each success rate is the share of its 4 edits whose verdict says success
+        verdicts = [e["verdict"] for e in stored["edits"] if e["window"] == point.window]
+        assert len(verdicts) == 4 and point.pixel_change >= 0
+        assert point.success == sum(bool(v and v["success"]) for v in verdicts) / 4
     assert "| middle | 16 |" in result.table() and "0.35" in result.table()  # beside the paper's figure
     for name in ("eval-spatial.md", "eval-spatial.json", "eval-spatial-middle.png", "eval-spatial-final.png"):
         assert (tmp_path / "eval" / name).exists()
@@ -145,10 +152,12 @@ def test_eval_edits_writes_tables_and_curves_that_auto_uses(atlas_copy, model, t
     plan = auto.plans[0]
     assert plan.sae.block == "up" and str(plan.window) == best.window and plan.strength == 16.0
     assert "auto: spatial edits on up succeeded most" in auto.said[0]
-    label = linked(atlas_copy, "mid", 0.5)  # global edits have no curves yet: the paper's middle window on mid
+    label = linked(atlas_copy, "up", 1.0)  # global edits have no curves in this atlas: those the model ships
     plain = edit(atlas_copy, "a red circle", label, "", EditConfig(log=False), model=model)
-    assert plain.plans[0].sae.block == "mid" and str(plain.plans[0].window) == "middle"
-    assert "no measured global curves" in plain.said[0]
+    shipped = model_curves("shapes")["global"]
+    block, window, strength, _, _ = auto_choice(shipped, "global", None)
+    assert (plain.plans[0].sae.block, str(plain.plans[0].window), plain.plans[0].strength) == (block, window, strength)
+    assert "on the curves shipped with the model" in plain.said[0]
 
 
 @pytest.mark.slow
@@ -198,7 +207,7 @@ def test_concepts_of_one_sae_edit_every_window_and_auto_reuses_them(shapes_atlas
     assert result.points[0].resolved == (2 if striped else 0)
     curves = json.loads((copy / "edits" / "curves.json").read_text())["global"]
     assert list(curves) == ["up, concepts t=1"] and curves["up, concepts t=1"]["concepts_t"] == 1.0
-    assert curves["up, concepts t=1"]["command"].endswith("--concepts-t 1")
+    assert " --concepts-t 1 " in curves["up, concepts t=1"]["command"] + " "
     label = "striped background" if striped else linked(copy, "up", 1.0)
     auto = edit(copy, "a red circle", label, "", EditConfig(log=False), model=model)
     plan = auto.plans[0]

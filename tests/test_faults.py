@@ -148,17 +148,18 @@ class Run:
     ("[3/6] encode ...")."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        with open(log, "a") as err:
-            self.proc = subprocess.Popen(atlas_command(*args), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                                         stderr=err, text=True, start_new_session=True)
-        self.stage = args[0]
+        self.proc = subprocess.Popen(atlas_command(*args), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.stage, self.log = args[0], log
         threading.Thread(target=self._follow, daemon=True).start()
 
-    def _follow(self) -> None:
-        for line in self.proc.stdout:
-            match = HEADER.match(line)
-            if match:
-                self.stage = match.group(1)
+    def _follow(self) -> None:  # the stage headers are log lines (stderr); the log keeps every line
+        with open(self.log, "a") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                match = HEADER.match(line)
+                if match:
+                    self.stage = match.group(1)
 
     def wait_until(self, what: str, ready: Callable[[], bool], timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout

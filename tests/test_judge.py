@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from atlas.edit import judge as rules
 from atlas.edit.core import NAMED_REGIONS, box_mask
 from atlas.edit.judge import AtlasJudge, JudgeUnavailable, Verdict, centre_of_mass, in_region, locality
 from atlas.pipeline.judges import ShapesJudge
@@ -138,6 +139,55 @@ def test_shapes_style_verdicts(shapes_judge):
     assert (ruined.intact, ruined.success) == (False, False)  # the red square lies under the noise
 
 
+YELLOW = COLORS["yellow"]
+TOP_LEFT_YELLOW = (YELLOW, slice(4, 12), slice(4, 12))  # 8 x 8 pixels, centre (8.0, 8.0)
+BOTTOM_LEFT_GREEN = (COLORS["green"], slice(20, 28), slice(4, 12))
+YELLOW_OFF_PLAIN = ((235 - 25) + (215 - 25) + (40 - 25)) / 3 / 255  # a pixel turning from plain background to yellow
+
+
+def add_verdicts(judge, target: str, prompt: str) -> dict:
+    """An add edit of `target` into the top left of an image holding the blue square at the top right, every way
+    it can go; the same hand-drawn images for both judges."""
+    original, region = scene(TOP_RIGHT_BLUE), quadrant("top left")
+    drifted_blue = (BLUE, slice(4, 12), slice(16, 24))  # the blue square 4 px to the left
+    edits = {"added": scene(TOP_LEFT_YELLOW, TOP_RIGHT_BLUE), "elsewhere": scene(BOTTOM_RIGHT_RED, TOP_RIGHT_BLUE),
+             "wrong quadrant": scene((YELLOW, slice(20, 28), slice(20, 28)), TOP_RIGHT_BLUE),
+             "moved the blue": scene(TOP_LEFT_YELLOW, drifted_blue),
+             "with noise": scene(TOP_LEFT_YELLOW, TOP_RIGHT_BLUE, BOTTOM_LEFT_GREEN), "nothing": original}
+    found = {name: judge(original, edited, "add", target, region, prompt) for name, edited in edits.items()}
+    found["anywhere"] = judge(original, edits["wrong quadrant"], "add", target, None, prompt)
+    was_there = scene(TOP_LEFT_YELLOW, TOP_RIGHT_BLUE)
+    found["already there"] = judge(was_there, was_there, "add", target, region, prompt)
+    return found
+
+
+def check_add_verdicts(found: dict) -> None:
+    def flags(v):
+        return v.success, v.reached, v.before, v.intact, v.others_stay
+
+    v = found["added"]
+    assert flags(v) == (True, True, False, True, True) and v.values == {"centre_x": 8.0, "centre_y": 8.0}
+    # 64 of the quadrant's 256 pixels turned yellow, nothing changed outside it
+    assert v.change_in == pytest.approx(64 / 256 * YELLOW_OFF_PLAIN) and v.change_out == 0.0
+    assert flags(found["wrong quadrant"]) == (False, False, False, True, True)
+    assert found["wrong quadrant"].values == {"centre_x": 24.0, "centre_y": 24.0}
+    assert flags(found["elsewhere"])[:2] == (False, False) and found["elsewhere"].values == {}  # not the label asked
+    assert flags(found["moved the blue"]) == (False, True, False, False, False)  # 4 px > the 3.2 px it may drift
+    assert flags(found["with noise"]) == (False, True, False, False, True)  # two new objects, one asked for
+    assert flags(found["nothing"])[:2] == (False, False) and found["nothing"].change_in == 0.0
+    assert flags(found["anywhere"])[:2] == (True, True)  # no region: anywhere will do
+    # a yellow object that was there before is nothing added, however well placed
+    assert flags(found["already there"])[:3] == (False, False, True)
+
+
+def test_shapes_add_verdicts(shapes_judge):
+    check_add_verdicts(add_verdicts(shapes_judge, "yellow square", "a blue square"))
+
+
+def test_atlas_judge_add_verdicts(judge):
+    check_add_verdicts(add_verdicts(judge, "yellow blob", "a blue blob"))
+
+
 # -- the judge of any atlas (atlas/edit/judge.py) with a hand-made annotator -----------------------------------------
 
 def colour_blobs(image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray]]:
@@ -171,6 +221,29 @@ def test_centre_of_mass_and_region_by_hand():
                                np.array([[True, False], [False, False]]))
     assert (inside, outside) == (pytest.approx(0.2), pytest.approx(0.2))
     assert locality(scene(), scene(), np.ones((SIZE, SIZE), bool)) == (0.0, None)
+
+
+def test_label_mask_joins_the_pieces_of_one_label_and_head_noun_names_what_a_style_restyles():
+    left, right = np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool)
+    left[18:26, 10:13], right[18:26, 19:25] = True, True  # SPLIT_RED's two pieces
+    blue = scene(TOP_RIGHT_BLUE)[..., 2] == BLUE[2]
+    found = [("red blob", right), ("Red Blob ", left), ("blue blob", blue)]
+    mask = rules.label_mask(found, "red blob", (SIZE, SIZE))
+    assert (mask == (left | right)).all() and centre_of_mass(mask) == (18.5, 22.0)  # 24 px at x 11.5, 48 at 22
+    assert not rules.label_mask(found, "green blob", (SIZE, SIZE)).any()
+    assert rules.head_noun("Striped  Background") == "background" and rules.head_noun("dog") == "dog"
+    assert rules.head_noun(" ") == ""
+
+
+def test_verdict_needs_the_target_reached_and_the_image_intact():
+    original, edited = scene(), scene(TOP_LEFT_RED)
+    region = quadrant("top left")
+    v = rules.verdict(original, edited, True, False, True, None, region, centre_x=8)
+    assert (v.success, v.reached, v.before, v.intact, v.others_stay) == (True, True, False, True, None)
+    assert v.values == {"centre_x": 8.0} and v.change_out == 0.0
+    assert v.change_in == pytest.approx(64 / 256 * RED_OFF_PLAIN)
+    assert not rules.verdict(original, edited, True, False, False, True, region).success  # reached, but ruined
+    assert not rules.verdict(original, edited, False, True, True, True, region).success
 
 
 def test_spatial_success_with_hand_computed_centre_and_locality(judge):

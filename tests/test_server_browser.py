@@ -62,7 +62,9 @@ def page(browser, site):
 
 
 def images_loaded(page, selector: str) -> int:
-    """Wait until every image matching `selector` has loaded with real pixels; returns how many there are."""
+    """Wait until every image matching `selector` has loaded with real pixels; returns how many there are. Lazy
+    images load once on screen, so the first one is scrolled into view first (a row of them loads together)."""
+    page.locator(selector).first.scroll_into_view_if_needed()
     page.wait_for_function(f"""() => {{
         const imgs = [...document.querySelectorAll({selector!r})];
         return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
@@ -83,7 +85,7 @@ def test_home_concept_label_image_walk(page, shots):
     concept_id = page.locator("h1 .concept").inner_text()
     page.screenshot(path=shots / "2-concept.png", full_page=True)
 
-    page.locator("h1 + p a[href^='/label/']").click()
+    page.locator("#description + p a[href^='/label/']").click()  # the best label, below the description
     page.wait_for_url(re.compile(r"/label/"))
     assert page.locator("table a.concept").count() >= 1
     images_loaded(page, ".gallery img")
@@ -209,4 +211,40 @@ def test_sql_error_keeps_the_query_and_columns_sort(page, shots):
     assert up == sorted(up) and down == sorted(up, reverse=True) and up != down
     assert page.locator("#sql-result th:nth-child(2)").get_attribute("aria-sort") == "descending"
     page.screenshot(path=shots / "9-sql-sorted.png", full_page=True)
+    assert not page.problems, page.problems
+
+
+def test_paint_a_region_and_add_a_concept(page, shots, shapes_atlas):
+    """The paint brush marks every cell the pointer passes (an L, no rectangle); a label the prompt does not name is
+    added there from a donor text."""
+    with open_atlas(shapes_atlas) as atlas:
+        labels = atlas.labels()
+    added = next(label for label in labels if "circle" in label)
+    prompt = f"a {next(label for label in labels if 'square' in label and not set(label.split()) & set(added.split()))}"
+    page.goto("/edit")
+    page.fill("input[name=prompt]", prompt)
+    page.fill("input[name=concept]", added)
+    page.select_option("#brush", "paint")
+
+    def centre(row: int, col: int) -> tuple[float, float]:
+        box = page.locator(f"#region-grid div[data-row='{row}'][data-col='{col}']").bounding_box()
+        return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    page.mouse.move(*centre(0, 0))
+    page.mouse.down()
+    page.mouse.move(*centre(0, 2), steps=6)
+    page.mouse.move(*centre(2, 2), steps=6)
+    page.mouse.up()
+    side = int(page.locator("#region-grid").get_attribute("data-side"))
+    rows = ["111", "001", "001"] + ["000"] * (side - 3)
+    assert page.input_value("#region") == "/".join(row + "0" * (side - 3) for row in rows)
+    assert page.locator("#region-grid div.on").count() == 5
+    page.screenshot(path=shots / "9-paint-form.png", full_page=True)
+    page.set_default_timeout(3 * TIMEOUT_MS)  # the edit reads the donor text beside the prompt: five rows a step
+    page.click("#run-edit")
+    page.wait_for_selector("#edit-result")
+    assert images_loaded(page, "#edit-result img") == 3
+    said = page.locator("main").inner_text()
+    assert f"add edit of '{added}'" in said and "from a donor text" in said, said
+    page.screenshot(path=shots / "10-paint-result.png", full_page=True)
     assert not page.problems, page.problems

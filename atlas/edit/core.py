@@ -67,19 +67,23 @@ class Window:
 # The paper's windows; they partition [0, 1] so every step belongs to exactly one.
 WINDOWS = {"early": Window("early", 0.6, 1.0), "middle": Window("middle", 0.2, 0.6, closed=False),
            "final": Window("final", 0.0, 0.2, closed=False)}
+ALL = Window("all", 0.0, 1.0)
+"""Every step: where an added object's donor writes (the last steps repaint what the text does not name)."""
 PAPER_STRENGTH = {"spatial": {"early": 4000.0, "middle": 400.0, "final": 1000.0},
                   "global": {"early": 8.0, "middle": 10.0, "final": 10.0}}
 """The paper's beta on SD v1.4 (for reference; the shapes model is calibrated by `atlas eval-edits`)."""
 
 
 def parse_window(text: str) -> Window:
-    """early | middle | final | t0-t1 (both ends included) | t (the one step of that t)."""
+    """early | middle | final | all | t0-t1 (both ends included) | t (the one step of that t)."""
     text = str(text).strip().lower()
     if text in WINDOWS:
         return WINDOWS[text]
+    if text == ALL.name:
+        return ALL
     match = re.fullmatch(r"(\d*\.?\d+)(?:\s*-\s*(\d*\.?\d+))?", text)
     if not match:
-        raise BadInputError(f"bad window {text!r}: use early, middle, final, auto, a range t0-t1 like 0.6-1.0 "
+        raise BadInputError(f"bad window {text!r}: use early, middle, final, all, auto, a range t0-t1 like 0.6-1.0 "
                             "or one t like 0.5 (t = 1.0 is the first step)")
     lo = float(match.group(1))
     hi = float(match.group(2)) if match.group(2) else lo

@@ -1,5 +1,7 @@
 """The edit curves file (<atlas>/edits/curves.json), its one owner: success per window and strength, measured by
-`atlas eval-edits` (which writes them through `write_curve`) and read by `atlas edit --when auto`.
+`atlas eval-edits` (which writes them through `write_curve`) and read by `atlas edit --when auto`. A model may ship
+curves measured on a reference atlas of it (<model dir>/edit_curves.json, same format): an atlas without its own
+curves of a kind uses those, so `atlas edit` works on a fresh atlas.
 
     {kind: {curve_key(block, concepts_t): {"block", "concepts_t", "n", "date", "baseline", "command",
                                            "windows": {window: {"strength", "success", "pixel_change", "resolved"}}}}}
@@ -10,15 +12,40 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from atlas.errors import UnavailableError
 from atlas.files import atomic_write, file_lock
 
 CURVES_FILE = "edits/curves.json"
+MODEL_CURVES_FILE = "edit_curves.json"
+"""The curves a model ships beside its weights (the shapes model's: data/shapes/edit_curves.json)."""
 
 
 def load_curves(root: Path) -> dict:
     """Success curves measured by `atlas eval-edits` on this atlas ({} when none were measured)."""
     path = Path(root) / CURVES_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def model_curves(source: str) -> dict:
+    """The curves the model `source` (a name or directory, as the atlas records it) ships; {} when it ships none
+    or is not on this machine."""
+    from atlas.models.loader import resolve_model_dir
+
+    try:
+        path = resolve_model_dir(source)[0] / MODEL_CURVES_FILE
+    except UnavailableError:
+        return {}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def kind_curves(root: Path, source: str, kind: str) -> tuple[dict, str]:
+    """The curves of one kind of edit (curve_key -> curve) and where they come from: the atlas's own when it has
+    any of that kind, else those its model ships."""
+    own = load_curves(root).get(kind, {})
+    if own:
+        return own, "this atlas"
+    shipped = model_curves(source).get(kind, {})
+    return shipped, ("the curves shipped with the model" if shipped else "")
 
 
 def best_point(curve: dict, window: str | None = None) -> tuple[str, float, float] | None:

@@ -5,8 +5,11 @@ the judge that works on any atlas (`AtlasJudge`: the atlas's own annotator, and 
              paper's criterion: the object's centre of mass lands in the target quadrant)
     style    reached = the CLIP similarity of the image to the target's words rises from the unedited image to
              the edited one (the paper's criterion)
-    intact   the annotator finds no more objects than in the unedited image, and every other object stays (its
-             label is still found, its centre within STAY_FRACTION of the image side)
+    add      reached = the centre of mass of the target's new pixels (labelled `target` in the edited image, not in
+             the unedited one) lies in the region (anywhere for an add edit without one)
+    intact   the annotator finds no more objects than in the unedited image (one more for an add edit: the added
+             object), and every other object stays (its label is still found, its centre within STAY_FRACTION of
+             the image side; for an add edit every object of the unedited image is an other object)
     success  reached in an intact image: a success that ruins the image counts as a failure
 
 Every verdict also says where the pixels changed (`locality`): inside the edit's region and outside it (a style
@@ -65,8 +68,9 @@ class Verdict:
 
 
 class Judge(Protocol):
-    """Decides one edit: `kind` spatial (move `target` into `region`, an (H, W) bool mask of the image) or global
-    (give the image the `target` style); None when it cannot tell (a spatial edit without a region)."""
+    """Decides one edit: `kind` spatial (move `target` into `region`, an (H, W) bool mask of the image), global
+    (give the image the `target` style) or add (put a `target` the image lacks into `region`, None: anywhere); None
+    when it cannot tell (a spatial edit without a region)."""
 
     name: str
     """Who judges, for the tables ("the shapes world's annotator")."""
@@ -170,12 +174,21 @@ class AtlasJudge:
         before, after = self._unedited(original, prompt), self.find(edited, prompt)
         if kind == "spatial":
             others = {name for name, _ in before if name.strip().lower() != target.strip().lower()}
+        elif kind == "add":
+            others = {name for name, _ in before}
         else:
             others = {name for name, _ in before if head_noun(name) != head_noun(target)}
         side = STAY_FRACTION * max(shape)
         stays = [_moved(label_mask(before, name, shape), label_mask(after, name, shape)) <= side for name in others]
         others_stay = all(stays) if stays else None
-        intact = len(after) <= len(before) and others_stay is not False
+        intact = len(after) <= len(before) + (kind == "add") and others_stay is not False
+        if kind == "add":
+            region = np.ones(shape, bool) if region is None else region
+            had = label_mask(before, target, shape)
+            now = centre_of_mass(label_mask(after, target, shape) & ~had)
+            centre = {} if now is None else {"centre_x": now[0], "centre_y": now[1]}
+            return verdict(original, edited, in_region(now, region), in_region(centre_of_mass(had), region), intact,
+                           others_stay, region, **centre)
         if kind == "spatial":
             was, now = (centre_of_mass(label_mask(found, target, shape)) for found in (before, after))
             centre = {} if now is None else {"centre_x": now[0], "centre_y": now[1]}

@@ -16,7 +16,8 @@ def log_edit(writer: Writer, result: EditResult, config: EditConfig, steps: int,
     """One interventions row per concept, with the inputs and the outcome of the whole edit."""
     base = {"prompt": result.prompt, "seed": result.seed, "steps": steps, "guidance": guidance,
             "branch": config.branch, "outcome": result.outcome, "date": date.today().isoformat(),
-            "edits": [{"query": p.query, "region": p.region or None, "window": str(p.window),
+            "edits": [{"query": p.query, "region": p.region or None, "kind": p.kind, "method": p.method,
+                       "window": str(p.window),
                        "t_range": [p.window.lo, p.window.hi], "strength": p.strength,
                        "concepts": [c.concept_id for c in p.concepts]} for p in result.plans]}
     ids = []

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atlas.edit.add import AddEdit, generate_added
 from atlas.edit.config import EditConfig
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region
-from atlas.edit.judge import Judge
+from atlas.edit.judge import Finder, Judge
 from atlas.edit.log import log_edit
 from atlas.edit.plan import PlannedEdit, plan_edit
 from atlas.edit.render import outcome_line, save_edit_png
@@ -46,23 +47,29 @@ class EditResult:
 def edit(atlas: Atlas | str | Path, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str] = "",
          config: EditConfig | None = None, out: str | Path | None = None,
          model: TextToImageModel | None = None, load: Callable[[str], TextToImageModel] = load_model,
-         judge_for: Callable[[Atlas], Judge | None] | None = None) -> EditResult:
+         judge_for: Callable[[Atlas], Judge | None] | None = None,
+         finder_for: Callable[[Atlas], Finder | None] | None = None) -> EditResult:
     """Edit `prompt` with each concept query (label, concept id or SQL) in its region ("" = global).
 
     One region applies to every concept; otherwise give one region per concept. Bad input raises before
     anything is generated or written, and before `load` (the atlas's model by name) is called when no
     `model` is given. `judge_for` gives the atlas's judge (None: only the pixel change is reported;
-    atlas.pipeline.judges.judge_for picks one by the atlas's model and annotator).
+    atlas.pipeline.judges.judge_for picks one by the atlas's model and annotator); `finder_for` the annotator that
+    finds the unedited image's objects, which an added object leaves alone (None: nothing is kept but what lies
+    outside the region).
     """
     if isinstance(atlas, Atlas):
-        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for)
+        return _edit(atlas, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for,
+                     finder_for)
     with open_atlas(atlas) as store:
-        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for)
+        return _edit(store, prompt, concepts, regions, config or EditConfig(), out, model, load, judge_for,
+                     finder_for)
 
 
 def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str | Sequence[str],
           config: EditConfig, out: str | Path | None, model: TextToImageModel | None,
-          load: Callable[[str], TextToImageModel], judge_for: Callable[[Atlas], Judge | None] | None) -> EditResult:
+          load: Callable[[str], TextToImageModel], judge_for: Callable[[Atlas], Judge | None] | None,
+          finder_for: Callable[[Atlas], Finder | None] | None) -> EditResult:
     queries = [concepts] if isinstance(concepts, str) else list(concepts)
     region_list = [regions] if isinstance(regions, str) else list(regions)
     if not prompt.strip():
@@ -82,14 +89,23 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
     if model is None and not (steps and size):  # an atlas that does not record them: ask the model
         model = load(spec["source"])
     steps, size = steps or model.spec.default_steps, size or model.spec.resolution
-    plans = [plan_edit(store, q, r, config, steps, size) for q, r in zip(queries, region_list)]
+    plans = [plan_edit(store, prompt, q, r, config, steps, size) for q, r in zip(queries, region_list)]
     model = model or load(spec["source"])  # after planning: bad input fails before the slow load
     saes = {p.sae.id: Sae.from_pretrained(sae_path(store, p.sae)) for p in plans}
     edits = [ConceptEdit(saes[p.sae.id], [c.latent for c in p.concepts], p.sae.block, p.window.steps(steps),
                          p.strength, p.cells, config.branch) for p in plans]
     recorder = MapRecorder(edits, plans, steps)
     original = generate(model, [prompt], [config.seed], steps, guidance, recorder.hooks())[0]
-    edited = generate(model, [prompt], [config.seed], steps, guidance, edit_hooks(edits))[0]
+    donors = [p for p in plans if p.method == "donor"]
+    if donors:
+        keep = objects_mask(finder_for(store) if finder_for else None, original, prompt)
+        adds = [AddEdit(p.target, parse_region(p.region, size), list(model.spec.hook_points), p.window.steps(steps),
+                        p.strength, round(config.margin * size), keep, config.donor) for p in donors]
+        others = [e for e, p in zip(edits, plans) if p.method != "donor"]
+        edited = generate_added(model, [prompt], [config.seed], [adds], steps, guidance, [others],
+                                hold=not others)[1][0]
+    else:
+        edited = generate(model, [prompt], [config.seed], steps, guidance, edit_hooks(edits))[0]
     outcome = judge_outcome(store, judge_for, original, edited, plans, prompt)
     said = [plan.describe() for plan in plans] + [outcome_line(outcome)]
     result = EditResult(prompt, config.seed, original, edited, plans, recorder.maps(), outcome, said)
@@ -99,6 +115,16 @@ def _edit(store: Atlas, prompt: str, concepts: str | Sequence[str], regions: str
         with store.writer() as writer:
             result.intervention_ids = log_edit(writer, result, config, steps, guidance)
     return result
+
+
+def objects_mask(find: Finder | None, image: np.ndarray, prompt: str) -> np.ndarray | None:
+    """Every pixel of the objects `find` sees in the image (None without a finder)."""
+    if find is None:
+        return None
+    mask = np.zeros(image.shape[:2], bool)
+    for _, found in find(image, prompt):
+        mask |= np.asarray(found, bool)
+    return mask
 
 
 def sae_path(store: Atlas, sae: SaeInfo) -> Path:

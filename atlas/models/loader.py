@@ -40,10 +40,10 @@ def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
     if name_or_path in SHIPPED_MODELS:
         path = shapes_model_dir(name_or_path)
         if not _has_denoiser(path):
-            backbone = " --backbone dit" if name_or_path == "shapes-dit" else ""
-            raise ModelNotFoundError(f"{name_or_path} model not found in {path}: run `atlas shapes train{backbone}` "
-                                     f"then `atlas shapes export`, or set {SHIPPED_MODELS[name_or_path]} to its "
-                                     "directory")
+            train = ("`atlas shapes train --backbone dit`" if name_or_path == "shapes-dit" else
+                     "`atlas shapes train`")
+            raise ModelNotFoundError(f"{name_or_path} model not found in {path}: run {train} then `atlas shapes "
+                                     f"export`, or set {SHIPPED_MODELS[name_or_path]} to its directory")
         return path, None
     if name_or_path == "sd14":
         local = os.environ.get("ATLAS_SD14_PATH")

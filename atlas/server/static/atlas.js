@@ -1,11 +1,13 @@
-// The edit page's region grid. Press on a cell and drag: the rectangle from that cell to the pointer is
-// painted (or erased, when the first cell was on); a click toggles one cell. The text field holds the
-// region as rows of 0/1 joined by "/", which is what the server reads.
+// The edit page's region grid. Press on a cell and drag: with the rectangle brush the rectangle from that cell
+// to the pointer is painted (or erased, when the first cell was on); with the paint brush every cell the pointer
+// passes is. A click toggles one cell. The text field holds the region as rows of 0/1 joined by "/", which is
+// what the server reads.
 (function () {
   const grid = document.getElementById("region-grid");
   const field = document.getElementById("region");
   if (!grid || !field) return;
   const side = parseInt(grid.dataset.side, 10);
+  const brush = document.getElementById("brush");
   const cells = [];
   let drag = null;  // {row, col, paint, before}
   function write() {
@@ -19,6 +21,11 @@
     cells.forEach((c, i) => c.classList.toggle("on", drawn && rows[Math.floor(i / side)][i % side] === "1"));
   }
   function paint(row, col) {
+    if (brush && brush.value === "paint") {
+      cells[row * side + col].classList.toggle("on", drag.paint);
+      write();
+      return;
+    }
     const [r0, r1] = [Math.min(drag.row, row), Math.max(drag.row, row)];
     const [c0, c1] = [Math.min(drag.col, col), Math.max(drag.col, col)];
     cells.forEach((c, i) => {

@@ -1,5 +1,6 @@
-"""The edit page: a prompt, a concept (label, concept id or SQL), a region drawn on a grid and a window
-give the unedited and the edited image from one seed (atlas.edit.edit), logged in the atlas.
+"""The edit page: a prompt, a concept (label, concept id or SQL), a region drawn or painted on a grid and a
+window give the unedited and the edited image from one seed (atlas.edit.edit), logged in the atlas. A concept
+the prompt lacks is added into the region (the donor method, atlas.edit.add); one it names is moved there.
 
 A drawn region that is a rectangle is passed on as a box (the same text `atlas edit --region` takes,
 so the page can show the equivalent command); any other shape as a mask image.
@@ -20,6 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
+from atlas.edit.config import METHODS
 from atlas.errors import BadInputError, NotFoundError
 from atlas.server import render
 from atlas.server.errors import ReadOnlyServerError, bad_input
@@ -30,8 +32,8 @@ from atlas.server.views.images import PNG
 
 PAGE = Page("edit")
 GRID = re.compile(r"[01]+(/[01]+)*")
-WHEN = ("auto", "early", "middle", "final")
-WHEN_PATTERN = r"^\s*(|auto|early|middle|final|[0-9]*\.?[0-9]+(\s*-\s*[0-9]*\.?[0-9]+)?)\s*$"
+WHEN = ("auto", "early", "middle", "final", "all")
+WHEN_PATTERN = r"^\s*(|auto|early|middle|final|all|[0-9]*\.?[0-9]+(\s*-\s*[0-9]*\.?[0-9]+)?)\s*$"
 """What `when` may be (atlas.edit.config reads it and says what is wrong), for the OpenAPI schema."""
 DEFAULT_BLOCK = ""  # as `atlas edit --block`: the block whose measured curves succeed most, else mid
 
@@ -49,11 +51,16 @@ class EditRequest(BaseModel):
     block: str = Field(DEFAULT_BLOCK, max_length=200,
                        description="Block a label resolves to (empty: the block whose measured edit curves succeed "
                                    "most, else mid)")
+    method: str = Field("auto", max_length=20,
+                        description="auto (add a concept the prompt lacks from a donor text, move one it names by "
+                                    "the paper's coefficient rule), coefficients or donor")
 
 
 class PlannedOut(BaseModel):
     query: str
     region: str | None
+    kind: str
+    method: str
     concepts: list[str]
     block: str
     t: float
@@ -126,7 +133,8 @@ def _edit(state: ServerState, request: EditRequest) -> EditData:
     if cells is None and is_mask_file(region):  # a path would read a file of the server's disk as the mask
         raise BadInputError(f"bad region {region!r}: draw it on the grid, or give a named region or a box x0,y0,x1,y1")
     when = request.when.strip() or "auto"
-    config = EditConfig(when=when, strength=request.strength, seed=request.seed, block=request.block)
+    config = EditConfig(when=when, strength=request.strength, seed=request.seed, block=request.block,
+                        method=request.method)
     with state.write_turn("run an edit"), tempfile.TemporaryDirectory() as tmp:
         if cells is not None:
             region = grid_box(cells) or str(Path(tmp) / "region.png")
@@ -143,10 +151,12 @@ def _edit(state: ServerState, request: EditRequest) -> EditData:
     command = shlex.join(["atlas", "edit", request.prompt, "--concept", request.concept, "--region", shown,
                           "--when", when, "--seed", str(request.seed)]
                          + (["--strength", f"{request.strength:g}"] if request.strength is not None else [])
-                         + (["--block", request.block] if request.block != DEFAULT_BLOCK else []))
+                         + (["--block", request.block] if request.block != DEFAULT_BLOCK else [])
+                         + (["--method", request.method] if request.method != "auto" else []))
     return EditData(
         prompt=result.prompt, seed=result.seed, said=result.said, outcome=result.outcome,
-        edits=[PlannedOut(query=p.query, region=p.region or None, concepts=[c.concept_id for c in p.concepts],
+        edits=[PlannedOut(query=p.query, region=p.region or None, kind=p.kind, method=p.method,
+                          concepts=[c.concept_id for c in p.concepts],
                           block=p.sae.block, t=p.sae.t, window=str(p.window), strength=p.strength)
                for p in result.plans],
         before=f"/edit/picture/{token}-before.png", after=f"/edit/picture/{token}-after.png",
@@ -157,7 +167,7 @@ def _edit(state: ServerState, request: EditRequest) -> EditData:
 def form_context(state: ServerState, values: dict) -> dict:
     saes = state.atlas.saes()
     side = max((s.grid_h or 0 for s in saes), default=0) or 8
-    return {"values": values, "grid_side": side, "windows": WHEN,
+    return {"values": values, "grid_side": side, "windows": WHEN, "methods": METHODS,
             "blocks": sorted({s.block for s in saes}), "labels": state.atlas.labels()}
 
 
@@ -181,7 +191,7 @@ def edit_page(request: Request, state: State, concept: Annotated[str, Query(max_
               ) -> HTMLResponse:
     """The edit form, prefilled from a concept page (concept) or an image page (its prompt and seed)."""
     values = {"prompt": prompt, "concept": concept, "region": "", "when": "auto", "strength": None, "seed": seed,
-              "block": DEFAULT_BLOCK}
+              "block": DEFAULT_BLOCK, "method": "auto"}
     return render_page("edit.html", request=request, read_only=state.read_only, json_url=None, csv_url=None,
                        result=None, **form_context(state, values))
 
@@ -191,14 +201,15 @@ def edit_form(request: Request, state: State, prompt: Annotated[str, Form(max_le
               concept: Annotated[str, Form(max_length=2000)], region: Annotated[str, Form(max_length=2000)] = "",
               when: Annotated[str, Form(max_length=50)] = "auto", strength: Annotated[str, Form(max_length=50)] = "",
               seed: Annotated[int, Form(ge=0)] = 0,
-              block: Annotated[str, Form(max_length=200)] = DEFAULT_BLOCK) -> HTMLResponse:
+              block: Annotated[str, Form(max_length=200)] = DEFAULT_BLOCK,
+              method: Annotated[str, Form(max_length=20)] = "auto") -> HTMLResponse:
     try:
         beta = float(strength) if strength.strip() else None
     except ValueError:
         raise BadInputError(f"bad strength {strength!r}: give a number or leave it empty") from None
     try:
         asked = EditRequest(prompt=prompt, concept=concept, region=region, when=when, strength=beta, seed=seed,
-                            block=block)
+                            block=block, method=method)
     except ValidationError as err:  # the JSON route's body gets the same checks from FastAPI itself
         raise bad_input(err) from None
     result = run_edit(state, asked)
