@@ -23,7 +23,7 @@ def export(atlas_dir: str | None, out_dir: str, **options) -> None:
 
     \b
     Example:
-      atlas export --atlas atlas --out export
+      atlas export --out export
     """
     from atlas.pipeline.export import export_atlas
     from atlas.store import open_atlas

@@ -196,8 +196,8 @@ def test_the_readmes_dataframe_examples_give_the_atlas_top_images(shapes_atlas, 
         latent, ids, values = _busiest_concept(atlas)
     [code] = [block for block in _readme_blocks("python") if f"import {library}" in block]
     scope = {}
-    exec(code.replace("latent = 7\n", f"latent = {latent}\n").replace('Path("atlas")', f"Path({str(shapes_atlas)!r})"),
-         scope)
+    code = code.replace("latent = 7\n", f"latent = {latent}\n")
+    exec(code.replace('Path("demo/atlas")', f"Path({str(shapes_atlas)!r})"), scope)
     top = scope["top"]
     columns = top.to_dict("list") if library == "pandas" else top.to_dict(as_series=False)
     assert columns["image_id"] == ids and columns["value"] == pytest.approx(values, rel=1e-6)
