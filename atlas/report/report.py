@@ -95,12 +95,12 @@ def cohesion_separability(atlas: Atlas, sae: SaeInfo) -> tuple[float, float, int
 
 
 SPREAD_SQL = """
-    SELECT latent, count(*) AS firings, count(DISTINCT image_id) AS images,
-           round(sum(value * row) / sum(value), 2) AS mean_row, round(sum(value * col) / sum(value), 2) AS mean_col,
-           round((greatest(sum(value * row * row) / sum(value) - pow(sum(value * row) / sum(value), 2), 0)
-                  + greatest(sum(value * col * col) / sum(value) - pow(sum(value * col) / sum(value), 2), 0))
-                 / $uniform, 4) AS spread
-    FROM {codes} GROUP BY latent HAVING count(DISTINCT image_id) >= $min_images"""
+    SELECT latent, firings, images, round(mr, 2) AS mean_row, round(mc, 2) AS mean_col,
+           round((greatest(r2 - mr * mr, 0) + greatest(c2 - mc * mc, 0)) / $uniform, 4) AS spread
+    FROM (SELECT latent, count(*) AS firings, count(DISTINCT image_id) AS images,
+                 sum(value * row) / sum(value) AS mr, sum(value * col) / sum(value) AS mc,
+                 sum(value * row * row) / sum(value) AS r2, sum(value * col * col) / sum(value) AS c2
+          FROM {codes} GROUP BY latent HAVING count(DISTINCT image_id) >= $min_images)"""
 """Each latent's value-weighted positional variance (row + col) over every firing, divided by that of a uniform
 spread over the grid: 0 = always one cell, 1 = anywhere. Latents on fewer than $min_images images are left out."""
 
