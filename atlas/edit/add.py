@@ -157,8 +157,8 @@ def generate_added(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
         for index, timestep in enumerate(scheduler.timesteps):
             hooks.step = StepInfo(index, steps, int(timestep))
             latents = torch.cat([_repeat(unedited[i], edited[i], len(row.donors)) for i, row in enumerate(rows)])
-            out = model.predict(scheduler.scale_model_input(latents, timestep), timestep, text)
-            guided = torch.stack([_guide(out, row, guidance, edit) for row in rows for edit in (False, True)])
+            out = model.predict(scheduler.scale_model_input(latents, timestep), timestep, text, guidance)
+            guided = torch.stack([_guide(model, out, row, guidance, edit) for row in rows for edit in (False, True)])
             both = scheduler.step(guided, timestep, torch.stack([x for pair in zip(unedited, edited) for x in pair]),
                                   return_dict=False)[0]
             unedited, edited = both[0::2], both[1::2] if held is None else torch.where(held, both[0::2], both[1::2])
@@ -174,9 +174,9 @@ def _repeat(unedited: torch.Tensor, edited: torch.Tensor, donors: int) -> torch.
     return torch.stack([unedited, unedited, edited, edited] + [edited] * donors)
 
 
-def _guide(out: torch.Tensor, rows: _Rows, guidance: float, edited: bool) -> torch.Tensor:
+def _guide(model: TextToImageModel, out: torch.Tensor, rows: _Rows, guidance: float, edited: bool) -> torch.Tensor:
     uncond, cond = (out[rows.edit_uncond], out[rows.edit_cond]) if edited else (out[rows.uncond], out[rows.cond])
-    return uncond + guidance * (cond - uncond)
+    return model.guide(uncond, cond, guidance)
 
 
 def keep_mask(model: TextToImageModel, adds: Sequence[Sequence[AddEdit]]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,15 +13,22 @@ import torch.nn.functional as F
 from atlas.errors import BadInputError
 from atlas.models.spec import DENOISERS, ModelSpec
 
+if TYPE_CHECKING:
+    from atlas.models.mmdit import TextConditioning
+
+JOINT = ("sd3", "flux")
+"""Backbones of joint-attention blocks, which return (text tokens, image tokens) (`atlas.models.mmdit`)."""
+
 
 @dataclass
 class TextToImageModel:
     """The diffusers/transformers parts of one model plus the `ModelSpec` that says how to use them.
 
     Pixel-space models (the shapes model) have `vae=None`; their latents are the image in [-1, 1],
-    folded by `pixel_unshuffle`. The denoiser is `unet` or, for `spec.backbone == "dit"`, `transformer`
-    (as diffusers' pipelines name them); `predict` calls either. Everything here is differentiable torch;
-    the sampler lives in `atlas.models.sampler`.
+    folded by `pixel_unshuffle`. The denoiser is `unet` or, for a transformer backbone (`dit`, `sd3`,
+    `flux`), `transformer` (as diffusers' pipelines name them); `predict` calls either. SD3 and FLUX also
+    have second (and SD3 third) text encoders and tokenizers. Everything here is differentiable torch; the
+    sampler lives in `atlas.models.sampler`.
     """
 
     spec: ModelSpec
@@ -35,6 +43,10 @@ class TextToImageModel:
     path: Path | None = None
     source: str = ""
     """What `load_model` was given (sd14, shapes, a path), so another process (a Ray worker) loads the same model."""
+    tokenizer_2: object = None
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_3: object = None
+    text_encoder_3: torch.nn.Module | None = None
 
     @property
     def max_length(self) -> int:
@@ -62,12 +74,20 @@ class TextToImageModel:
 
     @property
     def token_grid(self) -> tuple[int, int] | None:
-        """A DiT's image-token grid (H / patch, W / patch); None for a UNet, whose blocks keep their own grids."""
-        if self.spec.backbone != "dit":
+        """A transformer's image-token grid (H / patch, W / patch); None for a UNet, whose blocks keep their own
+        grids. FLUX's patch is its 2 x 2 packing."""
+        if self.spec.backbone == "unet":
             return None
+        from atlas.models.mmdit import patch_size
+
         _, h, w = self.latent_shape
-        patch = self.transformer.config.patch_size
+        patch = patch_size(self) if self.spec.backbone in JOINT else self.transformer.config.patch_size
         return (h // patch, w // patch)
+
+    @property
+    def image_slot(self) -> int:
+        """Where a hooked block's output holds the image tokens: 1 in a joint-attention block's (text, image)."""
+        return 1 if self.spec.backbone in JOINT else 0
 
     def hook_module_name(self, block: str) -> str:
         """Resolve an alias (`down`, `mid`, `up`) or a module name to a module name, or raise."""
@@ -84,8 +104,13 @@ class TextToImageModel:
                                truncation=True, return_tensors="pt")
         return batch["input_ids"].to(self.device)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Per-token text embeddings (B, L, D) used by the denoiser's cross-attention."""
+    def encode_text(self, prompts: list[str]) -> torch.Tensor | TextConditioning:
+        """The denoiser's text input: per-token embeddings (B, L, D) for its cross-attention, or for SD3 and FLUX
+        a `TextConditioning` (token embeddings and pooled vectors). Only `predict` reads it."""
+        if self.spec.backbone in JOINT:
+            from atlas.models.mmdit import encode_prompts
+
+            return encode_prompts(self, prompts)
         return self.text_encoder(self.tokenize(prompts))[0].to(self.dtype)
 
     def denoiser_input(self, latents: torch.Tensor) -> torch.Tensor:
@@ -97,26 +122,40 @@ class TextToImageModel:
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
         return torch.cat([latents, grid.expand(b, 2, h, w)], dim=1)
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor) -> torch.Tensor:
-        """One denoiser evaluation: the model output (epsilon or v, per the scheduler's prediction type)."""
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor | TextConditioning,
+                guidance: float | None = None) -> torch.Tensor:
+        """One denoiser evaluation: the model output (epsilon or v per the scheduler's prediction type; a flow
+        velocity for SD3 and FLUX). `guidance` matters to FLUX-dev only (its distilled guidance embedding)."""
         sample = self.denoiser_input(latents)
+        if self.spec.backbone in JOINT:
+            from atlas.models.mmdit import predict
+
+            return predict(self, sample, timestep, text, guidance)
         if self.spec.backbone == "unet":
             return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(len(sample))
         return self.transformer(sample, encoder_hidden_states=text, timestep=timesteps, return_dict=False)[0]
 
+    def guide(self, uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Combine the [uncond, cond] predictions: classifier-free guidance at scale `guidance`; FLUX takes the cond
+        prediction alone (its guidance, if any, went into `predict`)."""
+        if self.spec.backbone == "flux":
+            return cond
+        return uncond + guidance * (cond - uncond)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B, 3, H, W) -> latents."""
         if self.vae is not None:
             latent = self.vae.encode(images.to(self.dtype)).latent_dist.mean
-            return latent * self.spec.vae_scaling_factor
+            return (latent - self.spec.vae_shift_factor) * self.spec.vae_scaling_factor
         f = self.spec.pixel_unshuffle
         return F.pixel_unshuffle(images, f) if f > 1 else images
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1], (B, 3, H, W)."""
         if self.vae is not None:
-            return self.vae.decode(latents / self.spec.vae_scaling_factor, return_dict=False)[0]
+            latents = latents / self.spec.vae_scaling_factor + self.spec.vae_shift_factor
+            return self.vae.decode(latents, return_dict=False)[0]
         f = self.spec.pixel_unshuffle
         return F.pixel_shuffle(latents, f) if f > 1 else latents
 
@@ -129,9 +168,10 @@ class TextToImageModel:
         """Write every component in diffusers layout (safetensors), plus the atlas spec."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        self.scheduler.save_pretrained(directory / "scheduler")
-        for name in ("text_encoder", "unet", "transformer", "vae"):
+        for name in ("tokenizer", "tokenizer_2", "tokenizer_3", "scheduler"):
+            if getattr(self, name) is not None:
+                getattr(self, name).save_pretrained(directory / name)
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae"):
             module = getattr(self, name)
             if module is None:
                 continue

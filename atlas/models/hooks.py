@@ -4,8 +4,10 @@ Capture reads delta = output - input of a block at chosen denoising steps; edits
 that is added to the block's output. A UNet's Transformer2DModel works on (B, C, H, W) already; a
 DiT block's update, one vector per image token (B, N, C), is shown to handlers on the token grid
 (B, C, H / patch, W / patch) and their change goes back to the tokens, so every stage sees the same
-shapes. A change that is exactly zero leaves the output bit-identical, and with no handler active at
-a step the block runs untouched.
+shapes. SD3's and FLUX's blocks return (text tokens, image tokens): hooks read and change the image
+tokens' update only (`TextToImageModel.image_slot`), the text tokens' is excluded. A change that is
+exactly zero leaves the output bit-identical, and with no handler active at a step the block runs
+untouched.
 """
 
 from __future__ import annotations
@@ -80,10 +82,11 @@ class Hooks:
         for reg in self._registrations:
             by_module.setdefault(model.hook_module_name(reg.block), []).append(reg)
         modules = dict(model.denoiser.named_modules())
-        return [modules[name].register_forward_hook(self._make_hook(regs, model.token_grid), with_kwargs=True)
+        return [modules[name].register_forward_hook(self._make_hook(regs, model.token_grid, model.image_slot),
+                                                    with_kwargs=True)
                 for name, regs in by_module.items()]
 
-    def _make_hook(self, regs: list[_Registration], grid: tuple[int, int] | None):
+    def _make_hook(self, regs: list[_Registration], grid: tuple[int, int] | None, slot: int):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             step = self.step
             active = [r for r in regs if step is not None and (r.steps is None or step.index in r.steps)]
@@ -93,7 +96,7 @@ class Hooks:
             if isinstance(output, torch.Tensor):  # a DiT block returns its hidden states as they are
                 out = output
             else:
-                out = output[0] if isinstance(output, tuple) else output.sample
+                out = output[slot] if isinstance(output, tuple) else output.sample
             delta = out - hidden_in
             if grid is not None:  # tokens (B, N, C) in row-major order -> the token grid (B, C, H, W)
                 delta = delta.transpose(1, 2).reshape(delta.shape[0], delta.shape[2], *grid)
@@ -110,7 +113,7 @@ class Hooks:
             if isinstance(output, torch.Tensor):
                 return new_out
             if isinstance(output, tuple):
-                return (new_out, *output[1:])
+                return (*output[:slot], new_out, *output[slot + 1:])
             output.sample = new_out
             return output
 

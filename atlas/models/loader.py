@@ -14,6 +14,7 @@ from pathlib import Path
 from atlas.errors import UnavailableError
 from atlas.models.base import TextToImageModel, native_resolution
 from atlas.models.device import pick_device, pick_dtype
+from atlas.models.mmdit import COMPONENTS, TOKENIZERS, joint_spec, listed, pipeline_backbone
 from atlas.models.spec import DENOISERS, SD14_SPEC, SPEC_FILE, ModelSpec
 
 SD14_REPO = "CompVis/stable-diffusion-v1-4"
@@ -99,6 +100,9 @@ def _spec_for(path: Path, builtin: ModelSpec | None) -> ModelSpec:
         return builtin
     if (path / SPEC_FILE).exists():
         return ModelSpec.load(path)
+    backbone = pipeline_backbone(path)
+    if backbone is not None:  # SD3 or FLUX: everything the atlas needs is in its configs
+        return joint_spec(path, backbone)
     if (path / "vae").is_dir():  # an SD-v1-like latent model: same hook points, our defaults
         return replace(SD14_SPEC, name=path.name)
     raise ModelNotFoundError(f"{path} has no vae/ and no {SPEC_FILE}; write a {SPEC_FILE} naming its hook points")
@@ -111,13 +115,19 @@ def check_model(name_or_path: str) -> tuple[Path, ModelSpec]:
     path, builtin = resolve_model_dir(name_or_path)
     spec = _spec_for(path, builtin)
     weighted = [DENOISERS[spec.backbone], "text_encoder"]
-    if builtin is not None or (path / "vae").is_dir():  # a built-in spec is a latent model: no VAE, no images
+    tokenizers = ["tokenizer"]
+    if spec.backbone in COMPONENTS:  # SD3 / FLUX: every encoder its model_index.json lists
+        weighted = listed(path, list(COMPONENTS[spec.backbone]))
+        tokenizers = listed(path, list(TOKENIZERS[spec.backbone]))
+    elif builtin is not None or (path / "vae").is_dir():  # a built-in spec is a latent model: no VAE, no images
         weighted.append("vae")
+    what = COMPONENTS.get(spec.backbone, {})
     missing = [f"{part}/config.json" for part in weighted if not (path / part / "config.json").is_file()]
     missing += [f"{part}/ weights (.safetensors or .bin)" for part in weighted
                 if not any((path / part).glob("*.safetensors")) and not any((path / part).glob("*.bin"))]
-    missing += [name for name in ("tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
-                if not (path / name).is_file()]
+    missing = [f"{item} ({what[item.split('/')[0]]})" if item.split("/")[0] in what else item for item in missing]
+    missing += [name for name in [f"{t}/tokenizer_config.json" for t in tokenizers] +
+                ["scheduler/scheduler_config.json"] if not (path / name).is_file()]
     if missing:
         repo = _hub_repo(name_or_path)
         fix = (f"download it again with `huggingface-cli download {repo}` on a machine with network and copy "
@@ -143,7 +153,7 @@ def denoiser_class(backbone: str) -> type:
 
 def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: str | None = None) -> TextToImageModel:
     """Load tokenizer, text encoder, denoiser (the UNet or the DiT its spec names), DDIM scheduler and (if present)
-    VAE, ready for sampling."""
+    VAE, ready for sampling; SD3 and FLUX directories with their text encoders and flow-matching scheduler."""
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging
@@ -153,6 +163,8 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
     path, spec = check_model(name_or_path)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    if spec.backbone in COMPONENTS:
+        return _load_joint(path, spec, dev, dt, name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dt)
     # diffusers' low-memory loading needs `accelerate`; without it, ask for the plain path instead of a warning
@@ -171,3 +183,25 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
         module.requires_grad_(False)
     return TextToImageModel(spec=spec, tokenizer=tokenizer, text_encoder=text_encoder, scheduler=scheduler, vae=vae,
                             device=dev, dtype=dt, path=path, source=name_or_path, **{"unet": None, part: denoiser})
+
+
+def _load_joint(path: Path, spec: ModelSpec, dev: object, dt: object, source: str) -> TextToImageModel:
+    """An SD3 or FLUX directory: its transformer, VAE (scaling and shift from its config), text encoders, tokenizers
+    and flow-matching scheduler."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from atlas.models.mmdit import image_tokens, load_parts, load_scheduler, resolution
+
+    lean = importlib.util.find_spec("accelerate") is not None
+    parts = load_parts(path, spec.backbone, dt, lean)
+    vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
+    res = resolution(spec, parts["transformer"].config, vae.config)
+    spec = replace(spec, resolution=res, vae_scaling_factor=float(vae.config.scaling_factor),
+                   vae_shift_factor=float(vae.config.shift_factor or 0.0))
+    for module in (vae, *(part for part in parts.values() if isinstance(part, torch.nn.Module))):
+        module.to(dev).eval()
+        module.requires_grad_(False)
+    scheduler = load_scheduler(path, image_tokens(spec, res, vae.config))
+    return TextToImageModel(spec=spec, scheduler=scheduler, vae=vae, unet=None, device=dev, dtype=dt, path=path,
+                            source=source, **parts)

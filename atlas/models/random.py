@@ -106,3 +106,91 @@ def write_random_sd(path: str | Path, size: str = "sd14", seed: int = 0, half: b
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(out / "scheduler")
     return out
+
+
+JOINT_KINDS = ("sd3", "flux-dev", "flux-schnell")
+"""Tiny random joint-attention models `write_random_joint` writes: SD3's MMDiT, FLUX with and without the distilled
+guidance embedding."""
+
+
+def _t5_tokenizer(max_tokens: int) -> object:
+    """A T5 (unigram) tokenizer of single characters: no vocabulary file can be downloaded, and random weights make
+    any tokenization as good."""
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>", "\u2581"] + [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    return T5Tokenizer(vocab=[(piece, 0.0 if i < 3 else -1.0) for i, piece in enumerate(pieces)], extra_ids=0,
+                       model_max_length=max_tokens)
+
+
+def write_random_joint(path: str | Path, kind: str = "sd3", seed: int = 0) -> Path:
+    """Write a tiny SD3 (`sd3`) or FLUX (`flux-dev`, `flux-schnell`) diffusers directory with random weights, saved
+    by diffusers' own pipeline class (model_index.json and every component as the released models have them): three
+    transformer blocks (FLUX: one double- and two single-stream), 4 latent channels on an 8 x 8 latent (32 px), CLIP
+    encoders two layers and T5 one layer deep, character tokenizers of 16 tokens. Returns the path."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+    )
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    if kind not in JOINT_KINDS:
+        raise BadInputError(f"unknown random joint-attention model {kind!r}; use one of {', '.join(JOINT_KINDS)}")
+    torch.manual_seed(seed)
+    vocab, width, tokens = _byte_vocab(), 32, 16
+
+    def clip(cls: type, projection: int) -> torch.nn.Module:
+        return cls(CLIPTextConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
+                                  num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=tokens,
+                                  projection_dim=projection, bos_token_id=vocab["<|startoftext|>"],
+                                  eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
+
+    def tokenizer() -> object:
+        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=tokens, pad_token="<|endoftext|>")
+
+    t5_width = 2 * width if kind == "sd3" else width
+    t5 = T5EncoderModel(T5Config(vocab_size=len(_t5_tokenizer(tokens)), d_model=t5_width, d_kv=8, d_ff=2 * t5_width,
+                                 num_layers=1, num_heads=2, relative_attention_num_buckets=8))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        norm_num_groups=8, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+                        scaling_factor=1.5305 if kind == "sd3" else 0.3611,
+                        shift_factor=0.0609 if kind == "sd3" else 0.1159)
+    if kind == "sd3":
+        transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=3,
+                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=t5_width,
+                                            caption_projection_dim=16, pooled_projection_dim=2 * width,
+                                            pos_embed_max_size=8)
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+            text_encoder=clip(CLIPTextModelWithProjection, width), tokenizer=tokenizer(),
+            text_encoder_2=clip(CLIPTextModelWithProjection, width), tokenizer_2=tokenizer(),
+            text_encoder_3=t5, tokenizer_3=_t5_tokenizer(tokens))
+    else:
+        dev = kind == "flux-dev"
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2,
+                                             attention_head_dim=8, num_attention_heads=2, joint_attention_dim=t5_width,
+                                             pooled_projection_dim=width, guidance_embeds=dev, axes_dims_rope=(4, 2, 2))
+        scheduler = (FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                     max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+                     if dev else FlowMatchEulerDiscreteScheduler(shift=1.0))
+        pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, tokenizer=tokenizer(),
+                            text_encoder=clip(CLIPTextModel, width), text_encoder_2=t5,
+                            tokenizer_2=_t5_tokenizer(tokens))
+    out = Path(path)
+    pipe.save_pretrained(out)
+    return out

@@ -1,4 +1,5 @@
-"""DDIM sampling with classifier-free guidance, batch order [uncond, cond], hookable per step."""
+"""Sampling with the model's scheduler (DDIM, or flow-matching Euler for SD3 and FLUX) and its guidance (CFG, or FLUX's
+distilled guidance), batch order [uncond, cond], hookable per step."""
 
 from __future__ import annotations
 
@@ -41,9 +42,8 @@ def sample_latents(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
             if hooks is not None:
                 hooks.step = StepInfo(index, steps, int(timestep))
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
-            out = model.predict(model_in, timestep, text)
-            uncond, cond = out.chunk(2)
-            guided = uncond + guidance * (cond - uncond)
+            uncond, cond = model.predict(model_in, timestep, text, guidance).chunk(2)
+            guided = model.guide(uncond, cond, guidance)
             latents = scheduler.step(guided, timestep, latents, return_dict=False)[0]
             if on_step is not None:
                 on_step()

@@ -9,7 +9,7 @@ from pathlib import Path
 from atlas.errors import BadInputError
 
 SPEC_FILE = "atlas_model.json"
-DENOISERS = {"unet": "unet", "dit": "transformer"}
+DENOISERS = {"unet": "unet", "dit": "transformer", "sd3": "transformer", "flux": "transformer"}
 """Backbone -> the diffusers component that holds its denoiser: its directory and `TextToImageModel` attribute."""
 
 
@@ -17,12 +17,15 @@ DENOISERS = {"unet": "unet", "dit": "transformer"}
 class ModelSpec:
     """Hook-point aliases, sampling defaults and the latent <-> pixel mapping of one model.
 
-    `backbone` names the denoiser: `unet` (UNet2DConditionModel, in `unet/`) or `dit` (a PixArt-style
-    PixArtTransformer2DModel, in `transformer/`). `hook_points` maps the aliases `down`, `mid`, `up` to
-    module names inside the denoiser; any other module name of a `Transformer2DModel` (UNet) or
-    transformer block (`transformer_blocks.N`, DiT) can be used directly. Pixel-space models have no
-    VAE: `pixel_unshuffle` > 1 folds f x f pixel patches into channels (a lossless stand-in for a
-    VAE), and `coord_channels` appends x/y coordinate planes to the denoiser's input.
+    `backbone` names the denoiser: `unet` (UNet2DConditionModel, in `unet/`), `dit` (a PixArt-style
+    PixArtTransformer2DModel, in `transformer/`), `sd3` (SD3's MMDiT, SD3Transformer2DModel) or `flux`
+    (FluxTransformer2DModel, double- then single-stream blocks); the last two are read from a diffusers
+    directory's model_index.json (`atlas.models.mmdit`). `hook_points` maps the aliases `down`, `mid`, `up`
+    to module names inside the denoiser; any other module name of a `Transformer2DModel` (UNet) or
+    transformer block (`transformer_blocks.N`, `single_transformer_blocks.N` for FLUX) can be used
+    directly. Pixel-space models have no VAE: `pixel_unshuffle` > 1 folds f x f pixel patches into
+    channels (a lossless stand-in for a VAE), and `coord_channels` appends x/y coordinate planes to the
+    denoiser's input. Latents are `(vae latents - vae_shift_factor) * vae_scaling_factor`.
     """
 
     name: str
@@ -33,6 +36,7 @@ class ModelSpec:
     pixel_unshuffle: int = 1
     coord_channels: bool = False
     vae_scaling_factor: float = 0.18215
+    vae_shift_factor: float = 0.0
     backbone: str = "unet"
     extra: dict = field(default_factory=dict)
 
@@ -42,11 +46,13 @@ class ModelSpec:
                              f"{', '.join(DENOISERS)}")
 
     def guidance(self, guidance: float | None = None) -> float:
-        """The CFG scale to use: `guidance`, or this model's default when it is None (the one place that says so)."""
+        """The guidance to use: `guidance`, or this model's default when it is None (the one place that says so).
+        It is the CFG scale, except for FLUX, which reads it as its distilled guidance embedding (and schnell not at
+        all)."""
         return self.default_guidance if guidance is None else float(guidance)
 
     def steps(self, steps: int | None = None) -> int:
-        """DDIM steps to use: `steps`, or this model's default when it is None or 0."""
+        """Sampler steps to use: `steps`, or this model's default when it is None or 0."""
         return int(steps) if steps else self.default_steps
 
     def save(self, directory: str | Path) -> None:

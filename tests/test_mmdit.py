@@ -1,0 +1,198 @@
+"""SD3 (MMDiT) and FLUX (double/single-stream) backbones: tiny random models of each architecture, saved by diffusers'
+own pipelines and loaded from disk with no atlas spec, sample exactly as those pipelines do; hooks see each block's
+image-token update on the token grid; zero edits change nothing; a missing encoder is named in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from atlas.capture import ActivationSet, capture
+from atlas.capture.config import CaptureConfig
+from atlas.cli.main import main
+from atlas.edit.core import ConceptEdit, edit_hooks, parse_region, region_to_grid
+from atlas.models import Hooks, ModelNotFoundError, check_model, generate, load_model, step_to_t, t_to_step
+from atlas.models.mmdit import pack, unpack
+from atlas.models.random import JOINT_KINDS, write_random_joint
+from atlas.models.sampler import initial_noise, sample_latents
+from atlas.sae import Sae, SaeConfig
+
+PROMPTS = ["a red circle on the left", "a dog"]
+WIDTH = 16  # the tiny transformers' inner width: 2 heads of 8
+
+
+@pytest.fixture(scope="module")
+def joint_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("joint")
+    return {kind: write_random_joint(root / kind, kind) for kind in JOINT_KINDS}
+
+
+@pytest.fixture(scope="module")
+def models(joint_dirs):
+    return {kind: load_model(str(path), device="cpu") for kind, path in joint_dirs.items()}
+
+
+@pytest.mark.parametrize("kind, backbone, denoiser, hooks, steps, guidance", [
+    ("sd3", "sd3", "SD3Transformer2DModel", ["transformer_blocks.0", "transformer_blocks.1", "transformer_blocks.2"],
+     28, 7.0),
+    ("flux-dev", "flux", "FluxTransformer2DModel",
+     ["transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"], 28, 3.5),
+    ("flux-schnell", "flux", "FluxTransformer2DModel",
+     ["transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"], 4, 0.0),
+])
+def test_a_diffusers_directory_loads_with_no_spec(joint_dirs, models, kind, backbone, denoiser, hooks, steps,
+                                                  guidance):
+    path, model = joint_dirs[kind], models[kind]
+    assert not (path / "atlas_model.json").exists() and (path / "model_index.json").is_file()
+    assert (model.spec.backbone, type(model.denoiser).__name__, model.unet) == (backbone, denoiser, None)
+    assert [model.hook_module_name(b) for b in ("down", "mid", "up")] == hooks
+    assert (model.spec.default_steps, model.spec.default_guidance) == (steps, guidance)
+    assert model.spec.resolution == 32 and model.latent_shape == (4, 8, 8) and model.token_grid == (4, 4)
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    assert (model.spec.vae_scaling_factor, model.spec.vae_shift_factor) == (vae["scaling_factor"],
+                                                                           vae["shift_factor"])
+    encoders = [type(e).__name__ for e in (model.text_encoder, model.text_encoder_2, model.text_encoder_3) if e]
+    assert encoders == (["CLIPTextModelWithProjection"] * 2 + ["T5EncoderModel"] if backbone == "sd3" else
+                        ["CLIPTextModel", "T5EncoderModel"])
+    assert type(model.scheduler).__name__ == "FlowMatchScheduler"
+
+
+@pytest.mark.parametrize("kind", JOINT_KINDS)
+def test_sampling_is_the_diffusers_pipelines_own(joint_dirs, models, kind):
+    """Same noise, same prompts: the atlas sampler's latents are bit-identical to StableDiffusion3Pipeline's (CFG)
+    and FluxPipeline's (dev: distilled guidance embedded; schnell: none), so text encoding, guidance and the
+    flow-matching schedule are the model's own."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    model = models[kind]
+    ours = sample_latents(model, PROMPTS, [0, 1], steps=3)
+    noise = initial_noise(model, [0, 1])
+    common = dict(num_inference_steps=3, guidance_scale=model.spec.default_guidance, output_type="latent",
+                  max_sequence_length=16, height=32, width=32)
+    if kind == "sd3":
+        pipe = StableDiffusion3Pipeline.from_pretrained(joint_dirs[kind])
+        theirs = pipe(PROMPTS, latents=noise, **common).images
+    else:
+        pipe = FluxPipeline.from_pretrained(joint_dirs[kind])
+        theirs = unpack(pipe(PROMPTS, latents=pack(noise), **common).images, 8, 8)
+    pipe.set_progress_bar_config(disable=True)
+    assert torch.equal(ours, theirs)
+    other = sample_latents(model, PROMPTS, [0, 1], steps=3, guidance=model.spec.default_guidance + 2.0)
+    assert torch.equal(ours, other) == (kind == "flux-schnell")  # schnell has no guidance at all
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_the_first_step_is_pure_noise_at_t_1(models, kind):
+    """Flow matching starts at sigma = 1 (timestep 1000): t = 1.0 there, 0.0 at the last step, as for DDIM."""
+    model = models[kind]
+    seen = []
+    generate(model, PROMPTS[:1], [0], steps=5, hooks=Hooks().on("mid", lambda b, step, d: seen.append(step)))
+    assert [s.index for s in seen] == list(range(5)) and seen[0].timestep == 1000
+    assert [s.t for s in seen] == [step_to_t(i, 5) for i in range(5)] and (seen[0].t, seen[-1].t) == (1.0, 0.0)
+    assert [s.timestep for s in seen] == sorted((s.timestep for s in seen), reverse=True)
+    assert [t_to_step(t, 5) for t in (1.0, 0.5, 0.0)] == [0, 2, 4]
+
+
+def test_flux_packs_two_by_two_latent_patches_into_row_major_tokens():
+    latents = torch.zeros(1, 4, 8, 6)
+    latents[0, 2, 5, 2] = 1.0  # latent row 5, col 2: token row 2, col 1 of the 4 x 3 grid
+    tokens = pack(latents)
+    assert tokens.shape == (1, 12, 16) and tokens.abs().sum(-1)[0].nonzero().flatten().tolist() == [2 * 3 + 1]
+    noise = torch.randn(2, 4, 8, 6)
+    assert torch.equal(unpack(pack(noise), 8, 6), noise)
+
+
+@pytest.mark.parametrize("kind, block", [("sd3", "transformer_blocks.1"), ("sd3", "transformer_blocks.2"),
+                                         ("flux-dev", "transformer_blocks.0"),
+                                         ("flux-dev", "single_transformer_blocks.1")])
+def test_hooks_see_the_image_tokens_update_on_the_token_grid(models, kind, block):
+    """Each block returns (text tokens, image tokens); the hook's delta is the image tokens' update alone (a FLUX
+    single-stream block concatenates text and image inside and splits them on return), token r * 4 + c at (r, c).
+    SD3's last block updates no text tokens at all."""
+    model = models[kind]
+    module = model.denoiser.get_submodule(block)
+    raw, seen = {}, {}
+
+    def per_token(module, args, kwargs, out):
+        raw.setdefault("image", out[1] - kwargs["hidden_states"])
+        raw.setdefault("text", out[0])
+
+    handle = module.register_forward_hook(per_token, with_kwargs=True)
+    try:
+        generate(model, PROMPTS[:1], [0], steps=2, hooks=Hooks().on(block, lambda b, s, d: seen.setdefault("d", d),
+                                                                   steps=[0]))
+    finally:
+        handle.remove()
+    delta, tokens = seen["d"], raw["image"]
+    assert delta.shape == (2, WIDTH, 4, 4) and tokens.shape == (2, 16, WIDTH)  # [uncond, cond] x width x grid
+    for row, col in ((0, 0), (0, 3), (2, 1), (3, 3)):
+        assert torch.equal(delta[:, :, row, col], tokens[:, row * 4 + col])
+    assert (raw["text"] is None) == (block == "transformer_blocks.2")
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_capture_writes_token_grid_shards_of_every_default_block(models, kind, tmp_path):
+    config = CaptureConfig(blocks=["down", "mid", "up"], t=[1.0, 0.0], steps=3, batch_size=2)
+    acts = ActivationSet(capture(models[kind], PROMPTS + ["a cat"], tmp_path / "acts", config, progress=False))
+    assert sorted(acts.keys()) == sorted((b, t, br) for b in ("down", "mid", "up") for t in (1.0, 0.0)
+                                         for br in ("cond", "uncond"))
+    up = acts.load("up", 0.0, "cond")
+    assert up["x"].shape == (3 * 16, WIDTH)
+    assert up["row"][:5].tolist() == [0] * 4 + [1] and up["col"][:5].tolist() == [0, 1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("kind, block", [("sd3", "mid"), ("flux-dev", "down"), ("flux-schnell", "mid")])
+def test_zero_strength_edit_is_bit_identical_and_a_real_edit_is_not(models, kind, block):
+    model = models[kind]
+    sae = Sae(SaeConfig(d_in=WIDTH, n_latents=32, k=4), generator=torch.Generator().manual_seed(0))
+    plain = generate(model, PROMPTS, [0, 1], steps=3)
+    zero = ConceptEdit(sae, list(range(8)), block, [0, 1, 2], 0.0)
+    assert np.array_equal(generate(model, PROMPTS, [0, 1], steps=3, hooks=edit_hooks([zero])), plain)
+    assert np.array_equal(generate(model, PROMPTS, [0, 1], steps=3,
+                                   hooks=Hooks().on("up", lambda b, s, d: torch.zeros_like(d))), plain)
+    region = region_to_grid(parse_region("top-left", 32), model.token_grid, block)
+    spatial = ConceptEdit(sae, list(range(8)), block, [0, 1], 50.0, region)
+    assert not np.array_equal(generate(model, PROMPTS, [0, 1], steps=3, hooks=edit_hooks([spatial])), plain)
+
+
+@pytest.mark.parametrize("kind, remove, named", [
+    ("sd3", "text_encoder_3", "text_encoder_3/config.json (T5 text encoder)"),
+    ("flux-dev", "text_encoder_2", "text_encoder_2/config.json (T5 text encoder)"),
+    ("flux-schnell", "tokenizer_2", "tokenizer_2/tokenizer_config.json"),
+])
+def test_a_missing_component_is_named_in_one_line(joint_dirs, tmp_path, kind, remove, named):
+    path = tmp_path / kind
+    shutil.copytree(joint_dirs[kind], path)
+    shutil.rmtree(path / remove)
+    with pytest.raises(ModelNotFoundError, match="lacks " + named.replace("(", r"\(").replace(")", r"\)")):
+        check_model(str(path))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog\n")
+    result = CliRunner().invoke(main, ["build", "--preset", "sd14", "--model", str(path), "--prompts", str(prompts),
+                                       "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert named in result.output and "copy the complete diffusers model there" in result.output
+    assert not (tmp_path / "atlas").exists()
+
+
+def test_sd3_without_t5_reads_zeros_in_its_place(joint_dirs, models, tmp_path):
+    """SD3 may ship without T5 (model_index.json sets it to null): its pipeline then reads zeros for T5's tokens."""
+    path = tmp_path / "sd3-no-t5"
+    shutil.copytree(joint_dirs["sd3"], path)
+    for part in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(path / part)
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": [None, None],
+                                                       "tokenizer_3": [None, None]}))
+    model = load_model(str(path), device="cpu")
+    assert model.text_encoder_3 is None and model.tokenizer_3 is None
+    text = model.encode_text(PROMPTS)
+    full = models["sd3"].encode_text(PROMPTS)
+    clip = 16  # the CLIP tokens come first, then T5's (here all zero)
+    assert torch.equal(text.tokens[:, :clip], full.tokens[:, :clip]) and not text.tokens[:, clip:].any()
+    assert torch.equal(text.pooled, full.pooled)
