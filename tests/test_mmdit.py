@@ -196,3 +196,46 @@ def test_sd3_without_t5_reads_zeros_in_its_place(joint_dirs, models, tmp_path):
     clip = 16  # the CLIP tokens come first, then T5's (here all zero)
     assert torch.equal(text.tokens[:, :clip], full.tokens[:, :clip]) and not text.tokens[:, clip:].any()
     assert torch.equal(text.pooled, full.pooled)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_atlas_build_search_edit_and_the_web_atlas_work_on_a_joint_model(joint_dirs, kind, tmp_path):
+    """`atlas build --model PATH` with the default blocks (no --blocks), random Grounding DINO and SAM, then `atlas
+    sql`, `atlas search`, `atlas edit` and the web atlas's edit on it. Random weights: only that each ran counts."""
+    from fastapi.testclient import TestClient
+
+    from atlas.annotate.random import write_random_grounding_dino, write_random_sam
+    from atlas.server import create_app
+
+    prompts = ["a dog on a red car", "a cat and a car", "a red dog", "a dog and a cat"]
+    words = sorted({w for p in prompts for w in p.split()})
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    gdino, sam, atlas = write_random_grounding_dino(tmp_path / "gdino", words), write_random_sam(tmp_path / "sam"), \
+        tmp_path / "atlas"
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    cli("build", "--preset", "sd14", "--model", str(joint_dirs[kind]), "--prompts", str(tmp_path / "prompts.txt"),
+        "--n-images", "4", "--steps", "3", "--t", "1.0,0.0", "--branches", "cond", "--k", "8", "--atlas", str(atlas),
+        "--grounding-dino", str(gdino), "--sam", str(sam), "--box-threshold", "0", "--text-threshold", "0",
+        "--device", "cpu", "--sae-tokens", "256", "--threads", "1")
+    rows = cli("sql", "--atlas", str(atlas), "--format", "json",
+               "SELECT block, grid_h, grid_w, d_in FROM saes ORDER BY block, t")
+    assert [(r["block"], r["grid_h"], r["grid_w"], r["d_in"]) for r in json.loads(rows)] == [
+        (b, 4, 4, WIDTH) for b in ("down", "down", "mid", "mid", "up", "up")]
+    manifest = json.loads((atlas / "activations" / "manifest.json").read_text())
+    assert manifest["source"] == str(joint_dirs[kind].resolve()) and manifest["steps"] == 3
+    cli("link", "--atlas", str(atlas), "--iou", "0", "--min-hits", "1")
+    assert "dog" in cli("search", "dog", "--atlas", str(atlas))
+    said = cli("edit", "a dog on a red car", "--atlas", str(atlas), "--concept", "dog", "--region", "top-left",
+               "--strength", "8", "--out", str(tmp_path / "edit.png"))
+    assert "spatial edit of 'dog'" in said and (tmp_path / "edit.png").stat().st_size > 0
+    with TestClient(create_app(atlas, threads=1)) as client:
+        token = client.get("/session.json").json()["csrf_token"]
+        answer = client.post("/edit.json", headers={"X-CSRF-Token": token},
+                             json={"prompt": "a red dog", "concept": "dog", "region": "1100/1100/0000/0000"})
+    assert answer.status_code == 200 and answer.json()["ok"], answer.text
