@@ -377,9 +377,12 @@ def predict_layout(prompt: str, label: str, t: float, block: str, branch: str, s
 
 @click.command(context_settings=CONTEXT)
 @click.option("--out", "out_dir", default=None, type=OUTPUT_DIR, help="Report directory  [default: <atlas>/report]")
+@click.option("--compare", "compare_dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Another atlas of the same world, already reported (a U-Net beside a DiT, say): adds a side-by-side "
+              "section of explained variance, layout prediction, emergence and edits.")
 @atlas_option
 @one_line_errors
-def report(out_dir: str | None, atlas_dir: str | None) -> None:
+def report(out_dir: str | None, compare_dir: str | None, atlas_dir: str | None) -> None:
     """Write the paper's tables and curves for an atlas: report/index.html, report.md, PNG plots.
 
     Explained variance per SAE, layout-prediction IoU per SAE (block, t, branch) on the test split against two
@@ -389,23 +392,29 @@ def report(out_dir: str | None, atlas_dir: str | None) -> None:
     from the paper in one table; concept cohesion and separability per t; context-free latents.
 
     \b
-    Example:
+    Examples:
       atlas report --atlas atlas && xdg-open atlas/report/index.html
+      atlas report --atlas dit-atlas --compare unet-atlas
     """
+    from contextlib import ExitStack
     from pathlib import Path
 
     from atlas.report.report import build_report
     from atlas.report.tables import sae_columns
     from atlas.store import open_atlas
 
-    with open_atlas(atlas_dir) as atlas:
+    with ExitStack() as stack:
+        atlas = stack.enter_context(open_atlas(atlas_dir))
+        other = stack.enter_context(open_atlas(compare_dir)) if compare_dir else None
         out = Path(out_dir) if out_dir else atlas.root / "report"
-        figures = build_report(atlas, out)
+        figures = build_report(atlas, out, compare_with=other)
     sae = sae_columns(figures["layout"])
     rows = [(x["method"], *(x[c] for c in sae), f"{x['iou']:.3f}", f"{x['baseline_iou']:.3f}",
              f"{x['caption_baseline_iou']:.3f}", x["pairs"], x["threshold"]) for x in figures["layout"]]
     click.echo(format_table(["method", *sae, "layout IoU", "baseline", "caption baseline", "pairs", "threshold"], rows)
                if rows else f"layout prediction: {figures['layout_note']}")
+    if figures.get("comparison"):
+        click.echo("\n" + "\n".join(figures["comparison"]["lines"]).strip())
     click.echo(f"\nwrote {out / 'index.html'}, report.md and plots")
 
 

@@ -1,6 +1,7 @@
 """Two atlases of the same world side by side (a U-Net and a DiT, say): explained variance, layout prediction
-against both baselines, and how early each label earns a concept. Reads each atlas's report figures
-(`<atlas>/report/figures.json`, written by `atlas report`) and its concept dictionary."""
+against both baselines, how early each label earns a concept, and the edits each needed (strength, success,
+locality). Reads each atlas's report figures (`<atlas>/report/figures.json`, written by `atlas report`), its concept
+dictionary and the runs of `atlas eval-edits` (`<atlas>/edits/eval-<kind>.json`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,35 @@ from atlas.report.tables import markdown_table
 from atlas.store import Atlas
 
 COMPARED_METHODS = ("weighted", "top-concept")
+COMPARED_EDITS = ("spatial", "style")
+"""The edit kinds compared: the runs of `atlas eval-edits --kind spatial` and `--kind style` at the default block."""
+WORKS = 0.5
+"""The sweep success at which an edit counts as working, for "the strength it needed"."""
+
+
+def side_by_side(atlases: tuple[Atlas, Atlas], names: tuple[str, str] | None = None,
+                 figures: tuple[dict | None, dict | None] = (None, None)) -> dict:
+    """Everything compared between two atlases: {"names", "lines" (markdown), "values" (name_..._metric)}. Names
+    default to the atlases' model names (their directory names when the models share one, else this / other);
+    figures not given are read from each atlas's stored report."""
+    if names is None:
+        models = tuple(_model_name(a) for a in atlases)
+        dirs = tuple(Path(a.root).name for a in atlases)
+        names = models if models[0] != models[1] else dirs if dirs[0] != dirs[1] else ("this", "other")
+    found = tuple(f if f is not None else report_figures(a) for a, f in zip(atlases, figures))
+    lines, values = comparison(names, found, tuple(emergence(a) for a in atlases))
+    edit_lines, edit_values = edit_comparison(names, tuple(edit_runs(a.root) for a in atlases))
+    if not edit_lines:
+        edit_lines = ["", "Edits: not compared (run `atlas eval-edits --kind spatial` and `--kind style` on both "
+                      "atlases)."]
+    return {"names": list(names), "lines": lines + edit_lines, "values": values | edit_values}
+
+
+def _model_name(atlas: Atlas) -> str:
+    try:
+        return atlas.model()["name"]
+    except NotFoundError:
+        return Path(atlas.root).name
 
 
 def report_figures(atlas: Atlas) -> dict:
@@ -26,6 +56,66 @@ def emergence(atlas: Atlas, branch: str = "cond") -> list[dict]:
     """Per (block, label): the first (largest) t at which the label has a linked concept in the primary SAEs."""
     return atlas.query("SELECT block, label, max(t) AS first_t FROM concept_labels WHERE branch = ? AND variant = '' "
                        "GROUP BY block, label ORDER BY block, label", [branch]).to_pylist()
+
+
+def edit_runs(root: str | Path) -> dict[str, dict]:
+    """Per compared kind, the stored run of `atlas eval-edits` (its JSON), for the kinds this atlas has one of."""
+    runs = {}
+    for kind in COMPARED_EDITS:
+        path = Path(root) / "edits" / f"eval-{kind}.json"
+        if path.is_file():
+            runs[kind] = json.loads(path.read_text())
+    return runs
+
+
+def needed_strength(points: list[dict], window: str) -> float | None:
+    """The smallest swept strength at which the window's edits succeed at least WORKS of the time (None: none)."""
+    working = [p["strength"] for p in points if p["window"] == window and p["success"] >= WORKS]
+    return min(working) if working else None
+
+
+def edit_comparison(names: tuple[str, str], runs: tuple[dict, dict]) -> tuple[list[str], dict[str, float]]:
+    """Markdown lines comparing the edits of two atlases per kind and window (the held-out success at the strength
+    chosen on the sweep, the sweep itself, the smallest strength that worked, the change inside / outside the edit's
+    region and whether the other objects stayed), and the figures a benchmark prints."""
+    values: dict[str, float] = {}
+    rows = []
+    for kind in COMPARED_EDITS:
+        if not all(kind in r for r in runs):
+            continue
+        windows = list(dict.fromkeys(p["window"] for r in runs for p in r[kind]["points"]))
+        for window in windows:
+            for name, run in zip(names, runs):
+                points = run[kind]["points"]
+                swept = [p for p in points if p["window"] == window]
+                if not swept:
+                    continue
+                chosen = next((p for p in run[kind]["held_out"] if p["window"] == window), None) or max(
+                    swept, key=lambda p: (p["success"], p["resolved"], -p["pixel_change"]))
+                needed = needed_strength(points, window)
+                rows.append({"kind": kind, "window": window, "model": name,
+                             "sweep": ", ".join(f"{p['strength']:g}: {p['success']:.2f}" for p in swept),
+                             "needed": "never" if needed is None else f"{needed:g}",
+                             "chosen": f"{chosen['strength']:g}", "held-out": chosen["success"],
+                             "in / out": f"{_num(chosen.get('change_in'))} / {_num(chosen.get('change_out'))}",
+                             "others stay": chosen.get("others_stay")})
+                key = f"{name}_{kind}_{window}"
+                values[f"{key}_success"] = float(chosen["success"])
+                values[f"{key}_strength"] = float(chosen["strength"])
+                if chosen.get("change_out") is not None:
+                    values[f"{key}_change_out"] = float(chosen["change_out"])
+    if not rows:
+        return [], values
+    columns = ["kind", "window", "model", "sweep", "needed", "chosen", "held-out", "in / out", "others stay"]
+    lines = ["", "Edits (`atlas eval-edits`): per window the sweep (strength: success), the smallest strength that "
+             f"succeeded in at least {WORKS:.0%} of the sweep's edits (needed), the strength chosen on the sweep and "
+             "its success on held-out prompts, the mean pixel change inside / outside the edit's region there, and "
+             "the share of edits whose other objects stayed:", ""]
+    return lines + markdown_table(rows, columns), values
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _primary(rows: list[dict], branch: str) -> list[dict]:

@@ -34,6 +34,7 @@ from atlas.errors import NotFoundError  # noqa: E402
 from atlas.layout.config import METHODS  # noqa: E402
 from atlas.layout.score import DictionaryRule, LayoutScore, layout_iou  # noqa: E402
 from atlas.models.text import TextEmbedder  # noqa: E402
+from atlas.report.compare import report_figures, side_by_side  # noqa: E402
 from atlas.report.tables import ev_pivot, markdown_table, sae_columns  # noqa: E402
 from atlas.store import Atlas, SaeInfo  # noqa: E402
 from atlas.store.ids import branch_part  # noqa: E402
@@ -131,11 +132,13 @@ def context_free(atlas: Atlas, sae: SaeInfo, n: int = 5) -> list[dict]:
     return atlas.query(query, params).to_pylist()
 
 
-def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
+def build_report(atlas: Atlas, out_dir: str | Path, compare_with: Atlas | None = None) -> dict:
     """Compute every figure, write index.html, report.md, figures.json and plots; returns the figures.
 
     Layout prediction is scored with every method of METHODS, each with its threshold chosen per SAE on the
-    dictionary images."""
+    dictionary images. With `compare_with` (another atlas of the same world, reported before), a side-by-side
+    section (atlas.report.compare) follows."""
+    other_figures = report_figures(compare_with) if compare_with is not None else None  # refused before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saes = atlas.saes()
@@ -166,6 +169,8 @@ def build_report(atlas: Atlas, out_dir: str | Path) -> dict:
     figures = {"explained_variance": ev, "layout": [asdict(x) for x in scores], "layout_note": layout_note,
                "dictionary_rules": variants,
                "structure": structure, "context_free": free, "interventions": intervention_tables(atlas.root)}
+    if compare_with is not None:
+        figures["comparison"] = side_by_side((atlas, compare_with), figures=(figures, other_figures))
     (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))
     if scores:
         _plot_layout(scores, out / "layout_iou.png")
@@ -237,6 +242,11 @@ def report_markdown(figures: dict) -> str:
                   "`atlas report`.", ""]
     for run in figures.get("interventions", []):
         lines += [f"**{run['name']}** ({run['date']})", "", run["table"], ""]
+    if figures.get("comparison"):
+        this, other = figures["comparison"]["names"]
+        lines += [f"## Side by side: {this} vs {other}", "", "The same figures for this atlas and another of the same "
+                  "world (`atlas report --compare`), from each atlas's own test split and edit runs.", "",
+                  *figures["comparison"]["lines"], ""]
     return "\n".join(lines) + "\n"
 
 
