@@ -146,3 +146,28 @@ def test_cli_trains_a_dit_of_the_default_size_and_exports_it_beside_the_run(tmp_
     assert "6 transformer blocks of width 192 (6 heads) on the 8x8 grid of image tokens" in card
     assert "`mid` = `transformer_blocks.3`" in card
     assert load_model(str(run / "model"), device="cpu").spec.backbone == "dit"
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes-dit", "sd14"])
+def test_a_dit_shapes_atlas_is_judged_and_edited_as_the_shapes_world(tmp_path, name):
+    """eval-edits on a DiT shapes atlas once fell back to the generic path (labels linked at the block, the atlas's
+    own prompts, CLIP for style), so its figures were not comparable with the U-Net's. Both shapes models take the
+    shapes world's cases and judge; any other model does not."""
+    from atlas.edit.config import EvalEditsConfig
+    from atlas.pipeline.edits import STYLE_TARGET, case_source, object_labels
+    from atlas.pipeline.judges import ShapesJudge, is_shapes_atlas, judge_for
+    from atlas.store import Atlas
+
+    store = Atlas.create(tmp_path / "atlas", model_name=name)
+    try:
+        shapes = name != "sd14"
+        assert is_shapes_atlas(store) is shapes
+        if shapes:
+            assert isinstance(judge_for(store), ShapesJudge)
+            labels, style, prompts = case_source(store, EvalEditsConfig())
+            assert labels == object_labels(EvalEditsConfig().seed) and style == STYLE_TARGET
+            assert prompts[0] == f"a {labels[0]} on a plain background"
+        else:
+            assert judge_for(store) is None  # not annotated yet: nothing to judge by
+    finally:
+        store.close()

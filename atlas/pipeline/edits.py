@@ -51,7 +51,7 @@ from atlas.errors import BadInputError, NotFoundError
 from atlas.files import atomic_write
 from atlas.models import Hooks, TextToImageModel, generate, load_model
 from atlas.models.hooks import StepInfo
-from atlas.pipeline.judges import finder_for, judge_for
+from atlas.pipeline.judges import finder_for, is_shapes_atlas, judge_for
 from atlas.progress import bar as progress_bar
 from atlas.progress import logger
 from atlas.sae import Sae
@@ -231,7 +231,7 @@ def make_cases(config: EvalEditsConfig, seed: int, labels: list[str], style: str
     return [Case(prompts[i % len(prompts)], seed + i, style, None) for i in range(n)]
 
 
-def case_source(store: Atlas, model_name: str, config: EvalEditsConfig) -> tuple[list[str], str, list[str]]:
+def case_source(store: Atlas, config: EvalEditsConfig) -> tuple[list[str], str, list[str]]:
     """(object labels, style label, style prompts): the shapes world's for a shapes atlas; else the labels linked
     to concepts at the block (most concepts first) and the atlas's own prompts."""
     known = store.labels()
@@ -239,7 +239,7 @@ def case_source(store: Atlas, model_name: str, config: EvalEditsConfig) -> tuple
         if value and value not in known:
             raise NotFoundError(f"--{option} {value!r} is no label of {store.root}; its labels include "
                                 f"{', '.join(known[:8])}")
-    if model_name == "shapes":
+    if is_shapes_atlas(store):
         labels = object_labels(config.seed)
         return labels, config.style or STYLE_TARGET, [f"a {o} on a plain background" for o in labels]
     labels = [r["label"] for r in store.query(
@@ -372,7 +372,7 @@ def eval_edits(store: Atlas, config: EvalEditsConfig, out_dir: str | Path, model
     if fixed_t is not None:
         check_concepts_t(fixed_t, ts, config.block)
     spec = store.model()
-    labels, style, prompts = case_source(store, spec["name"], config)
+    labels, style, prompts = case_source(store, config)
     method = config.edit_method
     defaults = DEFAULT_STRENGTH["add" if method == "donor" else "global" if config.kind == "style" else "spatial"]
     judge = judge or judge_for(store, config.clip_model, config.clip_weights)

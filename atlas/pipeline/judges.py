@@ -15,7 +15,7 @@ import numpy as np
 from atlas.edit.config import CLIP_MODEL, CLIP_WEIGHTS
 from atlas.edit.judge import AtlasJudge, Finder, Judge, Verdict, in_region, verdict
 from atlas.edit.scores import load_clip
-from atlas.pipeline.presets import recorded_annotator
+from atlas.pipeline.presets import SHAPES_MODELS, recorded_annotator
 from atlas.shapes import judge as shapes
 from atlas.shapes.annotator import Annotation, FoundObject, annotate
 from atlas.store import Atlas
@@ -87,10 +87,16 @@ def shapes_objects(image: np.ndarray, prompt: str) -> list[tuple[str, np.ndarray
     return [(o.label, o.mask) for o in annotate(image).objects]
 
 
+def is_shapes_atlas(store: Atlas) -> bool:
+    """Whether the atlas's model draws the shapes world (the U-Net or the DiT), so its world's captions, annotator
+    and judge apply."""
+    return store.model()["name"] in SHAPES_MODELS
+
+
 def finder_for(store: Atlas) -> Finder | None:
     """The annotator that finds an image's objects for the atlas's edits (an added object leaves them alone): the
     shapes world's for a shapes atlas, else the one that built the atlas (None before any annotation)."""
-    if store.model()["name"] == "shapes":
+    if is_shapes_atlas(store):
         return shapes_objects
     name = atlas_annotator(store)
     return None if name is None else annotator_finder(name, str(store.root.resolve()))
@@ -111,7 +117,7 @@ def annotator_finder(annotator: str, atlas_dir: str) -> Finder:
 def judge_for(store: Atlas, clip_model: str = CLIP_MODEL, clip_weights: str = CLIP_WEIGHTS) -> Judge | None:
     """The judge of the atlas's edits, or None when the atlas has no annotated objects (nothing to judge by).
     Building it loads the annotator; a missing model raises its one-line UnavailableError."""
-    if store.model()["name"] == "shapes":
+    if is_shapes_atlas(store):
         return ShapesJudge()
     name = atlas_annotator(store)
     return None if name is None else annotator_judge(name, str(store.root.resolve()), clip_model, clip_weights)
