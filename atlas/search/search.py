@@ -80,13 +80,13 @@ def concept_id_of(text: str) -> str | None:
 
 def named_concepts(atlas: Atlas) -> list[tuple[str, str, str]]:
     """(name, kind, concept_id) of every named concept: the names people gave, then the dictionary's roll-up names
-    of the concepts of primary SAEs that have links."""
-    from atlas.dictionary.names import atlas_concept_names
+    of the concepts of primary SAEs that have links (to object or attribute labels)."""
+    from atlas.dictionary.names import atlas_concept_names, attribute_linked
 
     given = [(r["name"], "name", r["concept_id"]) for r in atlas.query(
         "SELECT concept_id, name FROM concepts WHERE name IS NOT NULL ORDER BY concept_id").to_pylist()]
     linked = atlas.query("SELECT DISTINCT concept_id FROM concept_labels WHERE variant = '' ORDER BY concept_id")
-    rolled = atlas_concept_names(atlas, linked["concept_id"].to_pylist())
+    rolled = atlas_concept_names(atlas, sorted({*linked["concept_id"].to_pylist(), *attribute_linked(atlas)}))
     return given + [(name, "dictionary name", cid) for cid, name in rolled.items() if name]
 
 
