@@ -192,7 +192,10 @@ def attribute_linked(atlas: Atlas, variant: str = "") -> list[str]:
 
 
 def guess_names(atlas: Atlas, concept_ids: Sequence[str]) -> dict[str, str]:
-    """`guess_name` of each concept, from the measures stored when the atlas was linked."""
+    """`guess_name` of each concept, from the measures stored when the atlas was linked (an atlas linked before
+    they were stored says so)."""
+    if not (atlas.root / DICTIONARY_DIR / GUESSES).exists():
+        return dict.fromkeys(concept_ids, "unnamed: no dictionary link (run `atlas link` again for a guess)")
     pairs = _sae_latents(atlas, concept_ids)
     t = {cid: atlas.resolve(cid)[0].t for cid in concept_ids}
     rows = {pairs[(r["sae_id"], r["latent"])]: r for r in _dictionary_rows(atlas, GUESSES, pairs)}
