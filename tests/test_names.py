@@ -9,7 +9,7 @@ import pytest
 
 from atlas.dictionary.link import LinkConfig, link
 from atlas.dictionary.names import CLOSE, Guess, Link, concept_name, guess_name, rollup_name
-from atlas.dictionary.run import attribute_grid_cells, guesses
+from atlas.dictionary.run import attribute_grid_cells, guesses, word_cells
 from atlas.store import SaeInfo
 
 SHAPES = [f"{c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle")]
@@ -49,6 +49,8 @@ def test_only_labels_close_to_the_best_one_widen_the_name():
     ([Link("black dog", 0.3, 0.2, 10), Link("dog", 0.5, 0.5, 30, "word")], ["dog", "black dog", "white dog"],
      "dog (any colour)"),
     ([Link("cat", 0.5, 0.5, 30, "word")], ["cat"], "cat"),
+    ([Link("red dog", 0.3, 0.2, 10), Link("red", 0.6, 0.5, 30, "colour")], ["dog", "red dog", "red car", "car"],
+     "red (any object)"),
 ])
 def test_attribute_links_name_a_concept_they_predict_best(links, known, name):
     assert concept_name(links, known) == name
@@ -121,8 +123,9 @@ def test_a_concept_without_links_gets_a_guess_that_says_so(guess, name):
 
 def test_a_small_build_links_attributes_apart_and_names_every_concept(two_k_atlas, tmp_path):
     """End to end on a 32-image build: the attributes' cells are stored with their kinds, their links stay out of
-    the object-level dictionary (relinking without them gives the same concept_labels and best labels), and every
-    concept has a name: from its links, or a guess only where it has none."""
+    the object-level dictionary (relinking without them, from the labels' words as for an atlas annotated before
+    attributes were recorded, gives the same concept_labels and best labels), and every concept has a name: from
+    its links, or a guess only where it has none."""
     import pyarrow.parquet as pq
 
     from atlas.dictionary.names import attribute_links, display_names
@@ -147,7 +150,8 @@ def test_a_small_build_links_attributes_apart_and_names_every_concept(two_k_atla
     with open_writer(copy) as writer:
         link_atlas(writer, progress=False)
     assert dictionary(copy) == dictionary(two_k_atlas)
-    assert pq.read_table(copy / "dictionary" / "attribute_links.parquet").num_rows == 0
+    words = pq.read_table(copy / "dictionary" / "attribute_links.parquet")  # from the object labels' words instead
+    assert words.num_rows and set(words["kind"].to_pylist()) <= {"colour", "shape", "style", "word"}
 
     with open_atlas(two_k_atlas) as atlas:
         ids = atlas.query("SELECT concept_id FROM concepts WHERE frequency > 0 ORDER BY concept_id")["concept_id"]
@@ -193,3 +197,15 @@ def test_the_concept_pages_and_lists_show_the_name(two_k_atlas, tmp_path):
         listed = requests.get(f"{url}/concepts.json", params={"variant": "k4", "limit": 5}, timeout=60).json()
         assert {c["concept_id"]: c["dictionary_name"] for c in listed["concepts"]} == {cid: names[cid] for cid in ids}
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_word_cells_stand_in_for_attributes_an_old_annotation_lacks():
+    """Golden: from the object cells alone, each word of a label covers the cells of the objects that have it."""
+    cells = _cells([(0, 0, "red circle", [(0, 0), (0, 1)]), (1, 0, "blue circle", [(0, 1), (1, 1)]),
+                    (2, 1, "dog", [(2, 2)])])
+    cells = cells.append_column("grid_h", pa.array([4] * cells.num_rows)).append_column(
+        "grid_w", pa.array([4] * cells.num_rows))
+    got = sorted((r["image_id"], r["kind"], r["label"], r["row"], r["col"]) for r in word_cells(cells).to_pylist())
+    assert got == [(0, "colour", "blue", 0, 1), (0, "colour", "blue", 1, 1), (0, "colour", "red", 0, 0),
+                   (0, "colour", "red", 0, 1), (0, "shape", "circle", 0, 0), (0, "shape", "circle", 0, 1),
+                   (0, "shape", "circle", 1, 1), (1, "word", "dog", 2, 2)]

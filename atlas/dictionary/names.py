@@ -88,12 +88,13 @@ def rollup_name(labels: Sequence[str], known: Iterable[str] = ()) -> str | None:
 
 def attribute_name(link: Link, known: Iterable[str] = ()) -> str:
     """The name of an attribute label: 'red (any shape)' when the object labels (`known`) holding it vary in one
-    kind, else the value and its kind ('top left (position)'; a tagger's word alone)."""
+    kind ('red (any object)' on an SD atlas with 'red dog' and 'red car'), else the value and its kind ('top left
+    (position)'; a tagger's word alone)."""
     words = link.label.split()
     others = {" ".join(w for w in label.split() if w not in words) for label in known
               if all(w in label.split() for w in words)} - {"", link.label}
-    kinds = {attribute_of(v) for v in others}
-    if len(others) > 1 and len(kinds) == 1 and None not in kinds:
+    kinds = {attribute_of(v) or OBJECT for v in others}
+    if len(others) > 1 and len(kinds) == 1:
         return f"{link.label} (any {kinds.pop()})"
     return link.label if link.kind == WORD else f"{link.label} ({link.kind})"
 

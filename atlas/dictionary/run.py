@@ -4,9 +4,10 @@ For each SAE, the codes of the dictionary images (every split but `test`, which 
 scored on) meet the objects' grid masks in one DuckDB query (`atlas.dictionary.link.link`); the (latent,
 label) pairs that pass the paper's rule go to `concept_labels`, and each concept's best label is set.
 
-Attribute labels ('red', 'circle', 'top left', 'striped'; atlas.annotate.attributes) are linked by the same rule
-but stored apart, in `dictionary/attribute_links.parquet`, so the object-level dictionary (best labels, layout
-prediction, the report's tables) stays what it was. For every concept with no passing link of either kind,
+Attribute labels ('red', 'circle', 'top left', 'striped'; atlas.annotate.attributes; for an atlas annotated
+before they were recorded, the words of its object labels) are linked by the same rule but stored apart, in
+`dictionary/attribute_links.parquet`, so the object-level dictionary (best labels, layout prediction, the report's
+tables) stays what it was. For every concept with no passing link of either kind,
 `dictionary/guesses.parquet` keeps what can be measured instead: the images it fires on and its best label below the
 rule (atlas.dictionary.names names it from them, as a guess).
 """
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from atlas.annotate.attributes import OBJECT
+from atlas.annotate.attributes import OBJECT, WORD, attribute_of
 from atlas.annotate.run import CELLS_DIR, attribute_files, cells_files
 from atlas.dictionary.config import ATTRIBUTE_LINKS, DICTIONARY_DIR, GUESSES
 from atlas.dictionary.link import LinkConfig, link
@@ -66,6 +67,21 @@ def grid_cells(cells: pa.Table, grid: tuple[int, int]) -> pa.Table:
     """The object cells of one grid, in the columns `link` expects."""
     mine = cells.filter(pc.and_(pc.equal(cells["grid_h"], grid[0]), pc.equal(cells["grid_w"], grid[1])))
     return mine.select(["object_id", "image_id", "label", "row", "col"])
+
+
+def word_cells(cells: pa.Table) -> pa.Table:
+    """Attribute cells from the object cells of an atlas annotated before attributes were recorded: each word of a
+    label is an attribute of its kind (atlas.annotate.attributes), covering the cells of the objects whose label
+    has it (the union at grid resolution, where annotate takes it at pixel resolution)."""
+    words = [(label, attribute_of(w) or WORD, w) for label in set(cells["label"].to_pylist())
+             for w in dict.fromkeys(label.split())]
+    table = pa.table({"label": [x[0] for x in words], "kind": [x[1] for x in words], "word": [x[2] for x in words]},
+                     schema=pa.schema([("label", pa.string()), ("kind", pa.string()), ("word", pa.string())]))
+    with duckdb.connect() as con:
+        con.register("cells", cells)
+        con.register("words", table)
+        return con.sql("SELECT DISTINCT c.image_id, w.word AS label, c.row, c.col, c.grid_h, c.grid_w, w.kind "
+                       "FROM cells c JOIN words w USING (label)").to_arrow_table()
 
 
 def attribute_grid_cells(cells: pa.Table, grid: tuple[int, int]) -> pa.Table:
@@ -115,8 +131,8 @@ def link_atlas(writer: Writer, config: LinkConfig | None = None, source: str | N
     source = annotation_source(atlas, source)
     cells = dictionary_cells(atlas, source, splits)
     files = attribute_files(atlas, source)
-    attributes = dictionary_cells(atlas, source, splits, files) if files else None
-    kinds = dict(zip(*(attributes[c].to_pylist() for c in ("label", "kind")))) if attributes is not None else {}
+    attributes = dictionary_cells(atlas, source, splits, files) if files else word_cells(cells)
+    kinds = dict(zip(*(attributes[c].to_pylist() for c in ("label", "kind"))))
     images_total = len(dictionary_images(atlas, splits))
     stored: dict[str, int] = {}
     attribute_rows: list[dict] = []
@@ -130,13 +146,10 @@ def link_atlas(writer: Writer, config: LinkConfig | None = None, source: str | N
             rows = [{**r, "sae_id": sae.id} for r in passing.to_pylist()]
             writer.catalog.set_concept_labels(rows, replace=True)
             stored[sae.name] = len(rows)
-            results = [(result, {})]
-            if attributes is not None:
-                found = link(codes, attribute_grid_cells(attributes, grid), config, threads=atlas.threads)
-                attribute_rows += [{**r, "sae_id": sae.id, "kind": kinds[r["label"]]}
-                                   for r in found.filter(found["passes"]).to_pylist()]
-                results.append((found, kinds))
-            guessed += guesses(sae, codes, results, images_total)
+            found = link(codes, attribute_grid_cells(attributes, grid), config, threads=atlas.threads)
+            attribute_rows += [{**r, "sae_id": sae.id, "kind": kinds[r["label"]]}
+                               for r in found.filter(found["passes"]).to_pylist()]
+            guessed += guesses(sae, codes, [(result, {}), (found, kinds)], images_total)
         _write_table(atlas.root / DICTIONARY_DIR / ATTRIBUTE_LINKS, attribute_rows, LINK_SCHEMA)
         _write_table(atlas.root / DICTIONARY_DIR / GUESSES, guessed, GUESS_SCHEMA)
         writer.catalog.mark_stage("link", {"source": source, **{k: float(v) for k, v in vars(config).items()}})
