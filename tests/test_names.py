@@ -42,6 +42,9 @@ def test_only_labels_close_to_the_best_one_widen_the_name():
      KNOWN, "red (any shape)"),
     # a red-circle concept matches 'red' worse than 'red circle' (it stays dark on red squares)
     ([Link("red circle", 0.7, 0.8, 90), Link("red", 0.3, 0.3, 200, "colour")], KNOWN, "red circle"),
+    # a weak attribute link (it matches 1 % of the plain images) does not outrank the object label it ties with
+    ([Link("plain background", 0.24, 0.01, 465), Link("plain", 0.24, 0.01, 465, "style")], KNOWN,
+     "plain background"),
     ([Link("circle", 0.5, 0.6, 300, "shape")], KNOWN, "circle (any colour)"),
     ([Link("top left", 0.3, 0.3, 40, "position")], KNOWN, "top left (position)"),
     ([Link("striped", 0.4, 0.4, 20, "style"), Link("striped background", 0.3, 0.2, 20)], KNOWN, "striped (style)"),

@@ -99,12 +99,19 @@ def attribute_name(link: Link, known: Iterable[str] = ()) -> str:
     return link.label if link.kind == WORD else f"{link.label} ({link.kind})"
 
 
+def name_stem(name: str) -> str:
+    """What a roll-up name names, without its qualifier: "triangle" of "triangle (any colour)"."""
+    return name.split(" (", 1)[0]
+
+
 def naming_link(links: Sequence[Link]) -> Link | None:
-    """The attribute link that names the concept: its best one, when it predicts the concept's maps at least as
-    well as its best object label (or it has none); None when the object labels name it."""
+    """The attribute link that names the concept: its best one, when the concept has no object label, or when it
+    predicts the concept's maps at least as well as its best object label and strongly (it matches at least
+    ENTRY_HIT_RATE of the attribute's images); None when the object labels name it."""
     attributes = sorted((x for x in links if x.kind != OBJECT), key=lambda x: (-x.mean_iou, -x.hit_rate, x.label))
     objects = [x.mean_iou for x in links if x.kind == OBJECT]
-    if attributes and (not objects or attributes[0].mean_iou >= max(objects)):
+    if attributes and (not objects or (attributes[0].mean_iou >= max(objects)
+                                       and attributes[0].hit_rate >= ENTRY_HIT_RATE)):
         return attributes[0]
     return None
 

@@ -92,7 +92,11 @@ def named_concepts(atlas: Atlas) -> list[tuple[str, str, str]]:
 
 def resolve_text(atlas: Atlas, text: str, embed: Embed | None = None, k: int = 10) -> Resolution:
     """What TEXT names in the atlas: a concept id goes to its concept; any other text to the labels and concept
-    names closest in meaning, with their similarity (a name shared by several concepts: its best-linked one)."""
+    names closest in meaning, with their similarity (a name shared by several concepts: its best-linked one; a
+    dictionary name is as close as the lesser of its whole and its stem, "triangle" of "triangle (any colour)", so
+    neither its qualifier, which is close to any colour, nor a bare stem, 'red' for 'red disc', matches alone)."""
+    from atlas.dictionary.names import name_stem
+
     text = text.strip()
     concept = concept_id_of(text)
     if concept is not None:
@@ -108,7 +112,9 @@ def resolve_text(atlas: Atlas, text: str, embed: Embed | None = None, k: int = 1
     if not candidates:
         return Resolution(text)
     embed = embed or TextEmbedder().embed
-    scores = embed([c[0] for c in candidates]) @ embed([text])[0]
+    query = embed([text])[0]
+    stems = embed([name_stem(c[0]) if c[1] == "dictionary name" else c[0] for c in candidates]) @ query
+    scores = np.minimum(embed([c[0] for c in candidates]) @ query, stems)
     contains = np.array([text.lower() in c[0].lower() for c in candidates])
     order = np.lexsort((-scores, ~contains))
     found = [Match(candidates[i][0], candidates[i][1], float(scores[i]), candidates[i][2]) for i in order]
