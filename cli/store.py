@@ -188,15 +188,13 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
     """
     if bool(label) == bool(like):
         raise click.UsageError("give a LABEL or --like CONCEPT_ID (one of them)")
+    from atlas.dictionary.names import display_names
     from atlas.search.search import concept_id_of
 
     with _open(atlas_dir) as atlas:
         if label and concept_id_of(label):  # a concept id goes to its concept
-            from atlas.dictionary.names import atlas_concept_names
-
             info = atlas.concept(label)
-            found = [{**asdict(info), "dictionary_name": atlas_concept_names(atlas, [info.concept_id])[
-                info.concept_id]}]
+            found = [{**asdict(info), "dictionary_name": display_names(atlas, [info.concept_id])[info.concept_id]}]
             columns = ["concept_id", "name", "dictionary_name", "best_label", "frequency", "mean_activation"]
         elif like:
             if block or variant is not None or sae_k:
@@ -209,7 +207,8 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
 
             result = search_concepts(atlas, label, t=t, block=block, branch=branch, k=k, variant=variant, sae_k=sae_k)
             found = [asdict(c) for c in result.concepts]
-            columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name"]
+            columns = ["concept_id", "label", "mean_iou", "hit_rate", "precision", "recall", "support", "name",
+                       "dictionary_name"]
             if result.via == "meaning":
                 closest = ", ".join(f"{m.kind} {m.text!r} {m.similarity:.2f}" for m in result.matches[:5])
                 click.echo(f"no concepts are labelled {label!r}; closest in meaning: {closest}; showing "
@@ -220,6 +219,9 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
                 click.echo(f"this atlas has no labels yet (run `atlas annotate` and `atlas link`); ranking concepts "
                            f"by decoder similarity to the activation of the prompt {label!r}", err=True)
                 columns = ["concept_id", "score", "block", "t", "branch", "latent"]
+            if "dictionary_name" in columns:
+                named = display_names(atlas, [row["concept_id"] for row in found])
+                found = [{**row, "dictionary_name": named[row["concept_id"]]} for row in found]
     if fmt == "json":
         click.echo(json.dumps([{c: row[c] for c in columns} for row in found], indent=1))
     elif found:

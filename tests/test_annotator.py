@@ -109,3 +109,58 @@ def test_a_one_pixel_line_is_annotated_without_dividing_by_zero():
         warnings.simplefilter("error")
         found = annotate(img).objects
     assert [o.color for o in found] == ["blue"] and 0 < found[0].score <= 1
+
+
+def _attributes(objects) -> dict[tuple[str, str], np.ndarray]:
+    from atlas.annotate.attributes import attribute_masks
+
+    return {(a.kind, a.label): a.mask for a in attribute_masks(objects)}
+
+
+def test_attribute_masks_of_a_hand_made_scene():
+    """Golden: two red shapes and a blue one on stripes; each attribute's mask is the union of the objects that
+    have it (the annotator's own masks, which match the rendered ones), the style covers the whole image."""
+    from atlas.shapes.backend import ShapesAnnotator
+
+    scene = Scene((ShapeObject("circle", "red", 8, 8, 5), ShapeObject("square", "red", 24, 24, 5),
+                   ShapeObject("triangle", "blue", 24, 8, 5)), "striped")
+    image, truth = render(scene)
+    found = ShapesAnnotator().annotate([image], [""])[0]
+    by_label = {o.label: o.mask for o in found}
+    got = _attributes(found)
+    assert set(got) == {("colour", "red"), ("colour", "blue"), ("shape", "circle"), ("shape", "square"),
+                        ("shape", "triangle"), ("position", "top left"), ("position", "bottom right"),
+                        ("position", "top right"), ("style", "striped")}
+    assert np.array_equal(got["colour", "red"], by_label["red circle"] | by_label["red square"])
+    assert np.array_equal(got["shape", "circle"], by_label["red circle"])
+    assert np.array_equal(got["position", "top right"], by_label["blue triangle"])
+    assert got["style", "striped"].all()
+    red = truth[0] | truth[1]
+    assert (got["colour", "red"] & red).sum() / (got["colour", "red"] | red).sum() >= 0.9
+
+
+def test_label_words_stand_in_for_attributes_an_annotator_does_not_give():
+    """Golden: a tagger's labels give their words, each of its attribute kind or `word`."""
+    from atlas.annotate.base import ObjectAnnotation, box_of
+
+    masks = [np.zeros((4, 4), bool) for _ in range(3)]
+    masks[0][0, 0] = masks[1][3, 3] = masks[2][0, 3] = True
+    found = [ObjectAnnotation(label, 1.0, box_of(m), m) for label, m in zip(("black dog", "white dog", "dog"), masks)]
+    got = _attributes(found)
+    assert list(got) == [("colour", "black"), ("word", "dog"), ("colour", "white")]
+    assert np.array_equal(got["word", "dog"], masks[0] | masks[1] | masks[2])
+    assert np.array_equal(got["colour", "white"], masks[1])
+
+
+def test_attribute_cells_pool_masks_to_each_grid():
+    """Golden: a mask of an 8 x 8 image's top-left quarter is cell (0, 0) of a 2 x 2 grid and four cells of 4 x 4."""
+    from atlas.annotate.attributes import AttributeMask
+    from atlas.annotate.run import attribute_cells
+
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    cells = attribute_cells([7], [[AttributeMask("colour", "red", mask)]], [(2, 2), (4, 4)])
+    rows = sorted((r["grid_h"], r["row"], r["col"]) for r in cells.to_pylist())
+    assert rows == [(2, 0, 0), (4, 0, 0), (4, 0, 1), (4, 1, 0), (4, 1, 1)]
+    assert set(cells["kind"].to_pylist()) == {"colour"} and set(cells["image_id"].to_pylist()) == {7}
+    assert set(cells["label"].to_pylist()) == {"red"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +23,9 @@ class ObjectAnnotation:
     score: float
     box: tuple[float, float, float, float]
     mask: np.ndarray
+    attributes: dict[str, str] = field(default_factory=dict)
+    """Kind -> value ('colour' -> 'red') where the annotator knows them; empty: the label's words stand in
+    (atlas.annotate.attributes)."""
 
 
 @runtime_checkable

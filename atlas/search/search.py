@@ -80,19 +80,23 @@ def concept_id_of(text: str) -> str | None:
 
 def named_concepts(atlas: Atlas) -> list[tuple[str, str, str]]:
     """(name, kind, concept_id) of every named concept: the names people gave, then the dictionary's roll-up names
-    of the concepts of primary SAEs that have links."""
-    from atlas.dictionary.names import atlas_concept_names
+    of the concepts of primary SAEs that have links (to object or attribute labels)."""
+    from atlas.dictionary.names import atlas_concept_names, attribute_linked
 
     given = [(r["name"], "name", r["concept_id"]) for r in atlas.query(
         "SELECT concept_id, name FROM concepts WHERE name IS NOT NULL ORDER BY concept_id").to_pylist()]
     linked = atlas.query("SELECT DISTINCT concept_id FROM concept_labels WHERE variant = '' ORDER BY concept_id")
-    rolled = atlas_concept_names(atlas, linked["concept_id"].to_pylist())
+    rolled = atlas_concept_names(atlas, sorted({*linked["concept_id"].to_pylist(), *attribute_linked(atlas)}))
     return given + [(name, "dictionary name", cid) for cid, name in rolled.items() if name]
 
 
 def resolve_text(atlas: Atlas, text: str, embed: Embed | None = None, k: int = 10) -> Resolution:
     """What TEXT names in the atlas: a concept id goes to its concept; any other text to the labels and concept
-    names closest in meaning, with their similarity (a name shared by several concepts: its best-linked one)."""
+    names closest in meaning, with their similarity (a name shared by several concepts: its best-linked one; a
+    dictionary name is as close as the lesser of its whole and its stem, "triangle" of "triangle (any colour)", so
+    neither its qualifier, which is close to any colour, nor a bare stem, 'red' for 'red disc', matches alone)."""
+    from atlas.dictionary.names import name_stem
+
     text = text.strip()
     concept = concept_id_of(text)
     if concept is not None:
@@ -108,7 +112,9 @@ def resolve_text(atlas: Atlas, text: str, embed: Embed | None = None, k: int = 1
     if not candidates:
         return Resolution(text)
     embed = embed or TextEmbedder().embed
-    scores = embed([c[0] for c in candidates]) @ embed([text])[0]
+    query = embed([text])[0]
+    stems = embed([name_stem(c[0]) if c[1] == "dictionary name" else c[0] for c in candidates]) @ query
+    scores = np.minimum(embed([c[0] for c in candidates]) @ query, stems)
     contains = np.array([text.lower() in c[0].lower() for c in candidates])
     order = np.lexsort((-scores, ~contains))
     found = [Match(candidates[i][0], candidates[i][1], float(scores[i]), candidates[i][2]) for i in order]

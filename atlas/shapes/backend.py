@@ -2,6 +2,9 @@
 
 Besides one object per coloured shape ("red circle"), it emits the background as an object
 ("striped background", mask = every pixel no shape covers) so that style concepts can be linked too.
+Each object carries its attributes (atlas.annotate.attributes): colour, shape and quadrant ('top left') for a
+shape, and for every object of the image, the background included, the image's style (so a style's mask is the
+whole image).
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from atlas.annotate.base import ObjectAnnotation, box_of, check_batch
-from atlas.shapes.annotator import AnnotatorConfig, annotate
+from atlas.shapes.annotator import AnnotatorConfig, FoundObject, annotate
+
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+"""The position attribute of an object: the quadrant its centre of mass lies in (atlas.shapes.world.POSITIONS)."""
 
 
 class ShapesAnnotator:
@@ -28,9 +34,17 @@ class ShapesAnnotator:
 
     def _one(self, image: np.ndarray) -> list[ObjectAnnotation]:
         found = annotate(image, self.config)
-        out = [ObjectAnnotation(o.label, float(o.score), box_of(o.mask), o.mask) for o in found.objects]
+        style = {"style": found.style}
+        out = [ObjectAnnotation(o.label, float(o.score), box_of(o.mask), o.mask,
+                                {"colour": o.color, "shape": o.shape, **_quadrant(o, image.shape[1]), **style})
+               for o in found.objects]
         covered = np.zeros(image.shape[:2], dtype=bool)
         for o in found.objects:
             covered |= o.mask
-        out.append(ObjectAnnotation(f"{found.style} background", 1.0, box_of(~covered), ~covered))
+        out.append(ObjectAnnotation(f"{found.style} background", 1.0, box_of(~covered), ~covered, style))
         return out
+
+
+def _quadrant(found: FoundObject, size: int) -> dict[str, str]:
+    quadrant = next((q for q in QUADRANTS if found.in_position(q, size)), None)
+    return {"position": quadrant} if quadrant else {}

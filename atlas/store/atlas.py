@@ -426,9 +426,9 @@ def one_variant(variant: str | None, sae_k: int | None) -> str | None:
 
 ATLAS_ENTRIES = frozenset({"catalog.duckdb", "catalog.duckdb.wal", "catalog.duckdb.damaged",
                            "catalog.duckdb.wal.damaged", "writers.lock", snapshot.TABLES_DIR, "codes", "index", "masks",
-                           "activations", "saes", "annotations", "report", "edits"})
+                           "activations", "saes", "annotations", "dictionary", "report", "edits"})
 """What an atlas directory holds: the store's files (with a damaged catalog `atlas check --repair` set aside), the
-pipeline's activations, SAEs, annotations, report and edits."""
+pipeline's activations, SAEs, annotations, dictionary files (attribute links, guesses), report and edits."""
 
 
 def refuse_foreign(root: Path) -> None:

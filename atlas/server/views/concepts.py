@@ -21,7 +21,7 @@ from fastapi import Body, Form, Path, Query
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from atlas.dictionary.names import describe_concept
+from atlas.dictionary.names import describe_concept, display_names
 from atlas.errors import BadInputError
 from atlas.server import render
 from atlas.server.pages import ERRORS, Envelope, Page, concept_url
@@ -58,6 +58,8 @@ class ConceptRow(BaseModel):
     mean_activation: float | None
     best_label: str | None
     name: str | None
+    dictionary_name: str | None = None
+    """The roll-up name of its dictionary labels, or for a concept with none a guess that says so."""
 
 
 class ConceptsData(Envelope):
@@ -105,7 +107,9 @@ def concepts(state: State, block: Annotated[str | None, Query(max_length=200)] =
     last = rows[-1] if rows else None
     token = f"{last['frequency'] if last['frequency'] is not None else -1.0!r}:{last['sae_id']}:{last['latent']}" \
         if more and last else None
-    columns = ["concept_id", "frequency", "mean_activation", "best_label", "name"]
+    dictionary = display_names(state.atlas, [r["concept_id"] for r in rows])
+    rows = [{**r, "dictionary_name": dictionary[r["concept_id"]]} for r in rows]
+    columns = ["concept_id", "frequency", "mean_activation", "best_label", "dictionary_name", "name"]
     return {"concepts": rows, "table": Table(columns=columns, rows=[[r[c] for c in columns] for r in rows]),
             "next": token, "filters": {"block": block, "t": t, "branch": branch, "variant": variant, "label": label,
                                        "named": named},
@@ -194,6 +198,8 @@ class ConceptData(Envelope):
     concept: dict[str, Any]
     dictionary_name: str | None
     """The roll-up name of the concept's dictionary labels (what they share: "red (any shape)")."""
+    name_guess: str | None
+    """For a concept with no dictionary link, a name that says it is a guess and from what."""
     description: str
     emergence: list[list[float]]
     """(t, best IoU of its best label in its block at that t), from the first denoising step on."""
@@ -294,7 +300,7 @@ def concept(concept_id: ConceptId, state: State,
     at_quantiles, sample = examples(state, sae, info.latent)
     return {
         "concept": {**{k: v for k, v in info.__dict__.items() if k not in LINK_FIELDS}, "url": concept_url(cid)},
-        "dictionary_name": described.name, "description": described.text,
+        "dictionary_name": described.name, "name_guess": described.guess, "description": described.text,
         "emergence": [list(x) for x in described.emergence],
         "density": described.images / described.images_total if described.images_total else 0.0,
         "grid": [sae.grid_h or 0, sae.grid_w or 0],

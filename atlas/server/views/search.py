@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import BaseModel
 
+from atlas.dictionary.names import display_names
 from atlas.errors import AtlasError
 from atlas.search.search import nothing_close, resolve_text
 from atlas.server.pages import Envelope, Page
@@ -21,6 +22,8 @@ class LabelMatch(BaseModel):
     label: str
     score: float
     best_concept: str | None
+    best_concept_name: str | None = None
+    """The best concept's dictionary name (or, with no link, a guess that says so)."""
 
 
 class NameMatch(BaseModel):
@@ -59,8 +62,10 @@ def search(state: State, q: Annotated[str, Query(max_length=500, description="Co
     # the candidates come back on every search, so their embeddings are kept; the query's are not
     resolution = resolve_text(state.atlas, q, lambda texts: state.embed(texts, keep=texts[-1:] != [q]), k=2 * k)
     matches = resolution.matches
-    found["labels"] = [LabelMatch(label=m.text, score=m.similarity, best_concept=m.concept_id)
-                       for m in matches if m.kind == "label"][:k]
+    labels = [m for m in matches if m.kind == "label"][:k]
+    named = display_names(state.atlas, sorted({m.concept_id for m in labels if m.concept_id}))
+    found["labels"] = [LabelMatch(label=m.text, score=m.similarity, best_concept=m.concept_id,
+                                  best_concept_name=named.get(m.concept_id)) for m in labels]
     found["names"] = [NameMatch(concept_id=m.concept_id, name=m.text, kind=m.kind, score=m.similarity)
                       for m in matches if m.kind != "label"][:k]
     if not matches:
