@@ -1,4 +1,5 @@
-"""Configuration of a TopK sparse autoencoder and of its training; the attribute docstrings are the CLI's --help text.
+"""Configuration of a sparse autoencoder (TopK, BatchTopK, JumpReLU, Matryoshka-BatchTopK) and of its training;
+the attribute docstrings are the CLI's --help text.
 
 Kept free of torch imports so that `atlas --help` stays instant.
 """
@@ -9,6 +10,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from atlas.errors import BadInputError
+
+SAE_TYPES = ("topk", "batchtopk", "jumprelu", "matryoshka")
+"""The SAE types atlas.sae.Sae implements; "topk" is the paper's."""
 
 
 def parse_latents(text: str, d_in: int | None = None) -> int:
@@ -31,7 +35,17 @@ def parse_latents(text: str, d_in: int | None = None) -> int:
 
 @dataclass
 class SaeConfig:
-    """Shape and loss of one TopK SAE (arXiv 2504.15473: n_latents = 4 d, k in {10, 20}, AuxK 1/32 with k_aux 256)."""
+    """Shape and loss of one SAE (arXiv 2504.15473's TopK: n_latents = 4 d, k in {10, 20}, AuxK 1/32 with k_aux 256).
+
+    Every type keeps AuxK, the unit-norm decoder and the shared bias; they differ in which latents fire.
+    """
+
+    sae_type: Literal["topk", "batchtopk", "jumprelu", "matryoshka"] = "topk"
+    """topk: the k largest per position. batchtopk: the k * B largest over a batch of B positions while training,
+    a learned global threshold at inference (Bussmann et al. 2024). jumprelu: a learned threshold per latent,
+    trained through straight-through gradients of the step towards L0 = k (Rajamanoharan et al. 2024).
+    matryoshka: batchtopk whose nested prefixes of the dictionary must each reconstruct on their own (Bussmann et
+    al. 2025). The last three fire a varying number per position: the atlas stores at most max_active of them."""
 
     d_in: int = 1280
     """Width of the activations (1280 for SD v1.4's down/mid/up cross-attention blocks)."""
@@ -50,6 +64,16 @@ class SaeConfig:
     the run's training tokens, at most 10M, the usual rule at the paper's scale; see `dead_after`)."""
     b_init: Literal["geometric_median", "mean"] = "geometric_median"
     """How the shared bias b starts: geometric median (robust to outlier tokens) or mean of the first batch."""
+    max_active: int = 0
+    """batchtopk, jumprelu, matryoshka: most latents kept per position at inference, the largest (0: 4 * k); the
+    codes of the atlas hold this many at most."""
+    l0_coefficient: float = 1.0
+    """jumprelu: weight of the sparsity loss (L0 / k - 1)^2 that steers the mean L0 towards k."""
+    bandwidth: float = 0.0
+    """jumprelu: width of the straight-through estimator's rectangle kernel (0: a tenth of the initial threshold,
+    which is set from the first batch so that k latents per position fire)."""
+    matryoshka_groups: int = 4
+    """matryoshka: nested prefixes of the dictionary, each double the previous (4: n/8, n/4, n/2, n latents)."""
 
     def __post_init__(self) -> None:
         if self.b_init not in ("geometric_median", "mean"):
@@ -58,6 +82,25 @@ class SaeConfig:
             raise BadInputError(f"k must be in [1, {self.num_latents}], got {self.k}")
         if self.k_aux < 1 or self.auxk_alpha < 0 or self.dead_tokens < 0:
             raise BadInputError("k_aux must be positive, dead_tokens and auxk_alpha non-negative")
+        if self.sae_type not in SAE_TYPES:
+            raise BadInputError(f"sae_type must be one of {', '.join(SAE_TYPES)}, got {self.sae_type!r}")
+        if self.max_active < 0 or self.l0_coefficient < 0 or self.bandwidth < 0 or self.matryoshka_groups < 1:
+            raise BadInputError("max_active, l0_coefficient and bandwidth must be non-negative, matryoshka_groups "
+                                "positive")
+
+    @property
+    def cap(self) -> int:
+        """Most latents one position keeps at inference: k for topk, else max_active (0: 4 * k), at most all."""
+        if self.sae_type == "topk":
+            return self.k
+        return min(self.max_active or 4 * self.k, self.num_latents)
+
+    def prefixes(self) -> list[int]:
+        """matryoshka: the ends of the nested prefixes of the dictionary, the last the whole (others: [n])."""
+        n = self.num_latents
+        if self.sae_type != "matryoshka":
+            return [n]
+        return sorted({max(1, n >> (self.matryoshka_groups - 1 - g)) for g in range(self.matryoshka_groups)})
 
     def dead_after(self, n_tokens: int) -> int:
         """The dead-latent threshold of a run of `n_tokens` training tokens (0 = unknown length)."""

@@ -1,13 +1,29 @@
-"""TopK sparse autoencoder: z = TopK(ReLU(W_enc (x - b) + b_enc)), x_hat = W_dec^T z + b (shared bias b = b_dec).
+"""Sparse autoencoders: z = S(W_enc (x - b) + b_enc), x_hat = W_dec^T z + b (shared bias b = b_dec), where the
+sparsifier S is the config's `sae_type`:
 
-Only the encoder's forward is dense over all latents. Its backward and the decoder touch only the selected
-latents (gathers, `embedding_bag`, one sparse CSR product), so the cost beyond the one big matmul grows with
-k, not with n_latents; AuxK touches only the dead latents.
+- topk: the k largest ReLU'd pre-activations of each position;
+- batchtopk: the k * B largest of a batch of B positions while training (a position may get more or fewer than
+  k); at inference the pre-activations above a global threshold, the running mean of the smallest selected
+  value during training (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders");
+- jumprelu: pre-activations above a learned threshold per latent; the step has no gradient, so the threshold
+  learns through the straight-through estimator of Rajamanoharan et al. 2024 (a rectangle kernel of width
+  `bandwidth`), with the sparsity loss (L0 / k - 1)^2;
+- matryoshka: batchtopk whose loss is the mean FVU of nested prefixes of the dictionary (latents [0, m) for each
+  m of `SaeConfig.prefixes`), so early latents learn general concepts (Bussmann et al. 2025).
+
+At inference the last three keep at most `SaeConfig.cap` latents per position (the largest), so every type
+encodes to (N, cap) (activation, index) pairs, zeros where fewer fire.
+
+For topk, batchtopk and matryoshka only the encoder's forward is dense over all latents. Its backward and the
+decoder touch only the selected latents (gathers, `embedding_bag`, one sparse CSR product), so the cost beyond
+the one big matmul grows with k, not with n_latents; AuxK touches only the dead latents. JumpReLU trains
+densely: which latents fire is only known after the threshold, whose gradient needs the pre-activations near it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,13 +47,16 @@ SPARSIFY_NAMES = {"W_enc": "encoder.weight", "b_enc": "encoder.bias"}
 DENSE_AUX_DENSITY = 8
 """AuxK goes dense when k_aux * this >= the number of dead latents (selection density >= 1/8)."""
 WEIGHTS_NAME = "sae.safetensors"
+THRESHOLD_MOMENTUM = 0.99
+"""batchtopk, matryoshka: weight of the old inference threshold in its running mean over training batches."""
 
 
 class EncoderOutput(NamedTuple):
     top_acts: Tensor
-    """(N, k) activations of the selected latents, >= 0 (0 when fewer than k pre-activations are positive)."""
+    """(N, k) activations of the selected latents, >= 0 (0 when fewer than k pre-activations are positive); for the
+    types with a varying number per position (N, cap), 0 where fewer fire."""
     top_indices: Tensor
-    """(N, k) int64 indices of the selected latents."""
+    """(N, k) or (N, cap) int64 indices of the selected latents."""
     pre_acts: Tensor
     """(N, n_latents) pre-ReLU pre-activations, detached; AuxK picks dead latents from them."""
 
@@ -51,6 +70,9 @@ class ForwardOutput(NamedTuple):
     """Fraction of variance unexplained on this batch (the reconstruction loss)."""
     auxk_loss: Tensor
     """AuxK loss: FVU of the residual x - x_hat reconstructed by the top-k_aux dead latents (0 without dead ones)."""
+    loss: Tensor
+    """The type's training objective besides AuxK: fvu (topk, batchtopk), fvu + l0_coefficient * (L0 / k - 1)^2
+    (jumprelu), the mean FVU of the nested prefixes (matryoshka)."""
 
 
 class _GatherLinear(torch.autograd.Function):
@@ -96,6 +118,58 @@ class _DenseFromPre(torch.autograd.Function):
         grad_w = grad.T @ x.to(weight.dtype) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
+
+
+def _rectangle(x: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """K((x - theta) / eps) / eps with K the rectangle kernel (1 on (-1/2, 1/2)): the pseudo-derivative of the step."""
+    return ((x - theta).abs() < eps / 2).to(x.dtype) / eps
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z = x * H(x - theta); dz/dx = H(x - theta), dz/dtheta = -theta K((x - theta) / eps) / eps (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(x, theta)
+        ctx.eps = eps
+        return x * (x > theta)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, theta = ctx.saved_tensors
+        grad_theta = (-theta * _rectangle(x, theta, ctx.eps) * grad).sum(0)
+        return grad * (x > theta), grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(x - theta); no gradient to x, dH/dtheta = -K((x - theta) / eps) / eps (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(x, theta)
+        ctx.eps = eps
+        return (x > theta).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, theta = ctx.saved_tensors
+        return None, (-_rectangle(x, theta, ctx.eps) * grad).sum(0), None
+
+
+def batch_top(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchTopK's selection: the k * N largest positive entries of the (N, n) pre-activations, as (N, m) indices
+    with a keep mask (m the most any row got) and the smallest selected value (0 when none is positive)."""
+    n_rows, n_cols = pre.shape
+    flat = pre.reshape(-1)
+    top = flat.topk(min(k * n_rows, flat.numel()), sorted=False)
+    positive = top.values > 0
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
+    mask[top.indices[positive]] = True
+    mask = mask.view(n_rows, n_cols)
+    m = max(1, int(mask.sum(1).max()))
+    idx = pre.masked_fill(~mask, -math.inf).topk(m, dim=1, sorted=False).indices
+    smallest = top.values[positive].min() if bool(positive.any()) else pre.new_zeros(())
+    return idx, mask.gather(1, idx), smallest
 
 
 def sparse_rows_matmul(idx: Tensor, values: Tensor, x: Tensor, n_rows: int) -> Tensor:
@@ -144,6 +218,12 @@ class Sae(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(self.n_latents, device=device, dtype=dtype))
         self.W_dec = nn.Parameter((w / w.norm(dim=1, keepdim=True)).to(device=device, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in, device=device, dtype=dtype))
+        if cfg.sae_type in ("batchtopk", "matryoshka"):  # -1: not estimated yet (every positive value passes)
+            self.register_buffer("threshold", torch.full((), -1.0, device=device, dtype=dtype))
+        if cfg.sae_type == "jumprelu":  # both set from the first batch by init_bias
+            self.log_threshold = nn.Parameter(torch.full((self.n_latents,), math.log(1e-3), device=device,
+                                                         dtype=dtype))
+            self.register_buffer("bandwidth", torch.full((), cfg.bandwidth or 1e-4, device=device, dtype=dtype))
 
     @property
     def device(self) -> torch.device:
@@ -165,8 +245,24 @@ class Sae(nn.Module):
             return F.relu(_GatherLinear.apply(x_c, self.W_enc, self.b_enc, pre, idx))
         return F.relu(pre.gather(1, idx))
 
+    def thresholds(self) -> Tensor | None:
+        """The inference threshold: per latent (jumprelu), global (batchtopk, matryoshka), None for topk."""
+        if self.cfg.sae_type == "jumprelu":
+            return self.log_threshold.exp()
+        return getattr(self, "threshold", None)
+
+    def _infer(self, x_c: Tensor, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """(activations, indices) of the inference rule: topk, or the at most `cap` largest above the threshold."""
+        idx = pre.topk(self.cfg.cap, dim=1, sorted=False).indices
+        acts = self._select(x_c, pre, idx)
+        theta = self.thresholds()
+        if theta is None:
+            return acts, idx
+        above = pre.gather(1, idx) > (theta[idx] if theta.ndim else theta).detach()
+        return acts * above, idx
+
     def encode(self, x: Tensor) -> EncoderOutput:
-        """Select the k largest pre-activations of each token.
+        """Select the k largest pre-activations of each token (other types: their inference rule, see the module).
 
         TopK is taken before the ReLU: ReLU is monotone, so the selected values are identical and a full
         (N, n_latents) ReLU pass is saved; ties among non-positive entries only change which zero is reported.
@@ -174,8 +270,7 @@ class Sae(nn.Module):
         x = x.reshape(-1, self.d_in).to(self.dtype)
         x_c = x - self.b_dec
         pre = self._pre_acts(x_c)
-        idx = pre.topk(self.cfg.k, dim=1, sorted=False).indices
-        return EncoderOutput(self._select(x_c, pre, idx), idx, pre)
+        return EncoderOutput(*self._infer(x_c, pre), pre)
 
     def decode(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
         """Sparse decode: sum_j top_acts[t, j] * W_dec[top_indices[t, j]] + b_dec, without a dense z."""
@@ -188,16 +283,51 @@ class Sae(nn.Module):
         x = x.reshape(-1, self.d_in).to(self.dtype)
         x_c = x - self.b_dec
         pre = self._pre_acts(x_c)
-        top_idx = pre.topk(self.cfg.k, dim=1, sorted=False).indices
-        top_acts = self._select(x_c, pre, top_idx)
-        x_hat = self.decode(top_acts, top_idx)
+        kind = self.cfg.sae_type
+        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        sparsity = None
+        if self.training and kind == "jumprelu":
+            x_hat, top_acts, top_idx, sparsity = self._jumprelu_train(x_c, pre)
+        else:
+            if self.training and kind in ("batchtopk", "matryoshka"):
+                top_idx, keep, smallest = batch_top(pre, self.cfg.k)
+                top_acts = self._select(x_c, pre, top_idx) * keep
+                self._track_threshold(smallest)
+            else:
+                top_acts, top_idx = self._infer(x_c, pre)
+            x_hat = self.decode(top_acts, top_idx)
 
         x_hat = x_hat.to(x.dtype)
         err = x - x_hat
-        total_variance = (x - x.mean(0)).pow(2).sum()
-        fvu = err.pow(2).sum() / total_variance.clamp_min(torch.finfo(x.dtype).tiny)
+        fvu = err.pow(2).sum() / total_variance
+        if kind == "matryoshka":
+            loss = torch.stack([(x - self.decode(top_acts * (top_idx < end), top_idx).to(x.dtype)).pow(2).sum()
+                                for end in self.cfg.prefixes()[:-1]] + [err.pow(2).sum()]).mean() / total_variance
+        else:
+            loss = fvu if sparsity is None else fvu + self.cfg.l0_coefficient * sparsity
         auxk_loss = self._auxk_loss(x_c.detach(), pre, err.detach(), dead_mask)
-        return ForwardOutput(x_hat.reshape(shape), top_acts, top_idx, fvu, auxk_loss)
+        return ForwardOutput(x_hat.reshape(shape), top_acts, top_idx, fvu, auxk_loss, loss)
+
+    def _jumprelu_train(self, x_c: Tensor, pre: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Dense JumpReLU: reconstruction, the firing latents as (N, m) pairs and the sparsity loss (L0 / k - 1)^2."""
+        theta = self.log_threshold.exp()
+        eps = float(self.bandwidth)
+        pre_grad = _DenseFromPre.apply(x_c, self.W_enc, self.b_enc, pre)
+        z = _JumpReLU.apply(pre_grad, theta, eps)
+        l0_mean = _Step.apply(pre_grad, theta, eps).sum(1).mean()
+        x_hat = z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        fired = z.detach()
+        top_acts, top_idx = fired.topk(max(1, int((fired > 0).sum(1).max())), dim=1, sorted=False)
+        return x_hat, top_acts, top_idx, (l0_mean / self.cfg.k - 1).pow(2)
+
+    @torch.no_grad()
+    def _track_threshold(self, smallest: Tensor) -> None:
+        """Move the inference threshold towards this batch's smallest selected activation (running mean)."""
+        if float(smallest) <= 0:
+            return
+        value = smallest.to(self.threshold.dtype)
+        self.threshold.copy_(value if float(self.threshold) < 0 else
+                             THRESHOLD_MOMENTUM * self.threshold + (1 - THRESHOLD_MOMENTUM) * value)
 
     def _auxk_loss(self, x_c: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
         """FVU of the residual explained by the top-k_aux dead latents (OpenAI's normalised AuxK).
@@ -263,11 +393,19 @@ class Sae(nn.Module):
 
     @torch.no_grad()
     def init_bias(self, sample: Tensor, method: str | None = None, iters: int = 20) -> None:
-        """Start b at the geometric median (a few Weiszfeld steps; robust to outlier tokens) or mean of `sample`."""
+        """Start b at the geometric median (a few Weiszfeld steps; robust to outlier tokens) or mean of `sample`;
+        a JumpReLU SAE also starts every threshold where k latents per position of `sample` fire on average (and
+        its bandwidth, unless configured, at a tenth of that)."""
         method = method or self.cfg.b_init
         x = sample.reshape(-1, self.d_in).to(device=self.device, dtype=torch.float32)
         b = geometric_median(x, iters=iters) if method == "geometric_median" else x.mean(0)
         self.b_dec.copy_(b.to(self.dtype))
+        if self.cfg.sae_type == "jumprelu":
+            pre = self._pre_acts(x.to(self.dtype) - self.b_dec).reshape(-1)
+            n_fire = min(self.cfg.k * x.shape[0], pre.numel() - 1)  # the next value: exactly n_fire are above it
+            theta = pre.topk(n_fire + 1).values[-1].clamp_min(1e-6)
+            self.log_threshold.fill_(float(theta.log()))
+            self.bandwidth.fill_(self.cfg.bandwidth or 0.1 * float(theta))
 
     # --- persistence ----------------------------------------------------------------------------------------
 
@@ -276,7 +414,7 @@ class Sae(nn.Module):
         adds stats.parquet and metrics.json beside them)."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        sparsify = {"activation": "topk", "normalize_decoder": True, "num_latents": self.n_latents,
+        sparsify = {"activation": self.cfg.sae_type, "normalize_decoder": True, "num_latents": self.n_latents,
                     "multi_topk": False, "skip_connection": False, "transcode": False}
         config = json.dumps({"_class_name": "Sae", **sparsify, **self.cfg.to_dict()}, indent=2) + "\n"
         atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(config))

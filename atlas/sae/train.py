@@ -172,7 +172,7 @@ class _Run:
         dead_mask = self.tracker.dead_mask() if self.alpha > 0 else None
         with self.autocast:
             out = self.sae(x, dead_mask=dead_mask)
-        loss = out.fvu + self.alpha * out.auxk_loss if self.alpha > 0 else out.fvu
+        loss = out.loss + self.alpha * out.auxk_loss if self.alpha > 0 else out.loss
         loss.backward()
         self.sae.remove_gradient_parallel_to_decoder_directions()
         self.optimizer.step()
