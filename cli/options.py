@@ -23,7 +23,7 @@ from atlas.cli.common import DEVICE_NAME, OUTPUT_DIR, FiniteFloat
 from atlas.edit.config import EVAL_KINDS
 from atlas.errors import BadInputError
 from atlas.pipeline.presets import ANNOTATOR_NAMES
-from atlas.sae.config import parse_latents
+from atlas.sae.config import SAE_TYPES, parse_latents
 
 
 class FloatList(click.ParamType):
@@ -153,6 +153,7 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "latents": LatentCount(),
     "t": FloatList(0, 1),
     "k": IntList(1),
+    "sae_type": ChoiceList(*SAE_TYPES),
     "concepts_t": FloatList(0, 1, as_text=True),
     "strengths": FloatList(0, as_text=True),
     "object_count_weights": FloatList(0, as_text=True),

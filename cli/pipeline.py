@@ -90,9 +90,9 @@ def train(acts_dir: str, out_dir: str, block: str | None, t: float | None, branc
         raise click.UsageError("--executor ray trains with --all; one SAE trains here")
     for report in train_one(acts, block, t, branch, out_dir, config):
         m = report.metrics
-        click.echo(f"{block} t={t} {branch} k={report.k}: explained variance {m['explained_variance']:.3f}, FVU "
-                   f"{m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.3f} (on the {report.scored_on} "
-                   f"split) -> {report.path}")
+        click.echo(f"{block} t={t} {branch} {report.sae_type} k={report.k}: explained variance "
+                   f"{m['explained_variance']:.3f}, FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead "
+                   f"{m['dead_fraction']:.3f} (on the {report.scored_on} split) -> {report.path}")
 
 
 @click.command("train-online", context_settings=CONTEXT)

@@ -150,3 +150,13 @@ def test_each_type_trains_to_about_k_active_latents_and_reconstructs(sae_type):
     metrics = evaluate(result.sae, x[5000:])
     assert metrics["explained_variance"] > 0.6, metrics
     assert 2.0 < metrics["l0"] < 8.0, metrics
+
+
+def test_types_and_ks_name_their_variants_by_what_differs_from_the_primary():
+    from atlas.pipeline.config import SaeJobConfig
+
+    assert SaeJobConfig(k=[10, 20]).saes() == [("", "topk", 10), ("k20", "topk", 20)]
+    assert SaeJobConfig(k=[10, 20], sae_type=["jumprelu", "topk"]).saes() == [
+        ("", "jumprelu", 10), ("k20", "jumprelu", 20), ("topk", "topk", 10), ("topk-k20", "topk", 20)]
+    with pytest.raises(BadInputError, match="distinct types"):
+        SaeJobConfig(sae_type=["topk", "topk"])

@@ -128,8 +128,9 @@ def capture_config(config: BuildConfig) -> CaptureConfig:
 
 def sae_job(config: BuildConfig) -> SaeJobConfig:
     """The train stage's options: the build's where set, else `atlas train`'s defaults."""
-    return SaeJobConfig(**_set(k=config.k, latents=config.latents, lr=config.lr, batch_size=config.sae_batch_size,
-                               epochs=config.epochs, min_tokens=config.sae_tokens), device=config.device)
+    return SaeJobConfig(**_set(k=config.k, sae_type=config.sae_type, latents=config.latents, lr=config.lr,
+                               batch_size=config.sae_batch_size, epochs=config.epochs, min_tokens=config.sae_tokens),
+                        device=config.device)
 
 
 def _set(**values: object) -> dict[str, object]:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from atlas.annotate.config import AnnotateConfig
 from atlas.capture.config import StreamConfig
 from atlas.errors import BadInputError
-from atlas.sae.config import SaeConfig, SaeTrainConfig
+from atlas.sae.config import SAE_TYPES, SaeConfig, SaeTrainConfig
+from atlas.store.ids import k_variants
 
 
 @dataclass
@@ -53,6 +54,10 @@ class SaeJobConfig:
     """Active latents per position (TopK), one SAE per value, all trained in one pass over the activations; the
     first k's SAE is the primary one of its (block, t, branch), each other k's is the variant "k<k>" (the paper:
     10,20)."""
+    sae_type: list[str] = field(default_factory=lambda: [SaeConfig.sae_type])
+    """SAE types (topk, batchtopk, jumprelu, matryoshka), one SAE per type and k, all trained in one pass: the first
+    type's first k is the primary SAE, the others variants named by what differs ("jumprelu", "jumprelu-k20");
+    batchtopk, jumprelu and matryoshka fire about k latents per position on average, the atlas keeps at most 4 k."""
     latents: str = f"{SaeConfig.expansion_factor}x"
     """Number of latents: a count (512) or a multiple of the activation width (4x, as in the paper)."""
     lr: float = SaeTrainConfig.lr
@@ -83,6 +88,15 @@ class SaeJobConfig:
         if not ks or any(int(k) < 1 for k in ks) or len(set(ks)) < len(ks):
             raise BadInputError(f"k: give distinct positive numbers, e.g. 10 or 10,20 (got {self.k})")
         self.k = [int(k) for k in ks]
+        types = [self.sae_type] if isinstance(self.sae_type, str) else list(self.sae_type)
+        if not types or len(set(types)) < len(types) or any(kind not in SAE_TYPES for kind in types):
+            raise BadInputError(f"sae_type: give distinct types of {', '.join(SAE_TYPES)} (got {self.sae_type})")
+        self.sae_type = types
+
+    def saes(self) -> list[tuple[str, str, int]]:
+        """(variant, SAE type, k) of every SAE of a (block, t, branch), the primary first."""
+        pairs = [(kind, k) for kind in self.sae_type for k in self.k]
+        return [(variant, kind, k) for variant, (kind, k) in zip(k_variants(self.k, self.sae_type), pairs)]
 
 
 @dataclass
@@ -120,6 +134,9 @@ class BuildConfig:
     k: list[int] | None = None
     """Active latents per position: one SAE per value for every (block, t, branch), the first the primary one (unset:
     the preset's, else `atlas train`'s)."""
+    sae_type: list[str] | None = None
+    """SAE types (topk, batchtopk, jumprelu, matryoshka): one SAE per type and k, the first type's first k the primary
+    one (unset: the preset's, else `atlas train`'s)."""
     latents: str | None = None
     """Latents per SAE: a count or a multiple of the activation width (unset: the preset's, else `atlas train`'s)."""
     lr: float | None = None

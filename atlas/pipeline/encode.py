@@ -150,7 +150,7 @@ class _EncodeJob:
     def run(self, sae: Sae, batch: int) -> tuple[np.ndarray, ...]:
         """Top-k codes of one shard: (capture image_id, row, col, latent, value), k rows per position."""
         shard = self.acts.shard(*self.key, batch)
-        k = sae.cfg.k
+        k = sae.cfg.cap  # topk: k; the types firing a varying number: their cap, zeros (not stored) padding
         acts, idx = [], []
         with torch.no_grad():
             for start in range(0, shard["x"].shape[0], self.batch_positions):

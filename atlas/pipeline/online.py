@@ -174,9 +174,9 @@ class _OnlineRun:
         if capture.keys or capture.dtype != "fp16":
             raise BadInputError("train-online records fp16 activations of every --blocks x --t x --branches; "
                                 "--keys and --dtype are options of `atlas capture`")
-        if len(config.k) != 1:
-            raise BadInputError(f"online training trains one SAE per key: give one --k, not "
-                                f"{','.join(map(str, config.k))}")
+        if len(config.k) != 1 or len(config.sae_type) != 1:
+            raise BadInputError(f"online training trains one SAE per key: give one --k and one --sae-type, not "
+                                f"{','.join(map(str, config.k))} and {','.join(config.sae_type)}")
         self.blocks, self.branches = list(capture.blocks), list(capture.branches)
         self.ts = [float(t) for t in capture.t]
         if not (self.blocks and self.ts and self.branches):
@@ -392,7 +392,8 @@ class _OnlineRun:
             d = self.layout.width[key]
             n_latents = parse_latents(self.config.latents, d)
             sae_config = SaeConfig(d_in=d, n_latents=n_latents, k=min(self.config.k[0], n_latents),
-                                   dead_tokens=self.config.dead_tokens, k_aux=min(256, n_latents // 2))
+                                   dead_tokens=self.config.dead_tokens, k_aux=min(256, n_latents // 2),
+                                   sae_type=self.config.sae_type[0])
             total = sum(self.shares[key])
             batch_size = min(self.config.batch_size, self.n_train[key])
             train_config = SaeTrainConfig(lr=self.config.lr, batch_size=batch_size, n_tokens=total,
@@ -495,7 +496,7 @@ class _OnlineRun:
             if state is None:
                 metrics = json.loads((path / "metrics.json").read_text())
                 reports.append(SaeReport(*key, path, metrics, metrics.get("scored_on", self.held_out), "",
-                                         self.config.k[0]))
+                                         self.config.k[0], self.config.sae_type[0]))
                 continue
             run = state.run
             if run.window_steps:
@@ -508,10 +509,11 @@ class _OnlineRun:
             scores, stats = evaluate_with_stats(run.sae, acts.vectors(*key, self.held_out))
             metrics = {**scores, "scored_on": self.held_out, "train": trained, "n_train_tokens": self.n_train[key],
                        "online": {"buffer_batches": self.slots, "buffer_cap_bytes": self.cap,
-                                  "reads_per_position": state.tokens / self.n_train[key]}}
+                                  "reads_per_position": state.tokens / self.n_train[key]},
+                       "sae_type": self.config.sae_type[0]}
             run.sae.save_pretrained(path)
             write_metrics(run.sae, path, metrics=metrics, stats=stats)  # metrics.json last: the SAE is done
-            reports.append(SaeReport(*key, path, metrics, self.held_out, "", self.config.k[0]))
+            reports.append(SaeReport(*key, path, metrics, self.held_out, "", self.config.k[0], self.config.sae_type[0]))
         shutil.rmtree(self.work, ignore_errors=True)
         return reports
 

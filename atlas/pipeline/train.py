@@ -1,13 +1,13 @@
-"""Train TopK SAEs per captured (block, t, branch), one per k, and tabulate their explained variance (the paper's
-Table 1).
+"""Train SAEs per captured (block, t, branch), one per SAE type and k, and tabulate their explained variance (the
+paper's Table 1).
 
 Each SAE trains on the `train` split of an activation directory and is scored on held-out images (the
 `test` split, else `dictionary`, else the training data itself, which the table then says). The SAEs of one
-(block, t, branch) -- one per k -- train together in one pass over its shards. The first k's SAE is the primary
-one of its key, the others are variants named by atlas.store.ids.k_variants ("k20"). Checkpoints go to
-`<out>/<block>/t<t>/<branch>/` (the primary) and `<out>/<block>/t<t>/<branch>@<variant>/` in `Sae.save_pretrained`
-layout, with metrics.json and stats.parquet (per-latent firing frequency and mean activation, which edits use to
-scale their strength).
+(block, t, branch) -- one per type and k -- train together in one pass over its shards. The first type's first
+k's SAE is the primary one of its key, the others are variants named by atlas.store.ids.k_variants ("k20",
+"jumprelu"). Checkpoints go to `<out>/<block>/t<t>/<branch>/` (the primary) and
+`<out>/<block>/t<t>/<branch>@<variant>/` in `Sae.save_pretrained` layout, with metrics.json and stats.parquet
+(per-latent firing frequency and mean activation, which edits use to scale their strength).
 `train_all` runs its keys on an executor (atlas.pipeline.executor): one after another here, or spread over Ray
 actors that each read the shards from the activation directory and write their SAE directories on storage
 the driver shares; every SAE trains with the same seed either way, so gives the same weights.
@@ -33,7 +33,7 @@ from atlas.report.tables import ev_pivot
 from atlas.sae import Sae, SaeConfig, SaeTrainConfig, evaluate_with_stats, train_saes, write_metrics
 from atlas.sae.config import parse_latents
 from atlas.sae.model import read_config
-from atlas.store.ids import DEFAULT_VARIANT, branch_part, k_variants, split_branch_part
+from atlas.store.ids import DEFAULT_VARIANT, branch_part, split_branch_part
 
 CHECKPOINT_DIR = "checkpoint"
 """Where an unfinished SAE's training state waits, inside its directory."""
@@ -52,6 +52,7 @@ class SaeReport:
     scored_on: str
     variant: str
     k: int
+    sae_type: str = SaeConfig.sae_type
 
 
 def sae_dir(root: str | Path, block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT) -> Path:
@@ -67,8 +68,8 @@ def trained_variants(root: str | Path, block: str, t: float, branch: str) -> lis
 
 def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str | Path,
               config: SaeJobConfig | None = None, progress: bool = True) -> list[SaeReport]:
-    """Train, score and save the SAEs of one (block, t, branch), one per k of `config.k` (the primary first), in one
-    pass over its shards; a finished SAE is kept unless `retrain`.
+    """Train, score and save the SAEs of one (block, t, branch), one per SAE type and k of `config` (the primary
+    first), in one pass over its shards; a finished SAE is kept unless `retrain`.
 
     Training streams the shards (`config.buffer_tokens` positions in memory) and checkpoints into
     `<path>/checkpoint/` of the first SAE still to train, so an interrupted run resumes where it stopped; the
@@ -78,25 +79,25 @@ def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str |
     held_out = next((s for s in HELD_OUT_SPLITS if any(r.split == s for r in acts.prompts)), None)
     reports: dict[str, SaeReport] = {}
     todo = []
-    for variant, k in zip(k_variants(config.k), config.k):
+    for variant, kind, k in config.saes():
         path = sae_dir(out, block, t, branch, variant)
         if (path / "metrics.json").exists():
             if not config.retrain:
-                _check_k(path, k, config.k)
+                _check_k(path, kind, k, config)
                 metrics = json.loads((path / "metrics.json").read_text())
                 reports[variant] = SaeReport(block, float(t), branch, path, metrics,
-                                             metrics.get("scored_on", held_out or "train"), variant, k)
+                                             metrics.get("scored_on", held_out or "train"), variant, k, kind)
                 continue
             (path / "metrics.json").unlink()  # unfinished from here: an interrupted retrain resumes without --retrain
-        todo.append((variant, k, path))
+        todo.append((variant, kind, k, path))
     if todo:
         reports.update({r.variant: r for r in _train(acts, block, t, branch, todo, held_out, config, progress)})
-    return [reports[variant] for variant in k_variants(config.k)]
+    return [reports[variant] for variant, _, _ in config.saes()]
 
 
-def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tuple[str, int, Path]],
+def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tuple[str, str, int, Path]],
            held_out: str | None, config: SaeJobConfig, progress: bool) -> list[SaeReport]:
-    """Train the SAEs of `todo` (variant, k, directory) of one key together, score and save them."""
+    """Train the SAEs of `todo` (variant, type, k, directory) of one key together, score and save them."""
     train_split = "train" if any(r.split == "train" for r in acts.prompts) else None
     stream = ShardStream(acts, block, t, branch, split=train_split, seed=config.seed,
                          buffer_tokens=config.buffer_tokens)
@@ -105,28 +106,32 @@ def _train(acts: ActivationSet, block: str, t: float, branch: str, todo: list[tu
     train_config = SaeTrainConfig(lr=config.lr, batch_size=min(config.batch_size, stream.n_tokens), n_tokens=n_tokens,
                                   seed=config.seed, device=config.device, checkpoint_minutes=config.checkpoint_minutes)
     jobs = [(SaeConfig(d_in=stream.d_in, n_latents=n_latents, k=min(k, n_latents), dead_tokens=config.dead_tokens,
-                       k_aux=min(256, n_latents // 2)), train_config) for _, k, _ in todo]
-    checkpoint = todo[0][2] / CHECKPOINT_DIR
+                       k_aux=min(256, n_latents // 2), sae_type=kind), train_config) for _, kind, k, _ in todo]
+    checkpoint = todo[0][3] / CHECKPOINT_DIR
     results = train_saes(stream, jobs, checkpoint=checkpoint, progress=progress, name=f"sae {block}/{t}/{branch}")
     scored_on = held_out or "train"
     reports = []
-    for (variant, k, path), result in zip(todo, results):  # the held-out shards stream once per SAE
+    for (variant, kind, k, path), result in zip(todo, results):  # the held-out shards stream once per SAE
         metrics, stats = evaluate_with_stats(result.sae, acts.vectors(block, t, branch, held_out or train_split))
-        metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": stream.n_tokens}
+        metrics = {**metrics, "scored_on": scored_on, "train": result.metrics, "n_train_tokens": stream.n_tokens,
+                   "sae_type": kind}
         result.sae.save_pretrained(path)
         write_metrics(result.sae, path, metrics=metrics, stats=stats)  # metrics.json last: the SAE is done
-        reports.append(SaeReport(block, float(t), branch, path, metrics, scored_on, variant, k))
+        reports.append(SaeReport(block, float(t), branch, path, metrics, scored_on, variant, k, kind))
     shutil.rmtree(checkpoint)
     return reports
 
 
-def _check_k(path: Path, k: int, ks: list[int]) -> None:
-    """A finished SAE kept for `k` must have been trained with it: the first k given names the primary SAE."""
+def _check_k(path: Path, kind: str, k: int, config: SaeJobConfig) -> None:
+    """A finished SAE kept for (`kind`, `k`) must have been trained with them: the first type's first k names the
+    primary SAE."""
     saved = read_config(path)
-    if saved["k"] != min(k, saved["n_latents"]):
-        raise BadInputError(f"{path} holds an SAE with k={saved['k']}, but --k {','.join(map(str, ks))} gives it "
-                            f"k={k} (the first k names each key's primary SAE, the others k<k>): reorder --k, or "
-                            "pass --retrain")
+    saved_kind = saved.get("sae_type", SaeConfig.sae_type)
+    if saved["k"] != min(k, saved["n_latents"]) or saved_kind != kind:
+        raise BadInputError(f"{path} holds a {saved_kind} SAE with k={saved['k']}, but --sae-type "
+                            f"{','.join(config.sae_type)} --k {','.join(map(str, config.k))} gives it a {kind} SAE "
+                            f"with k={k} (the first type's first k names each key's primary SAE, the others are named "
+                            "by what differs): reorder --sae-type and --k, or pass --retrain")
 
 
 def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None = None, branch: str | None = None,
@@ -198,12 +203,13 @@ def load_sae(out: str | Path, block: str, t: float, branch: str, variant: str = 
 
 
 def ev_table(reports: list[SaeReport]) -> str:
-    """Explained variance per block and k (rows) and t (columns), one table per branch, as markdown."""
+    """Explained variance per block and k (rows) and t (columns), one table per branch and SAE type, as markdown."""
     lines = []
-    for branch in dict.fromkeys(r.branch for r in reports):
-        mine = [r for r in reports if r.branch == branch]
+    for branch, kind in dict.fromkeys((r.branch, r.sae_type) for r in reports):
+        mine = [r for r in reports if (r.branch, r.sae_type) == (branch, kind)]
         scored = ", ".join(sorted({r.scored_on for r in mine}))
-        lines += [f"Explained variance ({branch} branch, held-out split: {scored})", "",
+        of = "" if kind == SaeConfig.sae_type else f", {kind} SAEs"
+        lines += [f"Explained variance ({branch} branch{of}, held-out split: {scored})", "",
                   *ev_pivot([{"block": r.block, "t": r.t, "k": r.k,
                               "explained_variance": r.metrics["explained_variance"]} for r in mine]), ""]
     return "\n".join(lines)

@@ -35,11 +35,14 @@ CONCEPT_ID_SQL = ("{s}.block || '/' || CAST({s}.t AS VARCHAR) || CASE WHEN {s}.b
 """SQL expression of a concept id, given the alias of a `saes` row ({s}) and of a row with a latent ({c})."""
 
 
-def k_variants(ks: Sequence[int]) -> list[str]:
-    """The variant names of SAEs trained at several k on one (block, t, branch): the first k's SAE is the primary
-    ("") and every other k's is "k<k>" (`--k 10,20` gives the primary at k = 10 and "k20"). The one place this
-    rule lives: training names its SAE directories and the catalog its SAEs by it."""
-    return [DEFAULT_VARIANT if i == 0 else f"k{int(k)}" for i, k in enumerate(ks)]
+def k_variants(ks: Sequence[int], types: Sequence[str] = ("topk",)) -> list[str]:
+    """The variant names of SAEs trained at several k (and SAE types) on one (block, t, branch), types outer, k
+    inner: the first (type, k)'s SAE is the primary ("") and every other is named by what differs from it, "k<k>"
+    and the type joined by "-" (`--k 10,20` gives the primary at k = 10 and "k20"; `--k 10,20 --sae-type
+    topk,jumprelu` adds "jumprelu" and "jumprelu-k20"). The one place this rule lives: training names its SAE
+    directories and the catalog its SAEs by it."""
+    return ["-".join(([kind] if kind != types[0] else []) + ([f"k{int(k)}"] if k != ks[0] else []))
+            for kind in types for k in ks]
 
 
 def check_variant(variant: str) -> str:
