@@ -108,12 +108,13 @@ from atlas.cli.pipeline import (  # noqa: E402
     train,
     train_online,
 )
+from atlas.cli.saebench import bench_saes  # noqa: E402
 from atlas.cli.serve import serve  # noqa: E402
 from atlas.cli.shapes import shapes  # noqa: E402
 from atlas.cli.store import search, sql, upgrade  # noqa: E402
 
 for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade, edit,
-                eval_edits, serve, check, shapes, train_online, export):
+                eval_edits, serve, check, shapes, train_online, export, bench_saes):
     main.add_command(command)
 
 if __name__ == "__main__":

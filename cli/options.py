@@ -141,7 +141,7 @@ COUNT = click.IntRange(min=0)
 FRACTION = FiniteFloat(0, 1)
 FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("seed", "steps", "threads", "max_steps", "warmup_steps", "min_tokens", "dead_tokens",
-                     "sae_tokens"), COUNT),
+                     "sae_tokens", "sweep_tokens", "spliced_images"), COUNT),
     **dict.fromkeys(("batch_size", "sae_batch_size", "n_per_prompt", "n_images", "attention_depth",
                      "buffer_tokens", "max_concepts", "n", "min_hits"), POSITIVE),
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
@@ -153,7 +153,8 @@ FIELD_TYPES: dict[str, click.ParamType] = {
     "latents": LatentCount(),
     "t": FloatList(0, 1),
     "k": IntList(1),
-    "sae_type": ChoiceList(*SAE_TYPES),
+    **dict.fromkeys(("sae_type", "sweep_types"), ChoiceList(*SAE_TYPES)),
+    "sweep_k": IntList(1),
     "concepts_t": FloatList(0, 1, as_text=True),
     "strengths": FloatList(0, as_text=True),
     "object_count_weights": FloatList(0, as_text=True),

@@ -162,3 +162,29 @@ class BuildConfig:
     processes share the CPU (measured: 32 images captured in 16 s on 1 thread, 229 s on 2, at load 17)."""
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     """The annotator's checkpoints (their own options)."""
+
+
+@dataclass
+class SaeBenchConfig:
+    """Options of `atlas bench-saes`: the diffusion SAEBench of an atlas's SAEs, and an L0 sweep per SAE type."""
+
+    spliced_images: int = 32
+    """Held-out captions generated with each SAE's reconstruction spliced in (0: only the figures on activations)."""
+    seed: int = 0
+    """Seed of the first generated image (image i uses seed + i) and of the held-out captions."""
+    batch_size: int = 16
+    """Images denoised together."""
+    sweep_k: list[int] = field(default_factory=list)
+    """An L0 sweep: train one SAE per k and type of --sweep-types on one key's activations and bench each (empty:
+    no sweep)."""
+    sweep_types: list[str] = field(default_factory=lambda: list(SAE_TYPES))
+    """SAE types of the sweep."""
+    sweep_key: str = ""
+    """The SAE whose activations and size the sweep takes, by name (mid/1.0/cond; empty: the first primary SAE)."""
+    sweep_tokens: int = 0
+    """Positions each sweep SAE trains on, in passes over the train split (0: as many as that SAE trained on)."""
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
+    threads: int = 1
+    """Torch CPU threads (0 = torch's default, one per core): the shapes model and its SAEs gain nothing from more,
+    and a thread per core runs many times slower on a shared CPU (as `atlas build --threads`)."""

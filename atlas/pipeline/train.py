@@ -55,6 +55,11 @@ class SaeReport:
     sae_type: str = SaeConfig.sae_type
 
 
+def held_out_split(acts: ActivationSet) -> str | None:
+    """The split SAEs are scored on: the first of HELD_OUT_SPLITS the capture has, None when it has none."""
+    return next((s for s in HELD_OUT_SPLITS if any(r.split == s for r in acts.prompts)), None)
+
+
 def sae_dir(root: str | Path, block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT) -> Path:
     return Path(root) / block / f"t{float(t)}" / branch_part(branch, variant)
 
@@ -76,7 +81,7 @@ def train_one(acts: ActivationSet, block: str, t: float, branch: str, out: str |
     checkpoint goes once the SAEs are saved."""
     config = config or SaeJobConfig()
     acts.check_key(block, t, branch)
-    held_out = next((s for s in HELD_OUT_SPLITS if any(r.split == s for r in acts.prompts)), None)
+    held_out = held_out_split(acts)
     reports: dict[str, SaeReport] = {}
     todo = []
     for variant, kind, k in config.saes():

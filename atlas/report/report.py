@@ -35,6 +35,7 @@ from atlas.layout.config import METHODS  # noqa: E402
 from atlas.layout.score import DictionaryRule, LayoutScore, layout_iou  # noqa: E402
 from atlas.models.text import TextEmbedder  # noqa: E402
 from atlas.report.compare import report_figures, side_by_side  # noqa: E402
+from atlas.report.saebench import load_saebench, saebench_markdown  # noqa: E402
 from atlas.report.tables import ev_pivot, markdown_table, sae_columns  # noqa: E402
 from atlas.store import Atlas, SaeInfo  # noqa: E402
 from atlas.store.ids import branch_part  # noqa: E402
@@ -145,7 +146,7 @@ def build_report(atlas: Atlas, out_dir: str | Path, compare_with: Atlas | None =
     ev = [{"block": s.block, "t": s.t, "branch": s.branch, "variant": s.variant,
            "explained_variance": s.metrics.get("explained_variance"),
            "fvu": s.metrics.get("fvu"), "dead_fraction": s.metrics.get("dead_fraction"), "k": s.k,
-           "n_latents": s.n_latents} for s in saes]
+           "n_latents": s.n_latents, "sae_type": s.metrics.get("sae_type", "topk")} for s in saes]
     embedder = TextEmbedder()  # one label-embedding model for every scoring below (each load takes seconds)
     rules = {"stored dictionary": None, "min_hits 1": DictionaryRule(min_hits=1),
              "dictionary split only": DictionaryRule(splits=("dictionary",))}
@@ -166,7 +167,8 @@ def build_report(atlas: Atlas, out_dir: str | Path, compare_with: Atlas | None =
         structure.append({"block": s.block, "t": s.t, "branch": s.branch, "variant": s.variant, "cohesion": cohesion,
                           "separability": separability, "labels": n_labels})
     free = {s.name: context_free(atlas, s) for s in saes}
-    figures = {"explained_variance": ev, "layout": [asdict(x) for x in scores], "layout_note": layout_note,
+    figures = {"saebench": load_saebench(atlas.root),
+               "explained_variance": ev, "layout": [asdict(x) for x in scores], "layout_note": layout_note,
                "dictionary_rules": variants,
                "structure": structure, "context_free": free, "interventions": intervention_tables(atlas.root)}
     if compare_with is not None:
@@ -195,9 +197,10 @@ def report_markdown(figures: dict) -> str:
     ev = figures["explained_variance"]
     lines = ["# Atlas report", "", "## Explained variance per SAE (paper Table 1)", ""]
     for branch in dict.fromkeys(r["branch"] for r in ev):
-        lines += [f"{branch} branch (rows: block and k, columns: t)", "",
-                  *ev_pivot([r for r in ev if r["branch"] == branch]), ""]
-    lines += markdown_table(ev, [*sae_columns(ev), "k", "explained_variance", "fvu", "dead_fraction", "n_latents"])
+        lines += [f"{branch} branch (rows: block and k, columns: t; TopK SAEs, the paper's)", "",
+                  *ev_pivot([r for r in ev if r["branch"] == branch and r["sae_type"] == "topk"]), ""]
+    lines += markdown_table(ev, [*sae_columns(ev), "sae_type", "k", "explained_variance", "fvu", "dead_fraction",
+                                 "n_latents"])
     lines += ["", "## Layout prediction on the test split (paper Table 3)", "",
               "Mean IoU of the predicted mask with the annotated one. Baselines: baseline_iou is the label's average "
               "mask; caption_baseline_iou reads the caption (where it names the object's position, the average mask "
@@ -242,6 +245,7 @@ def report_markdown(figures: dict) -> str:
                   "`atlas report`.", ""]
     for run in figures.get("interventions", []):
         lines += [f"**{run['name']}** ({run['date']})", "", run["table"], ""]
+    lines += saebench_markdown(figures.get("saebench") or {})
     if figures.get("comparison"):
         this, other = figures["comparison"]["names"]
         lines += [f"## Side by side: {this} vs {other}", "", "The same figures for this atlas and another of the same "

@@ -8,8 +8,9 @@
 
 from atlas.lazy import lazy_face
 
-_METRICS = ("DeadLatentTracker", "LatentStats", "dead_fraction", "evaluate", "evaluate_with_stats",
-            "explained_variance", "fvu", "l0", "latent_stats", "write_metrics")
+_METRICS = ("DeadLatentTracker", "LatentStats", "bench_metrics", "dead_fraction", "decoder_cosines", "evaluate",
+            "evaluate_with_stats", "explained_variance", "frequency_counts", "fvu", "l0", "latent_stats",
+            "write_metrics")
 _NAMES = {
     "SaeConfig": "atlas.sae.config", "SaeTrainConfig": "atlas.sae.config",
     **dict.fromkeys(_METRICS, "atlas.sae.metrics"),

@@ -96,7 +96,7 @@ def _scan(sae: Sae, data: ActivationData, batch_size: int) -> tuple[dict[str, fl
     n = sae.n_latents
     counts = torch.zeros(n, dtype=torch.int64, device=sae.device)
     act_sums = torch.zeros(n, dtype=torch.float64, device=sae.device)
-    sse = 0.0
+    sse = cos_sum = hat_sq = hat_dot = 0.0
     active = 0
     seen = 0
     mean = m2 = None  # running per-feature mean and sum of squared deviations (Chan et al.'s merge)
@@ -107,7 +107,11 @@ def _scan(sae: Sae, data: ActivationData, batch_size: int) -> tuple[dict[str, fl
             x = batch.to(device=sae.device, dtype=sae.dtype)
             enc = sae.encode(x)
             x_hat = sae.decode(enc.top_acts, enc.top_indices)
-            sse += float((x.double() - x_hat.double()).pow(2).sum())
+            xd, hd = x.double(), x_hat.double()
+            sse += float((xd - hd).pow(2).sum())
+            cos_sum += float(torch.nn.functional.cosine_similarity(xd, hd, dim=1, eps=1e-12).sum())
+            hat_sq += float(hd.pow(2).sum())
+            hat_dot += float((hd * xd).sum())
             fired = enc.top_acts > 0
             active += int(fired.sum())
             counts += torch.bincount(enc.top_indices[fired], minlength=n)
@@ -142,12 +146,18 @@ def _scan(sae: Sae, data: ActivationData, batch_size: int) -> tuple[dict[str, fl
         "l0": active / seen,
         "dead_fraction": dead_fraction(counts),
         "n_tokens": seen,
+        "mse": sse / (seen * sae.d_in),
+        "cosine": cos_sum / seen,
+        "relative_reconstruction_bias": hat_sq / hat_dot if hat_dot else math.nan,
     }
     return metrics, stats
 
 
 def evaluate(sae: Sae, data: ActivationData, batch_size: int = 4096) -> dict[str, float]:
-    """fvu, explained_variance, l0, dead_fraction (never fired on `data`) and n_tokens over the whole dataset."""
+    """fvu, explained_variance, l0, dead_fraction (never fired on `data`) and n_tokens over the whole dataset; mse
+    (per element), cosine (mean over tokens of cos(x, x_hat), 0 for a zero reconstruction) and
+    relative_reconstruction_bias, sum ||x_hat||^2 / sum <x_hat, x> (the gamma of Rajamanoharan et al. 2024 that
+    best rescales x_hat onto x: below 1 the SAE shrinks its reconstructions, 1 none)."""
     return _scan(sae, data, batch_size)[0]
 
 
@@ -159,6 +169,34 @@ def latent_stats(sae: Sae, data: ActivationData, batch_size: int = 4096) -> Late
 def evaluate_with_stats(sae: Sae, data: ActivationData, batch_size: int = 4096) -> tuple[dict[str, float], LatentStats]:
     """`evaluate` and `latent_stats` in one pass over the data."""
     return _scan(sae, data, batch_size)
+
+
+def frequency_counts(frequency: Tensor, cuts: tuple[float, ...] = (0.01, 0.1)) -> dict[str, int]:
+    """How many latents fire on more than each fraction of the tokens ("freq_over_1pct": ..., SAEBench's counts
+    of dense latents)."""
+    return {f"freq_over_{cut * 100:g}pct": int((frequency > cut).sum()) for cut in cuts}
+
+
+def decoder_cosines(w_dec: Tensor, block: int = 4096) -> tuple[float, float]:
+    """(max, mean over latents of the max) cosine between a decoder row and any other row: how near duplicates
+    the dictionary's concept vectors come (1 = two identical concepts). Blocks of rows keep memory at block * n."""
+    w = torch.nn.functional.normalize(w_dec.detach().double(), dim=1)
+    best = torch.empty(w.shape[0], dtype=torch.float64, device=w.device)
+    for start in range(0, w.shape[0], block):
+        sims = w[start:start + block] @ w.T
+        rows = torch.arange(start, start + sims.shape[0], device=w.device)
+        sims[rows - start, rows] = -math.inf
+        best[start:start + sims.shape[0]] = sims.max(1).values
+    return float(best.max()), float(best.mean())
+
+
+def bench_metrics(sae: Sae, data: ActivationData, batch_size: int = 4096) -> dict[str, float]:
+    """The static half of the diffusion SAEBench on `data`: `evaluate`'s figures, the alive fraction, the counts of
+    latents firing on > 1 % and > 10 % of tokens and the decoder's max / mean-max cosine."""
+    metrics, stats = evaluate_with_stats(sae, data, batch_size)
+    max_cos, mean_max_cos = decoder_cosines(sae.W_dec)
+    return {**metrics, "alive_fraction": 1.0 - metrics["dead_fraction"], **frequency_counts(stats.frequency),
+            "max_decoder_cosine": max_cos, "mean_max_decoder_cosine": mean_max_cos}
 
 
 def write_metrics(
