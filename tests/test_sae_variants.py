@@ -29,11 +29,16 @@ def as_sets(acts: torch.Tensor, idx: torch.Tensor) -> list[dict[int, float]]:
 
 def test_batch_top_takes_the_batch_wide_k_times_b_largest_positive_values():
     pre = torch.tensor([[5.0, 4.0, 3.0, -1.0], [0.1, 0.2, -1.0, -2.0]])
-    idx, keep, smallest = batch_top(pre, 2)  # 2 * 2 = 4 largest of the batch: 5, 4, 3 in row 0, 0.2 in row 1
-    assert idx.shape == (2, 3)
-    assert [sorted(int(i) for i, kept in zip(r, m) if kept) for r, m in zip(idx, keep)] == [[0, 1, 2], [1]]
+    def kept(idx, keep):
+        return [sorted(int(i) for i, kept in zip(r, m) if kept) for r, m in zip(idx, keep)]
+
+    idx, keep, smallest = batch_top(pre, 2, 4)  # 2 * 2 = 4 largest of the batch: 5, 4, 3 in row 0, 0.2 in row 1
+    assert idx.shape == (2, 4)
+    assert kept(idx, keep) == [[0, 1, 2], [1]]
     assert float(smallest) == pytest.approx(0.2)
-    idx, keep, smallest = batch_top(torch.tensor([[1.0, -1.0], [-2.0, -3.0]]), 2)  # only one positive entry
+    idx, keep, smallest = batch_top(pre, 2, 2)  # a row keeps at most 2: the 4 largest of 5, 4 | 0.2, 0.1
+    assert idx.shape == (2, 2) and kept(idx, keep) == [[0, 1], [0, 1]] and float(smallest) == pytest.approx(0.1)
+    idx, keep, smallest = batch_top(torch.tensor([[1.0, -1.0], [-2.0, -3.0]]), 2, 2)  # only one positive entry
     assert keep.sum() == 1 and int(idx[0][keep[0]][0]) == 0 and float(smallest) == 1.0
 
 
@@ -41,7 +46,7 @@ def test_batchtopk_trains_on_the_batch_rule_and_infers_with_the_running_threshol
     sae = identity_sae("batchtopk").train()
     x = torch.tensor([[5.0, 4.0, 3.0, -1.0], [0.1, 0.2, -1.0, -2.0]])
     out = sae(x)
-    assert as_sets(out.top_acts, out.top_indices) == [{0: 5.0, 1: 4.0, 2: 3.0}, {1: 0.2}]
+    assert as_sets(out.top_acts, out.top_indices) == [{0: 5.0, 1: 4.0, 2: 3.0}, {1: 0.2}]  # cap min(4 k, 4) = 4
     assert torch.allclose(out.x_hat, torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.2, 0.0, 0.0]]))
     assert float(sae.threshold) == pytest.approx(0.2)  # the first batch sets it
     sae(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]))  # selects 4, 3, 2, 1: smallest 1

@@ -225,6 +225,11 @@ def bench_saes(root: str | Path, config: SaeBenchConfig | None = None, say: Call
         infos = atlas.saes()
         if not infos:
             raise NotFoundError(f"{root} holds no SAE; build it with `atlas build`")
+        chosen = [i for i in infos if i.name == config.sweep_key] if config.sweep_key else \
+            [i for i in infos if not i.variant][:1]
+        if config.sweep_k and not chosen:  # before any work
+            raise NotFoundError(f"no SAE {config.sweep_key!r} in {root}; name one of "
+                                f"{', '.join(i.name for i in infos)}")
         spec = atlas.model()
         listed = [r["path"] for r in atlas.query("SELECT path FROM files WHERE kind = 'activations'").to_pylist()]
         acts = ActivationSet(atlas.file_path(listed[0]).parent if listed else root / "activations")
@@ -245,11 +250,6 @@ def bench_saes(root: str | Path, config: SaeBenchConfig | None = None, say: Call
                   "model": spec["name"], "spliced_images": config.spliced_images, "saes": rows,
                   "clean": spliced.figures(spliced.clean_annotations) if spliced else {}}
         if config.sweep_k:
-            chosen = [i for i in infos if i.name == config.sweep_key] if config.sweep_key else \
-                [i for i in infos if not i.variant][:1]
-            if not chosen:
-                raise NotFoundError(f"no SAE {config.sweep_key!r} in {root}; name one of "
-                                    f"{', '.join(i.name for i in infos)}")
             result["sweep"] = sweep(root, acts, chosen[0], atlas.file_path(chosen[0].path), ts, config, say, spliced,
                                     progress)
     path.parent.mkdir(parents=True, exist_ok=True)

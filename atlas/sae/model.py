@@ -3,8 +3,8 @@ sparsifier S is the config's `sae_type`:
 
 - topk: the k largest ReLU'd pre-activations of each position;
 - batchtopk: the k * B largest of a batch of B positions while training (a position may get more or fewer than
-  k); at inference the pre-activations above a global threshold, the running mean of the smallest selected
-  value during training (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders");
+  k, at most `SaeConfig.cap`); at inference the pre-activations above a global threshold, the running mean of the
+  smallest selected value during training (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders");
 - jumprelu: pre-activations above a learned threshold per latent; the step has no gradient, so the threshold
   learns through the straight-through estimator of Rajamanoharan et al. 2024 (a rectangle kernel of width
   `bandwidth`), with the sparsity loss (L0 / k - 1)^2;
@@ -156,20 +156,19 @@ class _Step(torch.autograd.Function):
         return None, (-_rectangle(x, theta, ctx.eps) * grad).sum(0), None
 
 
-def batch_top(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """BatchTopK's selection: the k * N largest positive entries of the (N, n) pre-activations, as (N, m) indices
-    with a keep mask (m the most any row got) and the smallest selected value (0 when none is positive)."""
-    n_rows, n_cols = pre.shape
-    flat = pre.reshape(-1)
+def batch_top(pre: Tensor, k: int, cap: int) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchTopK's selection: the k * N largest positive entries of the (N, n) pre-activations, a row keeping at most
+    `cap` (its largest; as at inference), as (N, cap) indices with a keep mask, and the smallest selected value (0
+    when none is positive). Taking each row's top `cap` first keeps the batch-wide top-k small: N * cap entries."""
+    n_rows = pre.shape[0]
+    vals, idx = pre.topk(min(cap, pre.shape[1]), dim=1, sorted=False)
+    flat = vals.reshape(-1)
     top = flat.topk(min(k * n_rows, flat.numel()), sorted=False)
     positive = top.values > 0
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
-    mask[top.indices[positive]] = True
-    mask = mask.view(n_rows, n_cols)
-    m = max(1, int(mask.sum(1).max()))
-    idx = pre.masked_fill(~mask, -math.inf).topk(m, dim=1, sorted=False).indices
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
+    keep[top.indices[positive]] = True
     smallest = top.values[positive].min() if bool(positive.any()) else pre.new_zeros(())
-    return idx, mask.gather(1, idx), smallest
+    return idx, keep.view(vals.shape), smallest
 
 
 def sparse_rows_matmul(idx: Tensor, values: Tensor, x: Tensor, n_rows: int) -> Tensor:
@@ -290,7 +289,7 @@ class Sae(nn.Module):
             x_hat, top_acts, top_idx, sparsity = self._jumprelu_train(x_c, pre)
         else:
             if self.training and kind in ("batchtopk", "matryoshka"):
-                top_idx, keep, smallest = batch_top(pre, self.cfg.k)
+                top_idx, keep, smallest = batch_top(pre, self.cfg.k, self.cfg.cap)
                 top_acts = self._select(x_c, pre, top_idx) * keep
                 self._track_threshold(smallest)
             else:
