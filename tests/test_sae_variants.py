@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,20 @@ def test_types_and_ks_name_their_variants_by_what_differs_from_the_primary():
         ("", "jumprelu", 10), ("k20", "jumprelu", 20), ("topk", "topk", 10), ("topk-k20", "topk", 20)]
     with pytest.raises(BadInputError, match="distinct types"):
         SaeJobConfig(sae_type=["topk", "topk"])
+
+
+def test_a_threshold_type_exports_to_saelens_as_jumprelu_with_its_thresholds(tmp_path):
+    from safetensors.torch import load_file
+
+    from atlas.pipeline.export import write_saelens
+    from atlas.store import SaeInfo
+
+    info = SaeInfo(0, "mid", 1.0, "cond", 2, 4, 4, 2, 2, None, 0, None, variant="batchtopk")
+    sae = identity_sae("batchtopk")
+    with torch.no_grad():
+        sae.threshold.fill_(0.25)
+    write_saelens(sae, info, "shapes", tmp_path / "b", np.zeros(4))
+    assert json.loads((tmp_path / "b" / "cfg.json").read_text())["architecture"] == "jumprelu"
+    assert load_file(str(tmp_path / "b" / "sae_weights.safetensors"))["threshold"].tolist() == [0.25] * 4
+    write_saelens(identity_sae("topk"), info, "shapes", tmp_path / "t", np.zeros(4))
+    assert json.loads((tmp_path / "t" / "cfg.json").read_text())["architecture"] == "topk"

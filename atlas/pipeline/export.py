@@ -7,7 +7,8 @@
                                          its top images as `activations`, each the concept's values over the
                                          block's grid (row-major, `grid` = [rows, cols]) and the image's path
 
-The atlas's own SAE directories need no export for sparsify: `SparseCoder.load_from_disk` reads them as they are.
+The atlas's own TopK SAE directories need no export for sparsify: `SparseCoder.load_from_disk` reads them as they
+are (sparsify has no BatchTopK / JumpReLU / Matryoshka inference rule).
 """
 
 from __future__ import annotations
@@ -59,20 +60,26 @@ def _frequencies(atlas: Atlas, info: SaeInfo) -> np.ndarray:
 
 
 def write_saelens(sae: Sae, info: SaeInfo, model: str, directory: Path, frequency: np.ndarray) -> Path:
-    """cfg.json, sae_weights.safetensors and sparsity.safetensors (log10 firing frequency, SAELens' convention)."""
+    """cfg.json, sae_weights.safetensors and sparsity.safetensors (log10 firing frequency, SAELens' convention).
+    A TopK SAE is SAELens' "topk"; the types that fire above a threshold (batchtopk, jumprelu, matryoshka) are its
+    "jumprelu" with their inference thresholds per latent (without the atlas's cap of active latents)."""
     import torch
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = {"architecture": "topk", "d_in": sae.d_in, "d_sae": sae.n_latents, "k": sae.cfg.k,
-           "dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu", "apply_b_dec_to_input": True,
-           "normalize_activations": "none", "reshape_activations": "none", "rescale_acts_by_decoder_norm": False,
+    theta = sae.thresholds()
+    cfg = {"architecture": "topk" if theta is None else "jumprelu", "d_in": sae.d_in, "d_sae": sae.n_latents,
+           "k": sae.cfg.k, "dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu",
+           "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+           "rescale_acts_by_decoder_norm": False,
            "metadata": {"model_name": model, "hook_name": info.block, "t": info.t, "branch": info.branch,
                         "variant": info.variant, "grid": [info.grid_h, info.grid_w],
                         "exported_by": "concept-atlas (atlas export)"}}
     (directory / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     weights = {"W_enc": sae.W_enc.detach().T, "b_enc": sae.b_enc.detach(), "W_dec": sae.W_dec.detach(),
                "b_dec": sae.b_dec.detach()}
+    if theta is not None:
+        weights["threshold"] = theta.detach().clamp_min(0).expand(sae.n_latents)
     save_file({name: t.contiguous().cpu() for name, t in weights.items()}, str(directory / "sae_weights.safetensors"))
     sparsity = torch.from_numpy(np.log10(np.maximum(frequency, 1e-10)).astype(np.float32))
     save_file({"sparsity": sparsity}, str(directory / "sparsity.safetensors"))
