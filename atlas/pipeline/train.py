@@ -133,10 +133,10 @@ def _check_k(path: Path, kind: str, k: int, config: SaeJobConfig) -> None:
     saved = read_config(path)
     saved_kind = saved.get("sae_type", SaeConfig.sae_type)
     if saved["k"] != min(k, saved["n_latents"]) or saved_kind != kind:
-        raise BadInputError(f"{path} holds a {saved_kind} SAE with k={saved['k']}, but --sae-type "
-                            f"{','.join(config.sae_type)} --k {','.join(map(str, config.k))} gives it a {kind} SAE "
-                            f"with k={k} (the first type's first k names each key's primary SAE, the others are named "
-                            "by what differs): reorder --sae-type and --k, or pass --retrain")
+        raise BadInputError(f"{path} holds an SAE with k={saved['k']}, but --k {','.join(map(str, config.k))} gives "
+                            f"it k={k} ({saved_kind} there, {kind} by --sae-type {','.join(config.sae_type)}; the "
+                            "first type's first k names each key's primary SAE, the others are named by what differs): "
+                            "reorder --k or --sae-type, or pass --retrain")
 
 
 def train_all(acts: ActivationSet, out: str | Path, config: SaeJobConfig | None = None, branch: str | None = None,
