@@ -205,8 +205,9 @@ def bench_subjects(acts: ActivationSet, subjects: list[Subject], ts: dict[tuple[
                **bench_metrics(subject.sae, acts.vectors(subject.block, subject.t, subject.branch, held_out))}
         if spliced is not None:
             row.update(spliced.measure(subject, ts[(subject.block, subject.branch)]))
+        shown = [name for name in ("pixel_recovered", "lpips_recovered") if not math.isnan(row.get(name, math.nan))]
         say(f"{subject.name}: L0 {row['l0']:.1f}, explained variance {row['explained_variance']:.3f}"
-            + (f", LPIPS recovered {row['lpips_recovered']:.3f}" if "lpips_recovered" in row else ""))
+            + "".join(f", {name.replace('_', ' ')} {row[name]:.3f}" for name in shown))
         rows.append(row)
     return rows
 
