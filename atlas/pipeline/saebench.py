@@ -13,7 +13,8 @@ layout kept (mean IoU of each object the shapes annotator finds in the clean ima
 the spliced one, 0 when gone), and the shapes eval figures. `lpips_recovered` = 1 - LPIPS(spliced) /
 LPIPS(ablated) is SAEBench's loss recovered: 1 when splicing changes nothing, 0 when it is as bad as no update.
 
-Results go to <atlas>/report/saebench.json (read by `atlas report`); sweep SAEs to <atlas>/saes/sweep/.
+Results go to <atlas>/report/saebench.json (read by `atlas report`); sweep SAEs to
+<atlas>/saes/sweep/<types>_k<ks>/, where the same sweep run again finds them trained.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def sweep(root: Path, acts: ActivationSet, info: SaeInfo, path: Path, ts: dict[t
     job = SaeJobConfig(k=config.sweep_k, sae_type=config.sweep_types, latents=str(info.n_latents), epochs=1e-9,
                        min_tokens=tokens, device=config.device)
     say(f"sweep: {len(job.saes())} SAEs on {sae_name(info.block, info.t, info.branch)}, {tokens} positions each")
-    reports = train_one(acts, info.block, info.t, info.branch, root / "saes" / SWEEP_DIR, job, progress)
+    out = root / "saes" / SWEEP_DIR / f"{'-'.join(job.sae_type)}_k{'-'.join(map(str, job.k))}"  # a rerun keeps them
+    reports = train_one(acts, info.block, info.t, info.branch, out, job, progress)
     subjects = [Subject(f"{r.sae_type} k={r.k}", Sae.from_pretrained(r.path), info.block, info.t, info.branch)
                 for r in reports]
     return bench_subjects(acts, subjects, ts, say, spliced)

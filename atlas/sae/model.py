@@ -160,8 +160,9 @@ class _Step(torch.autograd.Function):
 
 def batch_top(pre: Tensor, k: int, cap: int) -> tuple[Tensor, Tensor, Tensor]:
     """BatchTopK's selection: the k * N largest positive entries of the (N, n) pre-activations, a row keeping at most
-    `cap` (its largest; as at inference), as (N, cap) indices with a keep mask, and the smallest selected value (0
-    when none is positive). Taking each row's top `cap` first keeps the batch-wide top-k small: N * cap entries."""
+    `cap` (its largest; as at inference), as (N, m) indices with a keep mask (m the most a row kept), and the
+    smallest selected value (0 when none is positive). Taking each row's top `cap` first keeps the batch-wide top-k
+    small (N * cap entries); dropping the columns no row needs keeps the sparse decode and its backward at m."""
     n_rows = pre.shape[0]
     vals, idx = pre.topk(min(cap, pre.shape[1]), dim=1, sorted=False)
     flat = vals.reshape(-1)
@@ -169,8 +170,13 @@ def batch_top(pre: Tensor, k: int, cap: int) -> tuple[Tensor, Tensor, Tensor]:
     positive = top.values > 0
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
     keep[top.indices[positive]] = True
+    keep = keep.view(vals.shape)
     smallest = top.values[positive].min() if bool(positive.any()) else pre.new_zeros(())
-    return idx, keep.view(vals.shape), smallest
+    m = max(1, int(keep.sum(1).max()))
+    if m < keep.shape[1]:
+        cols = vals.masked_fill(~keep, -math.inf).topk(m, dim=1, sorted=False).indices
+        idx, keep = idx.gather(1, cols), keep.gather(1, cols)
+    return idx, keep, smallest
 
 
 def sparse_rows_matmul(idx: Tensor, values: Tensor, x: Tensor, n_rows: int) -> Tensor:
