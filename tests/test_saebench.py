@@ -53,6 +53,14 @@ def test_frequency_counts_and_decoder_cosines_golden():
     assert decoder_cosines(w, block=1) == pytest.approx((0.6, 0.4))  # blocks of rows give the same
 
 
+def test_the_table_leaves_out_columns_no_row_measured():
+    from atlas.report.saebench import columns
+
+    rows = [{"name": "a", "l0": 2.0, "lpips": math.nan}, {"name": "b", "l0": 3.0, "lpips": math.nan, "k": 4}]
+    assert columns(rows) == ["name", "k", "l0"]
+    assert columns([{"lpips": 0.1}, {"lpips": math.nan}]) == ["lpips"]
+
+
 def found(label: str, mask: np.ndarray) -> FoundObject:
     colour, shape = label.split()
     return FoundObject(shape, colour, mask, 0.0, 0.0, 1.0)

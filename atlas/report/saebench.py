@@ -28,8 +28,8 @@ def load_saebench(root: str | Path) -> dict:
 
 
 def columns(rows: list[dict], wanted: tuple[str, ...] = COLUMNS) -> list[str]:
-    """The wanted columns that some row has."""
-    return [c for c in wanted if any(c in r for r in rows)]
+    """The wanted columns that some row has a number (not nan) or a name in (LPIPS is nan without its weights)."""
+    return [c for c in wanted if any(r.get(c) is not None and r[c] == r[c] for r in rows)]
 
 
 def saebench_markdown(result: dict) -> list[str]:
