@@ -362,6 +362,10 @@ CLI_CASES = [
     cli("upgrade", "--atlas", "{tmp}/no-atlas", expect="no atlas at"),
     cli("export", "--atlas", "{tmp}/no-atlas", "--out", "{tmp}/export", expect="no atlas at"),
     cli("export", *A, "--out", "{tmp}/export", "--top-images", "0", expect="--top-images must be at least 1"),
+    cli("bench-saes", "--atlas", "{tmp}/no-atlas", expect="no atlas at"),
+    cli("bench-saes", *A, "--sweep-k", "0", expect="0 is outside"),
+    cli("bench-saes", *A, "--sweep-types", "gated", expect="'gated' is not one of topk, batchtopk"),
+    cli("bench-saes", *A, "--sweep-k", "4", "--sweep-key", "up/9.0/cond", expect="no SAE 'up/9.0/cond' in .*; name"),
     cli("upgrade", "--atlas", "{atlas}/codes", expect="no atlas at"),
     cli("sketch", expect="No such command 'sketch'"),
     # outputs that could not be written (under a file, or a file where a directory goes): refused while parsing
