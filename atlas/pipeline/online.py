@@ -174,9 +174,12 @@ class _OnlineRun:
         if capture.keys or capture.dtype != "fp16":
             raise BadInputError("train-online records fp16 activations of every --blocks x --t x --branches; "
                                 "--keys and --dtype are options of `atlas capture`")
-        if len(config.k) != 1 or len(config.sae_type) != 1:
-            raise BadInputError(f"online training trains one SAE per key: give one --k and one --sae-type, not "
-                                f"{','.join(map(str, config.k))} and {','.join(config.sae_type)}")
+        if len(config.k) != 1:
+            raise BadInputError(f"online training trains one SAE per key: give one --k, not "
+                                f"{','.join(map(str, config.k))}")
+        if len(config.sae_type) != 1:
+            raise BadInputError(f"online training trains one SAE per key: give one --sae-type, not "
+                                f"{','.join(config.sae_type)}")
         self.blocks, self.branches = list(capture.blocks), list(capture.branches)
         self.ts = [float(t) for t in capture.t]
         if not (self.blocks and self.ts and self.branches):
