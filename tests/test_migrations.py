@@ -67,6 +67,7 @@ def test_upgrade_from_0001_keeps_the_data(tmp_path):
     with open_atlas(root) as atlas:
         assert atlas.concept("mid/1.0/3").name == "roundness"
         assert atlas.sql("SELECT kind, strength FROM interventions").rows == [("global", 1.5)]
+        assert atlas.sql("SELECT (SELECT count(*) FROM trajectories) + (SELECT count(*) FROM lineage)").rows == [(0,)]
     assert snapshot.meta(snapshot.current(root))["schema"] == "0005"
 
 
