@@ -106,7 +106,8 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int | None,
     """Run one read-only SQL query over the atlas.
 
     Views: codes (fast filtered by block, t, latent), codes_by_image (fast filtered by image_id),
-    images, prompts, saes, concepts, labels, objects, concept_labels, interventions, files, stages.
+    images, prompts, saes, concepts, labels, objects, concept_labels, interventions, files, stages,
+    trajectories (each concept's life over t) and lineage (links across t; both from `atlas evolve`).
     Concept ids look like mid/1.0/412 (block/t/latent; branch cond, the primary SAE), mid/1.0/uncond/412
     or mid/1.0/cond@k20/412 (the SAE variant k20); saes, concepts, concept_labels and the codes views
     have a variant column ('' for the primary SAE), saes, concepts and concept_labels a k column.
