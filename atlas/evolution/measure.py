@@ -77,7 +77,7 @@ class Coactivation:
     """How two SAEs' latents fire together on the same positions: the cosine of every pair's activation maps."""
 
     def __init__(self, n_parent: int, n_child: int) -> None:
-        self.dot = sparse.csr_matrix((n_parent, n_child))
+        self.dot = np.zeros((n_parent, n_child))
         self.parent_sq = np.zeros(n_parent)
         self.child_sq = np.zeros(n_child)
 
@@ -91,15 +91,15 @@ class Coactivation:
         """Top-k (indices, values), each (P, k), of the two SAEs on the same P positions, in the same order."""
         a = self._matrix(*parent, len(self.parent_sq))
         b = self._matrix(*child, len(self.child_sq))
-        self.dot = self.dot + (a.T @ b).tocsr()
+        pairs = (a.T @ b).tocoo()  # a matrix product sums duplicates: each (parent, child) once
+        self.dot[pairs.row, pairs.col] += pairs.data
         self.parent_sq += np.asarray(a.multiply(a).sum(axis=0)).ravel()
         self.child_sq += np.asarray(b.multiply(b).sum(axis=0)).ravel()
 
     def cosine(self) -> np.ndarray:
         """(n_parent, n_child) cosine of the activation maps; 0 for a latent that never fired."""
         norm = np.sqrt(np.outer(self.parent_sq, self.child_sq))
-        dense = self.dot.toarray()
-        return np.divide(dense, norm, out=np.zeros_like(dense), where=norm > 0)
+        return np.divide(self.dot, norm, out=np.zeros_like(self.dot), where=norm > 0)
 
 
 def decoder_cosine(parent: np.ndarray, child: np.ndarray) -> np.ndarray:
