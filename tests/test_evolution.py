@@ -236,3 +236,15 @@ def test_the_concept_page_draws_the_curve_and_links_the_lineage(evolution_atlas,
     for relative in data["ancestors"] + data["descendants"]:
         assert f'href="/concept/{relative["concept_id"]}"' in page
     assert f'href="/concept/{link["child_concept_id"]}"' in parent_page
+
+
+def test_evolve_without_the_capture_is_a_one_line_error(evolution_atlas, tmp_path):
+    root = tmp_path / "atlas"
+    shutil.copytree(evolution_atlas, root, ignore=shutil.ignore_patterns("activations"))
+    with open_atlas(root) as atlas:
+        before = atlas.sql("SELECT count(*) FROM trajectories").rows
+    result = CliRunner().invoke(main, ["evolve", "--atlas", str(root)])
+    assert result.exit_code == 1 and "is not an activation directory" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with open_atlas(root) as atlas:
+        assert atlas.sql("SELECT count(*) FROM trajectories").rows == before
