@@ -95,6 +95,7 @@ def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: s
 
 
 from atlas.cli.edit import edit, eval_edits  # noqa: E402
+from atlas.cli.evolve import evolve  # noqa: E402
 from atlas.cli.interop import export  # noqa: E402
 from atlas.cli.pipeline import (  # noqa: E402
     annotate,
@@ -114,7 +115,7 @@ from atlas.cli.shapes import shapes  # noqa: E402
 from atlas.cli.store import search, sql, upgrade  # noqa: E402
 
 for command in (demo, build, train, encode, annotate, link, predict_layout, report, sql, search, upgrade, edit,
-                eval_edits, serve, check, shapes, train_online, export, bench_saes):
+                eval_edits, serve, check, shapes, train_online, export, bench_saes, evolve):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -141,12 +141,12 @@ COUNT = click.IntRange(min=0)
 FRACTION = FiniteFloat(0, 1)
 FIELD_TYPES: dict[str, click.ParamType] = {
     **dict.fromkeys(("seed", "steps", "threads", "max_steps", "warmup_steps", "min_tokens", "dead_tokens",
-                     "sae_tokens", "sweep_tokens", "spliced_images"), COUNT),
+                     "sae_tokens", "sweep_tokens", "spliced_images", "max_images"), COUNT),
     **dict.fromkeys(("batch_size", "sae_batch_size", "n_per_prompt", "n_images", "attention_depth",
-                     "buffer_tokens", "max_concepts", "n", "min_hits"), POSITIVE),
+                     "buffer_tokens", "max_concepts", "n", "min_hits", "links"), POSITIVE),
     **dict.fromkeys(("minutes", "checkpoint_minutes", "lr", "epochs", "grad_clip"), FiniteFloat(min=0, min_open=True)),
     **dict.fromkeys(("caption_dropout", "threshold", "box_threshold", "text_threshold", "iou",
-                     "shared_colour_fraction"), FRACTION),
+                     "shared_colour_fraction", "active_fraction", "min_cosine", "min_coactivation"), FRACTION),
     "ema_decay": FiniteFloat(0, 1, max_open=True),
     "guidance": FiniteFloat(min=0),
     "device": DEVICE_NAME,

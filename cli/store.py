@@ -106,7 +106,8 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int | None,
     """Run one read-only SQL query over the atlas.
 
     Views: codes (fast filtered by block, t, latent), codes_by_image (fast filtered by image_id),
-    images, prompts, saes, concepts, labels, objects, concept_labels, interventions, files, stages.
+    images, prompts, saes, concepts, labels, objects, concept_labels, interventions, files, stages,
+    trajectories (each concept's life over t) and lineage (links across t; both from `atlas evolve`).
     Concept ids look like mid/1.0/412 (block/t/latent; branch cond, the primary SAE), mid/1.0/uncond/412
     or mid/1.0/cond@k20/412 (the SAE variant k20); saes, concepts, concept_labels and the codes views
     have a variant column ('' for the primary SAE), saes, concepts and concept_labels a k column.
@@ -152,6 +153,9 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int | None,
 @click.command(context_settings=CONTEXT)
 @click.argument("label", required=False)
 @click.option("--like", "like", metavar="CONCEPT_ID", help="Find concepts nearest to this one (decoder cosine).")
+@click.option("--follow", type=click.Choice(["cosine", "lineage"]), default="cosine", show_default=True,
+              help="With --like: nearest by decoder cosine, or the concepts it descends from or into over denoising "
+                   "(lineage links of `atlas evolve`: decoder cosine and coactivation), scored by the weakest link.")
 @click.option("--t", "t", type=float, help="Only this timestep (e.g. 1.0, 0.5, 0.0).")
 @click.option("--block", help="Only this block (e.g. down, mid, up); for LABEL searches.")
 @click.option("--branch", default="cond", show_default=True, help="CFG branch of the SAEs to search.")
@@ -162,7 +166,7 @@ def sql(query: str, atlas_dir: str | None, timeout: float, max_rows: int | None,
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @atlas_option
 @one_line_errors
-def search(label: str | None, like: str | None, t: float | None, block: str | None, branch: str,
+def search(label: str | None, like: str | None, follow: str, t: float | None, block: str | None, branch: str,
            variant: str | None, sae_k: int | None, k: int, fmt: str, atlas_dir: str | None) -> None:
     """Find concepts by label, or by similarity to another concept.
 
@@ -173,7 +177,8 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
     an atlas without labels ranks concepts by decoder similarity to the text's own activation as a
     prompt. With --like, by cosine
     similarity of SAE decoder directions, across all timesteps of the concept's block (or only the
-    SAE at --t), among the SAEs of its own branch and variant. Concepts come from each (block, t,
+    SAE at --t), among the SAEs of its own branch and variant; with --follow lineage, along the
+    lineage links instead (its ancestors and descendants at every other t). Concepts come from each (block, t,
     branch)'s primary SAE unless --variant or --sae-k picks another (`atlas train --k 10,20` trains
     the primary at k 10 and the variant k20).
 
@@ -185,9 +190,12 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
       atlas search mid/1.0/412                               # a concept id: that concept
       atlas search --like mid/1.0/412
       atlas search --like mid/1.0/cond@k20/412 --t 0.0
+      atlas search --like up/1.0/12 --follow lineage --t 0.0
     """
     if bool(label) == bool(like):
         raise click.UsageError("give a LABEL or --like CONCEPT_ID (one of them)")
+    if follow != "cosine" and not like:
+        raise click.UsageError("--follow applies to --like CONCEPT_ID searches")
     from atlas.dictionary.names import display_names
     from atlas.search.search import concept_id_of
 
@@ -200,7 +208,8 @@ def search(label: str | None, like: str | None, t: float | None, block: str | No
             if block or variant is not None or sae_k:
                 raise click.UsageError("--block, --variant and --sae-k do not apply to --like: the concept's own SAE "
                                        "names them")
-            found = [asdict(n) for n in atlas.nearest(like, k=k, t=t)]
+            follow_links = atlas.lineage if follow == "lineage" else atlas.nearest
+            found = [asdict(n) for n in follow_links(like, k=k, t=t)]
             columns = ["concept_id", "score", "block", "t", "branch", "latent"]
         else:
             from atlas.search.search import search_concepts

@@ -7,7 +7,7 @@ import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas", "two_k_atlas"}
+INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas", "two_k_atlas", "evolution_atlas"}
 """Fixtures that build a real atlas (about a minute): a test using one, directly or through another fixture, is
 marked `integration` and left out of `make test-fast`."""
 
@@ -100,6 +100,22 @@ def two_k_atlas(tmp_path_factory):
     path = tmp_path_factory.mktemp("two-k-atlas") / "atlas"
     result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
                                        "--t", "1.0", "--branches", "cond", "--k", "2,4", "--sae-tokens", "5000"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="session")
+def evolution_atlas(tmp_path_factory):
+    """A tiny shapes atlas with SAEs of the up block at three timesteps (1.0, 0.5, 0.0; cond), so trajectories and
+    lineage have neighbours, built by the `atlas build` command (its evolve stage included). Treat it as
+    read-only."""
+    from click.testing import CliRunner
+
+    from atlas.cli.main import main
+
+    path = tmp_path_factory.mktemp("evolution-atlas") / "atlas"
+    result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "up",
+                                       "--t", "1.0,0.5,0.0", "--branches", "cond", "--sae-tokens", "5000"])
     assert result.exit_code == 0, result.output
     return path
 

@@ -25,8 +25,8 @@ FLOORS = {
     "foundation": ("atlas.errors", "atlas.lazy", "atlas.files", "atlas.grids", "atlas.viz", "atlas.location",
                    "atlas.progress", "atlas.tables", "atlas.models", "atlas.sae", "atlas.store", "atlas.migrations",
                    "atlas.data"),
-    "stages": ("atlas.capture", "atlas.annotate", "atlas.dictionary", "atlas.layout", "atlas.search", "atlas.edit",
-               "atlas.report", "atlas.shapes"),
+    "stages": ("atlas.capture", "atlas.annotate", "atlas.dictionary", "atlas.evolution", "atlas.layout",
+               "atlas.search", "atlas.edit", "atlas.report", "atlas.shapes"),
     "pipeline": ("atlas.pipeline",),
     "surfaces": ("atlas.cli", "atlas.server"),
 }

@@ -34,7 +34,7 @@ def make_0001_atlas(root):
 
 
 def test_revisions_are_numbered_and_head_matches_the_models(tmp_path):
-    assert migrate.revisions() == ("0001", "0002", "0003", "0004") and migrate.head() == "0004"
+    assert migrate.revisions() == ("0001", "0002", "0003", "0004", "0005") and migrate.head() == "0005"
     catalog = Catalog(tmp_path, threads=1)
     catalog.upgrade()
     con = duckdb.connect(str(tmp_path / CATALOG_FILE), read_only=True)
@@ -51,7 +51,7 @@ def test_upgrade_from_0001_keeps_the_data(tmp_path):
     make_0001_atlas(root)
     assert snapshot.meta(snapshot.current(root))["schema"] == "0001"
     before = checksum(root)
-    with pytest.raises(SchemaTooOldError, match="has schema 0001, this version needs 0004: .*atlas upgrade"):
+    with pytest.raises(SchemaTooOldError, match="has schema 0001, this version needs 0005: .*atlas upgrade"):
         open_atlas(root)
     assert checksum(root) == before
     with open_writer(root, threads=1) as writer:
@@ -67,7 +67,8 @@ def test_upgrade_from_0001_keeps_the_data(tmp_path):
     with open_atlas(root) as atlas:
         assert atlas.concept("mid/1.0/3").name == "roundness"
         assert atlas.sql("SELECT kind, strength FROM interventions").rows == [("global", 1.5)]
-    assert snapshot.meta(snapshot.current(root))["schema"] == "0004"
+        assert atlas.sql("SELECT (SELECT count(*) FROM trajectories) + (SELECT count(*) FROM lineage)").rows == [(0,)]
+    assert snapshot.meta(snapshot.current(root))["schema"] == "0005"
 
 
 def test_upgrade_to_0003_keeps_every_concept_id_and_makes_room_for_variants(tmp_path):
@@ -93,7 +94,7 @@ def test_upgrade_to_0003_keeps_every_concept_id_and_makes_room_for_variants(tmp_
         k8 = writer.catalog.add_sae("mid", 1.0, "cond", 8, 8, 16, variant="k8")
         assert k8 == 2 and writer.catalog.add_sae("mid", 1.0, "cond", 4, 8, 16) == 0
         assert atlas.concept("mid/1.0/cond@k8/3").sae_id == k8 and atlas.concept("mid/1.0/3").sae_id == 0
-    assert snapshot.meta(snapshot.current(root))["schema"] == "0004"
+    assert snapshot.meta(snapshot.current(root))["schema"] == "0005"
 
 
 def test_an_atlas_from_a_newer_version_is_refused_unchanged(tmp_path):
@@ -105,7 +106,7 @@ def test_an_atlas_from_a_newer_version_is_refused_unchanged(tmp_path):
     for opener in (lambda: open_atlas(root), lambda: open_writer(root),
                    lambda: Atlas.create(root)):
         with pytest.raises(SchemaTooNewError, match="newer Concept Atlas \\(schema 0099; this version knows up to "
-                                                    "0004\\): upgrade with `pip install -U concept-atlas`"):
+                                                    "0005\\): upgrade with `pip install -U concept-atlas`"):
             opener()
     assert checksum(root) == before
 

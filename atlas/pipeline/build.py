@@ -5,6 +5,7 @@
     encode    sparse codes, SAEs, concept statistics, FAISS                        codes/, index/
     annotate  objects and their grid masks                                         masks/, annotations/
     link      the concept dictionary (concept_labels, best labels)                 catalog
+    evolve    concept trajectories over t and lineage across t                     catalog
     report    the paper's tables and plots                                         report/
 
 Each stage skips the work it finds done, so re-running the same command after an interruption
@@ -29,9 +30,12 @@ from atlas.capture.config import CaptureConfig
 from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.run import DICTIONARY_SPLITS, link_atlas
 from atlas.errors import BadInputError, UnavailableError
+from atlas.evolution.config import EvolveConfig
 from atlas.models import check_model
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.encode import encode_atlas
+from atlas.pipeline.evolution import STAGE as EVOLVE_STAGE
+from atlas.pipeline.evolution import evolve_atlas
 from atlas.pipeline.executor import Executor
 from atlas.pipeline.generate import read_prompts
 from atlas.pipeline.presets import (
@@ -49,7 +53,7 @@ from atlas.store.atlas import refuse_foreign
 from atlas.store.check import check_atlas
 from atlas.store.ids import branch_part
 
-STAGES = ("capture", "train", "encode", "annotate", "link", "report")
+STAGES = ("capture", "train", "encode", "annotate", "link", "evolve", "report")
 
 
 @dataclass
@@ -194,6 +198,12 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         stored = link_atlas(writer, LinkConfig(), progress=progress)
         return f"{sum(stored.values())} (concept, label) pairs pass the IoU rule"
 
+    def run_evolve() -> str:
+        if atlas.stage_done(EVOLVE_STAGE):
+            return "trajectories and lineage already stored"
+        found = evolve_atlas(writer, EvolveConfig(), ActivationSet(acts_dir), progress=progress)
+        return f"{found.trajectories:,} trajectory rows, {found.lineage:,} lineage links ({found.images} images)"
+
     def run_report() -> str:
         from atlas.report.report import build_report
 
@@ -207,7 +217,8 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
         return f"{root / 'report' / 'index.html'}{first}{note}"
 
     with atlas, writer:
-        for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_report)):
+        for name, run in zip(STAGES, (run_capture, run_train, run_encode, run_annotate, run_link, run_evolve,
+                                    run_report)):
             stage(name, run)
         writer.catalog.mark_stage("build", {"preset": config.preset, "model": config.model,
                                             "n_images": config.n_images})

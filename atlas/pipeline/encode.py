@@ -64,6 +64,13 @@ def register_capture(writer: Writer, acts: ActivationSet) -> np.ndarray:
     return mapping
 
 
+def capture_of(atlas: Atlas) -> ActivationSet:
+    """The capture the atlas's codes were encoded from (the activations manifest `files` lists, else the atlas's own
+    activations/ folder)."""
+    listed = [r["path"] for r in atlas.query("SELECT path FROM files WHERE kind = 'activations'").to_pylist()]
+    return ActivationSet(atlas.file_path(listed[0]).parent if listed else atlas.root / "activations")
+
+
 def stage_name(block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT) -> str:
     return f"encode:{sae_name(block, t, branch, variant)}"
 

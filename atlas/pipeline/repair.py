@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from atlas.capture import ActivationSet
-from atlas.pipeline.encode import encode_atlas, stage_name
+from atlas.pipeline.encode import capture_of, encode_atlas, stage_name
 from atlas.pipeline.train import sae_dir
 from atlas.store import codes, default_path, open_writer, snapshot
 from atlas.store.catalog import Catalog
@@ -79,10 +78,9 @@ def _decoder(writer: Writer, sae: SaeInfo):  # -> np.ndarray
 
 def _reencode(writer: Writer, saes: list[SaeInfo]) -> None:
     """Forget the SAEs' codes files and encode marks, then encode: only they are encoded again."""
-    listed = [r["path"] for r in writer.atlas.query("SELECT path FROM files WHERE kind = 'activations'").to_pylist()]
-    acts = writer.atlas.file_path(listed[0]).parent if listed else writer.root / "activations"
+    acts = capture_of(writer.atlas)
     writer.codes.forget([s.id for s in saes], [stage_name(s.block, s.t, s.branch, s.variant) for s in saes])
     for sae in saes:
         depth = len(sae_dir(".", sae.block, sae.t, sae.branch, sae.variant).parts)
         saes_root = writer.atlas.file_path(sae.path).parents[depth - 1]
-        encode_atlas(writer, ActivationSet(acts), saes_root, branch=sae.branch, progress=False)
+        encode_atlas(writer, acts, saes_root, branch=sae.branch, progress=False)

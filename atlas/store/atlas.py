@@ -53,7 +53,7 @@ from atlas.store.errors import (
 from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT, ConceptRef, block_key, concept_id, parse_concept_id
 from atlas.store.limits import MAX_RESULT_BYTES, MAX_ROWS, TIMEOUT
 from atlas.store.lookup import SortedFiles
-from atlas.store.reads import LINK_RANK, ConceptInfo, ImageHit, Neighbor
+from atlas.store.reads import FOLLOW_LINEAGE_SQL, LINK_RANK, ConceptInfo, ImageHit, Neighbor
 from atlas.store.views import QueryResult, SaeInfo, SqlStream, Views
 
 if TYPE_CHECKING:
@@ -393,6 +393,20 @@ class Atlas:
         key = block_key(sae.block, sae.branch, sae.variant)
         found = _faiss().search(self._index("faiss_block", f"block {key}", key=key), vector, k + 1)
         return self._neighbors(*found, None, (sae.id, latent), k)
+
+    def lineage(self, concept: str, k: int = 10, t: float | None = None) -> list[Neighbor]:
+        """Concepts the concept descends from or into over denoising (the `lineage` links of `atlas evolve`, followed
+        across any number of timesteps), scored by the weakest link of the best path: all of the block's other
+        timesteps, or only `t`."""
+        _at_least("k", k, 1)
+        sae, latent = self.resolve(concept)
+        if t is not None:
+            self.select_saes(sae.block, t, sae.branch, sae.variant)
+        rows = self.query(FOLLOW_LINEAGE_SQL, {"sae": sae.id, "latent": latent, "k": k,
+                                               "t": None if t is None else float(t)}).to_pylist()
+        if not rows and not self.query("SELECT count(*) AS n FROM snapshot.lineage")["n"][0].as_py():
+            raise NotFoundError(f"{self.root} has no lineage links yet: `atlas evolve` measures them")
+        return [Neighbor(**row) for row in rows]
 
     def search_vector(self, vector: np.ndarray, block: str, t: float | None = None, k: int = 10,
                       branch: str = DEFAULT_BRANCH, variant: str | None = None,

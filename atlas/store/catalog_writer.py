@@ -240,6 +240,27 @@ class CatalogWriter:
             tx.query("DELETE FROM files WHERE path = ?", [stored])
             tx.session.add(File(path=stored, kind=kind, rows=0, bytes=size, sha256=digest))
 
+    def set_evolution(self, trajectories: pa.Table, lineage: pa.Table | None, stage: str = "evolve",
+                      info: dict | None = None) -> None:
+        """Replace the concept trajectories and lineage of the SAEs they name (atlas.store.schema: Trajectory and
+        Lineage give the columns) and mark `stage` done, in one transaction. Rows are checked first: known SAEs,
+        latents in range, finite measures."""
+        saes = {s.id: s for s in self._writer.atlas.saes()}
+        _check_rows("trajectories", trajectories, saes, [("sae_id", "latent")],
+                    ["at_t", "mass", "active_fraction", "mean_activation"])
+        if lineage is not None:
+            pairs = [("parent_sae_id", "parent_latent"), ("child_sae_id", "child_latent")]
+            _check_rows("lineage", lineage, saes, pairs, ["cosine", "coactivation", "score"])
+        touched = sorted({*trajectories["sae_id"].to_pylist(),
+                          *(lineage["parent_sae_id"].to_pylist() if lineage is not None else [])})
+        with self._db.write("trajectories", "lineage", "stages") as tx:
+            tx.query("DELETE FROM trajectories WHERE list_contains(?, sae_id)", [touched])
+            tx.query("DELETE FROM lineage WHERE list_contains(?, parent_sae_id)", [touched])
+            tx.insert_arrow("trajectories", trajectories)
+            if lineage is not None:
+                tx.insert_arrow("lineage", lineage)
+            merge_stage(tx, stage, info)
+
     def mark_stage(self, name: str, info: dict | None = None) -> None:
         """Record that a pipeline stage finished (the reader's `stage_done(name)` is then True)."""
         with self._db.write("stages") as tx:
@@ -273,6 +294,31 @@ def label_ids(tx: Transaction, names: list[str], source: str | None) -> list[int
 def merge_stage(tx: Transaction, name: str, info: dict | None) -> None:
     """Mark a stage done inside `tx` (with the commit of what it wrote)."""
     tx.session.merge(Stage(name=name, info=dict(info or {})))
+
+
+def _check_rows(table: str, rows: pa.Table, saes: dict[int, SaeInfo], concepts: list[tuple[str, str]],
+               measures: list[str]) -> None:
+    """Refuse rows naming an unknown SAE or a latent outside it, or holding a missing or non-finite measure."""
+    missing = [c for pair in concepts for c in pair if c not in rows.column_names] + \
+        [c for c in measures if c not in rows.column_names]
+    if missing:
+        raise InvalidInputError(f"{table}: missing columns {missing}")
+    sizes = {sae_id: sae.n_latents for sae_id, sae in saes.items()}
+    for sae_column, latent_column in concepts:
+        sae_ids = rows[sae_column].to_numpy(zero_copy_only=False)
+        unknown = sorted(set(sae_ids.tolist()) - set(sizes))
+        if unknown:
+            raise InvalidInputError(f"{table}: unknown SAE ids {unknown[:5]}")
+        latents = rows[latent_column].to_numpy(zero_copy_only=False)
+        outside = (latents < 0) | (latents >= np.array([sizes[i] for i in sae_ids.tolist()], np.int64))
+        if outside.any():
+            where = int(np.argmax(outside))
+            raise InvalidInputError(f"{table}: latent {latents[where]} outside SAE {saes[int(sae_ids[where])].name} "
+                                    f"(0..{sizes[int(sae_ids[where])] - 1})")
+    for column in measures:
+        values = rows[column].to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise InvalidInputError(f"{table}: {column} holds a missing or non-finite value")
 
 
 def _concept_stats(what: str, n_latents: int, stats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -70,6 +70,7 @@ def check_atlas(root: str | Path | None = None, quick: bool = False) -> CheckRep
         _check_paths(atlas, report, "image", "SELECT id, path FROM images")
         _check_paths(atlas, report, "mask", "SELECT id, mask_path AS path FROM objects WHERE mask_path IS NOT NULL")
         _check_saes(atlas, report, quick)
+        _check_evolution(atlas, report)
     report.orphans = find_orphans(root)
     return report
 
@@ -237,6 +238,30 @@ def _check_paths(atlas: Atlas, report: CheckReport, what: str, query: str) -> No
             report.problems.append(f"{what} {row_id} has no file")
         elif not atlas.file_path(path).exists():
             report.problems.append(f"{what} {row_id}: missing file {path}")
+
+
+EVOLVE = "`atlas evolve` measures them again"
+_DANGLING = ("SELECT {sae} AS sae_id, {latent} AS latent, count(*) AS n FROM snapshot.{table} x "
+             "LEFT JOIN snapshot.saes s ON s.id = x.{sae} WHERE s.id IS NULL OR x.{latent} >= s.n_latents "
+             "OR x.{latent} < 0 GROUP BY ALL ORDER BY ALL")
+
+
+def _check_evolution(atlas: Atlas, report: CheckReport) -> None:
+    """Trajectories and lineage name existing SAEs and latents, and once the evolve stage ran, every SAE has
+    trajectories (an SAE encoded later has none until `atlas evolve` runs again)."""
+    for table, what, ends in (("trajectories", "trajectory row", [("sae_id", "latent")]),
+                              ("lineage", "lineage link", [("parent_sae_id", "parent_latent"),
+                                                           ("child_sae_id", "child_latent")])):
+        report.count(what, atlas.query(f"SELECT count(*) AS n FROM {table}")["n"][0].as_py())
+        for sae, latent in ends:
+            for row in atlas.query(_DANGLING.format(table=table, sae=sae, latent=latent)).to_pylist():
+                report.problems.append(f"{table}: {row['n']} row(s) name latent {row['latent']} of SAE id "
+                                       f"{row['sae_id']}, which the atlas does not hold: {EVOLVE}")
+    if atlas.stage_done("evolve"):
+        measured = set(atlas.query("SELECT DISTINCT sae_id FROM trajectories")["sae_id"].to_pylist())
+        for sae in atlas.saes():
+            if sae.id not in measured:
+                report.problems.append(f"SAE {sae.name} has no trajectories though the evolve stage ran: {EVOLVE}")
 
 
 def _check_saes(atlas: Atlas, report: CheckReport, quick: bool) -> None:

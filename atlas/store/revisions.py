@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 
 TABLES = ("models", "prompts", "images", "saes", "concepts", "labels", "objects", "concept_labels", "interventions",
-          "files", "stages")
+          "files", "stages", "trajectories", "lineage")
 """Every catalog table (atlas.store.schema's models, in their order); each is published as a Parquet snapshot."""
 _REVISION = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:\"(\w+)\"|'(\w+)'|None)", re.M)
 

@@ -177,6 +177,42 @@ class Stage(Base):
     done_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
 
+class Trajectory(Base):
+    """A concept's activity when its SAE encodes the same images' activations at another captured step `at_t`
+    (added by migration 0005, filled by `atlas evolve`): mass is its summed activation per image, active_fraction
+    the share of images it fires on, mean_activation its mean where it fires. first_t, peak_t and fade_t are the
+    concept's, repeated on each of its rows: the first t (in denoising order, from 1.0 down) at which it is active,
+    the t of its largest mass, and the first t after the peak at which it no longer is (NULL: never, or never
+    active)."""
+
+    __tablename__ = "trajectories"
+    sae_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    latent: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at_t: Mapped[float] = mapped_column(Double, primary_key=True)
+    mass: Mapped[float | None] = mapped_column(Double)
+    active_fraction: Mapped[float | None] = mapped_column(Double)
+    mean_activation: Mapped[float | None] = mapped_column(Double)
+    first_t: Mapped[float | None] = mapped_column(Double)
+    peak_t: Mapped[float | None] = mapped_column(Double)
+    fade_t: Mapped[float | None] = mapped_column(Double)
+
+
+class Lineage(Base):
+    """A link from a concept (parent) to one of the next denoising step's SAE of the same block, branch and variant
+    (child; added by migration 0005, filled by `atlas evolve`): the cosine of their decoder directions, the
+    coactivation (cosine of their activation maps over the same images and positions, each SAE on its own step's
+    activations) and the score that ranks links (their geometric mean, negative cosines counting as 0)."""
+
+    __tablename__ = "lineage"
+    parent_sae_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_latent: Mapped[int] = mapped_column(Integer, primary_key=True)
+    child_sae_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    child_latent: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cosine: Mapped[float | None] = mapped_column(Double)
+    coactivation: Mapped[float | None] = mapped_column(Double)
+    score: Mapped[float | None] = mapped_column(Double)
+
+
 TABLES = [cls.__tablename__ for cls in Base.__subclasses__()]
 """Every catalog table; each is published as a Parquet snapshot for readers (atlas.store.revisions.TABLES, which
 readers use without loading SQLAlchemy, must name the same)."""

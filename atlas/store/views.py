@@ -12,7 +12,9 @@ let a COPY write into the atlas. A timer calls `interrupt()` to enforce the time
 LIMIT on the user's relation, so DuckDB stops producing rows early.
 
 Views: models, prompts, images (+ prompt, split), saes, concepts (+ concept_id and the SAE's block, t, branch,
-variant, k), labels, objects (+ label), concept_labels (+ the same, label), interventions, files, stages, and the
+variant, k), labels, objects (+ label), concept_labels (+ the same, label), interventions, files, stages,
+trajectories (+ the same as concepts), lineage (+ parent_concept_id, child_concept_id, block, branch, variant,
+parent_t, child_t), and the
 codes in both arrangements, `codes` (fast for a latent) and `codes_by_image` (fast for an image), each with
 image_id, sae_id, block, t, branch, variant, row, col, latent, value, concept_id.
 """
@@ -183,6 +185,12 @@ class Views:
             "concept_labels": f"SELECT {cid} AS concept_id, {sae} l.name AS label, c.* "
                               f"FROM {t['concept_labels']} c JOIN {t['saes']} s ON s.id = c.sae_id "
                               f"JOIN {t['labels']} l ON l.id = c.label_id",
+            "trajectories": f"SELECT {cid} AS concept_id, {sae} c.* FROM {t['trajectories']} c "
+                            f"JOIN {t['saes']} s ON s.id = c.sae_id",
+            "lineage": "SELECT p.concept_id AS parent_concept_id, c.concept_id AS child_concept_id, p.block, p.branch, "
+                       f"p.variant, p.t AS parent_t, c.t AS child_t, l.* FROM {t['lineage']} l JOIN concepts p ON "
+                       "p.sae_id = l.parent_sae_id AND p.latent = l.parent_latent JOIN concepts c ON "
+                       "c.sae_id = l.child_sae_id AND c.latent = l.child_latent",
         }
         con = self._con
         try:

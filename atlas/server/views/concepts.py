@@ -4,7 +4,9 @@ The page opens with a description (the dictionary's roll-up name, its labels wit
 label emerges over denoising), then shows where the concept fires (top images with heatmaps beside the raw
 image, with an opacity control), examples from across its activation range and a random sample, which prompt
 words drive it (each word dropped in turn, measured on demand at `words.json`), how it evolves over denoising
-(the nearest concept by decoder direction at every other t, drawn on the same images), how strongly and how
+(the nearest concept by decoder direction at every other t, drawn on the same images; its trajectory, the same SAE
+run at every captured step, as a curve; its lineage, the concepts of the neighbouring timesteps it descends from
+and into, by decoder cosine and coactivation), how strongly and how
 often it fires (histogram, density), what it depicts (labels with IoU and support) and a name and note people
 can edit.
 """
@@ -186,6 +188,36 @@ class Timestep(BaseModel):
     neighbours: list[Neighbour]
 
 
+class TrajectoryPoint(BaseModel):
+    """The concept's SAE run on the same images' activations at another captured step (`atlas evolve`)."""
+
+    t: float
+    mass: float
+    """Summed activation per image."""
+    active_fraction: float
+    """Share of the images it fires on."""
+    mean_activation: float
+
+
+class Life(BaseModel):
+    """When the concept is active over denoising (from t = 1.0 down): first, at its peak mass, and gone again."""
+
+    first_t: float | None
+    peak_t: float | None
+    fade_t: float | None
+
+
+class Relative(BaseModel):
+    """A lineage link to a concept of the neighbouring timestep: decoder cosine, coactivation and their score."""
+
+    concept_id: str
+    t: float
+    cosine: float
+    coactivation: float
+    score: float
+    best_label: str | None = None
+
+
 class Histogram(BaseModel):
     edges: list[float]
     counts: list[int]
@@ -211,6 +243,15 @@ class ConceptData(Envelope):
     random: list[Example]
     vmax: float
     timesteps: list[Timestep]
+    trajectory: list[TrajectoryPoint]
+    """Its life over every captured step, in denoising order (empty until `atlas evolve` ran)."""
+    life: Life | None
+    ancestors: list[Relative]
+    """Concepts of the previous timestep it descends from (lineage), best first."""
+    descendants: list[Relative]
+    """Concepts of the next timestep it leads to (lineage), best first."""
+    evolved: bool
+    """Whether `atlas evolve` ran on this atlas (else trajectory and lineage are empty for want of it)."""
     histogram: Histogram
     labels: Table
     index_note: str | None
@@ -253,6 +294,25 @@ def examples(state: ServerState, sae: SaeInfo, latent: int) -> tuple[list[Exampl
     rng = np.random.default_rng([sae.id, latent])
     picked = sorted(rng.choice(len(peaks), min(RANDOM_SAMPLE, len(peaks)), replace=False).tolist())
     return at, [Example(**peaks[i], quantile=None) for i in picked]
+
+
+def evolution(state: ServerState, sae: SaeInfo, latent: int) -> dict[str, Any]:
+    """The concept's trajectory, life and lineage (the `trajectories` and `lineage` views)."""
+    atlas, key = state.atlas, {"sae": sae.id, "latent": latent}
+    rows = atlas.query("SELECT at_t AS t, mass, active_fraction, mean_activation, first_t, peak_t, fade_t "
+                       "FROM trajectories WHERE sae_id = $sae AND latent = $latent ORDER BY at_t DESC", key).to_pylist()
+    related = {}
+    for name, me, other in (("ancestors", "child", "parent"), ("descendants", "parent", "child")):
+        related[name] = [Relative(**row) for row in atlas.query(
+            f"SELECT {other}_concept_id AS concept_id, {other}_t AS t, cosine, coactivation, score FROM lineage "
+            f"WHERE {me}_sae_id = $sae AND {me}_latent = $latent ORDER BY score DESC, concept_id", key).to_pylist()]
+    best = _best_labels(state, [r.concept_id for found in related.values() for r in found])
+    for found in related.values():
+        for relative in found:
+            relative.best_label = best.get(relative.concept_id)
+    return {"trajectory": [TrajectoryPoint(**{k: row[k] for k in TrajectoryPoint.model_fields}) for row in rows],
+            "life": Life(**{k: rows[0][k] for k in Life.model_fields}) if rows else None,
+            **related, "evolved": atlas.stage_done("evolve")}
 
 
 def _best_labels(state: ServerState, concept_ids: list[str]) -> dict[str, str | None]:
@@ -308,6 +368,7 @@ def concept(concept_id: ConceptId, state: State,
                        row=h.row, col=h.col, map=m.tolist()) for h, m in zip(hits, maps)],
         "quantiles": at_quantiles, "random": sample,
         "vmax": max((h.activation for h in hits), default=0.0), "timesteps": timesteps,
+        **evolution(state, sae, info.latent),
         "histogram": histogram(state, sae, info.latent),
         "labels": Table(columns=labels.column_names, rows=[list(r.values()) for r in labels.to_pylist()]),
         "index_note": index_note,
