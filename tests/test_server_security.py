@@ -3,6 +3,7 @@ probe answered in one line while other pages keep answering, exports whole or vi
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -171,3 +172,61 @@ def test_python_api_and_cli_limits(site, tmp_path):
                                        "-o", str(cut), "--timeout", "1"])
     assert result.exit_code == 1 and "time limit" in result.output and not cut.exists()
     assert not list(tmp_path.glob(".*partial"))
+
+
+def _get(base: str, path: str, host: str | None) -> tuple[int, str]:
+    """GET with the Host header as given (None: none at all), byte for byte."""
+    import http.client
+
+    address, port = base.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(address, int(port), timeout=60)
+    connection.putrequest("GET", path, skip_host=True)
+    if host is not None:
+        connection.putheader("Host", host)
+    connection.endheaders()
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    return response.status, text
+
+
+def test_host_header_must_name_the_server(tmp_path):
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 reaches the server with Host
+    evil.example; only the bound host, loopback names and --allowed-host names are answered."""
+    from test_server import serve_atlas
+
+    from atlas.store import synthetic
+
+    root = tmp_path / "atlas"
+    synthetic.build(root, n_images=4, blocks=("mid",), times=(1.0,), threads=1)[0].close()
+    with serve_atlas(root, "--allowed-host", "atlas.lab.example", log=tmp_path / "server.log") as base:
+        port = base.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST.", f"[::1]:{port}", "atlas.lab.example"):
+            status, text = _get(base, "/labels.json", host)
+            assert status == 200 and json.loads(text)["ok"] is not False, (host, status, text[:200])
+        for host in (f"evil.example:{port}", "127.0.0.1.evil.example", "10.0.0.1", "", "a b"):
+            status, text = _get(base, "/labels.json", host)
+            body = json.loads(text)
+            assert status == 421 and body["status"] == 421 and "\n" not in body["error"], (host, status, text[:200])
+        assert _get(base, "/labels.json", None)[0] == 400  # HTTP/1.1 without Host: the HTTP parser refuses it
+        status, text = _get(base, "/", "evil.example")
+        assert status == 421 and "does not answer for host" in text and "--allowed-host" in text
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_a_server_on_every_address_answers_its_addresses_but_only_allowed_names():
+    from atlas.server.errors import WrongHostError
+    from atlas.server.guard import Hosts
+
+    def answers(hosts: Hosts, host: str) -> bool:
+        try:
+            hosts.check({"headers": [(b"host", host.encode())]})
+        except WrongHostError:
+            return False
+        return True
+
+    everywhere = Hosts("0.0.0.0", ["atlas.lab.example"])
+    assert all(answers(everywhere, h) for h in ("192.168.1.20:8000", "[fe80::1]", "localhost", "atlas.lab.example"))
+    assert not any(answers(everywhere, h) for h in ("evil.example", "192.168.1.20.evil.example", "[::1"))
+    loopback = Hosts("::1")
+    assert answers(loopback, "[::1]:8000") and not answers(loopback, "192.168.1.20")

@@ -26,6 +26,12 @@ class CrossSiteError(AtlasError):
     status = 403
 
 
+class WrongHostError(AtlasError):
+    """A request whose Host header names another server (DNS rebinding, atlas.server.guard.Hosts)."""
+
+    status = 421
+
+
 def bad_input(err: ValidationError) -> BadInputError:
     """A model a view builds from its own parameters, refused by pydantic: `bad <field>: <problem>` for the first."""
     first = err.errors()[0] if err.errors() else {}
