@@ -51,7 +51,7 @@ from atlas.store.errors import (
 )
 from atlas.store.ids import CONCEPT_ID_SQL, DEFAULT_VARIANT, concept_prefix, sae_name
 from atlas.store.limits import BATCH_ROWS, MAX_RESULT_BYTES, MAX_ROWS, MAX_TIMEOUT, TIMEOUT
-from atlas.store.revisions import TABLES
+from atlas.store.revisions import CONTENT_KINDS, TABLES
 
 ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 T = TypeVar("T")
@@ -192,7 +192,8 @@ class Views:
                 con.execute(f"CREATE OR REPLACE TABLE snapshot.{name} AS SELECT * FROM "
                             f"{parquet_scan([generation / f'{name}.parquet'])}")
             saes = con.sql("SELECT * FROM snapshot.saes ORDER BY block, branch, variant, t DESC").to_arrow_table()
-            files = con.sql("SELECT * FROM snapshot.files").to_arrow_table().to_pylist()
+            files = con.sql(f"SELECT * FROM snapshot.files WHERE kind NOT IN {CONTENT_KINDS}").to_arrow_table()
+            files = files.to_pylist()
             for name, body in views.items():
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
             self.linked_labels = sorted(r[0] for r in con.execute(
