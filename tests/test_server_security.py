@@ -230,3 +230,67 @@ def test_a_server_on_every_address_answers_its_addresses_but_only_allowed_names(
     assert not any(answers(everywhere, h) for h in ("evil.example", "192.168.1.20.evil.example", "[::1"))
     loopback = Hosts("::1")
     assert answers(loopback, "[::1]:8000") and not answers(loopback, "192.168.1.20")
+
+
+@pytest.fixture(scope="module")
+def small_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from atlas.store import synthetic
+
+    root = tmp_path_factory.mktemp("sql-workers") / "atlas"
+    synthetic.build(root, n_images=4, blocks=("mid",), times=(1.0,), threads=1)[0].close()
+    return root
+
+
+def test_user_sql_runs_in_a_worker_process_that_takes_the_blows(small_atlas, monkeypatch):
+    """The memory probe and a huge single value cost the worker, not this (the server's) process; a worker that
+    hangs past its deadline or grows past WORKER_RSS is killed, the request gets one line, the next query a new
+    worker."""
+    import os
+    import signal
+
+    from atlas.server import sql_worker
+    from atlas.store.errors import QueryMemoryError, QueryTimeoutError
+
+    workers = sql_worker.SqlWorkers(small_atlas, threads=1)
+    try:
+        assert workers.sql("SELECT count(*) FROM images").rows == [(4,)]
+        first = workers._idle[0].proc.pid
+        assert first != os.getpid()
+        Path("/proc/self/clear_refs").write_text("5")
+        before = memory_mb("VmHWM")
+        for probe in ("SELECT list(i) FROM range(50000000) t(i)", "SELECT repeat('x', 100000000) FROM range(50)"):
+            with pytest.raises(QueryMemoryError, match="memory user SQL may use"):
+                workers.sql(probe)
+        assert memory_mb("VmHWM") - before < 100  # the worker held the probes' memory
+
+        stopped = workers._idle[0]
+        os.kill(stopped.proc.pid, signal.SIGSTOP)  # the warm worker will never answer
+        start = time.monotonic()
+        with pytest.raises(QueryTimeoutError, match="0.5 s time limit"):
+            workers.sql("SELECT 1", timeout=0.5)
+        assert time.monotonic() - start < 0.5 + sql_worker.GRACE_SECONDS + 1 and stopped.proc.poll() is not None
+        assert workers.sql("SELECT 1 AS one").rows == [(1,)]
+
+        monkeypatch.setattr(sql_worker, "WORKER_RSS", 1 << 20)  # every worker is past it
+        with pytest.raises(QueryMemoryError, match="1 MiB"):
+            workers.sql("SELECT 1")
+        monkeypatch.undo()
+        answer = workers.sql("SELECT i FROM range(5000) t(i)", max_rows=3000)
+        assert answer.truncated and answer.table.num_rows == 3000
+    finally:
+        workers.close()
+
+
+def test_an_export_stopped_early_kills_its_worker_and_the_pool_goes_on(small_atlas):
+    from atlas.server.sql_worker import SqlWorkers
+
+    workers = SqlWorkers(small_atlas, threads=1, size=1)
+    try:
+        stream = workers.stream("SELECT i FROM range(10000000) t(i)", max_rows=None)
+        worker = stream._worker
+        next(iter(stream))
+        stream.close()
+        assert worker.proc.poll() is not None  # it was still sending: killed, not handed on mid-result
+        assert "".join(workers.stream("SELECT i FROM range(3) t(i)").csv()) == "i\n0\n1\n2\n"
+    finally:
+        workers.close()
