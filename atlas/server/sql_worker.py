@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from atlas import errors as atlas_errors
 from atlas.errors import AtlasError, UnavailableError
+from atlas.server.errors import WorkerDied
 from atlas.store import errors as store_errors
 from atlas.store.errors import QueryMemoryError, QueryTimeoutError, SqlError
 from atlas.store.limits import MAX_RESULT_BYTES, MAX_ROWS, SQL_MEMORY_LIMIT, TIMEOUT
@@ -60,10 +61,6 @@ def _error(kind: str, message: str) -> AtlasError:
     err = cls.__new__(cls)
     Exception.__init__(err, message)  # the subclasses' own __init__ build the message this already is
     return err
-
-
-class WorkerDied(UnavailableError):
-    """A worker that stopped answering (killed by the server, or crashed)."""
 
 
 class _Worker:
