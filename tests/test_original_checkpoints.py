@@ -96,16 +96,20 @@ def test_a_checkpoint_of_the_wrong_kind_names_what_it_is_and_what_is_expected(ti
 
 # transformers' GroundingDinoForObjectDetection key fragments -> Grounding DINO's (IDEA-Research's module names);
 # (pattern, replacement) applied in order, a replacement None drops the key; q/k/v projections are fused after
-GD_TO_ORIGINAL = [
-    (r"^model\.backbone\.conv_encoder\.model\.swin\.layernorm\..*", None),
+GD_TO_ORIGINAL = [  # the Swin names of transformers 5.24 and (without `swin.`, `attention.self.*`) of 5.0
+    (r"^model\.backbone\.conv_encoder\.model\.swin\.layernorm\..*", None), (r".*\.relative_position_index$", None),
     (r"^model\.backbone\.conv_encoder\.model\.hidden_states_norms\.stage(\d)",
      lambda m: f"backbone.0.norm{int(m[1]) - 1}"),
-    (r"^model\.backbone\.conv_encoder\.model\.swin\.embeddings\.patch_embeddings\.projection",
+    (r"^model\.backbone\.conv_encoder\.model\.(swin\.)?embeddings\.patch_embeddings\.projection",
      "backbone.0.patch_embed.proj"),
-    (r"^model\.backbone\.conv_encoder\.model\.swin\.embeddings\.norm", "backbone.0.patch_embed.norm"),
-    (r"^model\.backbone\.conv_encoder\.model\.swin\.encoder\.", "backbone.0."),
-    (r"layernorm_before", "norm1"), (r"layernorm_after", "norm2"), (r"attention\.o_proj", "attn.proj"),
-    (r"attention\.relative_position_bias\.", "attn."), (r"attention\.(q|k|v)_proj", r"attn.qkv.\1"),
+    (r"^model\.backbone\.conv_encoder\.model\.(swin\.)?embeddings\.norm", "backbone.0.patch_embed.norm"),
+    (r"^model\.backbone\.conv_encoder\.model\.(swin\.)?encoder\.", "backbone.0."),
+    (r"^(backbone\.0\..*)layernorm_before", r"\1norm1"), (r"^(backbone\.0\..*)layernorm_after", r"\1norm2"),
+    (r"^(backbone\.0\..*)attention\.(o_proj|output\.dense)", r"\1attn.proj"),
+    (r"^(backbone\.0\..*)intermediate\.dense", r"\1mlp.fc1"), (r"^(backbone\.0\..*)\.output\.dense", r"\1.mlp.fc2"),
+    (r"^(backbone\.0\..*)attention\.(relative_position_bias|self)\.relative_position_bias_table",
+     r"\1attn.relative_position_bias_table"),
+    (r"^(backbone\.0\..*)attention\.(?:self\.)?(q|k|v)\w*", r"\1attn.qkv.\2"),
     (r"^model\.text_backbone\.", "bert."), (r"^model\.text_projection", "feat_map"),
     (r"^model\.input_proj_vision", "input_proj"), (r"^model\.level_embed", "transformer.level_embed"),
     (r"^model\.query_position_embeddings", "transformer.tgt_embed"),

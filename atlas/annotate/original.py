@@ -225,6 +225,13 @@ GroundingDinoForObjectDetection's ({k} is group k, {n + k} group k plus one, for
 what follows the prefix (none: kept). A target None
 drops the key (buffers transformers recomputes, BERT's unused pooler); `{q,k,v}` / `{query,key,value}` splits a fused
 projection (Swin's qkv, nn.MultiheadAttention's in_proj_weight/bias) into three, in that order."""
+SWIN_EARLIER = (("attention.q_proj.", "attention.self.query."), ("attention.k_proj.", "attention.self.key."),
+                ("attention.v_proj.", "attention.self.value."), ("attention.o_proj.", "attention.output.dense."),
+                ("attention.relative_position_bias.relative_position_bias_table",
+                 "attention.self.relative_position_bias_table"),
+                ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."))
+"""The Swin backbone's names in earlier transformers 5 releases (5.0 among them, without the `swin.` level), for the
+names above: used where the installed transformers' model has them."""
 _SPLIT = re.compile(r"\{(\w+),(\w+),(\w+)\}")
 GROUNDING_DINO_HEAD_DIM = {"text": 64, "attention": 32}
 """Head counts are not in the tensors' shapes: Grounding DINO's BERT (bert-base) has 64-wide heads, its transformer
@@ -263,6 +270,20 @@ def grounding_dino_keys(state: dict) -> dict:
         raise AnnotatorNotAvailable(f"Grounding DINO checkpoint has keys this conversion does not know "
                                     f"({', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}); expected "
                                     f"{EXPECTED['grounding_dino']}")
+    return out
+
+
+def fit_swin_names(converted: dict, expected: set[str]) -> dict:
+    """`converted` (grounding_dino_keys) with the Swin backbone's keys the installed model lacks renamed to their
+    earlier names (SWIN_EARLIER)."""
+    out = {}
+    for key, value in converted.items():
+        if key not in expected and key.startswith(_SWIN):
+            rest = key[len(_SWIN):].removeprefix("swin.")
+            for new, old in SWIN_EARLIER:
+                rest = rest.replace(new, old)
+            key = _SWIN + rest
+        out[key] = value
     return out
 
 
@@ -338,8 +359,11 @@ def _convert_grounding_dino(path: Path, state: dict, out: Path, tokenizer: str) 
                                     f"is not on this machine ({str(err).splitlines()[0][:100]}): download it once with "
                                     f"`hf download {tokenizer}`") from None
     model = GroundingDinoForObjectDetection(grounding_dino_config(state))
-    missing, unexpected = model.load_state_dict(grounding_dino_keys(state), strict=False)
-    unused = [k for k in missing if not k.startswith(_SWIN + "swin.layernorm.")]  # the backbone path skips it
+    converted = fit_swin_names(grounding_dino_keys(state), set(model.state_dict()))
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    # the model's own: a final Swin norm the backbone path skips, the relative position indexes (fixed tables)
+    unused = [k for k in missing if not (k.startswith(_SWIN + "swin.layernorm.") or
+                                         k.endswith(".relative_position_index"))]
     if unused or unexpected:
         raise AnnotatorNotAvailable(f"{path} does not fit the Grounding DINO its shapes describe (missing "
                                     f"{', '.join(unused[:3]) or 'nothing'}; unexpected "
