@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-fast lint clean
+.PHONY: install demo serve test test-fast test-floor lint clean
 
 install: $(STAMP)
 
@@ -37,8 +37,13 @@ test-fast: install
 	$(BIN)/ruff check atlas cli tests bench
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
+# The fast tier in a separate venv with every dependency at its pyproject.toml floor (constraints-floor.txt):
+# checks that the floors are true. Builds .venv-floor the first time (several GB: torch at our pin).
+test-floor:
+	PYTHON=$(PYTHON) .ci/floor
+
 lint: install
 	$(BIN)/ruff check atlas cli tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-floor .pytest_cache

@@ -1,9 +1,9 @@
 """Read latency of the web atlas while an expensive query and an edit run (issue 20).
 
 Starts `atlas serve` on an atlas (a copy, since the edit logs into it), then for `--seconds`: `--readers` threads
-GET the list pages and their JSON in a loop, one thread sends the memory probe
-`SELECT list(i) FROM range(50000000) t(i)` again and again, one thread runs edits through /edit.json (with the
-session's CSRF token). Prints each kind's count and the probe's and edit's answers; the last line is
+GET the list pages and their JSON in a loop, one thread sends the memory probes (PROBES) in turn again and again,
+one thread runs edits through /edit.json (with the session's CSRF token) on a label an edit finds by default
+(EDIT_LABEL). Prints each kind's count and the probe's and edit's answers; the last line is
 `RESULT read_p95_ms=... read_max_ms=... reads=... probe_max_ms=... edits=... server_rss_mb=...`.
 """
 
@@ -24,7 +24,11 @@ import numpy as np
 import requests
 
 READS = ["/concepts.json?limit=50", "/labels.json", "/.json", "/images.json", "/concepts", "/labels"]
-PROBE = "SELECT list(i) FROM range(50000000) t(i)"
+PROBES = ["SELECT list(i) FROM range(50000000) t(i)", "SELECT repeat('x', 100000000) FROM range(50)"]
+"""The memory probes, in turn: a huge list, and huge single values (built outside DuckDB's memory limit)."""
+EDIT_LABEL = ("SELECT label FROM concept_labels WHERE block = 'up' AND t = 1.0 AND branch = 'cond' "
+              "ORDER BY mean_iou DESC LIMIT 1")
+"""The label the edits set: one linked to a concept where an edit looks by default (the up block at t = 1.0)."""
 
 
 def rss_mb(pid: int) -> float:
@@ -52,7 +56,7 @@ def main() -> None:
         ready, _, _ = select.select([proc.stdout], [], [], 180)
         line = proc.stdout.readline() if ready else ""
         base = line.split(" at ")[1].split()[0].rstrip("/")
-        label = requests.get(f"{base}/.json", timeout=60).json()["labels"][0]
+        label = requests.get(f"{base}/sql.json", params={"q": EDIT_LABEL}, timeout=60).json()["table"]["rows"][0][0]
         reads: list[float] = []
         probes: list[tuple[float, int]] = []
         edits: list[tuple[float, int]] = []
@@ -68,9 +72,11 @@ def main() -> None:
                 i += 1
 
         def prober() -> None:
+            i = 0
             while time.monotonic() < stop:
                 start = time.monotonic()
-                answer = requests.get(f"{base}/sql.json", params={"q": PROBE}, timeout=120)
+                answer = requests.get(f"{base}/sql.json", params={"q": PROBES[i % len(PROBES)]}, timeout=120)
+                i += 1
                 probes.append((time.monotonic() - start, answer.status_code))
                 errors.add(answer.json().get("error", "")[:60])
 

@@ -422,7 +422,8 @@ def report(out_dir: str | None, compare_dir: str | None, atlas_dir: str | None) 
 @click.option("--max-lines", default=50, show_default=True, type=click.IntRange(min=0),
               help="Problems to print before summarising the rest.")
 @click.option("--repair", is_flag=True, help="First rebuild what can be derived (the catalog from its snapshot, "
-              "tables/CURRENT, codes from the capture and the SAEs, FAISS indexes from the SAEs) and remove orphans "
+              "tables/CURRENT, codes from the capture and the SAEs, FAISS indexes from the SAEs, images from their "
+              "seeds, masks by annotating their image again) and remove orphans "
               "(files the catalog does not list: leftovers of interrupted writes), one line each; refused while "
               "another process writes to the atlas.")
 @click.option("--quick", is_flag=True, help="Compare file sizes only: no checksums, no checkpoint loads.")

@@ -13,15 +13,20 @@ from atlas.cli.common import CONTEXT, atlas_option, one_line_errors
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0 picks a free one).")
 @click.option("--read-only", is_flag=True, help="Turn off the only writes: renaming concepts and running edits.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another name the server may be reached by (repeatable); requests naming any other host than "
+                   "this, --host and localhost are refused (against DNS rebinding).")
 @click.option("--threads", default=0, type=click.IntRange(min=0), help="DuckDB threads (0 = all cores).")
 @one_line_errors
-def serve(atlas_dir: str | None, host: str, port: int, read_only: bool, threads: int) -> None:
+def serve(atlas_dir: str | None, host: str, port: int, read_only: bool, allowed_hosts: tuple[str, ...],
+          threads: int) -> None:
     """Serve the atlas in a browser: concepts, labels, images, search, SQL and edits, each page with a JSON twin.
 
     \b
     Examples:
       atlas serve --atlas demo/atlas            # then open http://127.0.0.1:8000/
       atlas serve --read-only --port 8080
+      atlas serve --host 0.0.0.0 --allowed-host atlas.lab.example
       curl http://127.0.0.1:8000/concept/mid/1.0/12.json
     """
     import socket
@@ -31,7 +36,8 @@ def serve(atlas_dir: str | None, host: str, port: int, read_only: bool, threads:
     from atlas.server import create_app, server_config
     from atlas.store import default_path
 
-    app = create_app(atlas_dir or default_path(), read_only=read_only, threads=threads or None)
+    app = create_app(atlas_dir or default_path(), read_only=read_only, threads=threads or None, host=host,
+                     allowed_hosts=allowed_hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:  # bind first, so the printed URL has the real port
         sock = socket.create_server((host, port), family=family)

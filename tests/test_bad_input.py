@@ -657,6 +657,8 @@ HTTP_CASES = [
     web("GET /concepts.json", "/concepts.json?after=1:%2B1:1", 400, "bad page token"),
     web("GET /concept/{concept_id}.json", "/concept/mid/1.0/%EF%BC%91.json", 400, "is not a non-negative integer"),
     web("GET /concept/{concept_id}.json", "/concept/mid/%EF%BC%91.0/1.json", 400, "is not a number"),
+    web("GET /labels.json", "/labels.json", 421, "does not answer for host 'evil.example'",
+        headers={"Host": "evil.example"}),
 ]
 
 
@@ -709,7 +711,7 @@ def test_raw_bytes_in_the_request_line_are_a_400(sweep: Sweep) -> None:
     """Bytes that are not even ASCII never reach a view: the server's HTTP parser answers 400 itself."""
     host, port = sweep.url.split(":")
     with refused_quickly(sweep.root, sweep.errors), socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"GET /label/\xff.json?q=\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /label/\xff.json?q=\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
 
@@ -718,7 +720,7 @@ def test_a_long_url_sent_in_pieces_gets_the_views_answer(sweep: Sweep) -> None:
     """However the network splits a 100 kB request line, the server reads it whole and the view answers it (h11's
     default 16 kB limit on an unfinished head made this a 400 and a reset connection when it came in pieces)."""
     host, port = sweep.url.split(":")
-    head = f"GET /concept/{'m' * 100_000}/1.0/1.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    head = f"GET /concept/{'m' * 100_000}/1.0/1.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     with refused_quickly(sweep.root, sweep.errors), socket.create_connection((host, int(port)), timeout=30) as sock:
         for start in range(0, len(head), 8192):
             sock.sendall(head[start:start + 8192])

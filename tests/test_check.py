@@ -147,15 +147,23 @@ SCENARIOS = {
     "missing block FAISS index": (lambda root: _first(root, "index/block-*.faiss").unlink(),
                                   "missing faiss_block file"),
     "deleted tables/CURRENT": (lambda root: (root / "tables" / "CURRENT").unlink(), "tables/CURRENT is missing"),
+    "byte flip in a mask": (lambda root: _flip_byte(_first(root, "masks/*/*.png")),
+                            r"mask \d+: file masks/.* is damaged \(its checksum differs.*annotates its image again"),
+    "missing mask": (lambda root: _first(root, "masks/*/*.png").unlink(), r"mask \d+: missing file masks/"),
+    "byte flip in an image": (lambda root: _flip_byte(root / "activations/images/000005.png"),
+                              "image 5: file .*000005.png is damaged .*generates it again from its seed"),
 }
+SLOW_SCENARIOS = {"byte flip in an image"}
+"""Their repair runs the model over a capture batch (32 images of 20 steps)."""
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("scenario", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SCENARIOS else s
+                                      for s in SCENARIOS])
 def test_each_damage_is_one_problem_and_check_repair_restores_the_atlas(two_branch_atlas, tmp_path, scenario):
     damage, expected = SCENARIOS[scenario]
     root = tmp_path / "atlas"
     shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report"))
-    before = _answers(root)
+    before, originals = _answers(root), _contents(root)
     damage(root)
     runner = CliRunner()
     result = runner.invoke(main, ["check", "--atlas", str(root)])
@@ -171,9 +179,36 @@ def test_each_damage_is_one_problem_and_check_repair_restores_the_atlas(two_bran
     assert result.exit_code == 0, result.output
     assert "no problems" in result.output.splitlines()[-1]
     assert _answers(root) == before
+    if scenario in ("byte flip in a mask", "missing mask", "byte flip in an image"):
+        after = _contents(root)  # the same bytes again, checked against the catalog's checksum
+        assert {rel: after.get(rel) for rel in originals} == originals
     with open_writer(root) as writer:  # writers work again (a damaged catalog made every one fail)
         writer.catalog.rename_concept(writer.atlas.concepts(t=1.0, block="mid")[0].concept_id, "repaired")
     assert runner.invoke(main, ["check", "--atlas", str(root)]).exit_code == 0
+
+
+def test_a_damaged_sae_checkpoint_is_one_problem_that_repair_names_and_leaves(two_branch_atlas, tmp_path):
+    """A byte flip inside the weights still loads (the shape is right): only the checksum finds it. Nothing derives
+    a checkpoint, so --repair says so in one line and changes nothing."""
+    root = tmp_path / "atlas"
+    shutil.copytree(two_branch_atlas, root, ignore=shutil.ignore_patterns("report"))
+    weights = _first(root, "saes/mid/*/uncond/sae.safetensors")
+    _flip_byte(weights)
+    before = _contents(root)
+    runner = CliRunner()
+    result = runner.invoke(main, ["check", "--atlas", str(root)])
+    problems = [line for line in result.output.splitlines() if not line.startswith("checked")]
+    assert result.exit_code == 1 and len(problems) == 1, result.output
+    assert problems[0].startswith("SAE mid/1.0/uncond: checkpoint file saes/mid/t1.0/uncond/sae.safetensors is "
+                                  "damaged (its checksum differs") and "`atlas train`" in problems[0]
+    assert runner.invoke(main, ["check", "--atlas", str(root), "--quick"]).exit_code == 0  # same size
+    result = runner.invoke(main, ["check", "--atlas", str(root), "--repair"])
+    said = [line for line in result.output.splitlines() if line.startswith("cannot")]
+    assert result.exit_code == 1 and said == ["cannot rebuild the checkpoint of SAE mid/1.0/uncond: nothing derives "
+                                              "it: restore it from a copy, or train the SAE again (`atlas train`) "
+                                              "and encode with it (`atlas encode`)"], result.output
+    after = _contents(root)
+    assert {rel: after.get(rel) for rel in before} == before and "Traceback" not in result.output
 
 
 def test_a_damaged_catalog_stops_writers_with_one_line_naming_the_repair(two_branch_atlas, tmp_path):

@@ -43,8 +43,8 @@ STATUS = {
     "AtlasInUseError": 409, "CatalogBusyError": 503, "NoIndexError": 404, "InvalidInputError": 400,
     # the server's, the models', the annotators' and the edit judges'
     "QueryMemoryError": 400, "ResultTooLargeError": 400,
-    "ReadOnlyServerError": 403, "CrossSiteError": 403, "ModelNotFoundError": 503, "AnnotatorNotAvailable": 503,
-    "JudgeUnavailable": 503,
+    "ReadOnlyServerError": 403, "CrossSiteError": 403, "WrongHostError": 421, "WorkerDied": 503,
+    "ModelNotFoundError": 503, "AnnotatorNotAvailable": 503, "JudgeUnavailable": 503,
 }
 
 

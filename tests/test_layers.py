@@ -199,3 +199,26 @@ def test_every_imported_package_is_declared():
     undeclared = {m: owners.get(m) for m in third_party
                   if not {d.lower().replace("_", "-") for d in owners.get(m, [m])} & declared}
     assert not undeclared
+
+
+def test_the_floor_constraints_are_the_pyproject_floors():
+    """constraints-floor.txt (what `make test-floor` installs) pins every dependency at its pyproject.toml floor,
+    torch and torchvision at our own pin (constraints.txt), and nothing else."""
+    import re
+
+    import tomllib
+    from packaging.version import Version
+
+    def pins(name: str) -> dict[str, str]:
+        lines = (line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines())
+        return {k.lower().replace("_", "-"): v for k, v in (line.split("==") for line in lines if line)}
+
+    floors = {}
+    for dependency in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, floor = re.fullmatch(r"([\w.-]+)>=([\w.]+)", dependency.replace(" ", "")).groups()
+        floors[name.lower().replace("_", "-")] = floor
+    ours, floor_pins = pins("constraints.txt"), pins("constraints-floor.txt")
+    assert {n: floor_pins.get(n) for n in ours} == ours
+    rest = {n: v for n, v in floor_pins.items() if n not in ours}
+    assert rest.keys() == floors.keys() - ours.keys()
+    assert all(Version(v) == Version(floors[n]) for n, v in rest.items()), {n: (v, floors[n]) for n, v in rest.items()}

@@ -1,4 +1,5 @@
-"""Checkpoints in their authors' layouts: SAM's sam_vit_*.pth converted once to transformers; wrong kinds refused."""
+"""Checkpoints in their authors' layouts: SAM's sam_vit_*.pth and Grounding DINO's groundingdino_swint_ogc.pth
+converted once to transformers, giving the same outputs; wrong kinds refused."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from atlas.annotate.base import AnnotatorNotAvailable
 from atlas.annotate.grounded_sam import check_checkpoints
-from atlas.annotate.original import sam_directory
+from atlas.annotate.original import grounding_dino_directory, sam_directory
 from atlas.annotate.random import write_random_sam
 
 # transformers' SamModel key fragments -> segment-anything's (its module names), to write a file in SAM's own layout
@@ -86,6 +87,143 @@ def test_a_checkpoint_of_the_wrong_kind_names_what_it_is_and_what_is_expected(ti
                           "transformer.encoder.layers.0.norm1.weight": torch.zeros(1)}}, dino)
     with pytest.raises(AnnotatorNotAvailable, match=r"--sam .* is Grounding DINO's original checkpoint"):
         sam_directory(str(dino))
-    with pytest.raises(AnnotatorNotAvailable, match=r"--grounding-dino .* is Grounding DINO's original checkpoint "
-                                                    r".*; expected a transformers Grounding DINO directory"):
-        check_checkpoints(str(dino), str(hf_state))
+    with pytest.raises(AnnotatorNotAvailable, match=r"--grounding-dino .* is a transformers SAM state dict .*; "
+                                                    r"expected Grounding DINO's original checkpoint"):
+        check_checkpoints(str(hf_state), str(dino))
+    with pytest.raises(AnnotatorNotAvailable, match=r"--sam .* is Grounding DINO's original checkpoint"):
+        check_checkpoints(str(dino), str(dino))  # Grounding DINO's file is fine as --grounding-dino, not as --sam
+
+
+# transformers' GroundingDinoForObjectDetection key fragments -> Grounding DINO's (IDEA-Research's module names);
+# (pattern, replacement) applied in order, a replacement None drops the key; q/k/v projections are fused after
+GD_TO_ORIGINAL = [  # the Swin names of transformers 5.24 and (without `swin.`, `attention.self.*`) of 5.0
+    (r"^model\.backbone\.conv_encoder\.model\.swin\.layernorm\..*", None), (r".*\.relative_position_index$", None),
+    (r"^model\.backbone\.conv_encoder\.model\.hidden_states_norms\.stage(\d)",
+     lambda m: f"backbone.0.norm{int(m[1]) - 1}"),
+    (r"^model\.backbone\.conv_encoder\.model\.(swin\.)?embeddings\.patch_embeddings\.projection",
+     "backbone.0.patch_embed.proj"),
+    (r"^model\.backbone\.conv_encoder\.model\.(swin\.)?embeddings\.norm", "backbone.0.patch_embed.norm"),
+    (r"^model\.backbone\.conv_encoder\.model\.(swin\.)?encoder\.", "backbone.0."),
+    (r"^(backbone\.0\..*)layernorm_before", r"\1norm1"), (r"^(backbone\.0\..*)layernorm_after", r"\1norm2"),
+    (r"^(backbone\.0\..*)attention\.(o_proj|output\.dense)", r"\1attn.proj"),
+    (r"^(backbone\.0\..*)intermediate\.dense", r"\1mlp.fc1"), (r"^(backbone\.0\..*)\.output\.dense", r"\1.mlp.fc2"),
+    (r"^(backbone\.0\..*)attention\.(relative_position_bias|self)\.relative_position_bias_table",
+     r"\1attn.relative_position_bias_table"),
+    (r"^(backbone\.0\..*)attention\.(?:self\.)?(q|k|v)\w*", r"\1attn.qkv.\2"),
+    (r"^model\.text_backbone\.", "bert."), (r"^model\.text_projection", "feat_map"),
+    (r"^model\.input_proj_vision", "input_proj"), (r"^model\.level_embed", "transformer.level_embed"),
+    (r"^model\.query_position_embeddings", "transformer.tgt_embed"),
+    (r"^model\.enc_output", "transformer.enc_output"),
+    (r"^model\.encoder_output_bbox_embed", "transformer.enc_out_bbox_embed"),
+    (r"^model\.encoder\.layers\.(\d+)\.deformable_layer\.self_attn_layer_norm", r"transformer.encoder.layers.\1.norm1"),
+    (r"^model\.encoder\.layers\.(\d+)\.deformable_layer\.final_layer_norm", r"transformer.encoder.layers.\1.norm2"),
+    (r"^model\.encoder\.layers\.(\d+)\.deformable_layer\.fc(\d)", r"transformer.encoder.layers.\1.linear\2"),
+    (r"^model\.encoder\.layers\.(\d+)\.deformable_layer\.", r"transformer.encoder.layers.\1."),
+    (r"^model\.encoder\.layers\.(\d+)\.text_enhancer_layer\.layer_norm_before",
+     r"transformer.encoder.text_layers.\1.norm1"),
+    (r"^model\.encoder\.layers\.(\d+)\.text_enhancer_layer\.layer_norm_after",
+     r"transformer.encoder.text_layers.\1.norm2"),
+    (r"^model\.encoder\.layers\.(\d+)\.text_enhancer_layer\.fc(\d)", r"transformer.encoder.text_layers.\1.linear\2"),
+    (r"^model\.encoder\.layers\.(\d+)\.text_enhancer_layer\.self_attn\.(query|key|value)\.",
+     r"transformer.encoder.text_layers.\1.self_attn.in_proj.\2."),
+    (r"^model\.encoder\.layers\.(\d+)\.text_enhancer_layer\.", r"transformer.encoder.text_layers.\1."),
+    (r"^model\.encoder\.layers\.(\d+)\.fusion_layer\.", r"transformer.encoder.fusion_layers.\1."),
+    (r"vision_param", "gamma_v"), (r"text_param", "gamma_l"), (r"layer_norm_vision", "layer_norm_v"),
+    (r"layer_norm_text", "layer_norm_l"), (r"attn\.(values_|out_)?vision_proj", r"attn.\1v_proj"),
+    (r"attn\.(values_|out_)?text_proj", r"attn.\1l_proj"),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_text_layer_norm", r"transformer.decoder.layers.\1.catext_norm"),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_text\.(query|key|value)\.",
+     r"transformer.decoder.layers.\1.ca_text.in_proj.\2."),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_text\.", r"transformer.decoder.layers.\1.ca_text."),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm", r"transformer.decoder.layers.\1.norm1"),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.", r"transformer.decoder.layers.\1.cross_attn."),
+    (r"^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm", r"transformer.decoder.layers.\1.norm2"),
+    (r"^model\.decoder\.layers\.(\d+)\.self_attn\.(query|key|value)\.",
+     r"transformer.decoder.layers.\1.self_attn.in_proj.\2."),
+    (r"^model\.decoder\.layers\.(\d+)\.final_layer_norm", r"transformer.decoder.layers.\1.norm3"),
+    (r"^model\.decoder\.layers\.(\d+)\.fc(\d)", r"transformer.decoder.layers.\1.linear\2"),
+    (r"^model\.decoder\.layers\.", "transformer.decoder.layers."),
+    (r"^model\.decoder\.layer_norm", "transformer.decoder.norm"),
+    (r"^model\.decoder\.reference_points_head", "transformer.decoder.ref_point_head"),
+    (r"^model\.decoder\.bbox_embed", "transformer.decoder.bbox_embed"),
+]
+_FUSED = re.compile(r"(.*)\.(?:in_proj\.(query|key|value)|qkv\.(q|k|v))\.(weight|bias)$")
+
+
+def _grounding_dino_original_layout(state):
+    out, fused = {}, {}
+    for key, value in state.items():
+        for pattern, repl in GD_TO_ORIGINAL:
+            if repl is None and re.match(pattern, key):
+                key = None
+                break
+            key = re.sub(pattern, repl, key) if repl is not None else key
+        if key is None:
+            continue
+        match = _FUSED.match(key)
+        if match:  # nn.MultiheadAttention's in_proj_weight / Swin's qkv: query, key, value stacked
+            name = f"{match[1]}.in_proj_{match[4]}" if match[2] else f"{match[1]}.qkv.{match[4]}"
+            fused.setdefault(name, {})[match[2] or match[3]] = value
+        else:
+            out[key] = value
+    for name, parts in fused.items():
+        out[name] = torch.cat([parts[k] for k in (("query", "key", "value") if "in_proj" in name else "qkv")])
+    extra = {"bert.embeddings.position_ids": torch.arange(64)[None], "bert.pooler.dense.weight": torch.zeros(64, 64),
+             "backbone.0.layers.0.blocks.0.attn.relative_position_index": torch.zeros(16, 16, dtype=torch.long)}
+    return {**out, **extra}
+
+
+def test_grounding_dinos_original_checkpoint_is_converted_once_and_detects_as_the_original(tmp_path):
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "red", "circle", "square"]
+    tokenizer_dir = tmp_path / "bert-tokenizer"
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tokenizer_dir)
+    # widths that follow the original's head rules: BERT heads of 64, transformer heads of 32
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], window_size=4,
+                                   image_size=64, out_indices=[2, 3, 4]),
+        text_config=BertConfig(vocab_size=len(words), hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
+                               intermediate_size=32, max_position_embeddings=64),
+        d_model=64, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=48,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2, decoder_n_points=3, num_queries=10)
+    reference = GroundingDinoForObjectDetection(config).eval()
+    state = _grounding_dino_original_layout(reference.state_dict())
+    assert {"backbone.0.layers.0.blocks.0.attn.qkv.weight", "backbone.0.norm1.weight", "feat_map.weight",
+            "transformer.encoder.text_layers.0.self_attn.in_proj_weight", "transformer.encoder.fusion_layers.0.gamma_v",
+            "transformer.decoder.layers.1.ca_text.in_proj_bias", "transformer.decoder.layers.0.catext_norm.weight",
+            "transformer.tgt_embed.weight", "transformer.enc_out_bbox_embed.layers.0.weight",
+            "bbox_embed.0.layers.0.weight", "bert.embeddings.word_embeddings.weight"} <= set(state)
+    original = tmp_path / "groundingdino_swint_ogc.pth"
+    torch.save({"model": state, "optimizer": {}, "epoch": 1}, original)
+
+    converted = grounding_dino_directory(str(original), tokenizer=str(tokenizer_dir))
+    assert converted == str(tmp_path / "groundingdino_swint_ogc-transformers")
+    written = (tmp_path / "groundingdino_swint_ogc-transformers" / "config.json").stat().st_mtime_ns
+    assert grounding_dino_directory(str(original)) == converted  # cached: not converted again
+    assert (tmp_path / "groundingdino_swint_ogc-transformers" / "config.json").stat().st_mtime_ns == written
+    loaded = GroundingDinoForObjectDetection.from_pretrained(converted).eval()
+    processor = GroundingDinoProcessor.from_pretrained(converted)
+    inputs = processor.tokenizer(["red circle . square ."], return_tensors="pt")
+    image = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        want = reference(pixel_values=image, **inputs)
+        got = loaded(pixel_values=image, **inputs)
+    assert torch.equal(want.logits, got.logits) and torch.equal(want.pred_boxes, got.pred_boxes)
+
+
+def test_a_grounding_dino_checkpoint_without_its_tokenizer_says_what_to_fetch(tmp_path):
+    dino = tmp_path / "groundingdino_swint_ogc.pth"
+    torch.save({"model": {"backbone.0.patch_embed.proj.weight": torch.zeros(1),
+                          "transformer.encoder.layers.0.norm1.weight": torch.zeros(1)}}, dino)
+    with pytest.raises(AnnotatorNotAvailable, match=r"needs the tokenizer .*not-a-tokenizer.* `hf download"):
+        grounding_dino_directory(str(dino), tokenizer=str(tmp_path / "not-a-tokenizer"))
+    assert not (tmp_path / "groundingdino_swint_ogc-transformers").exists()

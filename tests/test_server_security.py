@@ -3,6 +3,7 @@ probe answered in one line while other pages keep answering, exports whole or vi
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -171,3 +172,125 @@ def test_python_api_and_cli_limits(site, tmp_path):
                                        "-o", str(cut), "--timeout", "1"])
     assert result.exit_code == 1 and "time limit" in result.output and not cut.exists()
     assert not list(tmp_path.glob(".*partial"))
+
+
+def _get(base: str, path: str, host: str | None) -> tuple[int, str]:
+    """GET with the Host header as given (None: none at all), byte for byte."""
+    import http.client
+
+    address, port = base.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(address, int(port), timeout=60)
+    connection.putrequest("GET", path, skip_host=True)
+    if host is not None:
+        connection.putheader("Host", host)
+    connection.endheaders()
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    return response.status, text
+
+
+def test_host_header_must_name_the_server(tmp_path):
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 reaches the server with Host
+    evil.example; only the bound host, loopback names and --allowed-host names are answered."""
+    from test_server import serve_atlas
+
+    from atlas.store import synthetic
+
+    root = tmp_path / "atlas"
+    synthetic.build(root, n_images=4, blocks=("mid",), times=(1.0,), threads=1)[0].close()
+    with serve_atlas(root, "--allowed-host", "atlas.lab.example", log=tmp_path / "server.log") as base:
+        port = base.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST.", f"[::1]:{port}", "atlas.lab.example"):
+            status, text = _get(base, "/labels.json", host)
+            assert status == 200 and json.loads(text)["ok"] is not False, (host, status, text[:200])
+        for host in (f"evil.example:{port}", "127.0.0.1.evil.example", "10.0.0.1", "", "a b"):
+            status, text = _get(base, "/labels.json", host)
+            body = json.loads(text)
+            assert status == 421 and body["status"] == 421 and "\n" not in body["error"], (host, status, text[:200])
+        assert _get(base, "/labels.json", None)[0] == 400  # HTTP/1.1 without Host: the HTTP parser refuses it
+        status, text = _get(base, "/", "evil.example")
+        assert status == 421 and "does not answer for host" in text and "--allowed-host" in text
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_a_server_on_every_address_answers_its_addresses_but_only_allowed_names():
+    from atlas.server.errors import WrongHostError
+    from atlas.server.guard import Hosts
+
+    def answers(hosts: Hosts, host: str) -> bool:
+        try:
+            hosts.check({"headers": [(b"host", host.encode())]})
+        except WrongHostError:
+            return False
+        return True
+
+    everywhere = Hosts("0.0.0.0", ["atlas.lab.example"])
+    assert all(answers(everywhere, h) for h in ("192.168.1.20:8000", "[fe80::1]", "localhost", "atlas.lab.example"))
+    assert not any(answers(everywhere, h) for h in ("evil.example", "192.168.1.20.evil.example", "[::1"))
+    loopback = Hosts("::1")
+    assert answers(loopback, "[::1]:8000") and not answers(loopback, "192.168.1.20")
+
+
+@pytest.fixture(scope="module")
+def small_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from atlas.store import synthetic
+
+    root = tmp_path_factory.mktemp("sql-workers") / "atlas"
+    synthetic.build(root, n_images=4, blocks=("mid",), times=(1.0,), threads=1)[0].close()
+    return root
+
+
+def test_user_sql_runs_in_a_worker_process_that_takes_the_blows(small_atlas, monkeypatch):
+    """The memory probe and a huge single value cost the worker, not this (the server's) process; a worker that
+    hangs past its deadline or grows past WORKER_RSS is killed, the request gets one line, the next query a new
+    worker."""
+    import os
+    import signal
+
+    from atlas.server import sql_worker
+    from atlas.store.errors import QueryMemoryError, QueryTimeoutError
+
+    workers = sql_worker.SqlWorkers(small_atlas, threads=1)
+    try:
+        assert workers.sql("SELECT count(*) FROM images").rows == [(4,)]
+        first = workers._idle[0].proc.pid
+        assert first != os.getpid()
+        Path("/proc/self/clear_refs").write_text("5")
+        before = memory_mb("VmHWM")
+        for probe in ("SELECT list(i) FROM range(50000000) t(i)", "SELECT repeat('x', 100000000) FROM range(50)"):
+            with pytest.raises(QueryMemoryError, match="memory user SQL may use"):
+                workers.sql(probe)
+        assert memory_mb("VmHWM") - before < 100  # the worker held the probes' memory
+
+        stopped = workers._idle[0]
+        os.kill(stopped.proc.pid, signal.SIGSTOP)  # the warm worker will never answer
+        start = time.monotonic()
+        with pytest.raises(QueryTimeoutError, match="0.5 s time limit"):
+            workers.sql("SELECT 1", timeout=0.5)
+        assert time.monotonic() - start < 0.5 + sql_worker.GRACE_SECONDS + 1 and stopped.proc.poll() is not None
+        assert workers.sql("SELECT 1 AS one").rows == [(1,)]
+
+        monkeypatch.setattr(sql_worker, "WORKER_RSS", 1 << 20)  # every worker is past it
+        with pytest.raises(QueryMemoryError, match="1 MiB"):
+            workers.sql("SELECT 1")
+        monkeypatch.undo()
+        answer = workers.sql("SELECT i FROM range(5000) t(i)", max_rows=3000)
+        assert answer.truncated and answer.table.num_rows == 3000
+    finally:
+        workers.close()
+
+
+def test_an_export_stopped_early_kills_its_worker_and_the_pool_goes_on(small_atlas):
+    from atlas.server.sql_worker import SqlWorkers
+
+    workers = SqlWorkers(small_atlas, threads=1, size=1)
+    try:
+        stream = workers.stream("SELECT i FROM range(10000000) t(i)", max_rows=None)
+        worker = stream._worker
+        next(iter(stream))
+        stream.close()
+        assert worker.proc.poll() is not None  # it was still sending: killed, not handed on mid-result
+        assert "".join(workers.stream("SELECT i FROM range(3) t(i)").csv()) == "i\n0\n1\n2\n"
+    finally:
+        workers.close()

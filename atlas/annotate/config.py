@@ -15,7 +15,8 @@ class AnnotateConfig:
     """Checkpoints of the grounded-sam annotator (the shapes annotator needs none)."""
 
     grounding_dino: str = "IDEA-Research/grounding-dino-tiny"
-    """grounded-sam: Grounding DINO checkpoint (a directory saved by save_pretrained, or a Hugging Face cache id)."""
+    """grounded-sam: Grounding DINO checkpoint (a directory saved by save_pretrained, a Hugging Face cache id, or the
+    original groundingdino_swint_ogc.pth, converted once into <name>-transformers/ beside it)."""
     sam: str = "facebook/sam-vit-base"
     """grounded-sam: SAM checkpoint (a directory saved by save_pretrained, or a Hugging Face cache id)."""
     tagger: str = "prompt-nouns"

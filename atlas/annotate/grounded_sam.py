@@ -19,7 +19,7 @@ from torchvision.ops import nms
 from atlas.annotate.base import ObjectAnnotation, check_batch
 from atlas.annotate.checkpoints import check_pretrained, load_pretrained
 from atlas.annotate.config import AnnotateConfig
-from atlas.annotate.original import check_sam_file, refuse_grounding_dino_file, sam_directory
+from atlas.annotate.original import check_grounding_dino_file, check_sam_file, grounding_dino_directory, sam_directory
 from atlas.annotate.taggers import Tagger, get_tagger
 from atlas.models.device import pick_device
 
@@ -33,8 +33,10 @@ checkpoints name it preprocessor_config.json, newer save_pretrained processor_co
 
 def check_checkpoints(grounding_dino: str, sam: str, cache_dir: str | None = None) -> None:
     """Raise AnnotatorNotAvailable for the first of Grounding DINO and SAM that is not on this machine (files only)."""
-    refuse_grounding_dino_file(grounding_dino)
-    check_pretrained(grounding_dino, "Grounding DINO weights", "--grounding-dino", PROCESSOR_FILES, cache_dir)
+    if Path(grounding_dino).is_file():  # Grounding DINO's original .pth: converted when the annotator loads
+        check_grounding_dino_file(Path(grounding_dino))
+    else:
+        check_pretrained(grounding_dino, "Grounding DINO weights", "--grounding-dino", PROCESSOR_FILES, cache_dir)
     if Path(sam).is_file():  # SAM's original sam_vit_*.pth: converted when the annotator loads
         check_sam_file(Path(sam))
     else:
@@ -58,7 +60,7 @@ class GroundedSamAnnotator:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel
 
         check_checkpoints(str(grounding_dino), str(sam), cache_dir)  # both, before either loads
-        sam = sam_directory(str(sam))
+        grounding_dino, sam = grounding_dino_directory(str(grounding_dino)), sam_directory(str(sam))
         self.tagger = get_tagger(tagger, **(tagger_options or {})) if isinstance(tagger, str) else tagger
         self.box_threshold, self.text_threshold, self.nms_iou = box_threshold, text_threshold, nms_iou
         self.mask_threshold, self.batch_size = mask_threshold, batch_size

@@ -30,9 +30,11 @@ from atlas.pipeline.executor import Executor, LocalExecutor
 from atlas.pipeline.train import load_sae, sae_dir, trained_variants
 from atlas.progress import bar as progress_bar
 from atlas.sae import Sae
+from atlas.sae.model import CONFIG_NAME, LEGACY_CONFIG_NAME, WEIGHTS_NAME
 from atlas.store import Atlas, Writer
 from atlas.store.catalog_writer import CONCEPT_STATS
 from atlas.store.ids import DEFAULT_VARIANT, sae_name
+from atlas.store.revisions import IMAGE
 
 
 def stored_path(atlas: Atlas, path: Path) -> str:
@@ -58,6 +60,8 @@ def register_capture(writer: Writer, acts: ActivationSet) -> np.ndarray:
                "path": image_path(r.image_id)} for r, p in zip(records, prompt_ids)]
     ids = writer.catalog.add_images(images)
     if local:
+        pictures = (local / f"images/{r.image_id:06d}.png" for r in records)
+        writer.catalog.add_files([p for p in pictures if p.exists()], IMAGE)  # their checksums, for `atlas check`
         writer.catalog.add_file(local / "manifest.json", "activations")
     mapping = np.full(max(r.image_id for r in records) + 1, -1, dtype=np.int64)
     mapping[[r.image_id for r in records]] = ids
@@ -133,7 +137,13 @@ def register_sae(writer: Writer, sae: Sae, path: Path, block: str, t: float, bra
     stats = pq.read_table(path / "stats.parquet", columns=list(CONCEPT_STATS))
     return writer.catalog.add_sae(block, t, branch, k=sae.cfg.k, n_latents=sae.n_latents, d_in=sae.d_in,
                                   metrics=flat, path=stored_path(writer.atlas, path), grid=grid, decoder=decoder,
-                                  concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS}, variant=variant)
+                                  concepts={name: stats[name].to_numpy() for name in CONCEPT_STATS}, variant=variant,
+                                  checkpoint=checkpoint_files(path))
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files of the SAE saved in `path` that loading it reads (its weights and config)."""
+    return [path / name for name in (WEIGHTS_NAME, CONFIG_NAME, LEGACY_CONFIG_NAME) if (path / name).exists()]
 
 
 def _grids(acts: ActivationSet) -> dict[str, tuple[int, int]]:

@@ -22,8 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.errors import AtlasError
-from atlas.server.errors import CrossSiteError
-from atlas.server.guard import Guard, add_cookie
+from atlas.server.errors import CrossSiteError, WrongHostError
+from atlas.server.guard import Guard, Hosts, add_cookie
 from atlas.server.pages import AtlasJSONResponse, render
 from atlas.server.state import EDIT_SECONDS, REQUEST_SECONDS, ServerState, StreamBroken
 from atlas.server.views import concepts, edit, home, images, labels, search, sql
@@ -72,18 +72,24 @@ def _not_utf8(data: bytes, what: str) -> str | None:
 
 
 class CleanInput:
-    """ASGI middleware: a URL or body that is not UTF-8 is a 400, a body over MAX_BODY a 413, before any view
-    runs; otherwise the decoders would quietly turn the bad bytes into U+FFFD and the views search for that.
+    """ASGI middleware: a Host that does not name this server is a 421 (atlas.server.guard.Hosts), a URL or body
+    that is not UTF-8 a 400, a body over MAX_BODY a 413, before any view runs; otherwise the decoders would
+    quietly turn the bad bytes into U+FFFD and the views search for that.
     It also keeps the client's session (atlas.server.guard): a new one gets its cookie, and a write from another
     site or without the session's CSRF token is a 403 before any view runs."""
 
-    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard, hosts: Hosts) -> None:
         self.app = app
         self.guard = guard
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        try:
+            self.hosts.check(scope)
+        except WrongHostError as err:
+            return await error_response(Request(scope), err.status, err.message)(scope, receive, send)
         problem = (_not_utf8(unquote_to_bytes(scope.get("raw_path") or scope["path"].encode()), "URL path")
                    or _not_utf8(unquote_to_bytes(scope["query_string"]), "query string"))
         status, body, more = 400, b"", True
@@ -166,8 +172,11 @@ class Deadline:
         await response(scope, receive, send)
 
 
-def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | None = None) -> FastAPI:
-    """The web atlas over one atlas directory; `read_only` turns off renaming concepts and running edits."""
+def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | None = None, host: str = "127.0.0.1",
+               allowed_hosts: tuple[str, ...] | list[str] = ()) -> FastAPI:
+    """The web atlas over one atlas directory; `read_only` turns off renaming concepts and running edits. Requests
+    must name `host` (the address it is served on), a loopback name or one of `allowed_hosts` in their Host header
+    (atlas.server.guard.Hosts)."""
     state = ServerState(atlas_dir, read_only=read_only, threads=threads)
 
     @asynccontextmanager
@@ -212,7 +221,7 @@ def create_app(atlas_dir: str | Path, read_only: bool = False, threads: int | No
     for module in modules:
         app.include_router(module.PAGE.html)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(CleanInput, guard=state.guard)
+    app.add_middleware(CleanInput, guard=state.guard, hosts=Hosts(host, allowed_hosts))
     app.add_middleware(Deadline)
     return app
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from atlas.errors import AtlasError, BadInputError, ReadOnlyError
+from atlas.errors import AtlasError, BadInputError, ReadOnlyError, UnavailableError
 
 
 class ReadOnlyServerError(ReadOnlyError):
@@ -24,6 +24,16 @@ class CrossSiteError(AtlasError):
     """A write without the same-origin proof or the session's CSRF token (atlas.server.guard)."""
 
     status = 403
+
+
+class WrongHostError(AtlasError):
+    """A request whose Host header names another server (DNS rebinding, atlas.server.guard.Hosts)."""
+
+    status = 421
+
+
+class WorkerDied(UnavailableError):
+    """An SQL worker that stopped answering: killed by the server, or crashed (atlas.server.sql_worker)."""
 
 
 def bad_input(err: ValidationError) -> BadInputError:

@@ -9,6 +9,11 @@ with a secret made at start (an HMAC, so nothing is stored); pages put it in the
 `<meta name="csrf-token">`, API clients read it from `GET /session.json` and send it as the `X-CSRF-Token`
 header with the cookie.
 Another site can neither read the token nor send the cookie, so its requests get a 403 and change nothing.
+
+Reads are guarded against DNS rebinding: a page of another site whose name is made to resolve to this machine
+reaches the server as same-origin, but its requests carry that site's name in `Host`. So every request's Host must
+name the server (`Hosts`): the address it is bound to, a loopback name, or one given with `--allowed-host`;
+any other gets a 421 before a view runs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.types import Message, Scope
 
-from atlas.server.errors import CrossSiteError
+from atlas.server.errors import CrossSiteError, WrongHostError
 
 COOKIE = "atlas_session"
 HEADER = "x-csrf-token"
@@ -31,6 +36,52 @@ WRITE_METHODS = {"POST"}
 """The methods of the routes that write (every write is a POST); any other method is a read or gets a 405 with
 `Allow` from the router."""
 SESSION = re.compile(r"[0-9a-f]{32}")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+WILDCARD = ("", "0.0.0.0", "::")
+"""Bound to every address: a request may name any of this machine's addresses, so any IP address is allowed in
+Host (DNS rebinding needs a name); names still have to be allowed."""
+
+
+class Hosts:
+    """The names a request's Host header may give: the bound host, the loopback names and the `extra` ones."""
+
+    def __init__(self, bound: str = "127.0.0.1", extra: tuple[str, ...] | list[str] = ()) -> None:
+        self.any_address = bound in WILDCARD
+        self.names = frozenset(filter(None, (_hostname(h) for h in (*LOOPBACK, bound, *extra))))
+
+    def check(self, scope: Scope) -> None:
+        """Raise WrongHostError unless the request's Host names this server."""
+        sent = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
+        if sent is None:
+            raise WrongHostError("the request has no Host header: send the address of this server")
+        name = _hostname(sent)
+        if name in self.names or (self.any_address and name is not None and _is_address(name)):
+            return
+        raise WrongHostError(f"this server does not answer for host {_shown(sent)!r} (a page of another site may be "
+                             "trying to read it): use http://127.0.0.1, or start `atlas serve` with --allowed-host "
+                             "NAME for a name of yours")
+
+
+def _hostname(host: str) -> str | None:
+    """The host of a Host header or address, lower case, without port, brackets or a final dot; None if malformed."""
+    host = host.strip()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]" if host.count(":") > 1 else host  # a bare IPv6 address (--host ::1)
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
+
+
+def _is_address(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class Guard:

@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 from atlas.errors import NotFoundError, UnavailableError
 from atlas.server.errors import ReadOnlyServerError
 from atlas.server.guard import Guard
+from atlas.server.sql_worker import SqlWorkers
 from atlas.store import Atlas, SaeInfo, Writer, open_atlas
 from atlas.store.ids import DEFAULT_BRANCH, DEFAULT_VARIANT
 from atlas.store.limits import SQL_MEMORY_LIMIT
@@ -86,6 +87,8 @@ class ServerState:
         self.read_only = read_only
         self.threads = threads
         self.atlas: Atlas = open_atlas(self.root, threads=threads, memory_limit=SQL_MEMORY_LIMIT)
+        self.sql = SqlWorkers(self.root, threads)
+        """Where user SQL runs: worker processes (atlas.server.sql_worker)."""
         self.edits = EditQueue()
         self.guard = Guard()
         """The sessions' CSRF tokens (atlas.server.guard)."""
@@ -133,6 +136,7 @@ class ServerState:
 
     def close(self) -> None:
         self.edits.close()
+        self.sql.close()
         self.atlas.close()
 
     # -- lookups the views share --------------------------------------------------------------------------------

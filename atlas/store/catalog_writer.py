@@ -8,7 +8,7 @@ Adding the same model, prompt, image, label or SAE again returns the existing id
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,8 @@ from atlas.store.catalog import Catalog, Transaction
 from atlas.store.errors import InvalidInputError
 from atlas.store.ids import DEFAULT_VARIANT, VARIANT_MARK, check_variant, concept_id, parse_concept_id
 from atlas.store.reads import LINK_SCORE
-from atlas.store.schema import Concept, File, Intervention, Model, Sae, Stage
+from atlas.store.revisions import SAE_CHECKPOINT
+from atlas.store.schema import Concept, Intervention, Model, Sae, Stage
 from atlas.store.views import SaeInfo
 
 if TYPE_CHECKING:
@@ -101,11 +102,13 @@ class CatalogWriter:
 
     def add_sae(self, block: str, t: float, branch: str, k: int, n_latents: int, d_in: int, metrics: dict | None = None,
                 path: str | None = None, grid: tuple[int, int] | None = None, decoder: np.ndarray | None = None,
-                concepts: Mapping[str, np.ndarray] | None = None, variant: str = DEFAULT_VARIANT) -> int:
+                concepts: Mapping[str, np.ndarray] | None = None, variant: str = DEFAULT_VARIANT,
+                checkpoint: Sequence[str | Path] = ()) -> int:
         """The id of the SAE of (block, t, branch, variant), added or updated (variant "" is the key's primary SAE,
-        see atlas.store.ids); `decoder` (n_latents, d_in) also indexes it and `concepts` (frequency,
-        mean_activation, decoder_norm: what add_concepts takes) sets its per-latent statistics. All of it commits in
-        one transaction, so readers see one new snapshot, not three."""
+        see atlas.store.ids); `decoder` (n_latents, d_in) also indexes it, `concepts` (frequency,
+        mean_activation, decoder_norm: what add_concepts takes) sets its per-latent statistics and `checkpoint`
+        (its files) lists them with their checksums for `atlas check`. All of it commits in one transaction, so
+        readers see one new snapshot, not three."""
         if not block or not branch or any(c in block + branch for c in "/" + VARIANT_MARK):
             raise InvalidInputError(f"block {block!r} and branch {branch!r} must be non-empty and free of '/' and "
                                     f"{VARIANT_MARK!r}")
@@ -116,7 +119,8 @@ class CatalogWriter:
         if decoder is not None and np.shape(decoder) != (int(n_latents), int(d_in)):
             raise InvalidInputError(f"decoder has shape {np.shape(decoder)}, expected ({n_latents}, {d_in})")
         stats = _concept_stats("add_sae", int(n_latents), concepts) if concepts is not None else None
-        changed = ["saes", *(["files"] if decoder is not None else []), *(["concepts"] if stats is not None else [])]
+        changed = ["saes", *(["files"] if decoder is not None or checkpoint else []),
+                   *(["concepts"] if stats is not None else [])]
         with self._db.write(*changed) as tx:
             sae = tx.session.scalars(select(Sae).where(Sae.block == block, Sae.t == float(t), Sae.branch == branch,
                                                        Sae.variant == variant)).first()
@@ -133,6 +137,9 @@ class CatalogWriter:
                 self._writer.index.add_in(tx, info, decoder)
             if stats is not None:
                 _upsert_concepts(tx, info.id, stats)
+            if checkpoint:
+                tx.query("DELETE FROM files WHERE kind = ? AND sae_id = ?", [SAE_CHECKPOINT, info.id])
+                list_files(tx, self._writer.atlas.root, checkpoint, SAE_CHECKPOINT, info.id)
         self._added_sae = (tx.published, info)
         return info.id
 
@@ -229,16 +236,12 @@ class CatalogWriter:
         """List a file the pipeline keeps beside the store's own (the capture's manifest: kind `activations`) with
         its size and checksum, so `atlas check` notices when it changes; the path is stored relative to the atlas
         when inside it."""
-        full = Path(path).resolve()
-        root = self._writer.atlas.root
-        stored = str(full.relative_to(root)) if full.is_relative_to(root) else str(full)
-        try:
-            size, digest = full.stat().st_size, sha256(full)
-        except OSError as err:
-            raise InvalidInputError(f"add_file: cannot read {path} ({err.strerror})") from None
+        self.add_files([path], kind)
+
+    def add_files(self, paths: Sequence[str | Path], kind: str, sae_id: int | None = None) -> None:
+        """`add_file` for many files of one kind (e.g. the capture's images), in one transaction."""
         with self._db.write("files") as tx:
-            tx.query("DELETE FROM files WHERE path = ?", [stored])
-            tx.session.add(File(path=stored, kind=kind, rows=0, bytes=size, sha256=digest))
+            list_files(tx, self._writer.atlas.root, paths, kind, sae_id)
 
     def set_evolution(self, trajectories: pa.Table, lineage: pa.Table | None, stage: str = "evolve",
                       info: dict | None = None) -> None:
@@ -265,6 +268,29 @@ class CatalogWriter:
         """Record that a pipeline stage finished (the reader's `stage_done(name)` is then True)."""
         with self._db.write("stages") as tx:
             merge_stage(tx, name, info)
+
+
+def list_files(tx: Transaction, root: Path, paths: Sequence[str | Path], kind: str, sae_id: int | None = None) -> None:
+    """List files in `files` with their size and sha256 inside `tx` (replacing rows of the same paths); paths inside
+    the atlas `root` are stored relative to it."""
+    rows = []
+    for path in paths:
+        full = (root / path if not Path(path).is_absolute() else Path(path)).resolve()
+        try:
+            size, digest = full.stat().st_size, sha256(full)
+        except OSError as err:
+            raise InvalidInputError(f"add_file: cannot read {path} ({err.strerror})") from None
+        rows.append((str(full.relative_to(root)) if full.is_relative_to(root) else str(full), size, digest))
+    if not rows:
+        return
+    stored = [r[0] for r in rows]
+    tx.query("DELETE FROM files WHERE list_contains(?, path)", [stored])
+    tx.insert_arrow("files", pa.table({"path": pa.array(stored, pa.string()),
+                                       "kind": pa.array([kind] * len(rows), pa.string()),
+                                       "sae_id": pa.array([sae_id] * len(rows), pa.int32()),
+                                       "rows": pa.array([0] * len(rows), pa.int64()),
+                                       "bytes": pa.array([r[1] for r in rows], pa.int64()),
+                                       "sha256": pa.array([r[2] for r in rows], pa.string())}))
 
 
 def existing_ids(tx: Transaction, table: str, column: str, values: list) -> dict:

@@ -2,9 +2,9 @@
 
 Read-only: it reads the atlas like any reader and reports one problem per line, so it can run while
 a build writes. Checked: the catalog file opens and its tables read; tables/CURRENT names a generation;
-every listed file (codes, FAISS, the capture's manifest) exists with the catalog's size and, unless
-`quick`, its checksum (files listed before checksums existed: their Parquet footer or index reads with
-the catalog's row count); image and mask files exist; SAE checkpoints load with the catalog's shape
+every listed file (codes, FAISS, the capture's manifest, images, masks, SAE checkpoint files) exists with the
+catalog's size and, unless `quick`, its checksum (files listed before checksums existed: their Parquet footer or
+index reads with the catalog's row count; images and masks exist); SAE checkpoints load with the catalog's shape
 (unless `quick`); each SAE's count of codes matches the rows its listed files hold. A damaged file is one
 problem: what depends on it (an SAE's count, the codes view) is not reported again. It also lists orphans:
 files no kept snapshot generation refers to (see `find_orphans`), which `remove_orphans` removes.
@@ -24,12 +24,18 @@ import pyarrow.parquet as pq
 from atlas.files import sha256
 from atlas.store import Atlas, AtlasNotFoundError, codes, default_path, snapshot
 from atlas.store.catalog import CATALOG_FILE, Catalog
+from atlas.store.revisions import IMAGE, MASK, SAE_CHECKPOINT
 from atlas.store.schema import TABLES
 
 FAISS_KINDS = ("faiss_sae", "faiss_block")
 
 
 REPAIR = "`atlas check --repair` rebuilds it"
+MISSING = "is missing"
+IMAGE_FIX = "`atlas check --repair` generates it again from its seed (with the atlas's model)"
+MASK_FIX = "`atlas check --repair` annotates its image again (with the annotator that found it)"
+NOT_DERIVABLE_SAE = ("nothing derives it: restore it from a copy, or train the SAE again (`atlas train`) and encode "
+                     "with it (`atlas encode`)")
 
 
 @dataclass
@@ -41,7 +47,8 @@ class CheckReport:
     catalog_damaged: bool = False
     pointer_missing: bool = False
     damaged: list[dict] = field(default_factory=list)
-    """The `files` rows (path, kind, sae_id, bucket, key, ...) of missing or damaged files."""
+    """The `files` rows (path, kind, sae_id, bucket, key, ...) of missing or damaged files; an image's or mask's
+    also has the `id` of its image or object."""
     broken_saes: set[int] = field(default_factory=set)
     """SAEs whose checkpoint is missing or does not load: nothing of theirs can be rebuilt."""
 
@@ -67,8 +74,9 @@ def check_atlas(root: str | Path | None = None, quick: bool = False) -> CheckRep
                                "`atlas check --repair` points it at the newest complete one")
     with Atlas(root) as atlas:
         _check_files(atlas, report, quick)
-        _check_paths(atlas, report, "image", "SELECT id, path FROM images")
-        _check_paths(atlas, report, "mask", "SELECT id, mask_path AS path FROM objects WHERE mask_path IS NOT NULL")
+        _check_paths(atlas, report, "image", IMAGE, "SELECT id, path FROM images", quick)
+        _check_paths(atlas, report, "mask", MASK, "SELECT id, mask_path AS path FROM objects WHERE mask_path IS NOT "
+                     "NULL", quick)
         _check_saes(atlas, report, quick)
         _check_evolution(atlas, report)
     report.orphans = find_orphans(root)
@@ -196,48 +204,66 @@ def rebuild_catalog(root: Path) -> Path:
 
 
 def _check_files(atlas: Atlas, report: CheckReport, quick: bool) -> None:
+    """Every file `files` lists but images and masks (`_check_paths` checks those, by image and object)."""
     from atlas.store import index as faiss_index
 
-    for row in atlas.query("SELECT * FROM files ORDER BY path").to_pylist():
+    names = {s.id: s.name for s in atlas.saes()}
+    for row in atlas.query("SELECT * FROM files WHERE kind NOT IN (?, ?) ORDER BY path", [IMAGE, MASK]).to_pylist():
         path, kind = row["path"], row["kind"]
         full = atlas.file_path(path)
         report.count("data file")
-        fix = ("restore it, or capture again (`atlas capture`) and re-encode: the codes were encoded from it"
-               if kind == "activations" else REPAIR)
-        problem = None
-        if not full.exists():
-            problem = f"missing {kind} file {path}: {fix}"
-        elif row["bytes"] and full.stat().st_size != row["bytes"]:
-            problem = f"{kind} file {path} is {full.stat().st_size} bytes, the catalog says {row['bytes']}: {fix}"
-        elif quick:
-            pass
-        elif row.get("sha256"):
-            if sha256(full) != row["sha256"]:
-                problem = f"{kind} file {path} is damaged (its checksum differs from the catalog's): {fix}"
-        elif kind != "activations":
+        whose, what, fix = "", f"{kind} file", REPAIR
+        if kind == SAE_CHECKPOINT:
+            whose, what, fix = f"SAE {names.get(row['sae_id'], row['sae_id'])}: ", "checkpoint file", NOT_DERIVABLE_SAE
+        elif kind == "activations":
+            fix = "restore it, or capture again (`atlas capture`) and re-encode: the codes were encoded from it"
+        problem = _verify(full, row, quick)
+        if problem is None and not quick and not row.get("sha256") and kind != "activations":
             try:
                 n = faiss_index.read(full, path).ntotal if kind in FAISS_KINDS else \
                     pq.ParquetFile(full).metadata.num_rows
             except Exception as err:  # any unreadable footer or index is the finding itself
-                problem = f"unreadable {kind} file {path} ({str(err).splitlines()[0][:120]}): {fix}"
+                problem = f"is unreadable ({str(err).splitlines()[0][:120]})"
             else:
                 if row["rows"] and n != row["rows"]:
-                    problem = f"{kind} file {path} holds {n} rows, the catalog says {row['rows']}: {fix}"
+                    problem = f"holds {n} rows, the catalog says {row['rows']}"
         if problem:
-            report.problems.append(problem)
+            report.problems.append(f"{whose}missing {what} {path}: {fix}" if problem == MISSING else
+                                   f"{whose}{what} {path} {problem}: {fix}")
             report.damaged.append(row)
+            if kind == SAE_CHECKPOINT:
+                report.broken_saes.add(row["sae_id"])
 
 
+def _verify(full: Path, row: dict, quick: bool) -> str | None:
+    """What is wrong with a listed file against its `files` row (size, and unless `quick` its checksum), if any."""
+    if not full.exists():
+        return MISSING
+    if row["bytes"] and full.stat().st_size != row["bytes"]:
+        return f"is {full.stat().st_size} bytes, the catalog says {row['bytes']}"
+    if not quick and row.get("sha256") and sha256(full) != row["sha256"]:
+        return "is damaged (its checksum differs from the catalog's)"
+    return None
 
 
-def _check_paths(atlas: Atlas, report: CheckReport, what: str, query: str) -> None:
+def _check_paths(atlas: Atlas, report: CheckReport, what: str, kind: str, query: str, quick: bool) -> None:
+    """The files of images or masks: each exists, and when `files` lists it (with its checksum), is unchanged."""
+    listed = {r["path"]: r for r in atlas.query("SELECT * FROM files WHERE kind = ?", [kind]).to_pylist()}
+    fix = IMAGE_FIX if kind == IMAGE else MASK_FIX
     for row in atlas.query(query).to_pylist():
         row_id, path = row["id"], row["path"]
         report.count(what)
         if not path:
             report.problems.append(f"{what} {row_id} has no file")
-        elif not atlas.file_path(path).exists():
-            report.problems.append(f"{what} {row_id}: missing file {path}")
+            continue
+        full = atlas.file_path(path)
+        problem = _verify(full, listed[path], quick) if path in listed else None if full.exists() else MISSING
+        if problem == MISSING:
+            report.problems.append(f"{what} {row_id}: missing file {path}: {fix}")
+        elif problem:
+            report.problems.append(f"{what} {row_id}: file {path} {problem}: {fix}")
+        if problem:
+            report.damaged.append({**listed.get(path, {"path": path, "kind": kind}), "id": row_id})
 
 
 EVOLVE = "`atlas evolve` measures them again"
@@ -277,7 +303,7 @@ def _check_saes(atlas: Atlas, report: CheckReport, quick: bool) -> None:
         if listed.get(sae.id, 0) != sae.n_codes:
             report.problems.append(f"{name}: its codes files hold {listed.get(sae.id, 0)} codes, the catalog says "
                                    f"{sae.n_codes}: {REPAIR}")
-        if not sae.path or quick:
+        if not sae.path or quick or sae.id in report.broken_saes:  # a damaged checkpoint file is reported once
             continue
         try:
             loaded = Sae.from_pretrained(atlas.file_path(sae.path))

@@ -11,6 +11,10 @@ from pathlib import Path
 TABLES = ("models", "prompts", "images", "saes", "concepts", "labels", "objects", "concept_labels", "interventions",
           "files", "stages", "trajectories", "lineage")
 """Every catalog table (atlas.store.schema's models, in their order); each is published as a Parquet snapshot."""
+IMAGE, MASK, SAE_CHECKPOINT = "image", "mask", "sae_checkpoint"
+CONTENT_KINDS = (IMAGE, MASK, SAE_CHECKPOINT)
+"""The kinds of `files` rows that only carry a checksum of a file the atlas keeps elsewhere too (an image, a mask, a
+checkpoint file of an SAE): `atlas check` verifies them; readers need none of them to read codes or indexes."""
 _REVISION = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:\"(\w+)\"|'(\w+)'|None)", re.M)
 
 

@@ -148,12 +148,13 @@ class Intervention(Base):
 
 
 class File(Base):
-    """A finished file of the atlas (codes, FAISS index): recorded only after it was renamed into place.
+    """A finished file of the atlas (codes, FAISS index, ...): recorded only after it was renamed into place.
 
     kind is codes_by_latent (sae_id, bucket), codes_by_image (bucket), faiss_sae (sae_id), faiss_block
-    (key = "<block>/<branch>", with "@<variant>" for a variant: atlas.store.ids.block_key) or activations (the
-    manifest of the capture the codes were encoded from). sha256 is the file's checksum (added by migration 0004;
-    NULL for files listed before).
+    (key = "<block>/<branch>", with "@<variant>" for a variant: atlas.store.ids.block_key), activations (the
+    manifest of the capture the codes were encoded from), or only for its checksum (atlas.store.revisions.
+    CONTENT_KINDS) image, mask or sae_checkpoint (sae_id: its weights and config files). sha256 is the file's
+    checksum (added by migration 0004; NULL for files listed before).
     """
 
     __tablename__ = "files"

@@ -53,7 +53,7 @@ from atlas.store.errors import (
 )
 from atlas.store.ids import CONCEPT_ID_SQL, DEFAULT_VARIANT, concept_prefix, sae_name
 from atlas.store.limits import BATCH_ROWS, MAX_RESULT_BYTES, MAX_ROWS, MAX_TIMEOUT, TIMEOUT
-from atlas.store.revisions import TABLES
+from atlas.store.revisions import CONTENT_KINDS, TABLES
 
 ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 T = TypeVar("T")
@@ -106,6 +106,14 @@ class QueryResult:
 
     def to_dicts(self) -> list[dict]:
         return self.table.to_pylist()
+
+    @classmethod
+    def read(cls, open_stream: Callable[[], ResultStream]) -> QueryResult:
+        """The whole result of the stream `open_stream()` starts, with the time it took."""
+        start = time.perf_counter()
+        with open_stream() as result:
+            table = pa.Table.from_batches(list(result), schema=result.schema)
+        return cls(table, result.truncated, (time.perf_counter() - start) * 1000)
 
 
 def parquet_scan(paths: list[Path], hive: bool = False) -> str:
@@ -200,7 +208,8 @@ class Views:
                 con.execute(f"CREATE OR REPLACE TABLE snapshot.{name} AS SELECT * FROM "
                             f"{parquet_scan([generation / f'{name}.parquet'])}")
             saes = con.sql("SELECT * FROM snapshot.saes ORDER BY block, branch, variant, t DESC").to_arrow_table()
-            files = con.sql("SELECT * FROM snapshot.files").to_arrow_table().to_pylist()
+            files = con.sql(f"SELECT * FROM snapshot.files WHERE kind NOT IN {CONTENT_KINDS}").to_arrow_table()
+            files = files.to_pylist()
             for name, body in views.items():
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
             self.linked_labels = sorted(r[0] for r in con.execute(
@@ -248,10 +257,7 @@ class Views:
     def sql(self, query: str, timeout: float = TIMEOUT, max_rows: int | None = MAX_ROWS,
             max_bytes: int = MAX_RESULT_BYTES) -> QueryResult:
         """Run one read-only statement of user SQL with a time limit, a row cap and a byte cap (see `stream`)."""
-        start = time.perf_counter()
-        with self.stream(query, timeout, max_rows, max_bytes) as result:
-            table = pa.Table.from_batches(list(result), schema=result.schema)
-        return QueryResult(table, result.truncated, (time.perf_counter() - start) * 1000)
+        return QueryResult.read(lambda: self.stream(query, timeout, max_rows, max_bytes))
 
     def stream(self, query: str, timeout: float = TIMEOUT, max_rows: int | None = MAX_ROWS,
                max_bytes: int = MAX_RESULT_BYTES) -> SqlStream:
@@ -315,7 +321,44 @@ class Views:
         self._con.close()
 
 
-class SqlStream:
+class ResultStream:
+    """A user query's result read while it comes (SqlStream here; the web atlas's SQL workers have their own): its
+    `schema`, the Arrow batches by iterating, `truncated` once they are read, the rows as CSV; `close` stops it."""
+
+    schema: pa.Schema
+    truncated: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def csv(self) -> Iterator[str]:
+        """The rows as CSV text, the header first, then a chunk per batch (NULL is empty, bytes are hex)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        for batch in self:
+            writer.writerows(tuple("" if v is None else v.hex() if isinstance(v, bytes) else v for v in row)
+                             for row in zip(*(c.to_pylist() for c in batch.columns)))
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue()
+
+    def __enter__(self) -> ResultStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqlStream(ResultStream):
     """The Arrow batches of one user query (from `Views.stream`), read from DuckDB as they are iterated; use it in a
     `with` block (or iterate it to the end) so the query stops and its cursor closes."""
 
@@ -328,10 +371,6 @@ class SqlStream:
         self.rows = 0
         self.bytes = 0
         self.truncated = False
-
-    @property
-    def columns(self) -> list[str]:
-        return self.schema.names
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
@@ -360,24 +399,6 @@ class SqlStream:
         self._timer.cancel()
         self._cursor.close()
 
-    def csv(self) -> Iterator[str]:
-        """The rows as CSV text, the header first, then a chunk per batch (NULL is empty, bytes are hex)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.columns)
-        for batch in self:
-            writer.writerows(tuple("" if v is None else v.hex() if isinstance(v, bytes) else v for v in row)
-                             for row in zip(*(c.to_pylist() for c in batch.columns)))
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-        yield buffer.getvalue()
-
-    def __enter__(self) -> SqlStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def check_limits(timeout: float, max_rows: int | None, max_bytes: int) -> None:

@@ -109,7 +109,7 @@ def check_cost(state: ServerState, concept: str) -> None:
     from atlas.edit.plan import is_sql
 
     if is_sql(concept):
-        found = state.atlas.sql(concept, max_rows=MAX_EDIT_CONCEPTS)
+        found = state.sql.sql(concept, max_rows=MAX_EDIT_CONCEPTS)
         if found.truncated:
             raise BadInputError(f"the SQL names more than {MAX_EDIT_CONCEPTS} concepts; a web edit sets at most "
                                 f"{MAX_EDIT_CONCEPTS} (add a LIMIT), or run `atlas edit` for more")

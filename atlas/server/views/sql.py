@@ -1,4 +1,5 @@
-"""The SQL page: one read-only query over the atlas views, under the limits of `atlas sql` (atlas.store.limits).
+"""The SQL page: one read-only query over the atlas views, under the limits of `atlas sql` (atlas.store.limits), run
+by an SQL worker process (atlas.server.sql_worker) so that it cannot take the server's memory.
 
 Queries are GET requests so a result is a link that can be shared; the store refuses anything but
 a single SELECT and any file outside the atlas (atlas.store.views). The page and its JSON show at most
@@ -56,7 +57,7 @@ def _views(state: State) -> list[dict]:
 def sql(state: State, q: Q = "", timeout: Timeout = TIMEOUT,
         max_rows: Annotated[int, Query(ge=1, le=MAX_ROWS, description="Rows returned at most")] = MAX_ROWS) -> dict:
     """Run one read-only SQL query (a SELECT) over the atlas views."""
-    result = state.atlas.sql(q, timeout=timeout, max_rows=max_rows, max_bytes=WEB_RESULT_BYTES) \
+    result = state.sql.sql(q, timeout=timeout, max_rows=max_rows, max_bytes=WEB_RESULT_BYTES) \
         if q.strip() else None
     return {"q": q, "table": Table(columns=result.columns if result else [],
                                    rows=[list(r) for r in result.rows] if result else []),
@@ -85,7 +86,7 @@ def sql_csv(state: State, q: Q, timeout: Timeout = TIMEOUT,
     """Stream every row of one read-only query as CSV, under the time limit and the export byte cap: a query that
     fails before its first row is a 4xx; one stopped later ends the CSV with an `# error:` line and the response
     is cut (no final chunk), so a client never takes a part for the whole."""
-    stream = state.atlas.sql_stream(q, timeout=timeout, max_rows=max_rows, max_bytes=MAX_RESULT_BYTES)
+    stream = state.sql.stream(q, timeout=timeout, max_rows=max_rows, max_bytes=MAX_RESULT_BYTES)
 
     def chunks() -> Iterator[str]:
         try:
