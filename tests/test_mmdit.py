@@ -234,7 +234,7 @@ def test_atlas_build_search_edit_and_the_web_atlas_work_on_a_joint_model(joint_d
     said = cli("edit", "a dog on a red car", "--atlas", str(atlas), "--concept", "dog", "--region", "top-left",
                "--strength", "8", "--out", str(tmp_path / "edit.png"))
     assert "spatial edit of 'dog'" in said and (tmp_path / "edit.png").stat().st_size > 0
-    with TestClient(create_app(atlas, threads=1)) as client:
+    with TestClient(create_app(atlas, threads=1), base_url="http://127.0.0.1") as client:
         token = client.get("/session.json").json()["csrf_token"]
         answer = client.post("/edit.json", headers={"X-CSRF-Token": token},
                              json={"prompt": "a red dog", "concept": "dog", "region": "1100/1100/0000/0000"})

@@ -558,3 +558,21 @@ def test_a_stage_is_shown_at_its_end_and_a_killed_one_by_the_next_writer(tmp_pat
     assert snapshot.pointed(root) == snapshot.newest(root)
     with open_atlas(root, threads=1) as atlas:
         assert atlas.sql("SELECT count(*) FROM prompts").rows == [(3,)]
+
+
+def test_files_are_listed_from_an_atlas_given_by_a_relative_path(tmp_path, monkeypatch):
+    """`atlas build --atlas demo/atlas` hands the catalog paths like demo/atlas/saes/...: relative to the working
+    directory, not to the atlas (read as the latter, the build failed at encode). Root-relative names still work."""
+    monkeypatch.chdir(tmp_path)
+    Atlas.create("demo/atlas").close()
+    (tmp_path / "demo" / "atlas" / "saes").mkdir()
+    (tmp_path / "demo" / "atlas" / "saes" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "demo" / "atlas" / "manifest.json").write_text("{}")
+    with open_writer("demo/atlas") as writer:
+        writer.catalog.add_file("demo/atlas/saes/w.bin", "activations")
+        writer.catalog.add_file("manifest.json", "activations")
+        with pytest.raises(InvalidInputError, match="cannot read nowhere.bin"):
+            writer.catalog.add_file("nowhere.bin", "activations")
+    with open_atlas("demo/atlas") as atlas:
+        listed = atlas.query("SELECT path, bytes FROM files WHERE kind = 'activations' ORDER BY path").to_pylist()
+    assert listed == [{"path": "manifest.json", "bytes": 2}, {"path": "saes/w.bin", "bytes": 7}]

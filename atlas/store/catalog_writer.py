@@ -272,10 +272,12 @@ class CatalogWriter:
 
 def list_files(tx: Transaction, root: Path, paths: Sequence[str | Path], kind: str, sae_id: int | None = None) -> None:
     """List files in `files` with their size and sha256 inside `tx` (replacing rows of the same paths); paths inside
-    the atlas `root` are stored relative to it."""
+    the atlas `root` are stored relative to it. A relative path is read relative to the atlas, else to the working
+    directory (an atlas given as a relative path hands out paths such as demo/atlas/saes/...)."""
     rows = []
     for path in paths:
-        full = (root / path if not Path(path).is_absolute() else Path(path)).resolve()
+        full = Path(path) if Path(path).is_absolute() or not (root / path).exists() else root / path
+        full = full.resolve()
         try:
             size, digest = full.stat().st_size, sha256(full)
         except OSError as err:
