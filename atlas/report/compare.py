@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from atlas.errors import NotFoundError
-from atlas.report.tables import markdown_table
+from atlas.report.tables import fmt, markdown_table
 from atlas.store import Atlas
 
 COMPARED_METHODS = ("weighted", "top-concept")
@@ -97,7 +97,7 @@ def edit_comparison(names: tuple[str, str], runs: tuple[dict, dict]) -> tuple[li
                              "sweep": ", ".join(f"{p['strength']:g}: {p['success']:.2f}" for p in swept),
                              "needed": "never" if needed is None else f"{needed:g}",
                              "chosen": f"{chosen['strength']:g}", "held-out": chosen["success"],
-                             "in / out": f"{_num(chosen.get('change_in'))} / {_num(chosen.get('change_out'))}",
+                             "in / out": f"{fmt(chosen.get('change_in'))} / {fmt(chosen.get('change_out'))}",
                              "others stay": chosen.get("others_stay")})
                 key = f"{name}_{kind}_{window}"
                 values[f"{key}_success"] = float(chosen["success"])
@@ -112,10 +112,6 @@ def edit_comparison(names: tuple[str, str], runs: tuple[dict, dict]) -> tuple[li
              "its success on held-out prompts, the mean pixel change inside / outside the edit's region there, and "
              "the share of edits whose other objects stayed:", ""]
     return lines + markdown_table(rows, columns), values
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _primary(rows: list[dict], branch: str) -> list[dict]:
