@@ -179,34 +179,45 @@ def make_predictor(atlas: Atlas, sae: SaeInfo, method: str, vectors: dict[str, n
                                                                      threshold)
 
 
-def pair_ious(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], predict: Predictor,
-              sae: SaeInfo, threshold: float) -> dict[tuple[int, str], float]:
-    """IoU of predicted vs. annotated mask per (image, label) pair, from the images' codes of one SAE."""
+Tops = dict[int, tuple[np.ndarray, np.ndarray]]
+"""image_id -> (latents, values) of its top codes on one SAE's grid (`top_codes`)."""
+
+
+def image_tops(codes: dict[int, pa.Table], sae: SaeInfo) -> Tops:
+    """`top_codes` of every image of `codes` (per image, from `codes_by_image`), computed once for all the labels
+    and thresholds scored on them."""
     grid = (sae.grid_h, sae.grid_w)
+    return {image_id: top_codes(mine, grid, sae.k) for image_id, mine in codes.items()}
+
+
+def pair_ious(tops: Tops, truth: dict[tuple[int, str], np.ndarray], predict: Predictor, sae: SaeInfo,
+              threshold: float) -> dict[tuple[int, str], float]:
+    """IoU of predicted vs. annotated mask per (image, label) pair, from the images' top codes of one SAE."""
+    none = np.zeros((sae.grid_h, sae.grid_w), bool)
     ious = {}
     for (image_id, label), mask in truth.items():
-        mine = codes.get(image_id)
-        predicted = np.zeros(grid, bool) if mine is None else predict(*top_codes(mine, grid, sae.k), label, threshold)
+        mine = tops.get(image_id)
+        predicted = none if mine is None else predict(*mine, label, threshold)
         ious[image_id, label] = iou(predicted, mask)
     return ious
 
 
-def mean_layout_iou(codes: dict[int, pa.Table], truth: dict[tuple[int, str], np.ndarray], predict: Predictor,
-                    sae: SaeInfo, threshold: float) -> float:
-    """Mean IoU of predicted vs. annotated masks over (image, label) pairs, from the images' codes of one SAE."""
-    ious = pair_ious(codes, truth, predict, sae, threshold)
+def mean_layout_iou(tops: Tops, truth: dict[tuple[int, str], np.ndarray], predict: Predictor, sae: SaeInfo,
+                    threshold: float) -> float:
+    """Mean IoU of predicted vs. annotated masks over (image, label) pairs, from the images' top codes of one SAE."""
+    ious = pair_ious(tops, truth, predict, sae, threshold)
     return float(np.mean(list(ious.values()))) if ious else 0.0
 
 
 def fit_threshold(dictionary_codes: pa.Table, train: dict[tuple[int, str], np.ndarray], predict: Predictor,
-                  sae: SaeInfo, method: str, threshold: float | None = None) -> float:
+                  sae: SaeInfo, method: str, threshold: float | None = None, tops: Tops | None = None) -> float:
     """`threshold` when given, else the value of THRESHOLDS[method] that scores best on the dictionary images'
-    (image, label) masks `train`."""
+    (image, label) masks `train` (`tops`: those images' top codes, when already computed)."""
     if threshold is not None:
         return threshold
-    codes = codes_by_image(dictionary_codes)
+    tops = image_tops(codes_by_image(dictionary_codes), sae) if tops is None else tops
     candidates = THRESHOLDS[method]
-    fit = [mean_layout_iou(codes, train, predict, sae, x) for x in candidates]
+    fit = [mean_layout_iou(tops, train, predict, sae, x) for x in candidates]
     return candidates[int(np.argmax(fit))]
 
 
@@ -265,7 +276,8 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
                    for key, mask in truth.items()}
         unnamed = [key for key in truth if named[key] is None]
         dictionary_codes = atlas.sae_codes(sae.id, DICTIONARY_SPLITS)
-        test = codes_by_image(atlas.sae_codes(sae.id, splits))
+        test = image_tops(codes_by_image(atlas.sae_codes(sae.id, splits)), sae)
+        fitted = image_tops(codes_by_image(dictionary_codes), sae)
         concepts = None
         if rule is not None:
             stats = link(atlas.sae_codes(sae.id, rule.splits), grid_cells(dictionary_cells(atlas, source, rule.splits),
@@ -273,7 +285,7 @@ def layout_iou(atlas: Atlas, config: LayoutConfig | None = None, source: str | N
             concepts = linked_vectors(stats, sae.n_latents, vectors, rule.min_hits)
         for method in methods:
             predict = make_predictor(atlas, sae, method, vectors, dictionary_codes, dict_cells, concepts)
-            threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold)
+            threshold = fit_threshold(dictionary_codes, train, predict, sae, method, config.threshold, fitted)
             ious = pair_ious(test, truth, predict, sae, threshold)
             scores.append(LayoutScore(sae.block, sae.t, sae.branch, sae.variant, method, _mean(list(ious.values())),
                                       _mean(list(base.values())), len(truth), threshold,
