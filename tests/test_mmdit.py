@@ -16,10 +16,13 @@ from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region, region_to_grid
+from atlas.errors import BadInputError
 from atlas.models import Hooks, ModelNotFoundError, check_model, generate, load_model, step_to_t, t_to_step
 from atlas.models.mmdit import pack, unpack
 from atlas.models.random import JOINT_KINDS, write_random_joint
 from atlas.models.sampler import initial_noise, sample_latents
+from atlas.pipeline.build import capture_config, check_build
+from atlas.pipeline.config import BuildConfig
 from atlas.sae import Sae, SaeConfig
 
 PROMPTS = ["a red circle on the left", "a dog"]
@@ -178,6 +181,44 @@ def test_a_missing_component_is_named_in_one_line(joint_dirs, tmp_path, kind, re
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert named in result.output and "copy the complete diffusers model there" in result.output
     assert not (tmp_path / "atlas").exists()
+
+
+@pytest.fixture(scope="module")
+def grounded_sam(tmp_path_factory):
+    """A tiny random Grounding DINO and SAM: what `--preset sd14` checks for before a build starts."""
+    from atlas.annotate.config import AnnotateConfig
+    from atlas.annotate.random import write_random_grounding_dino, write_random_sam
+
+    root = tmp_path_factory.mktemp("grounded-sam")
+    return AnnotateConfig(grounding_dino=str(write_random_grounding_dino(root / "gdino", ["dog", "cat"])),
+                          sam=str(write_random_sam(root / "sam")))
+
+
+@pytest.mark.parametrize("kind, steps, guidance, branches", [
+    ("sd14", 50, 7.5, ["cond", "uncond"]), ("sd3", 28, 7.0, ["cond", "uncond"]), ("flux-dev", 28, 3.5, ["cond"]),
+    ("flux-schnell", 4, 0.0, ["cond"]),
+])
+def test_preset_sd14_samples_each_model_with_its_own_defaults(joint_dirs, tiny_sd_dir, grounded_sam, tmp_path, kind,
+                                                              steps, guidance, branches):
+    """`--preset sd14` leaves steps and guidance to the model (SD v1.4's 50 / 7.5, SD3's, FLUX's); on FLUX, which has
+    no CFG, the preset's uncond branch is dropped with a note, and an explicit one is a one-line error."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a dog number {i}\n" for i in range(8)))
+    model = str(tiny_sd_dir if kind == "sd14" else joint_dirs[kind])
+    base = dict(preset="sd14", model=model, prompts=str(prompts), atlas=str(tmp_path / "atlas"), annotate=grounded_sam)
+    said = []
+    config = check_build(BuildConfig(**base), say=said.append)
+    assert (config.steps, config.guidance, config.branches) == (steps, guidance, branches)
+    assert len(said) == (branches == ["cond"]) and all("no uncond branch" in line for line in said)
+    explicit = check_build(BuildConfig(**base, steps=3, guidance=2.0, branches=["cond"]))
+    assert (explicit.steps, explicit.guidance, explicit.branches) == (3, 2.0, ["cond"])
+    for asked in (dict(branches=["cond", "uncond"]), dict(keys=["mid/1.0/uncond"])):
+        if branches == ["cond"]:
+            with pytest.raises(BadInputError, match="samples without classifier-free guidance, so it has no uncond"):
+                check_build(BuildConfig(**base, **asked))
+        else:
+            assert "uncond" in {key[2] for key in capture_config(check_build(BuildConfig(**base, **asked)))
+                                .selected_keys()}
 
 
 def test_sd3_without_t5_reads_zeros_in_its_place(joint_dirs, models, tmp_path):
