@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -147,6 +148,26 @@ def test_capture_writes_token_grid_shards_of_every_default_block(models, kind, t
     up = acts.load("up", 0.0, "cond")
     assert up["x"].shape == (3 * 16, WIDTH)
     assert up["row"][:5].tolist() == [0] * 4 + [1] and up["col"][:5].tolist() == [0, 1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_a_bf16_capture_on_the_cpu_stores_float32_that_match_fp32s(joint_dirs, models, kind, tmp_path):
+    """The precision FLUX runs in on a GPU, here on the CPU: the captured image-token updates are stored as float32
+    when asked (fp16 by default), and an SAE encodes them in float32, within bf16's rounding of the fp32 model's."""
+    half = load_model(str(joint_dirs[kind]), device="cpu", dtype="bf16")
+    assert half.dtype == torch.bfloat16 and half.transformer.dtype == torch.bfloat16
+    config = CaptureConfig(blocks=["down", "up"], t=[1.0], branches=["cond"], steps=2, dtype="fp32", batch_size=3)
+    found = {}
+    for name, model in (("fp32", models[kind]), ("bf16", half)):
+        acts = ActivationSet(capture(model, PROMPTS + ["a cat"], tmp_path / name, config, progress=False))
+        found[name] = acts.load("up", 1.0, "cond")["x"]
+    exact, rounded = found["fp32"], found["bf16"]
+    assert rounded.dtype == torch.float32 and rounded.shape == exact.shape == (3 * 16, WIDTH)
+    assert (rounded - exact).norm() / exact.norm() < 0.15  # bf16 keeps 3 significant digits per operation
+    sae = Sae(SaeConfig(d_in=WIDTH, n_latents=32, k=4), generator=torch.Generator().manual_seed(0))
+    assert sae.encode(rounded).top_acts.dtype == torch.float32
+    stored = ActivationSet(capture(half, PROMPTS, tmp_path / "fp16", replace(config, dtype="fp16"), progress=False))
+    assert stored.load("up", 1.0, "cond")["x"].dtype == torch.float16
 
 
 @pytest.mark.parametrize("kind, block", [("sd3", "mid"), ("flux-dev", "down"), ("flux-schnell", "mid")])

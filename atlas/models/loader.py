@@ -162,7 +162,7 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
 
     path, spec = check_model(name_or_path)
     dev = pick_device(device)
-    dt = pick_dtype(dev, dtype)
+    dt = pick_dtype(dev, dtype, spec.backbone)
     if spec.backbone in COMPONENTS:
         return _load_joint(path, spec, dev, dt, name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
