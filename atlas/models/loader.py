@@ -186,22 +186,13 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
 
 
 def _load_joint(path: Path, spec: ModelSpec, dev: object, dt: object, source: str) -> TextToImageModel:
-    """An SD3 or FLUX directory: its transformer, VAE (scaling and shift from its config), text encoders, tokenizers
-    and flow-matching scheduler."""
-    import torch
+    """An SD3 or FLUX directory: its transformer, VAE, text encoders, tokenizers and flow-matching scheduler."""
     from diffusers import AutoencoderKL
 
-    from atlas.models.mmdit import image_tokens, load_parts, load_scheduler, resolution
+    from atlas.models.flow import FlowMatchScheduler
+    from atlas.models.mmdit import joint_model, load_parts
 
     lean = importlib.util.find_spec("accelerate") is not None
-    parts = load_parts(path, spec.backbone, dt, lean)
     vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
-    res = resolution(spec, parts["transformer"].config, vae.config)
-    spec = replace(spec, resolution=res, vae_scaling_factor=float(vae.config.scaling_factor),
-                   vae_shift_factor=float(vae.config.shift_factor or 0.0))
-    for module in (vae, *(part for part in parts.values() if isinstance(part, torch.nn.Module))):
-        module.to(dev).eval()
-        module.requires_grad_(False)
-    scheduler = load_scheduler(path, image_tokens(spec, res, vae.config))
-    return TextToImageModel(spec=spec, scheduler=scheduler, vae=vae, unet=None, device=dev, dtype=dt, path=path,
-                            source=source, **parts)
+    return joint_model(load_parts(path, spec.backbone, dt, lean), vae,
+                       FlowMatchScheduler.from_pretrained(path / "scheduler"), spec, dev, dt, path, source)
