@@ -242,6 +242,52 @@ def test_preset_sd14_samples_each_model_with_its_own_defaults(joint_dirs, tiny_s
                                 .selected_keys()}
 
 
+NAMED = [("sd3-medium", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", "ATLAS_SD3_MEDIUM_PATH", True),
+         ("flux-dev", "flux-dev", "black-forest-labs/FLUX.1-dev", "ATLAS_FLUX_DEV_PATH", True),
+         ("flux-schnell", "flux-schnell", "black-forest-labs/FLUX.1-schnell", "ATLAS_FLUX_SCHNELL_PATH", False)]
+
+
+@pytest.mark.parametrize("name, kind, repo, env, gated", NAMED)
+def test_a_named_model_resolves_from_its_variable_else_the_hugging_face_cache(joint_dirs, tmp_path, monkeypatch, name,
+                                                                              kind, repo, env, gated):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv(env, str(joint_dirs[kind]))
+    path, spec = check_model(name)
+    assert path == joint_dirs[kind] and spec.default_steps == (4 if kind == "flux-schnell" else 28)
+    monkeypatch.delenv(env)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    cached = tmp_path / "hf" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(joint_dirs[kind], cached / "snapshots" / ("0" * 40))
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text("0" * 40)
+    path, spec = check_model(name)
+    assert path == cached / "snapshots" / ("0" * 40) and spec.backbone == kind.split("-")[0]
+
+
+@pytest.mark.parametrize("name, kind, repo, env, gated", NAMED)
+def test_a_named_model_not_here_says_what_to_download_where_in_one_line(tmp_path, monkeypatch, name, kind, repo, env,
+                                                                        gated):
+    """Never downloaded: the error names the repo, the Hugging Face cache it was looked for in and the variable that
+    points at a copy, before any work starts."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog\n")
+    result = CliRunner().invoke(main, ["build", "--preset", "sd14", "--model", name, "--prompts", str(prompts),
+                                       "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    for part in (f"{repo} is not in the local Hugging Face cache ({tmp_path / 'hf'})",
+                 f"`huggingface-cli download {repo}`", f"set {env} to a diffusers directory"):
+        assert part in result.output
+    assert ("a gated repo: accept its licence" in result.output) == gated
+    assert not (tmp_path / "atlas").exists() and not (tmp_path / "hf").exists()
+
+
 def test_sd3_without_t5_reads_zeros_in_its_place(joint_dirs, models, tmp_path):
     """SD3 may ship without T5 (model_index.json sets it to null): its pipeline then reads zeros for T5's tokens."""
     path = tmp_path / "sd3-no-t5"

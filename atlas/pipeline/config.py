@@ -110,8 +110,8 @@ class BuildConfig:
     preset: str = "shapes"
     """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's recipe; GPU)."""
     model: str | None = None
-    """Model to load: shapes, shapes-dit (the same world on a diffusion transformer), sd14, a diffusers directory or
-    a cached Hugging Face id (unset: the preset's)."""
+    """Model to load: shapes, shapes-dit (the same world on a diffusion transformer), sd14, sd3-medium, flux-dev,
+    flux-schnell, a diffusers directory or a cached Hugging Face id (unset: the preset's)."""
     prompts: str | None = None
     """File with one prompt per line (unset: shapes-world captions, all splits; only a shapes model takes them)."""
     n_images: int | None = None
