@@ -113,8 +113,9 @@ def device_option(func: Command) -> Command:
 
 def model_option(func: Command) -> Command:
     return click.option("--model", "model_name", default="shapes", show_default=True,
-                        help="shapes (embedded), sd14 (CompVis/stable-diffusion-v1-4 from ATLAS_SD14_PATH or "
-                             "the Hugging Face cache), a diffusers directory, or a cached hub id.")(func)
+                        help="shapes (embedded), sd14, sd3-medium, flux-dev, flux-schnell (from ATLAS_SD14_PATH, "
+                             "ATLAS_SD3_MEDIUM_PATH, ATLAS_FLUX_DEV_PATH, ATLAS_FLUX_SCHNELL_PATH or the Hugging Face "
+                             "cache, never downloaded), a diffusers directory, or a cached hub id.")(func)
 
 
 def atlas_option(func: Command) -> Command:

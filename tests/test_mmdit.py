@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,10 +17,13 @@ from atlas.capture import ActivationSet, capture
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region, region_to_grid
+from atlas.errors import BadInputError
 from atlas.models import Hooks, ModelNotFoundError, check_model, generate, load_model, step_to_t, t_to_step
 from atlas.models.mmdit import pack, unpack
 from atlas.models.random import JOINT_KINDS, write_random_joint
 from atlas.models.sampler import initial_noise, sample_latents
+from atlas.pipeline.build import capture_config, check_build
+from atlas.pipeline.config import BuildConfig
 from atlas.sae import Sae, SaeConfig
 
 PROMPTS = ["a red circle on the left", "a dog"]
@@ -146,6 +150,26 @@ def test_capture_writes_token_grid_shards_of_every_default_block(models, kind, t
     assert up["row"][:5].tolist() == [0] * 4 + [1] and up["col"][:5].tolist() == [0, 1, 2, 3, 0]
 
 
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_a_bf16_capture_on_the_cpu_stores_float32_that_match_fp32s(joint_dirs, models, kind, tmp_path):
+    """The precision FLUX runs in on a GPU, here on the CPU: the captured image-token updates are stored as float32
+    when asked (fp16 by default), and an SAE encodes them in float32, within bf16's rounding of the fp32 model's."""
+    half = load_model(str(joint_dirs[kind]), device="cpu", dtype="bf16")
+    assert half.dtype == torch.bfloat16 and half.transformer.dtype == torch.bfloat16
+    config = CaptureConfig(blocks=["down", "up"], t=[1.0], branches=["cond"], steps=2, dtype="fp32", batch_size=3)
+    found = {}
+    for name, model in (("fp32", models[kind]), ("bf16", half)):
+        acts = ActivationSet(capture(model, PROMPTS + ["a cat"], tmp_path / name, config, progress=False))
+        found[name] = acts.load("up", 1.0, "cond")["x"]
+    exact, rounded = found["fp32"], found["bf16"]
+    assert rounded.dtype == torch.float32 and rounded.shape == exact.shape == (3 * 16, WIDTH)
+    assert (rounded - exact).norm() / exact.norm() < 0.15  # bf16 keeps 3 significant digits per operation
+    sae = Sae(SaeConfig(d_in=WIDTH, n_latents=32, k=4), generator=torch.Generator().manual_seed(0))
+    assert sae.encode(rounded).top_acts.dtype == torch.float32
+    stored = ActivationSet(capture(half, PROMPTS, tmp_path / "fp16", replace(config, dtype="fp16"), progress=False))
+    assert stored.load("up", 1.0, "cond")["x"].dtype == torch.float16
+
+
 @pytest.mark.parametrize("kind, block", [("sd3", "mid"), ("flux-dev", "down"), ("flux-schnell", "mid")])
 def test_zero_strength_edit_is_bit_identical_and_a_real_edit_is_not(models, kind, block):
     model = models[kind]
@@ -178,6 +202,90 @@ def test_a_missing_component_is_named_in_one_line(joint_dirs, tmp_path, kind, re
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert named in result.output and "copy the complete diffusers model there" in result.output
     assert not (tmp_path / "atlas").exists()
+
+
+@pytest.fixture(scope="module")
+def grounded_sam(tmp_path_factory):
+    """A tiny random Grounding DINO and SAM: what `--preset sd14` checks for before a build starts."""
+    from atlas.annotate.config import AnnotateConfig
+    from atlas.annotate.random import write_random_grounding_dino, write_random_sam
+
+    root = tmp_path_factory.mktemp("grounded-sam")
+    return AnnotateConfig(grounding_dino=str(write_random_grounding_dino(root / "gdino", ["dog", "cat"])),
+                          sam=str(write_random_sam(root / "sam")))
+
+
+@pytest.mark.parametrize("kind, steps, guidance, branches", [
+    ("sd14", 50, 7.5, ["cond", "uncond"]), ("sd3", 28, 7.0, ["cond", "uncond"]), ("flux-dev", 28, 3.5, ["cond"]),
+    ("flux-schnell", 4, 0.0, ["cond"]),
+])
+def test_preset_sd14_samples_each_model_with_its_own_defaults(joint_dirs, tiny_sd_dir, grounded_sam, tmp_path, kind,
+                                                              steps, guidance, branches):
+    """`--preset sd14` leaves steps and guidance to the model (SD v1.4's 50 / 7.5, SD3's, FLUX's); on FLUX, which has
+    no CFG, the preset's uncond branch is dropped with a note, and an explicit one is a one-line error."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a dog number {i}\n" for i in range(8)))
+    model = str(tiny_sd_dir if kind == "sd14" else joint_dirs[kind])
+    base = dict(preset="sd14", model=model, prompts=str(prompts), atlas=str(tmp_path / "atlas"), annotate=grounded_sam)
+    said = []
+    config = check_build(BuildConfig(**base), say=said.append)
+    assert (config.steps, config.guidance, config.branches) == (steps, guidance, branches)
+    assert len(said) == (branches == ["cond"]) and all("no uncond branch" in line for line in said)
+    explicit = check_build(BuildConfig(**base, steps=3, guidance=2.0, branches=["cond"]))
+    assert (explicit.steps, explicit.guidance, explicit.branches) == (3, 2.0, ["cond"])
+    for asked in (dict(branches=["cond", "uncond"]), dict(keys=["mid/1.0/uncond"])):
+        if branches == ["cond"]:
+            with pytest.raises(BadInputError, match="samples without classifier-free guidance, so it has no uncond"):
+                check_build(BuildConfig(**base, **asked))
+        else:
+            assert "uncond" in {key[2] for key in capture_config(check_build(BuildConfig(**base, **asked)))
+                                .selected_keys()}
+
+
+NAMED = [("sd3-medium", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", "ATLAS_SD3_MEDIUM_PATH", True),
+         ("flux-dev", "flux-dev", "black-forest-labs/FLUX.1-dev", "ATLAS_FLUX_DEV_PATH", True),
+         ("flux-schnell", "flux-schnell", "black-forest-labs/FLUX.1-schnell", "ATLAS_FLUX_SCHNELL_PATH", False)]
+
+
+@pytest.mark.parametrize("name, kind, repo, env, gated", NAMED)
+def test_a_named_model_resolves_from_its_variable_else_the_hugging_face_cache(joint_dirs, tmp_path, monkeypatch, name,
+                                                                              kind, repo, env, gated):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv(env, str(joint_dirs[kind]))
+    path, spec = check_model(name)
+    assert path == joint_dirs[kind] and spec.default_steps == (4 if kind == "flux-schnell" else 28)
+    monkeypatch.delenv(env)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    cached = tmp_path / "hf" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(joint_dirs[kind], cached / "snapshots" / ("0" * 40))
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text("0" * 40)
+    path, spec = check_model(name)
+    assert path == cached / "snapshots" / ("0" * 40) and spec.backbone == kind.split("-")[0]
+
+
+@pytest.mark.parametrize("name, kind, repo, env, gated", NAMED)
+def test_a_named_model_not_here_says_what_to_download_where_in_one_line(tmp_path, monkeypatch, name, kind, repo, env,
+                                                                        gated):
+    """Never downloaded: the error names the repo, the Hugging Face cache it was looked for in and the variable that
+    points at a copy, before any work starts."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog\n")
+    result = CliRunner().invoke(main, ["build", "--preset", "sd14", "--model", name, "--prompts", str(prompts),
+                                       "--atlas", str(tmp_path / "atlas")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    for part in (f"{repo} is not in the local Hugging Face cache ({tmp_path / 'hf'})",
+                 f"`huggingface-cli download {repo}`", f"set {env} to a diffusers directory"):
+        assert part in result.output
+    assert ("a gated repo: accept its licence" in result.output) == gated
+    assert not (tmp_path / "atlas").exists() and not (tmp_path / "hf").exists()
 
 
 def test_sd3_without_t5_reads_zeros_in_its_place(joint_dirs, models, tmp_path):

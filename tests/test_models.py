@@ -112,6 +112,10 @@ def test_device_and_dtype_choice():
     assert pick_dtype(torch.device("cpu")) == torch.float32
     assert pick_dtype(torch.device("cuda")) == torch.float16
     assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert [pick_dtype(torch.device("cuda"), None, backbone) for backbone in ("unet", "dit", "sd3", "flux")] == [
+        torch.float16] * 3 + [torch.bfloat16]  # FLUX overflows fp16
+    assert pick_dtype(torch.device("cuda"), "fp16", "flux") == torch.float16  # asked for: given
+    assert pick_dtype(torch.device("cpu"), None, "flux") == torch.float32
     with pytest.raises(BadInputError, match="unknown dtype"):
         pick_dtype(torch.device("cpu"), "fp8")
     if not torch.cuda.is_available():

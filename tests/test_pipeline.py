@@ -324,8 +324,8 @@ def test_the_default_atlas_directory_does_not_shadow_the_package(tmp_path, monke
 def test_a_users_value_wins_over_the_presets_which_wins_over_the_stages_default(tmp_path):
     config, _ = resolve(BuildConfig(preset="sd14", prompts="prompts.txt", k=20, branches=["cond"]))
     assert sae_job(config) == SaeJobConfig(k=20, latents="4x", lr=1e-4, batch_size=4096, epochs=1.0, min_tokens=0)
-    assert capture_config(config) == CaptureConfig(blocks=["down", "mid", "up"], t=[1.0, 0.5, 0.0], branches=["cond"],
-                                                   steps=50, guidance=7.5)
+    assert capture_config(config) == CaptureConfig(blocks=["down", "mid", "up"], t=[1.0, 0.5, 0.0],
+                                                   branches=["cond"])  # steps and guidance: the model's own
     assert (config.model, config.annotator) == ("sd14", "grounded-sam")
     config, _ = resolve(BuildConfig(lr=3e-4, steps=5))
     assert sae_job(config) == SaeJobConfig(lr=3e-4)  # the rest: `atlas train`'s defaults

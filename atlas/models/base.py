@@ -139,7 +139,7 @@ class TextToImageModel:
     def guide(self, uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         """Combine the [uncond, cond] predictions: classifier-free guidance at scale `guidance`; FLUX takes the cond
         prediction alone (its guidance, if any, went into `predict`)."""
-        if self.spec.backbone == "flux":
+        if not self.spec.cfg:
             return cond
         return uncond + guidance * (cond - uncond)
 

@@ -1,14 +1,15 @@
-"""Load a text-to-image model by name (`shapes`, `sd14`), local directory, or Hugging Face cache id.
+"""Load a text-to-image model by name (`shapes`, `sd14`, `sd3-medium`, `flux-dev`, `flux-schnell`), local
+directory, or Hugging Face cache id.
 
-Nothing is ever downloaded: `sd14` and hub ids are looked up in the local Hugging Face cache
-only, and a missing checkpoint raises `ModelNotFoundError` with a one-line fix.
+Nothing is ever downloaded: named models and hub ids are looked up in their environment variable's directory or
+the local Hugging Face cache only, and a missing checkpoint raises `ModelNotFoundError` with a one-line fix.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from atlas.errors import UnavailableError
@@ -18,6 +19,27 @@ from atlas.models.mmdit import COMPONENTS, TOKENIZERS, joint_spec, listed, pipel
 from atlas.models.spec import DENOISERS, SD14_SPEC, SPEC_FILE, ModelSpec
 
 SD14_REPO = "CompVis/stable-diffusion-v1-4"
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A released model known by name: its Hugging Face repo and the variable that points at a local copy."""
+
+    repo: str
+    env: str
+    spec: ModelSpec | None = None
+    """Its atlas spec, or None to read it from the directory (SD3 and FLUX: from their configs)."""
+    gated: bool = False
+    """Hugging Face serves it only after its licence is accepted on the repo's page, to a logged-in user."""
+
+
+NAMED_MODELS = {
+    "sd14": NamedModel(SD14_REPO, "ATLAS_SD14_PATH", SD14_SPEC),
+    "sd3-medium": NamedModel("stabilityai/stable-diffusion-3-medium-diffusers", "ATLAS_SD3_MEDIUM_PATH", gated=True),
+    "flux-dev": NamedModel("black-forest-labs/FLUX.1-dev", "ATLAS_FLUX_DEV_PATH", gated=True),
+    "flux-schnell": NamedModel("black-forest-labs/FLUX.1-schnell", "ATLAS_FLUX_SCHNELL_PATH"),
+}
+"""`--model` names of released models: read from their variable's directory, else the local Hugging Face cache."""
 
 
 class ModelNotFoundError(UnavailableError):
@@ -46,18 +68,20 @@ def resolve_model_dir(name_or_path: str) -> tuple[Path, ModelSpec | None]:
             raise ModelNotFoundError(f"{name_or_path} model not found in {path}: run {train} then `atlas shapes "
                                      f"export`, or set {SHIPPED_MODELS[name_or_path]} to its directory")
         return path, None
-    if name_or_path == "sd14":
-        local = os.environ.get("ATLAS_SD14_PATH")
+    if name_or_path in NAMED_MODELS:
+        named = NAMED_MODELS[name_or_path]
+        local = os.environ.get(named.env)
         if local:
-            return _checked_dir(Path(local), "sd14"), SD14_SPEC
-        return _from_hf_cache(SD14_REPO), SD14_SPEC
+            return _checked_dir(Path(local), f"{name_or_path} ({named.env})"), named.spec
+        return _from_hf_cache(named.repo, name_or_path), named.spec
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _checked_dir(path, name_or_path), None
     if "/" in name_or_path and not path.exists() and name_or_path.count("/") == 1:
         return _from_hf_cache(name_or_path), None
-    raise ModelNotFoundError(f"no model {name_or_path!r}: use `shapes`, `shapes-dit`, `sd14`, a diffusers model "
-                             "directory or a Hugging Face id that is in the local cache")
+    raise ModelNotFoundError(f"no model {name_or_path!r}: use `shapes`, `shapes-dit`, "
+                             f"{', '.join(f'`{name}`' for name in NAMED_MODELS)}, a diffusers model directory or a "
+                             "Hugging Face id that is in the local cache")
 
 
 def _has_denoiser(path: Path) -> bool:
@@ -85,13 +109,21 @@ def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> Path | None:
         return None
 
 
-def _from_hf_cache(repo_id: str) -> Path:
+def _from_hf_cache(repo_id: str, name: str | None = None) -> Path:
+    """`repo_id`'s snapshot in the local Hugging Face cache; `name` is the model name it was asked for by, whose
+    variable the error offers as the other way."""
+    from huggingface_hub import constants
+
     path = cached_snapshot(repo_id)
     if path is None:
+        named = NAMED_MODELS.get(name or "")
+        gated = (f" (a gated repo: accept its licence on https://huggingface.co/{repo_id} and log in with "
+                 "`huggingface-cli login` first)" if named and named.gated else "")
+        other = (f"set {named.env} to a diffusers directory of it" if named else
+                 "pass --model PATH to a diffusers directory")
         raise ModelNotFoundError(
-            f"{repo_id} is not in the local Hugging Face cache: on a machine with network run "
-            f"`huggingface-cli download {repo_id}` (then copy ~/.cache/huggingface here), or pass --model "
-            f"PATH to a diffusers directory (for sd14 you can also set ATLAS_SD14_PATH)")
+            f"{repo_id} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): on a machine with network "
+            f"run `huggingface-cli download {repo_id}`{gated} and copy the cache here, or {other}")
     return _checked_dir(path, repo_id)
 
 
@@ -139,8 +171,9 @@ def check_model(name_or_path: str) -> tuple[Path, ModelSpec]:
 
 def _hub_repo(name_or_path: str) -> str | None:
     """The Hugging Face id a model name is read from the local cache under, or None for a directory."""
-    if name_or_path == "sd14":
-        return None if os.environ.get("ATLAS_SD14_PATH") else SD14_REPO
+    if name_or_path in NAMED_MODELS:
+        named = NAMED_MODELS[name_or_path]
+        return None if os.environ.get(named.env) else named.repo
     return None if Path(name_or_path).expanduser().is_dir() or name_or_path in SHIPPED_MODELS else name_or_path
 
 
@@ -162,7 +195,7 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
 
     path, spec = check_model(name_or_path)
     dev = pick_device(device)
-    dt = pick_dtype(dev, dtype)
+    dt = pick_dtype(dev, dtype, spec.backbone)
     if spec.backbone in COMPONENTS:
         return _load_joint(path, spec, dev, dt, name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
@@ -186,22 +219,13 @@ def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: s
 
 
 def _load_joint(path: Path, spec: ModelSpec, dev: object, dt: object, source: str) -> TextToImageModel:
-    """An SD3 or FLUX directory: its transformer, VAE (scaling and shift from its config), text encoders, tokenizers
-    and flow-matching scheduler."""
-    import torch
+    """An SD3 or FLUX directory: its transformer, VAE, text encoders, tokenizers and flow-matching scheduler."""
     from diffusers import AutoencoderKL
 
-    from atlas.models.mmdit import image_tokens, load_parts, load_scheduler, resolution
+    from atlas.models.flow import FlowMatchScheduler
+    from atlas.models.mmdit import joint_model, load_parts
 
     lean = importlib.util.find_spec("accelerate") is not None
-    parts = load_parts(path, spec.backbone, dt, lean)
     vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dt, low_cpu_mem_usage=lean)
-    res = resolution(spec, parts["transformer"].config, vae.config)
-    spec = replace(spec, resolution=res, vae_scaling_factor=float(vae.config.scaling_factor),
-                   vae_shift_factor=float(vae.config.shift_factor or 0.0))
-    for module in (vae, *(part for part in parts.values() if isinstance(part, torch.nn.Module))):
-        module.to(dev).eval()
-        module.requires_grad_(False)
-    scheduler = load_scheduler(path, image_tokens(spec, res, vae.config))
-    return TextToImageModel(spec=spec, scheduler=scheduler, vae=vae, unet=None, device=dev, dtype=dt, path=path,
-                            source=source, **parts)
+    return joint_model(load_parts(path, spec.backbone, dt, lean), vae,
+                       FlowMatchScheduler.from_pretrained(path / "scheduler"), spec, dev, dt, path, source)

@@ -17,7 +17,7 @@ and image tokens concatenated and splits them again on return, so its hook sees 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,14 +64,23 @@ def listed(path: Path, names: list[str]) -> list[str]:
 
 
 def joint_spec(path: Path, backbone: str) -> ModelSpec:
-    """The spec of an SD3 or FLUX directory, from its transformer's config: `down`/`mid`/`up` are the blocks at 1/6,
-    3/6 and 5/6 of the stack, steps and guidance the pipeline's defaults (resolution is set on loading)."""
-    config = json.loads((path / "transformer" / "config.json").read_text())
-    blocks = [f"transformer_blocks.{i}" for i in range(config["num_layers"])]
-    blocks += [f"single_transformer_blocks.{i}" for i in range(config.get("num_single_layers", 0))]
+    """The spec of an SD3 or FLUX directory, from its transformer's config (`transformer_spec`)."""
+    return transformer_spec(path.name, json.loads((path / "transformer" / "config.json").read_text()), backbone)
+
+
+def block_names(transformer_config: dict) -> list[str]:
+    """Every hookable block of an SD3 or FLUX transformer, in the order they run (FLUX: double-stream first)."""
+    blocks = [f"transformer_blocks.{i}" for i in range(transformer_config["num_layers"])]
+    return blocks + [f"single_transformer_blocks.{i}" for i in range(transformer_config.get("num_single_layers", 0))]
+
+
+def transformer_spec(name: str, transformer_config: dict, backbone: str) -> ModelSpec:
+    """The spec of an SD3 or FLUX model from its transformer's config: `down`/`mid`/`up` are the blocks at 1/6, 3/6
+    and 5/6 of the stack, steps and guidance the pipeline's defaults (resolution is set on loading)."""
+    blocks = block_names(transformer_config)
     picks = [blocks[len(blocks) * (2 * k + 1) // 6] for k in range(3)]
-    steps, guidance = DEFAULTS[_variant(backbone, config)]
-    return ModelSpec(name=path.name, hook_points=dict(zip(("down", "mid", "up"), picks)), default_steps=steps,
+    steps, guidance = DEFAULTS[_variant(backbone, transformer_config)]
+    return ModelSpec(name=name, hook_points=dict(zip(("down", "mid", "up"), picks)), default_steps=steps,
                      default_guidance=guidance, backbone=backbone)
 
 
@@ -100,17 +109,31 @@ def load_parts(path: Path, backbone: str, dtype: torch.dtype, lean: bool) -> dic
     return parts
 
 
-def load_scheduler(path: Path, image_tokens: int | None) -> object:
-    """The directory's flow-matching scheduler (`atlas.models.flow.FlowMatchScheduler`). For FLUX (`image_tokens`
-    given) its schedule's shift is fixed here for the model's one resolution, exactly as its pipeline computes it."""
-    from atlas.models.flow import FlowMatchScheduler
-
-    scheduler = FlowMatchScheduler.from_pretrained(path / "scheduler")
+def fix_shift(scheduler: object, image_tokens: int | None) -> object:
+    """A flow-matching scheduler (`atlas.models.flow.FlowMatchScheduler`) with, for FLUX (`image_tokens` given), its
+    schedule's shift fixed for the model's one resolution, exactly as its pipeline computes it."""
     if image_tokens is not None:
         c = scheduler.config
         slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
         scheduler.mu = image_tokens * slope + c.base_shift - slope * c.base_image_seq_len
     return scheduler
+
+
+def joint_model(parts: dict, vae: torch.nn.Module, scheduler: object, spec: ModelSpec, device: torch.device,
+                dtype: torch.dtype, path: Path | None = None, source: str = "") -> TextToImageModel:
+    """An SD3 or FLUX `TextToImageModel` from its parts (`load_parts`'s dict: transformer, text encoders,
+    tokenizers), VAE (scaling and shift from its config) and flow-matching scheduler, on `device` in eval mode."""
+    from atlas.models.base import TextToImageModel
+
+    res = resolution(spec, parts["transformer"].config, vae.config)
+    spec = replace(spec, resolution=res, vae_scaling_factor=float(vae.config.scaling_factor),
+                   vae_shift_factor=float(vae.config.shift_factor or 0.0))
+    for module in (vae, *(part for part in parts.values() if isinstance(part, torch.nn.Module))):
+        module.to(device).eval()
+        module.requires_grad_(False)
+    scheduler = fix_shift(scheduler, image_tokens(spec, res, vae.config))
+    return TextToImageModel(spec=spec, scheduler=scheduler, vae=vae, unet=None, device=device, dtype=dtype,
+                            path=path, source=source, **parts)
 
 
 @dataclass

@@ -45,6 +45,13 @@ class ModelSpec:
             raise BadInputError(f"unknown backbone {self.backbone!r} in model spec {self.name}; use one of "
                              f"{', '.join(DENOISERS)}")
 
+    @property
+    def cfg(self) -> bool:
+        """Whether the uncond half of the sampler's batch steers the image (classifier-free guidance). FLUX's does
+        not: dev embeds its distilled guidance in the cond pass, schnell has none, so FLUX has no uncond branch to
+        capture."""
+        return self.backbone != "flux"
+
     def guidance(self, guidance: float | None = None) -> float:
         """The guidance to use: `guidance`, or this model's default when it is None (the one place that says so).
         It is the CFG scale, except for FLUX, which reads it as its distilled guidance embedding (and schnell not at

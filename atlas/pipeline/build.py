@@ -32,6 +32,7 @@ from atlas.dictionary.run import DICTIONARY_SPLITS, link_atlas
 from atlas.errors import BadInputError, UnavailableError
 from atlas.evolution.config import EvolveConfig
 from atlas.models import check_model
+from atlas.models.spec import ModelSpec
 from atlas.pipeline.config import BuildConfig, SaeJobConfig
 from atlas.pipeline.encode import encode_atlas
 from atlas.pipeline.evolution import STAGE as EVOLVE_STAGE
@@ -73,15 +74,18 @@ def resolve(config: BuildConfig) -> tuple[BuildConfig, Preset]:
     return replace(config, **taken), preset
 
 
-def check_build(config: BuildConfig) -> BuildConfig:
-    """Resolve `config` and check, in seconds and without loading any weights, what the stages will need: the
-    prompts, the model's files, the annotator's checkpoints. Raises the one-line error of the first gap."""
+def check_build(config: BuildConfig, say: Callable[[str], None] = logger.info) -> BuildConfig:
+    """Resolve `config` (against its preset, then its model: `for_model`) and check, in seconds and without loading
+    any weights, what the stages will need: the prompts, the model's files, the annotator's checkpoints. Raises the
+    one-line error of the first gap."""
+    given = config
     config, preset = resolve(config)
     if preset.prompts_needed and not config.prompts:
         raise BadInputError(f"--preset {config.preset} needs --prompts FILE (one prompt per line)")
     if config.prompts:
         read_prompts(config.prompts)
     _, spec = check_model(config.model)
+    config = for_model(config, given, spec, say)
     if spec.name not in SHAPES_MODELS:
         if not config.prompts:
             raise BadInputError(f"--model {config.model} is not a shapes model, so the shapes world's captions do "
@@ -94,6 +98,24 @@ def check_build(config: BuildConfig) -> BuildConfig:
     size_notes(config)
     if not config.any_directory:
         refuse_foreign(Path(config.atlas) if config.atlas else default_path())
+    return config
+
+
+def for_model(config: BuildConfig, given: BuildConfig, spec: ModelSpec,
+              say: Callable[[str], None] = logger.info) -> BuildConfig:
+    """`config` (resolved against its preset) with what its model decides: the sampler's steps and guidance, its own
+    where unset (no preset sets them); on a model without classifier-free guidance (FLUX), cond alone when the user
+    named no branch (a note to `say` tells why). An uncond branch the user asked for there is a one-line error."""
+    config = replace(config, steps=spec.steps(config.steps), guidance=spec.guidance(config.guidance))
+    if spec.cfg:
+        return config
+    if given.branches is None and given.keys is None and "uncond" in (config.branches or CaptureConfig().branches):
+        say(f"note: no uncond branch: --model {config.model} samples without classifier-free guidance (its uncond "
+            "pass steers no image), so only cond is captured")
+        config = replace(config, branches=["cond"])
+    if any(branch == "uncond" for _, _, branch in capture_config(config).selected_keys()):
+        raise BadInputError(f"--model {config.model} ({spec.backbone}) samples without classifier-free guidance, so "
+                            "it has no uncond branch: capture cond alone (drop uncond from --branches and --keys)")
     return config
 
 
@@ -154,7 +176,7 @@ def build_atlas(config: BuildConfig, progress: bool = True, say: Callable[[str],
     disk plan is said, and a capture the disk cannot hold stops it too."""
     from atlas.models import load_model
 
-    config = check_build(config)
+    config = check_build(config, say)
     if config.threads:
         torch.set_num_threads(config.threads)
     for note in size_notes(config):

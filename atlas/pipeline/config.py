@@ -110,8 +110,8 @@ class BuildConfig:
     preset: str = "shapes"
     """shapes (the embedded model, CPU, minutes) or sd14 (Stable Diffusion v1.4 with the paper's recipe; GPU)."""
     model: str | None = None
-    """Model to load: shapes, shapes-dit (the same world on a diffusion transformer), sd14, a diffusers directory or
-    a cached Hugging Face id (unset: the preset's)."""
+    """Model to load: shapes, shapes-dit (the same world on a diffusion transformer), sd14, sd3-medium, flux-dev,
+    flux-schnell, a diffusers directory or a cached Hugging Face id (unset: the preset's)."""
     prompts: str | None = None
     """File with one prompt per line (unset: shapes-world captions, all splits; only a shapes model takes them)."""
     n_images: int | None = None
@@ -121,16 +121,19 @@ class BuildConfig:
     t: list[float] | None = None
     """Timesteps to capture, t = 1.0 the first denoising step (unset: the preset's, else capture's)."""
     branches: list[str] | None = None
-    """CFG halves to capture and train SAEs on: cond, uncond (both: the two) (unset: the preset's, else capture's)."""
+    """CFG halves to capture and train SAEs on: cond, uncond (both: the two) (unset: the preset's, else capture's;
+    cond alone on a model without CFG, FLUX)."""
     keys: list[str] | None = None
     """Capture and train only these (block, t, branch), spelled as SAE names (mid/1.0, up/0.0/uncond); replaces
     --blocks, --t and --branches (unset: every combination of those)."""
     dtype: str | None = None
     """Stored precision of the activations: fp16, bf16 or fp32 (unset: capture's)."""
     steps: int | None = None
-    """DDIM steps (unset: the preset's, else the model's default)."""
+    """Sampler steps (unset: the model's default: 50 DDIM steps for SD v1.4, 28 for SD3 and FLUX-dev, 4 for
+    FLUX-schnell)."""
     guidance: float | None = None
-    """Classifier-free guidance scale (unset: the preset's, else the model's default)."""
+    """Guidance scale: classifier-free, or FLUX-dev's distilled guidance (unset: the model's default: 7.5 for SD v1.4,
+    7.0 for SD3, 3.5 for FLUX-dev, none for FLUX-schnell)."""
     k: list[int] | None = None
     """Active latents per position: one SAE per value for every (block, t, branch), the first the primary one (unset:
     the preset's, else `atlas train`'s)."""

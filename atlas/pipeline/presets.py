@@ -3,6 +3,12 @@
     shapes  the embedded model, its captions (with their splits), its classical annotator
     sd14    Stable Diffusion v1.4 with the paper's recipe, prompts from a file, Grounded-SAM
 
+No preset sets sampler steps or guidance: they are the model's own (`ModelSpec.default_steps` and
+`default_guidance`, the defaults of each model's published pipeline), so `--preset sd14 --model PATH` samples an
+SD3 or FLUX directory as its own pipeline does. A preset's uncond branch is dropped, with a note, on a model without
+classifier-free guidance (FLUX: its uncond pass steers no image); asking for uncond there (--branches, --keys) is a
+one-line error.
+
 Kept free of heavy imports (the CLI reads the names at startup); each backend loads when asked for.
 """
 
@@ -36,7 +42,7 @@ PRESETS = {
     "shapes": Preset(BuildConfig(model="shapes", n_images=640, annotator="shapes", branches=["cond"], threads=1)),
     # The paper's recipe (docs/PAPER.md): k = 10 (each key's primary SAE) and k = 20 (its variant "k20").
     "sd14": Preset(BuildConfig(model="sd14", n_images=1000, annotator="grounded-sam", blocks=["down", "mid", "up"],
-                               t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], steps=50, guidance=7.5, k=[10, 20],
+                               t=[1.0, 0.5, 0.0], branches=["cond", "uncond"], k=[10, 20],
                                latents="4x", lr=1e-4, sae_batch_size=4096, epochs=1.0, sae_tokens=0),
                    prompts_needed=True),
 }
