@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -70,6 +71,25 @@ def test_capture_refuses_other_settings_in_the_same_directory(model, tmp_path):
         acts.load("down", 1.0, "cond")
     with pytest.raises(NotFoundError, match=r"t=0.5 was not captured"):
         acts.load("mid", 0.5, "cond")
+
+
+def test_activations_beyond_fp16_are_refused_in_one_line_and_bf16_keeps_them(model, tmp_path):
+    """A block whose update overflows fp16 storage (FLUX's can) stops the capture with a one-line error naming the
+    way out, before any shard of that batch is written; bf16 (fp32's range) stores the same values finite."""
+    module = model.denoiser.get_submodule(model.hook_module_name("mid"))
+    handle = module.register_forward_hook(lambda _m, _inputs, output: tuple(o * 1e6 for o in output)
+                                          if isinstance(output, tuple) else output * 1e6)
+    try:
+        config = CaptureConfig(blocks=["mid"], t=[1.0], branches=["cond"], steps=2)
+        with pytest.raises(BadInputError, match=r"^mid at t = 1: activations up to .* overflow fp16 storage "
+                                                r"\(max 65504\); capture again with --dtype bf16 or fp32$"):
+            capture(model, ["a red circle"], tmp_path / "fp16", config, progress=False)
+        assert not list((tmp_path / "fp16").rglob("*.safetensors"))
+        out = capture(model, ["a red circle"], tmp_path / "bf16", replace(config, dtype="bf16"), progress=False)
+    finally:
+        handle.remove()
+    x = ActivationSet(out).load("mid", 1.0, "cond")["x"]
+    assert x.dtype == torch.bfloat16 and bool(x.isfinite().all()) and float(x.float().abs().max()) > 65504
 
 
 def test_split_filter_and_corrupt_shard(model, tmp_path):

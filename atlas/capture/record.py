@@ -99,7 +99,11 @@ class _Recorder:
         t = self.steps_to_t[step.index]
         for branch, d in zip(BRANCHES, delta.chunk(2)):
             if (block, t, branch) in self.keys:
-                self.buffers[(block, t, branch)] = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).to(self.dtype).cpu()
+                stored = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).to(self.dtype)
+                if self.dtype == torch.float16 and not bool(stored.isfinite().all()) and bool(d.isfinite().all()):
+                    raise BadInputError(f"{block} at t = {t:g}: activations up to {float(d.abs().max()):.3g} "
+                                        "overflow fp16 storage (max 65504); capture again with --dtype bf16 or fp32")
+                self.buffers[(block, t, branch)] = stored.cpu()
         return None
 
 
