@@ -229,7 +229,9 @@ def test_preset_sd14_samples_each_model_with_its_own_defaults(joint_dirs, tiny_s
     base = dict(preset="sd14", model=model, prompts=str(prompts), atlas=str(tmp_path / "atlas"), annotate=grounded_sam)
     said = []
     config = check_build(BuildConfig(**base), say=said.append)
-    assert (config.steps, config.guidance, config.branches) == (steps, guidance, branches)
+    spec = check_model(model)[1]
+    assert (config.steps, config.guidance) == (None, None)  # the model's, as `atlas capture` alone takes them
+    assert (spec.steps(config.steps), spec.guidance(config.guidance), config.branches) == (steps, guidance, branches)
     assert len(said) == (branches == ["cond"]) and all("no uncond branch" in line for line in said)
     explicit = check_build(BuildConfig(**base, steps=3, guidance=2.0, branches=["cond"]))
     assert (explicit.steps, explicit.guidance, explicit.branches) == (3, 2.0, ["cond"])

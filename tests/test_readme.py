@@ -1,5 +1,8 @@
 """The README runs as written: every shell and Python block, in order, in a fresh directory laid out like a source
-checkout (its default atlas is demo/atlas), so the README cannot drift from the commands.
+checkout (its default atlas is demo/atlas), so the README cannot drift from the commands. Each `atlas` line runs
+through the same click entry point as the console script, in this process (a process per line spent most of the
+test importing torch again: the entry point as a process is run by tests/test_cli.py and test_faults.py); each
+Python block is executed in a fresh namespace.
 
 Only sizes change: SANDBOX appends options to some commands (click keeps an option's last value), so that the
 whole README runs in minutes on a small atlas, and so that `atlas shapes export` writes beside the test rather
@@ -9,25 +12,25 @@ this suite inside itself.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-ATLAS = Path(sys.executable).with_name("atlas")
 N_IMAGES = "64"
-SANDBOX = {  # command (its first words) -> options appended
+SANDBOX = {  # command (its first words) -> options appended; the first match counts
     ("atlas", "generate"): ["--steps", "4"],
     ("atlas", "shapes", "eval"): ["--n", "4", "--steps", "4"],
     ("atlas", "shapes", "train"): ["--max-steps", "2", "--threads", "1"],
     ("atlas", "shapes", "export"): ["--no-eval", "--out", "exported"],
+    ("atlas", "capture", "--model"): ["--n-prompts", "16"],  # a capture of its own, not the atlas's
     ("atlas", "capture"): ["--n-prompts", N_IMAGES],
     ("atlas", "build"): ["--n-images", N_IMAGES],
     ("atlas", "eval-edits"): ["--n", "2", "--strengths", "1024"],
@@ -61,7 +64,7 @@ def commands(body: str) -> list[list[str]]:
 
 def sandboxed(argv: list[str]) -> list[str]:
     extra = next((options for head, options in SANDBOX.items() if tuple(argv[: len(head)]) == head), [])
-    return [str(ATLAS), *argv[1:], *extra] if argv[0] == "atlas" else argv
+    return [*argv, *extra]
 
 
 def test_blocks_parse_into_commands():
@@ -71,24 +74,40 @@ def test_blocks_parse_into_commands():
     assert [lang for lang, _ in blocks(README.read_text())].count("python") >= 2
 
 
+def run_line(argv: list[str]) -> tuple[bool, str]:
+    """Run one README line in the current directory: (succeeded, the end of its output)."""
+    if argv[0] != "atlas":
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        return result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    from atlas.cli.main import main
+
+    result = CliRunner().invoke(main, argv[1:])
+    error = "" if result.exception is None or result.exit_code == 0 else repr(result.exception)
+    return result.exit_code == 0, result.output[-3000:] + error
+
+
 @pytest.mark.slow
 @pytest.mark.integration
-def test_every_readme_block_runs_in_order(tmp_path):
+def test_every_readme_block_runs_in_order(tmp_path, monkeypatch):
     clone = tmp_path / "clone"
     shutil.copytree(REPO / "data", clone / "data")  # what a fresh clone holds besides the package
-    # one torch thread per command: a thread per core runs many times slower on a shared CPU (bench/RESULTS.md)
-    env = {**os.environ, "ATLAS_DIR": "demo/atlas", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    monkeypatch.chdir(clone)
+    monkeypatch.setenv("ATLAS_DIR", "demo/atlas")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per command: a thread per core runs many times slower on a shared CPU
     ran = []
-    for lang, body in blocks(README.read_text()):
-        if lang == "python":
-            steps = [[sys.executable, "-c", body]]
-        else:
-            steps = [sandboxed(argv) for argv in commands(body)
-                     if not any(" ".join(argv).startswith(skip) for skip in NOT_RUN)]
-        for argv in steps:
-            result = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
-            shown = " ".join(argv[1:]) if lang == "bash" else body
-            output = result.stdout[-2000:] + result.stderr[-3000:]
-            assert result.returncode == 0, f"README line failed: {shown}\n{output}"
-            ran.append(shown)
+    try:
+        for lang, body in blocks(README.read_text()):
+            if lang == "python":
+                exec(compile(body, "README.md", "exec"), {"__name__": "__main__"})
+                ran.append(body)
+                continue
+            for argv in commands(body):
+                if any(" ".join(argv).startswith(skip) for skip in NOT_RUN):
+                    continue
+                ok, output = run_line(sandboxed(argv))
+                assert ok, f"README line failed: {' '.join(argv)}\n{output}"
+                ran.append(" ".join(argv[1:]))
+    finally:
+        torch.set_num_threads(threads)
     assert any(line.startswith("build") for line in ran) and len(ran) > 20

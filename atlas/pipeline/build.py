@@ -103,10 +103,10 @@ def check_build(config: BuildConfig, say: Callable[[str], None] = logger.info) -
 
 def for_model(config: BuildConfig, given: BuildConfig, spec: ModelSpec,
               say: Callable[[str], None] = logger.info) -> BuildConfig:
-    """`config` (resolved against its preset) with what its model decides: the sampler's steps and guidance, its own
-    where unset (no preset sets them); on a model without classifier-free guidance (FLUX), cond alone when the user
-    named no branch (a note to `say` tells why). An uncond branch the user asked for there is a one-line error."""
-    config = replace(config, steps=spec.steps(config.steps), guidance=spec.guidance(config.guidance))
+    """`config` (resolved against its preset) with what its model decides: on a model without classifier-free
+    guidance (FLUX), cond alone when the user named no branch (a note to `say` tells why); an uncond branch the user
+    asked for there is a one-line error. Steps and guidance stay unset unless given (no preset sets them): capture
+    takes the model's own, as a capture run on its own does, so the two resume each other."""
     if spec.cfg:
         return config
     if given.branches is None and given.keys is None and "uncond" in (config.branches or CaptureConfig().branches):
