@@ -46,9 +46,13 @@ def shapes_train(**options) -> None:
               help="Default CFG scale to ship with the weights (used by eval, generate and atlas builds when not "
                    "told) [default: that of the export the run started from (--init-from), else 3.0]; pick it with "
                    "`atlas shapes eval --guidance` on two --seed sets.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Default DDIM steps to ship with the weights (used by eval, generate and atlas builds when not "
+                   "told) [default: that of the export the run started from (--init-from), else 20]; pick them "
+                   "with `atlas shapes eval --steps` on two --seed sets.")
 @one_line_errors
 def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_command: str,
-                  guidance: float | None) -> None:
+                  guidance: float | None, steps: int | None) -> None:
     """Write a run's EMA weights (diffusers layout, fp16 safetensors) and its model card with the quality table."""
     ckpt = Path(run_dir) / "checkpoint.pt"
     if not ckpt.exists():  # before the imports: they take seconds
@@ -64,7 +68,7 @@ def shapes_export(run_dir: str, out_dir: str | None, run_eval: bool, train_comma
     train_config = json.loads((Path(run_dir) / "train_config.json").read_text())
     default_out = Path(run_dir) / "model" if train_config.get("backbone") == "dit" else shapes_model_dir()
     out = Path(out_dir) if out_dir else default_out
-    facts = export(ckpt, out, guidance)
+    facts = export(ckpt, out, guidance, steps)
     click.echo(f"exported step {facts['steps']} ({facts['hours']:.2f} h of training) to {out}")
     result = None
     if run_eval:

@@ -30,14 +30,14 @@ def test_training_resumes_and_exports(tmp_path):
     assert json.loads((run / "train_config.json").read_text())["max_steps"] == 5
 
     out = tmp_path / "model"
-    facts = export(ckpt, out, guidance=4.5)
+    facts = export(ckpt, out, guidance=4.5, steps=30)
     assert facts["steps"] == 5
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                  "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "atlas_model.json"):
         assert (out / part).exists(), part
     model = load_model(str(out), device="cpu")
     assert model.spec.hook_points["mid"] == "mid_block.attentions.0"
-    assert model.spec.default_guidance == 4.5  # the scale chosen at export ships with the weights
+    assert (model.spec.default_guidance, model.spec.default_steps) == (4.5, 30)  # chosen at export, shipped
     images = generate(model, ["a red circle"], [0], steps=2)
     assert images.shape == (1, 32, 32, 3)
     ema = torch.load(ckpt, weights_only=False)["ema"][0]
@@ -51,10 +51,12 @@ def test_training_resumes_and_exports(tmp_path):
     resumed.max_steps, resumed.init_from = 7, ""
     train(resumed, TINY, progress=False)  # resumed again: train_config.json still names the starting point
     assert json.loads((tmp_path / "run2" / "train_config.json").read_text())["init_from"] == str(out)
-    export(tmp_path / "run2" / "checkpoint.pt", tmp_path / "model2")  # no scale given: the starting export's
-    assert load_model(str(tmp_path / "model2"), device="cpu").spec.default_guidance == 4.5
-    export(ckpt, tmp_path / "model3")  # a run from scratch: the architecture's default
-    assert load_model(str(tmp_path / "model3"), device="cpu").spec.default_guidance == 3.0
+    export(tmp_path / "run2" / "checkpoint.pt", tmp_path / "model2")  # none given: the starting export's
+    spec = load_model(str(tmp_path / "model2"), device="cpu").spec
+    assert (spec.default_guidance, spec.default_steps) == (4.5, 30)
+    export(ckpt, tmp_path / "model3")  # a run from scratch: the architecture's defaults
+    spec = load_model(str(tmp_path / "model3"), device="cpu").spec
+    assert (spec.default_guidance, spec.default_steps) == (3.0, 20)
 
 
 def test_a_run_keeps_its_noise_schedule(tmp_path):

@@ -261,26 +261,36 @@ def _checkpoint_model(ckpt: dict, use_ema: bool = True) -> TextToImageModel:
     return model
 
 
-def _starting_guidance(init_from: str) -> float | None:
-    """The default CFG scale of the export a run started from (`--init-from`), if it started from one."""
-    return ModelSpec.load(init_from).default_guidance if init_from and Path(init_from, SPEC_FILE).exists() else None
+def _starting_defaults(init_from: str) -> tuple[int | None, float | None]:
+    """The default sampler steps and CFG scale of the export a run started from (`--init-from`), if it started
+    from one."""
+    if not (init_from and Path(init_from, SPEC_FILE).exists()):
+        return None, None
+    spec = ModelSpec.load(init_from)
+    return spec.default_steps, spec.default_guidance
 
 
-def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = None) -> dict:
+def export(ckpt_path: str | Path, out_dir: str | Path, guidance: float | None = None,
+           steps: int | None = None) -> dict:
     """Write the EMA weights of a checkpoint to `out_dir` in diffusers layout; returns training facts.
 
-    `guidance` becomes the model's default CFG scale (what eval, generate and atlas builds use when not told):
-    the scale that draws captions best is a property of the weights, measured after training. Without it, a run
-    continued from an export keeps that export's scale, so re-exporting the shipped model does not reset it."""
+    `guidance` and `steps` become the model's default CFG scale and DDIM steps (what eval, generate and atlas
+    builds use when not told): the settings that draw captions best are a property of the weights, measured after
+    training. Without them, a run continued from an export keeps that export's, so re-exporting the shipped model
+    does not reset them."""
     ckpt = torch.load(ckpt_path, weights_only=False)
     model, state = _checkpoint_model(ckpt), ckpt["state"]
     other = [part for part in DENOISERS.values() if part != model.denoiser_name and Path(out_dir, part).is_dir()]
     if other:  # e.g. a DiT run exported over data/shapes: refused rather than replacing the shipped UNet
         raise ConflictError(f"{out_dir} holds a model with a {other[0]}/: export this {model.spec.backbone} run to "
                          "another directory (--out)")
-    guidance = guidance if guidance is not None else _starting_guidance(state.get("init_from", ""))
+    start_steps, start_guidance = _starting_defaults(state.get("init_from", ""))
+    guidance = guidance if guidance is not None else start_guidance
+    steps = steps if steps is not None else start_steps
     if guidance is not None:
         model.spec.default_guidance = guidance
+    if steps is not None:
+        model.spec.default_steps = steps
     model.save_pretrained(out_dir, half=True)
     _write_loss_log(Path(out_dir), state["losses"])
     facts = {"steps": state["step"], "hours": state["seconds"] / 3600,
