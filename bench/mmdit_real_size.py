@@ -10,8 +10,10 @@ Per model, two runs:
   blocks, 2B parameters); FLUX (12B, 24 GB in bf16, more than this machine holds) as a slice of 1 double- and 1
   single-stream block at the real width. `atlas.capture.capture` runs one denoising step (t = 1.0) on one prompt
   at 1024 x 1024 (128 x 128 latents: SD3 64 x 64 patches, FLUX 64 x 64 packed tokens) and stores every block's
-  cond update. Printed: per block its stored shape and forward seconds (batch [uncond, cond]: the sampler runs
-  both, FLUX too), the denoiser call, the whole capture, and the RSS after building and at its peak.
+  cond update. Printed: per block its stored shape and forward seconds (SD3's sampler runs the batch [uncond, cond],
+  FLUX's, without classifier-free guidance, the cond half alone), the denoiser call, the whole capture, and the RSS
+  after building and at its peak. For FLUX, the same process then times one denoiser call on the doubled batch
+  [uncond, cond], as the sampler ran FLUX before it dropped the uncond half: the gain of running cond alone.
 
 The text encoders and the VAE are narrow stand-ins with the real output widths and token counts (CLIP 77 tokens,
 T5 256 for SD3 and schnell, 512 for dev), so the time and memory are the transformer's; FLUX's full step is
@@ -88,12 +90,39 @@ def one(kind: str, threads: int) -> dict:
         capture_s = time.perf_counter() - start
         stored = {b: [list(x.shape), str(x.dtype).removeprefix("torch.")]
                   for b in blocks for x in [acts.load(b, 1.0, "cond")["x"]]}
+    run = {"params": sum(p.numel() for p in model.transformer.parameters()), "blocks": blocks, "built_s": built_s,
+           "built_rss_gib": built_rss, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "capture_s": capture_s, "denoiser_s": seconds[""], "block_s": {b: seconds[b] for b in blocks},
+           "stored": stored, "text_tokens": int(model.encode_text([PROMPT]).tokens.shape[1])}
+    if not model.spec.cfg:
+        doubled_call(model)
+        run.update(doubled_denoiser_s=seconds[""], doubled_block_s={b: seconds[b] for b in blocks})
     for handle in handles:
         handle.remove()
-    return {"params": sum(p.numel() for p in model.transformer.parameters()), "blocks": blocks, "built_s": built_s,
-            "built_rss_gib": built_rss, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "capture_s": capture_s, "denoiser_s": seconds[""], "block_s": {b: seconds[b] for b in blocks},
-            "stored": stored, "text_tokens": int(model.encode_text([PROMPT]).tokens.shape[1])}
+    return run
+
+
+def doubled_call(model: object) -> None:
+    """One first-step denoiser call on the batch [uncond, cond]: what the sampler ran for FLUX before it ran the cond
+    half alone (the timing hooks record it)."""
+    import copy
+
+    import torch
+
+    from atlas.models.sampler import initial_noise
+
+    scheduler = copy.deepcopy(model.scheduler)
+    scheduler.set_timesteps(1, device=model.device)
+    latents = initial_noise(model, [0])
+    with torch.no_grad():
+        model.predict(torch.cat([latents, latents]), scheduler.timesteps[0], model.encode_text(["", PROMPT]))
+
+
+def projected_step(block_s: dict[str, float]) -> float:
+    """A whole FLUX denoiser call from the slice's per-block seconds: 19 double + 38 single blocks."""
+    double = [s for b, s in block_s.items() if b.startswith("transformer_blocks")]
+    single = [s for b, s in block_s.items() if b.startswith("single")]
+    return 19 * sum(double) / len(double) + 38 * sum(single) / len(single)
 
 
 def main() -> None:
@@ -128,11 +157,12 @@ def main() -> None:
         result[f"{key}_peak_rss_gib"] = round(run["peak_rss_gib"], 2)
         result[f"{key}_block_s"] = round(sum(run["block_s"].values()) / len(run["block_s"]), 3)
         if kind != "sd3":  # the whole step, projected from the slice's blocks
-            double = [s for b, s in run["block_s"].items() if b.startswith("transformer_blocks")]
-            single = [s for b, s in run["block_s"].items() if b.startswith("single")]
-            projected = 19 * sum(double) / len(double) + 38 * sum(single) / len(single)
-            print(f"  projection: 19 double + 38 single blocks = {projected:.0f} s per denoiser call")
+            projected, before = projected_step(run["block_s"]), projected_step(run["doubled_block_s"])
+            print(f"  projection: 19 double + 38 single blocks = {projected:.0f} s per denoiser call on cond alone, "
+                  f"{before:.0f} s on the doubled batch [uncond, cond] (slice call {run['doubled_denoiser_s']:.1f} s)")
             result[f"{key}_projected_step_s"] = round(projected, 1)
+            result[f"{key}_doubled_denoiser_s"] = round(run["doubled_denoiser_s"], 2)
+            result[f"{key}_doubled_projected_step_s"] = round(before, 1)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 

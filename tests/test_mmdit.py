@@ -4,6 +4,7 @@ image-token update on the token grid; zero edits change nothing; a missing encod
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import replace
@@ -13,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from atlas.capture import ActivationSet, capture
+from atlas.capture import ActivationSet, capture, delta_at
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region, region_to_grid
@@ -90,6 +91,72 @@ def test_sampling_is_the_diffusers_pipelines_own(joint_dirs, models, kind):
     assert torch.equal(ours, other) == (kind == "flux-schnell")  # schnell has no guidance at all
 
 
+def doubled_batch_latents(model, prompts: list[str], seeds: list[int], steps: int) -> torch.Tensor:
+    """What the sampler computed for FLUX before it ran the cond half alone: the batch [uncond, cond] denoised, its
+    cond half kept."""
+    scheduler = copy.deepcopy(model.scheduler)
+    scheduler.set_timesteps(steps)
+    text = model.encode_text([""] * len(prompts) + prompts)
+    latents = initial_noise(model, seeds)
+    with torch.no_grad():
+        for timestep in scheduler.timesteps:
+            _, cond = model.predict(torch.cat([latents, latents]), timestep, text).chunk(2)
+            latents = scheduler.step(cond, timestep, latents, return_dict=False)[0]
+    return latents
+
+
+@pytest.mark.parametrize("kind", JOINT_KINDS)
+def test_a_model_without_cfg_denoises_the_cond_half_alone(models, kind):
+    """FLUX (no classifier-free guidance) calls its denoiser on B rows, SD3 on [uncond, cond] (2B). FLUX's latents
+    are those of the doubled batch's cond half: the same rows through the same weights; only the kernels a batch of
+    B rather than 2B selects may sum in another order, so they are compared within float32 rounding (assert_close's
+    defaults: rtol 1.3e-6, atol 1e-5)."""
+    model = models[kind]
+    rows = []
+    handle = model.denoiser.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(len(kwargs["hidden_states"])), with_kwargs=True)
+    try:
+        ours = sample_latents(model, PROMPTS, [0, 1], steps=3)
+    finally:
+        handle.remove()
+    assert rows == [2 * len(PROMPTS) if model.spec.cfg else len(PROMPTS)] * 3
+    if not model.spec.cfg:
+        torch.testing.assert_close(ours, doubled_batch_latents(model, PROMPTS, [0, 1], 3))
+
+
+@pytest.mark.parametrize("kind", JOINT_KINDS)
+def test_a_change_to_the_uncond_half_steers_a_model_with_cfg_only(models, kind):
+    """Hooks on FLUX see [zeros, cond] and apply the cond half of a change: one to the uncond half leaves the latents
+    bit-identical; on SD3 it steers them through CFG."""
+    model = models[kind]
+    plain = sample_latents(model, PROMPTS, [0, 1], steps=3)
+    seen = []
+
+    def push_uncond(block: str, step: object, delta: torch.Tensor) -> torch.Tensor:
+        seen.append(bool(delta[:len(delta) // 2].any()))
+        change = torch.zeros_like(delta)
+        change[:len(delta) // 2] = 5.0
+        return change
+
+    pushed = sample_latents(model, PROMPTS, [0, 1], steps=3, hooks=Hooks().on("mid", push_uncond))
+    assert torch.equal(pushed, plain) == (not model.spec.cfg) and seen == [model.spec.cfg] * 3
+
+
+@pytest.mark.parametrize("kind", ["flux-dev", "flux-schnell"])
+def test_the_uncond_branch_of_a_model_without_cfg_is_refused_in_one_line(joint_dirs, models, kind, tmp_path):
+    model = models[kind]
+    _, cond = delta_at(model, PROMPTS[:1], [0], "mid", 1, "cond", steps=2)
+    assert cond.shape == (1, WIDTH, 4, 4) and cond.any()
+    with pytest.raises(BadInputError, match="samples without classifier-free guidance, so it has no uncond branch"):
+        delta_at(model, PROMPTS[:1], [0], "mid", 1, "uncond", steps=2)
+    (tmp_path / "prompts.txt").write_text("a dog\n")
+    result = CliRunner().invoke(main, ["capture", "--model", str(joint_dirs[kind]), "--prompts",
+                                       str(tmp_path / "prompts.txt"), "--keys", "mid/1.0/uncond", "--steps", "2",
+                                       "--out", str(tmp_path / "acts")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "no uncond branch" in result.output and not (tmp_path / "acts").exists()
+
+
 @pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
 def test_the_first_step_is_pure_noise_at_t_1(models, kind):
     """Flow matching starts at sigma = 1 (timestep 1000): t = 1.0 there, 0.0 at the last step, as for DDIM."""
@@ -117,7 +184,7 @@ def test_flux_packs_two_by_two_latent_patches_into_row_major_tokens():
 def test_hooks_see_the_image_tokens_update_on_the_token_grid(models, kind, block):
     """Each block returns (text tokens, image tokens); the hook's delta is the image tokens' update alone (a FLUX
     single-stream block concatenates text and image inside and splits them on return), token r * 4 + c at (r, c).
-    SD3's last block updates no text tokens at all."""
+    SD3's last block updates no text tokens at all. FLUX runs the cond half alone: its uncond slot is zeros."""
     model = models[kind]
     module = model.denoiser.get_submodule(block)
     raw, seen = {}, {}
@@ -133,18 +200,28 @@ def test_hooks_see_the_image_tokens_update_on_the_token_grid(models, kind, block
     finally:
         handle.remove()
     delta, tokens = seen["d"], raw["image"]
-    assert delta.shape == (2, WIDTH, 4, 4) and tokens.shape == (2, 16, WIDTH)  # [uncond, cond] x width x grid
+    run = 2 if model.spec.cfg else 1  # the rows the denoiser ran: [uncond, cond], or cond alone
+    assert delta.shape == (2, WIDTH, 4, 4) and tokens.shape == (run, 16, WIDTH)  # [uncond, cond] x width x grid
     for row, col in ((0, 0), (0, 3), (2, 1), (3, 3)):
-        assert torch.equal(delta[:, :, row, col], tokens[:, row * 4 + col])
+        assert torch.equal(delta[2 - run:, :, row, col], tokens[:, row * 4 + col])
+    assert not delta[:2 - run].any()
     assert (raw["text"] is None) == (block == "transformer_blocks.2")
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
 def test_capture_writes_token_grid_shards_of_every_default_block(models, kind, tmp_path):
+    """On FLUX, which has no uncond pass, capturing the uncond branch is a one-line error and nothing is written."""
     config = CaptureConfig(blocks=["down", "mid", "up"], t=[1.0, 0.0], steps=3, batch_size=2)
+    branches = ("cond", "uncond") if models[kind].spec.cfg else ("cond",)
+    if branches == ("cond",):
+        with pytest.raises(BadInputError, match="flux-dev .flux. samples without classifier-free guidance, so it has "
+                                                "no uncond branch: use cond$"):
+            capture(models[kind], PROMPTS, tmp_path / "acts", config, progress=False)
+        assert not (tmp_path / "acts").exists()
+        config = replace(config, branches=list(branches))
     acts = ActivationSet(capture(models[kind], PROMPTS + ["a cat"], tmp_path / "acts", config, progress=False))
     assert sorted(acts.keys()) == sorted((b, t, br) for b in ("down", "mid", "up") for t in (1.0, 0.0)
-                                         for br in ("cond", "uncond"))
+                                         for br in branches)
     up = acts.load("up", 0.0, "cond")
     assert up["x"].shape == (3 * 16, WIDTH)
     assert up["row"][:5].tolist() == [0] * 4 + [1] and up["col"][:5].tolist() == [0, 1, 2, 3, 0]

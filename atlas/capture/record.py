@@ -110,6 +110,7 @@ class _Recorder:
 def delta_at(model: TextToImageModel, prompts: list[str], seeds: list[int], block: str, step: int,
              branch: str = "cond", steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise one batch; returns (final latents, the `branch` half of delta at `block` on step index `step`)."""
+    model.check_branches([branch])
     seen: dict[str, torch.Tensor] = {}
     half = BRANCHES.index(branch)
 
@@ -224,6 +225,7 @@ def prepare_capture(model: TextToImageModel, prompts: list[str], out_dir: str | 
         raise BadInputError("no prompts to capture")
     out = Location(out_dir)
     keys = config.selected_keys()
+    model.check_branches(branch for _, _, branch in keys)
     for block in dict.fromkeys(block for block, _, _ in keys):
         model.hook_module_name(block)
     ts = list(dict.fromkeys(t for _, t, _ in keys))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,9 +137,17 @@ class TextToImageModel:
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(len(sample))
         return self.transformer(sample, encoder_hidden_states=text, timestep=timesteps, return_dict=False)[0]
 
+    def check_branches(self, branches: Iterable[str]) -> None:
+        """Refuse the uncond branch on a model without classifier-free guidance (FLUX): its sampler runs the cond
+        half alone, so there is no uncond update to read."""
+        if not self.spec.cfg and "uncond" in branches:
+            raise BadInputError(f"model {self.spec.name} ({self.spec.backbone}) samples without classifier-free "
+                                "guidance, so it has no uncond branch: use cond")
+
     def guide(self, uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         """Combine the [uncond, cond] predictions: classifier-free guidance at scale `guidance`; FLUX takes the cond
-        prediction alone (its guidance, if any, went into `predict`)."""
+        prediction alone (its guidance, if any, went into `predict`; `sample_latents` runs no uncond pass for it, the
+        batch [uncond, cond] of `atlas.edit.add` still has one)."""
         if not self.spec.cfg:
             return cond
         return uncond + guidance * (cond - uncond)

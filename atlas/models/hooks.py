@@ -8,6 +8,10 @@ shapes. SD3's and FLUX's blocks return (text tokens, image tokens): hooks read a
 tokens' update only (`TextToImageModel.image_slot`), the text tokens' is excluded. A change that is
 exactly zero leaves the output bit-identical, and with no handler active at a step the block runs
 untouched.
+
+A run without classifier-free guidance (FLUX: `attach(model, cond_only=True)`) denoises the cond half
+alone; handlers still see delta in CFG order, its uncond half zeros (there was no uncond pass: capture
+refuses that branch, `TextToImageModel.check_branches`), and only the cond half of their change is applied.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ def t_to_step(t: float, n_steps: int) -> int:
     return int((1.0 - t) * (n_steps - 1) + 0.5 + 1e-9)
 
 
-# A handler sees (block alias, step, delta of shape (2B, C, H, W) in CFG order [uncond, cond]) and
-# returns None (no change) or a tensor added to the block output.
+# A handler sees (block alias, step, delta of shape (2B, C, H, W) in CFG order [uncond, cond]; on a cond-only
+# run the uncond half is zeros) and returns None (no change) or a tensor of that shape added to the block output.
 DeltaHandler = Callable[[str, StepInfo, torch.Tensor], torch.Tensor | None]
 
 
@@ -76,17 +80,18 @@ class Hooks:
     def __bool__(self) -> bool:
         return bool(self._registrations)
 
-    def attach(self, model: TextToImageModel) -> list[torch.utils.hooks.RemovableHandle]:
-        """Register forward hooks on the model's denoiser; remove them with `handle.remove()`."""
+    def attach(self, model: TextToImageModel, cond_only: bool = False) -> list[torch.utils.hooks.RemovableHandle]:
+        """Register forward hooks on the model's denoiser; remove them with `handle.remove()`. `cond_only`: the
+        denoiser runs the cond half alone (B, not 2B), shown to handlers as [zeros, cond]."""
         by_module: dict[str, list[_Registration]] = {}
         for reg in self._registrations:
             by_module.setdefault(model.hook_module_name(reg.block), []).append(reg)
         modules = dict(model.denoiser.named_modules())
-        return [modules[name].register_forward_hook(self._make_hook(regs, model.token_grid, model.image_slot),
-                                                    with_kwargs=True)
+        return [modules[name].register_forward_hook(self._make_hook(regs, model.token_grid, model.image_slot,
+                                                                    cond_only), with_kwargs=True)
                 for name, regs in by_module.items()]
 
-    def _make_hook(self, regs: list[_Registration], grid: tuple[int, int] | None, slot: int):
+    def _make_hook(self, regs: list[_Registration], grid: tuple[int, int] | None, slot: int, cond_only: bool):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             step = self.step
             active = [r for r in regs if step is not None and (r.steps is None or step.index in r.steps)]
@@ -100,6 +105,8 @@ class Hooks:
             delta = out - hidden_in
             if grid is not None:  # tokens (B, N, C) in row-major order -> the token grid (B, C, H, W)
                 delta = delta.transpose(1, 2).reshape(delta.shape[0], delta.shape[2], *grid)
+            if cond_only:
+                delta = torch.cat([torch.zeros_like(delta), delta])
             change = None
             for reg in active:
                 result = reg.handler(reg.block, step, delta)
@@ -107,6 +114,8 @@ class Hooks:
                     change = result if change is None else change + result
             if change is None:
                 return None
+            if cond_only:
+                change = change[len(change) // 2:]
             if grid is not None:
                 change = change.flatten(2).transpose(1, 2)
             new_out = out + change.to(out.dtype)

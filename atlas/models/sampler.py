@@ -1,5 +1,5 @@
 """Sampling with the model's scheduler (DDIM, or flow-matching Euler for SD3 and FLUX) and its guidance (CFG, or FLUX's
-distilled guidance), batch order [uncond, cond], hookable per step."""
+distilled guidance), batch order [uncond, cond] (cond alone without CFG), hookable per step."""
 
 from __future__ import annotations
 
@@ -27,23 +27,28 @@ def initial_noise(model: TextToImageModel, seeds: Sequence[int]) -> torch.Tensor
 def sample_latents(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
                    guidance: float | None = None, hooks: Hooks | None = None,
                    negative_prompt: str = "", on_step: Callable[[], None] | None = None) -> torch.Tensor:
-    """Denoise one batch: returns final latents (B, C, H, W). `hooks` see every UNet call with its step;
-    `on_step` is called after each step (progress)."""
+    """Denoise one batch: returns final latents (B, C, H, W). `hooks` see every denoiser call with its step;
+    `on_step` is called after each step (progress). A model with classifier-free guidance denoises the batch
+    [uncond, cond] (2B); one without (FLUX) the cond half alone (B), its hooks still see [uncond, cond] (`Hooks`)."""
     if len(prompts) != len(seeds):
         raise BadInputError("need one seed per prompt")
     steps, guidance = model.spec.steps(steps), model.spec.guidance(guidance)
     scheduler = copy.deepcopy(model.scheduler)
     scheduler.set_timesteps(steps, device=model.device)
-    text = model.encode_text([negative_prompt] * len(prompts) + list(prompts))
+    cond_only = not model.spec.cfg
+    text = model.encode_text(list(prompts) if cond_only else [negative_prompt] * len(prompts) + list(prompts))
     latents = initial_noise(model, seeds)
-    handles = hooks.attach(model) if hooks else []
+    handles = hooks.attach(model, cond_only) if hooks else []
     try:
         for index, timestep in enumerate(scheduler.timesteps):
             if hooks is not None:
                 hooks.step = StepInfo(index, steps, int(timestep))
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
-            uncond, cond = model.predict(model_in, timestep, text, guidance).chunk(2)
-            guided = model.guide(uncond, cond, guidance)
+            if cond_only:
+                guided = model.predict(scheduler.scale_model_input(latents, timestep), timestep, text, guidance)
+            else:
+                model_in = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
+                uncond, cond = model.predict(model_in, timestep, text, guidance).chunk(2)
+                guided = model.guide(uncond, cond, guidance)
             latents = scheduler.step(guided, timestep, latents, return_dict=False)[0]
             if on_step is not None:
                 on_step()

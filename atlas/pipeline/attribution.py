@@ -33,6 +33,7 @@ class _Reached(Exception):
 def delta_until(model: TextToImageModel, prompts: list[str], seeds: list[int], block: str, step: int, branch: str,
                 steps: int) -> torch.Tensor:
     """The `branch` half of delta at `block` on step index `step`, denoising no further than that step."""
+    model.check_branches([branch])
     seen: dict[str, torch.Tensor] = {}
 
     def record(_block: str, _step: object, delta: torch.Tensor) -> None:

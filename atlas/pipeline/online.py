@@ -187,6 +187,7 @@ class _OnlineRun:
         for branch in self.branches:
             if branch not in BRANCHES:
                 raise BadInputError(f"unknown branch {branch!r}; use cond, uncond or both")
+        model.check_branches(self.branches)
         self.modules = {block: model.hook_module_name(block) for block in self.blocks}
         self.steps, self.guidance = model.spec.steps(capture.steps), model.spec.guidance(capture.guidance)
         self.steps_to_t = {t_to_step(t, self.steps): t for t in self.ts}
