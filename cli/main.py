@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
+from click.core import ParameterSource
 
 from atlas.capture.config import CaptureConfig
 from atlas.cli.common import CONTEXT, OUTPUT_DIR, PROMPT, device_option, model_option, one_line_errors
@@ -90,6 +93,12 @@ def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: s
     config = build_config(CaptureConfig, options)
     with open_executor(build_config(ExecutorConfig, options)) as executor:
         model = load_model(model_name, device=device)
+        named = {name for name in ("branches", "keys")
+                 if click.get_current_context().get_parameter_source(name) != ParameterSource.DEFAULT}
+        if not model.spec.cfg and not named and "uncond" in config.branches:
+            click.echo(f"note: no uncond branch: --model {model_name} samples without classifier-free guidance "
+                       "(its uncond pass steers no image), so only cond is captured")
+            config = replace(config, branches=["cond"])
         out = run_capture(model, prompts, out_dir, config, executor=executor, say=click.echo)
     click.echo(f"captured {len(prompts)} images into {out}")
 

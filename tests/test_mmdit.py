@@ -155,6 +155,12 @@ def test_the_uncond_branch_of_a_model_without_cfg_is_refused_in_one_line(joint_d
                                        "--out", str(tmp_path / "acts")])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert "no uncond branch" in result.output and not (tmp_path / "acts").exists()
+    # Branches left to capture's default (cond and uncond): cond alone, with a note saying why.
+    result = CliRunner().invoke(main, ["capture", "--model", str(joint_dirs[kind]), "--prompts",
+                                       str(tmp_path / "prompts.txt"), "--blocks", "mid", "--t", "1.0", "--steps", "2",
+                                       "--out", str(tmp_path / "acts")])
+    assert result.exit_code == 0 and "note: no uncond branch" in result.output, result.output
+    assert ActivationSet(tmp_path / "acts").keys() == [("mid", 1.0, "cond")]
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
