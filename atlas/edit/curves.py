@@ -48,14 +48,19 @@ def kind_curves(root: Path, source: str, kind: str) -> tuple[dict, str]:
     return shipped, ("the curves shipped with the model" if shipped else "")
 
 
-def best_point(curve: dict, window: str | None = None) -> tuple[str, float, float] | None:
-    """(window, strength, success) with the highest success, then the most labels resolved to concepts (a
+def sweep_rank(success: float, resolved: float, pixel_change: float) -> tuple[float, float, float]:
+    """How swept points are ranked, best last: the highest success, then the most labels resolved to concepts (a
     window without concepts changes nothing, which must not win a tie), then the smallest pixel change."""
+    return success, resolved, -pixel_change
+
+
+def best_point(curve: dict, window: str | None = None) -> tuple[str, float, float] | None:
+    """(window, strength, success) of the best point (`sweep_rank`) of `curve`, or of its `window`."""
     points = [(w, s, ok, found, change) for w, row in curve["windows"].items() if window in (None, w)
               for s, ok, found, change in zip(row["strength"], row["success"], row["resolved"], row["pixel_change"])]
     if not points:
         return None
-    w, s, ok, _, _ = max(points, key=lambda p: (p[2], p[3], -p[4]))
+    w, s, ok, _, _ = max(points, key=lambda p: sweep_rank(*p[2:]))
     return w, s, ok
 
 

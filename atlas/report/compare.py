@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from atlas.edit.curves import sweep_rank
 from atlas.errors import NotFoundError
 from atlas.report.tables import fmt, markdown_table
 from atlas.store import Atlas
@@ -91,7 +92,7 @@ def edit_comparison(names: tuple[str, str], runs: tuple[dict, dict]) -> tuple[li
                 if not swept:
                     continue
                 chosen = next((p for p in run[kind]["held_out"] if p["window"] == window), None) or max(
-                    swept, key=lambda p: (p["success"], p["resolved"], -p["pixel_change"]))
+                    swept, key=lambda p: sweep_rank(p["success"], p["resolved"], p["pixel_change"]))
                 needed = needed_strength(points, window)
                 rows.append({"kind": kind, "window": window, "model": name,
                              "sweep": ", ".join(f"{p['strength']:g}: {p['success']:.2f}" for p in swept),
