@@ -7,7 +7,7 @@ from dataclasses import replace
 import click
 from click.core import ParameterSource
 
-from atlas.capture.config import CaptureConfig
+from atlas.capture.config import CaptureConfig, cond_only
 from atlas.cli.common import CONTEXT, OUTPUT_DIR, PROMPT, device_option, model_option, one_line_errors
 from atlas.cli.options import build_config, config_options
 from atlas.pipeline.config import ExecutorConfig, GenerateConfig
@@ -95,10 +95,8 @@ def capture(prompts_file: str | None, n_prompts: int, model_name: str, device: s
         model = load_model(model_name, device=device)
         named = {name for name in ("branches", "keys")
                  if click.get_current_context().get_parameter_source(name) != ParameterSource.DEFAULT}
-        if not model.spec.cfg and not named and "uncond" in config.branches:
-            click.echo(f"note: no uncond branch: --model {model_name} samples without classifier-free guidance "
-                       "(its uncond pass steers no image), so only cond is captured")
-            config = replace(config, branches=["cond"])
+        if not model.spec.cfg and not named:
+            config = replace(config, branches=cond_only(config.branches, model_name, click.echo))
         out = run_capture(model, prompts, out_dir, config, executor=executor, say=click.echo)
     click.echo(f"captured {len(prompts)} images into {out}")
 

@@ -4,6 +4,7 @@ Kept free of heavy imports: the CLI builds its options from it at startup."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from atlas.errors import BadInputError
@@ -55,6 +56,17 @@ class CaptureConfig:
         if not keys:
             raise BadInputError("capture needs at least one block, one t and one branch")
         return list(dict.fromkeys(keys))
+
+
+def cond_only(branches: list[str], model: str, say: Callable[[str], None]) -> list[str]:
+    """The default `branches` on model `model` without classifier-free guidance (FLUX): cond alone, with a note to
+    `say` when that drops uncond (there is no uncond pass to read). Branches the user named stay as named: an uncond
+    among them is refused in one line (`TextToImageModel.check_branches`)."""
+    if "uncond" not in branches:
+        return branches
+    say(f"note: no uncond branch: --model {model} samples without classifier-free guidance (its uncond pass steers "
+        "no image), so only cond is captured")
+    return ["cond"]
 
 
 def parse_key(text: str) -> list[Key]:

@@ -21,6 +21,12 @@ JOINT = ("sd3", "flux")
 """Backbones of joint-attention blocks, which return (text tokens, image tokens) (`atlas.models.mmdit`)."""
 
 
+def token_length(tokenizer: object, length: int) -> int:
+    """`length` tokens, or fewer when `tokenizer` reads fewer (its `model_max_length`)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return length if limit is None or limit > length else int(limit)
+
+
 @dataclass
 class TextToImageModel:
     """The diffusers/transformers parts of one model plus the `ModelSpec` that says how to use them.
@@ -51,9 +57,7 @@ class TextToImageModel:
 
     @property
     def max_length(self) -> int:
-        limit = getattr(self.tokenizer, "model_max_length", None)
-        positions = self.text_encoder.config.max_position_embeddings
-        return positions if limit is None or limit > positions else int(limit)
+        return token_length(self.tokenizer, self.text_encoder.config.max_position_embeddings)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

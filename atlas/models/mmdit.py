@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from atlas.models.base import token_length
 from atlas.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -148,14 +149,10 @@ class TextConditioning:
 
 
 def _ids(tokenizer: object, prompts: list[str], length: int, device: torch.device) -> torch.Tensor:
-    batch = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    """Token ids padded to `length`, or to fewer when the tokenizer reads fewer (`token_length`)."""
+    batch = tokenizer(list(prompts), padding="max_length", max_length=token_length(tokenizer, length), truncation=True,
+                      return_tensors="pt")
     return batch["input_ids"].to(device)
-
-
-def _clip_length(tokenizer: object, encoder: torch.nn.Module) -> int:
-    limit = getattr(tokenizer, "model_max_length", None)
-    positions = encoder.config.max_position_embeddings
-    return positions if limit is None or limit > positions else int(limit)
 
 
 def _t5(model: TextToImageModel, prompts: list[str], tokenizer: object,
@@ -165,21 +162,19 @@ def _t5(model: TextToImageModel, prompts: list[str], tokenizer: object,
     length = T5_TOKENS[_variant(model.spec.backbone, dict(config))]
     if encoder is None:
         return torch.zeros(len(prompts), length, config.joint_attention_dim, device=model.device, dtype=model.dtype)
-    limit = getattr(tokenizer, "model_max_length", None)
-    length = length if limit is None or limit > length else int(limit)
     return encoder(_ids(tokenizer, prompts, length, model.device))[0]
 
 
 def encode_prompts(model: TextToImageModel, prompts: list[str]) -> TextConditioning:
     """Prompts -> the denoiser's text input, as diffusers' SD3 and FLUX pipelines encode it."""
     if model.spec.backbone == "flux":
-        ids = _ids(model.tokenizer, prompts, _clip_length(model.tokenizer, model.text_encoder), model.device)
+        ids = _ids(model.tokenizer, prompts, model.text_encoder.config.max_position_embeddings, model.device)
         pooled = model.text_encoder(ids).pooler_output
         tokens = _t5(model, prompts, model.tokenizer_2, model.text_encoder_2)
         return TextConditioning(tokens.to(model.dtype), pooled.to(model.dtype))
     clip, pooled = [], []
     for tokenizer, encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
-        out = encoder(_ids(tokenizer, prompts, _clip_length(tokenizer, encoder), model.device),
+        out = encoder(_ids(tokenizer, prompts, encoder.config.max_position_embeddings, model.device),
                       output_hidden_states=True)
         clip.append(out.hidden_states[-2])
         pooled.append(out.text_embeds)

@@ -26,7 +26,7 @@ import torch
 
 from atlas.annotate.run import annotate_atlas
 from atlas.capture import ActivationSet, prepare_capture
-from atlas.capture.config import CaptureConfig
+from atlas.capture.config import CaptureConfig, cond_only
 from atlas.dictionary.config import LinkConfig
 from atlas.dictionary.run import DICTIONARY_SPLITS, link_atlas
 from atlas.errors import BadInputError, UnavailableError
@@ -109,10 +109,8 @@ def for_model(config: BuildConfig, given: BuildConfig, spec: ModelSpec,
     takes the model's own, as a capture run on its own does, so the two resume each other."""
     if spec.cfg:
         return config
-    if given.branches is None and given.keys is None and "uncond" in (config.branches or CaptureConfig().branches):
-        say(f"note: no uncond branch: --model {config.model} samples without classifier-free guidance (its uncond "
-            "pass steers no image), so only cond is captured")
-        config = replace(config, branches=["cond"])
+    if given.branches is None and given.keys is None:
+        config = replace(config, branches=cond_only(config.branches or CaptureConfig().branches, config.model, say))
     if any(branch == "uncond" for _, _, branch in capture_config(config).selected_keys()):
         raise BadInputError(f"--model {config.model} ({spec.backbone}) samples without classifier-free guidance, so "
                             "it has no uncond branch: capture cond alone (drop uncond from --branches and --keys)")
