@@ -36,6 +36,9 @@ from atlas.store.catalog_writer import CONCEPT_STATS
 from atlas.store.ids import DEFAULT_VARIANT, sae_name
 from atlas.store.revisions import IMAGE
 
+BATCH_POSITIONS = 65536
+"""Positions an SAE encodes at once (memory: this many times its cap and width)."""
+
 
 def stored_path(atlas: Atlas, path: Path) -> str:
     """Paths inside the atlas are stored relative to its root (so the directory can move), others absolute."""
@@ -80,7 +83,7 @@ def stage_name(block: str, t: float, branch: str, variant: str = DEFAULT_VARIANT
 
 
 def encode_atlas(writer: Writer, acts: ActivationSet, saes_root: str | Path, branch: str | None = None,
-                 batch_positions: int = 65536, progress: bool = True,
+                 batch_positions: int = BATCH_POSITIONS, progress: bool = True,
                  executor: Executor | None = None) -> dict[str, int]:
     """Encode with every trained SAE of a captured (block, t, branch), each variant too; returns codes written per
     SAE name."""
@@ -168,12 +171,19 @@ class _EncodeJob:
         """Top-k codes of one shard: (capture image_id, row, col, latent, value), k rows per position."""
         shard = self.acts.shard(*self.key, batch)
         k = sae.cfg.cap  # topk: k; the types firing a varying number: their cap, zeros (not stored) padding
-        acts, idx = [], []
-        with torch.no_grad():
-            for start in range(0, shard["x"].shape[0], self.batch_positions):
-                out = sae.encode(shard["x"][start:start + self.batch_positions].to(sae.device, sae.dtype))
-                acts.append(out.top_acts.float().cpu())
-                idx.append(out.top_indices.cpu())
+        idx, acts = encode_positions(sae, shard["x"], self.batch_positions)
         image_ids = shard["image_id"].numpy().astype(np.int64)
         return (np.repeat(image_ids, k), np.repeat(shard["row"].numpy(), k), np.repeat(shard["col"].numpy(), k),
-                torch.cat(idx).numpy().reshape(-1), torch.cat(acts).numpy().reshape(-1))
+                idx.reshape(-1), acts.reshape(-1))
+
+
+def encode_positions(sae: Sae, x: torch.Tensor, batch_positions: int = BATCH_POSITIONS) -> tuple[np.ndarray, ...]:
+    """`sae`'s top codes of activations `x` (positions, d), `batch_positions` at a time: (latents, values), each
+    (positions, the SAE's cap)."""
+    idx, acts = [], []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_positions):
+            out = sae.encode(x[start:start + batch_positions].to(sae.device, sae.dtype))
+            idx.append(out.top_indices.cpu())
+            acts.append(out.top_acts.float().cpu())
+    return torch.cat(idx).numpy(), torch.cat(acts).numpy()

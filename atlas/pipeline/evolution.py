@@ -22,13 +22,12 @@ from atlas.capture import ActivationSet
 from atlas.errors import NotFoundError
 from atlas.evolution.config import EvolveConfig
 from atlas.evolution.measure import Coactivation, Trajectories, decoder_cosine, life, lineage_links
-from atlas.pipeline.encode import capture_of
+from atlas.pipeline.encode import capture_of, encode_positions
 from atlas.progress import bar as progress_bar
 from atlas.sae import Sae
 from atlas.store import Atlas, SaeInfo, Writer
 
 STAGE = "evolve"
-BATCH_POSITIONS = 65536
 
 
 @dataclass
@@ -118,7 +117,7 @@ def _measure(acts: ActivationSet, saes: list[SaeInfo], models: dict[int, Sae], s
         own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for sae in saes:
             for i, t in enumerate(steps):
-                indices, values = _encode(models[sae.id], shards[t]["x"])
+                indices, values = encode_positions(models[sae.id], shards[t]["x"])
                 found.trajectories[sae.id].add(i, shards[t]["image_id"].numpy(), indices, values)
                 if t == sae.t:
                     own[sae.id] = (indices[order[t]], values[order[t]])
@@ -131,16 +130,6 @@ def _measure(acts: ActivationSet, saes: list[SaeInfo], models: dict[int, Sae], s
 def _position_order(shard: dict[str, torch.Tensor]) -> np.ndarray:
     """The order that sorts a shard's positions by (image, row, col), so two steps' shards line up."""
     return np.lexsort((shard["col"].numpy(), shard["row"].numpy(), shard["image_id"].numpy()))
-
-
-def _encode(sae: Sae, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    indices, values = [], []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], BATCH_POSITIONS):
-            out = sae.encode(x[start:start + BATCH_POSITIONS].to(sae.device, sae.dtype))
-            indices.append(out.top_indices.cpu().numpy())
-            values.append(out.top_acts.float().cpu().numpy())
-    return np.concatenate(indices), np.concatenate(values)
 
 
 def _trajectory_rows(sae: SaeInfo, steps: list[float], found: Trajectories, config: EvolveConfig) -> pa.Table:
