@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from atlas.capture import ActivationSet, capture, delta_at
 from atlas.capture.config import CaptureConfig
 from atlas.cli.main import main
+from atlas.edit.add import AddEdit, generate_added
 from atlas.edit.core import ConceptEdit, edit_hooks, parse_region, region_to_grid
 from atlas.errors import BadInputError
 from atlas.models import Hooks, ModelNotFoundError, check_model, generate, load_model, step_to_t, t_to_step
@@ -265,6 +266,32 @@ def test_zero_strength_edit_is_bit_identical_and_a_real_edit_is_not(models, kind
     region = region_to_grid(parse_region("top-left", 32), model.token_grid, block)
     spatial = ConceptEdit(sae, list(range(8)), block, [0, 1], 50.0, region)
     assert not np.array_equal(generate(model, PROMPTS, [0, 1], steps=3, hooks=edit_hooks([spatial])), plain)
+
+
+@pytest.mark.parametrize("kind", JOINT_KINDS)
+def test_an_add_edit_batch_has_no_uncond_rows_without_cfg_and_its_concept_edits_are_atlas_edits(models, kind):
+    """`generate_added` denoises per image [uncond, cond] unedited and edited plus a donor row on SD3, and on FLUX
+    cond, edited cond and the donor. With a strength-0 donor and nothing held, its unedited images are the plain ones
+    and its edited images are those of the same concept edit through `edit_hooks` (another batch size: within a
+    level of rounding)."""
+    model = models[kind]
+    sae = Sae(SaeConfig(d_in=WIDTH, n_latents=32, k=4), generator=torch.Generator().manual_seed(0))
+    region = parse_region("top-left", 32)
+    spatial = ConceptEdit(sae, list(range(8)), "mid", [0, 1], 50.0, region_to_grid(region, model.token_grid, "mid"))
+    adds = [[AddEdit("yellow circle", region, ["mid"], [0, 1], 0.0)] for _ in PROMPTS]
+    rows = []
+    handle = model.denoiser.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(len(kwargs["hidden_states"])), with_kwargs=True)
+    try:
+        unedited, edited = generate_added(model, PROMPTS, [0, 1], adds, 3, concept_edits=[[spatial]] * 2, hold=False)
+    finally:
+        handle.remove()
+    assert rows == [len(PROMPTS) * (5 if model.spec.cfg else 3)] * 3
+    plain = generate(model, PROMPTS, [0, 1], steps=3)
+    moved = generate(model, PROMPTS, [0, 1], steps=3, hooks=edit_hooks([spatial]))
+    assert not np.array_equal(moved, plain)
+    assert np.abs(unedited.astype(int) - plain.astype(int)).max() <= 1
+    assert np.abs(edited.astype(int) - moved.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("kind, remove, named", [

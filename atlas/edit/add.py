@@ -13,7 +13,9 @@ from a donor text and keeps everything else from the unedited run:
              the prompt's towards the donor's: delta + strength * (delta_donor - delta)
     keep     outside the region (and on the kept objects) the latents follow the unedited run step by step
 
-Rows of one batch, per image: unedited uncond and cond, edited uncond and cond, then one donor row per add edit.
+Rows of one batch, per image: unedited uncond and cond, edited uncond and cond, then one donor row per add edit. A
+model without classifier-free guidance (FLUX) has no uncond rows: unedited cond, edited cond, the donors; its concept
+edits see [zeros, cond] and apply their cond half, as `atlas.models.hooks` shows them.
 """
 
 from __future__ import annotations
@@ -92,13 +94,21 @@ def where_words(region: np.ndarray) -> str:
 
 @dataclass
 class _Rows:
-    """Where one image's rows sit in the batch."""
+    """Where one image's rows sit in the batch (no uncond rows without classifier-free guidance)."""
 
-    uncond: int
+    uncond: int | None
     cond: int
-    edit_uncond: int
+    edit_uncond: int | None
     edit_cond: int
     donors: list[int]
+
+    @classmethod
+    def at(cls, first: int, donors: int, cfg: bool) -> _Rows:
+        """The rows of an image whose first row is `first`: [uncond,] cond, [edited uncond,] edited cond, donors."""
+        plain = 2 if cfg else 1
+        edited = first + plain
+        return cls(first if cfg else None, edited - 1, edited if cfg else None, edited + plain - 1,
+                   list(range(edited + plain, edited + plain + donors)))
 
 
 class _Replace:
@@ -116,10 +126,14 @@ class _Replace:
                 if block in add.blocks and step.index in add.steps:
                     pull = add.strength * (delta[donor] - delta[rows.edit_cond])
                     out[rows.edit_cond] += torch.where(add.cells(grid).to(delta.device), pull, 0.0)
-            pair = [rows.edit_uncond, rows.edit_cond]
             for edit in edits:
                 if edit.block == block and step.index in edit.steps:
-                    out[pair] += edit.change(delta[pair])
+                    if rows.edit_uncond is None:
+                        cond = delta[[rows.edit_cond]]
+                        out[[rows.edit_cond]] += edit.change(torch.cat([torch.zeros_like(cond), cond]))[1:]
+                    else:
+                        pair = [rows.edit_uncond, rows.edit_cond]
+                        out[pair] += edit.change(delta[pair])
         return out
 
 
@@ -137,11 +151,11 @@ def generate_added(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     if not len(prompts) == len(seeds) == len(adds) == len(concept_edits):
         raise BadInputError("need one seed, one list of add edits and one of concept edits per prompt")
     guidance = model.spec.guidance(guidance)
+    cfg = model.spec.cfg
     texts, rows = [], []
     for prompt, mine in zip(prompts, adds):
-        first = len(texts)
-        texts += ["", prompt, "", prompt] + [add.text(prompt) for add in mine]
-        rows.append(_Rows(first, first + 1, first + 2, first + 3, list(range(first + 4, first + 4 + len(mine)))))
+        rows.append(_Rows.at(len(texts), len(mine), cfg))
+        texts += (["", prompt] if cfg else [prompt]) * 2 + [add.text(prompt) for add in mine]
     held = keep_mask(model, adds) if hold else None
     scheduler = copy.deepcopy(model.scheduler)
     scheduler.set_timesteps(steps, device=model.device)
@@ -156,7 +170,7 @@ def generate_added(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     try:
         for index, timestep in enumerate(scheduler.timesteps):
             hooks.step = StepInfo(index, steps, int(timestep))
-            latents = torch.cat([_repeat(unedited[i], edited[i], len(row.donors)) for i, row in enumerate(rows)])
+            latents = torch.cat([_repeat(unedited[i], edited[i], len(row.donors), cfg) for i, row in enumerate(rows)])
             out = model.predict(scheduler.scale_model_input(latents, timestep), timestep, text, guidance)
             guided = torch.stack([_guide(model, out, row, guidance, edit) for row in rows for edit in (False, True)])
             both = scheduler.step(guided, timestep, torch.stack([x for pair in zip(unedited, edited) for x in pair]),
@@ -170,13 +184,16 @@ def generate_added(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     return images[:len(prompts)], images[len(prompts):]
 
 
-def _repeat(unedited: torch.Tensor, edited: torch.Tensor, donors: int) -> torch.Tensor:
-    return torch.stack([unedited, unedited, edited, edited] + [edited] * donors)
+def _repeat(unedited: torch.Tensor, edited: torch.Tensor, donors: int, cfg: bool) -> torch.Tensor:
+    plain = 2 if cfg else 1
+    return torch.stack([unedited] * plain + [edited] * (plain + donors))
 
 
 def _guide(model: TextToImageModel, out: torch.Tensor, rows: _Rows, guidance: float, edited: bool) -> torch.Tensor:
-    uncond, cond = (out[rows.edit_uncond], out[rows.edit_cond]) if edited else (out[rows.uncond], out[rows.cond])
-    return model.guide(uncond, cond, guidance)
+    uncond, cond = (rows.edit_uncond, rows.edit_cond) if edited else (rows.uncond, rows.cond)
+    if uncond is None:
+        return out[cond]
+    return model.guide(out[uncond], out[cond], guidance)
 
 
 def keep_mask(model: TextToImageModel, adds: Sequence[Sequence[AddEdit]]) -> torch.Tensor:

@@ -150,8 +150,7 @@ class TextToImageModel:
 
     def guide(self, uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         """Combine the [uncond, cond] predictions: classifier-free guidance at scale `guidance`; FLUX takes the cond
-        prediction alone (its guidance, if any, went into `predict`; `sample_latents` runs no uncond pass for it, the
-        batch [uncond, cond] of `atlas.edit.add` still has one)."""
+        prediction alone (its guidance, if any, went into `predict`; its samplers run no uncond pass)."""
         if not self.spec.cfg:
             return cond
         return uncond + guidance * (cond - uncond)
