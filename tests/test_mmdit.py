@@ -70,9 +70,11 @@ def test_a_diffusers_directory_loads_with_no_spec(joint_dirs, models, kind, back
 
 @pytest.mark.parametrize("kind", JOINT_KINDS)
 def test_sampling_is_the_diffusers_pipelines_own(joint_dirs, models, kind):
-    """Same noise, same prompts: the atlas sampler's latents are bit-identical to StableDiffusion3Pipeline's (CFG)
-    and FluxPipeline's (dev: distilled guidance embedded; schnell: none), so text encoding, guidance and the
-    flow-matching schedule are the model's own."""
+    """Same noise, same prompts: the atlas sampler's latents are StableDiffusion3Pipeline's (CFG) and FluxPipeline's
+    (dev: distilled guidance embedded; schnell: none), so text encoding, guidance and the flow-matching schedule are
+    the model's own. Within float32 rounding (assert_close's defaults), not bit for bit: SD3's pipeline encodes the
+    negative and positive prompts as two batches where the sampler encodes one, and on some CPUs the kernels a
+    batch of B or 2B selects sum in another order (seen on CI, not on this machine)."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     model = models[kind]
@@ -87,7 +89,7 @@ def test_sampling_is_the_diffusers_pipelines_own(joint_dirs, models, kind):
         pipe = FluxPipeline.from_pretrained(joint_dirs[kind])
         theirs = unpack(pipe(PROMPTS, latents=pack(noise), **common).images, 8, 8)
     pipe.set_progress_bar_config(disable=True)
-    assert torch.equal(ours, theirs)
+    torch.testing.assert_close(ours, theirs)
     other = sample_latents(model, PROMPTS, [0, 1], steps=3, guidance=model.spec.default_guidance + 2.0)
     assert torch.equal(ours, other) == (kind == "flux-schnell")  # schnell has no guidance at all
 
