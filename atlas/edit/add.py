@@ -33,7 +33,7 @@ from atlas.edit.core import NAMED_REGIONS, REGION_COVERAGE, ConceptEdit, box_mas
 from atlas.errors import BadInputError
 from atlas.grids import mask_to_grid
 from atlas.models import TextToImageModel
-from atlas.models.hooks import Hooks, StepInfo
+from atlas.models.hooks import Hooks, StepInfo, cond_only_change
 from atlas.models.sampler import initial_noise
 
 KEEP_COVERAGE = 0.01
@@ -110,6 +110,11 @@ class _Rows:
         return cls(first if cfg else None, edited - 1, edited if cfg else None, edited + plain - 1,
                    list(range(edited + plain, edited + plain + donors)))
 
+    def latents(self, unedited: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+        """This image's rows of the batch: its unedited latents on the plain rows, its edited ones on the rest."""
+        plain = self.edit_cond - self.cond
+        return torch.stack([unedited] * plain + [edited] * (plain + len(self.donors)))
+
 
 class _Replace:
     """The hook on every edited block: donors replace the edited cond row in their cells, concept edits add theirs."""
@@ -129,8 +134,7 @@ class _Replace:
             for edit in edits:
                 if edit.block == block and step.index in edit.steps:
                     if rows.edit_uncond is None:
-                        cond = delta[[rows.edit_cond]]
-                        out[[rows.edit_cond]] += edit.change(torch.cat([torch.zeros_like(cond), cond]))[1:]
+                        out[[rows.edit_cond]] += cond_only_change(edit.change, delta[[rows.edit_cond]])
                     else:
                         pair = [rows.edit_uncond, rows.edit_cond]
                         out[pair] += edit.change(delta[pair])
@@ -170,7 +174,7 @@ def generate_added(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     try:
         for index, timestep in enumerate(scheduler.timesteps):
             hooks.step = StepInfo(index, steps, int(timestep))
-            latents = torch.cat([_repeat(unedited[i], edited[i], len(row.donors), cfg) for i, row in enumerate(rows)])
+            latents = torch.cat([row.latents(unedited[i], edited[i]) for i, row in enumerate(rows)])
             out = model.predict(scheduler.scale_model_input(latents, timestep), timestep, text, guidance)
             guided = torch.stack([_guide(model, out, row, guidance, edit) for row in rows for edit in (False, True)])
             both = scheduler.step(guided, timestep, torch.stack([x for pair in zip(unedited, edited) for x in pair]),
@@ -182,11 +186,6 @@ def generate_added(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
         hooks.step = None
     images = model.to_uint8(model.decode(torch.cat([unedited, edited])))
     return images[:len(prompts)], images[len(prompts):]
-
-
-def _repeat(unedited: torch.Tensor, edited: torch.Tensor, donors: int, cfg: bool) -> torch.Tensor:
-    plain = 2 if cfg else 1
-    return torch.stack([unedited] * plain + [edited] * (plain + donors))
 
 
 def _guide(model: TextToImageModel, out: torch.Tensor, rows: _Rows, guidance: float, edited: bool) -> torch.Tensor:

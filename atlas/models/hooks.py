@@ -58,6 +58,14 @@ def t_to_step(t: float, n_steps: int) -> int:
 DeltaHandler = Callable[[str, StepInfo, torch.Tensor], torch.Tensor | None]
 
 
+def cond_only_change(handler: Callable[[torch.Tensor], torch.Tensor | None],
+                     delta: torch.Tensor) -> torch.Tensor | None:
+    """The rule for a run without an uncond pass: `handler` sees the cond rows' `delta` (B, ...) in CFG order with
+    zeros for the uncond half, [zeros, delta] (2B, ...), and only the cond half of its change (B, ...) applies."""
+    change = handler(torch.cat([torch.zeros_like(delta), delta]))
+    return None if change is None else change[len(delta):]
+
+
 @dataclass
 class _Registration:
     block: str
@@ -106,16 +114,11 @@ class Hooks:
             if grid is not None:  # tokens (B, N, C) in row-major order -> the token grid (B, C, H, W)
                 delta = delta.transpose(1, 2).reshape(delta.shape[0], delta.shape[2], *grid)
             if cond_only:
-                delta = torch.cat([torch.zeros_like(delta), delta])
-            change = None
-            for reg in active:
-                result = reg.handler(reg.block, step, delta)
-                if result is not None:
-                    change = result if change is None else change + result
+                change = cond_only_change(lambda pair: self._sum(active, step, pair), delta)
+            else:
+                change = self._sum(active, step, delta)
             if change is None:
                 return None
-            if cond_only:
-                change = change[len(change) // 2:]
             if grid is not None:
                 change = change.flatten(2).transpose(1, 2)
             new_out = out + change.to(out.dtype)
@@ -127,3 +130,13 @@ class Hooks:
             return output
 
         return hook
+
+    @staticmethod
+    def _sum(active: list[_Registration], step: StepInfo, delta: torch.Tensor) -> torch.Tensor | None:
+        """The active handlers' changes added up (None when none changes anything)."""
+        change = None
+        for reg in active:
+            result = reg.handler(reg.block, step, delta)
+            if result is not None:
+                change = result if change is None else change + result
+        return change
