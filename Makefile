@@ -27,11 +27,15 @@ serve: install
 	@test -d $(ATLAS)/tables || $(BIN)/atlas demo --atlas $(ATLAS)
 	$(BIN)/atlas serve --atlas $(ATLAS) --port $(PORT)
 
-# The whole suite (what CI runs). test-fast is the unit tier for the edit-test loop (about a minute): it leaves
-# out tests marked slow and those that build or serve a real atlas (marked integration in tests/conftest.py).
+# The whole suite (what CI runs), in TEST_WORKERS pytest-xdist processes of one thread each: much of the suite
+# waits on subprocesses, servers and a browser, so two workers keep both cores busy. Each test file runs in one
+# worker (tests/conftest.py groups them), the shared atlases are built once. test-fast is the unit tier for the
+# edit-test loop (about a minute): it leaves out tests marked slow and those that build or serve a real atlas
+# (marked integration in tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check atlas cli tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
 	$(BIN)/ruff check atlas cli tests bench

@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
+from filelock import FileLock
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+"""Set when `make test` runs the suite in pytest-xdist workers (one per core): each then computes on one thread."""
+torch.set_num_threads(1 if WORKER else max(1, min(2, torch.get_num_threads())))
 
 INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas", "two_k_atlas", "evolution_atlas"}
 """Fixtures that build a real atlas (about a minute): a test using one, directly or through another fixture, is
 marked `integration` and left out of `make test-fast`."""
 
+ONE_WORKER = {"test_capture_scale.py": "ray", "test_ray.py": "ray", "test_train_ray.py": "ray"}
+"""Test files that must not run beside each other (each starts a local Ray instance), by their xdist group."""
 
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `integration`, and for `--dist loadgroup` puts each file's tests in one worker (its module fixtures
+    are built once) and the Ray files together."""
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(ONE_WORKER.get(name, name)))
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`name`/atlas built by `build` once per test run: the xdist workers share it (the first builds it while the
+    others wait on a lock), so it must be treated as read-only."""
+    if WORKER is None:
+        path = tmp_path_factory.mktemp(name) / "atlas"
+        build(path)
+        return path
+    root = tmp_path_factory.getbasetemp().parent / name
+    root.mkdir(exist_ok=True)
+    with FileLock(root / "lock"):
+        if not (root / "built").exists():
+            build(root / "atlas")
+            (root / "built").touch()
+    return root / "atlas"
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +100,8 @@ def shapes_atlas(tmp_path_factory):
     from atlas.pipeline.build import build_atlas
     from atlas.pipeline.config import BuildConfig
 
-    path = tmp_path_factory.mktemp("shapes-atlas") / "atlas"
-    build_atlas(BuildConfig(atlas=str(path), n_images=48, sae_tokens=100_000), progress=False, say=lambda line: None)
-    return path
+    return built_once(tmp_path_factory, "shapes-atlas", lambda path: build_atlas(
+        BuildConfig(atlas=str(path), n_images=48, sae_tokens=100_000), progress=False, say=lambda line: None))
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +112,12 @@ def two_branch_atlas(tmp_path_factory):
 
     from atlas.cli.main import main
 
-    path = tmp_path_factory.mktemp("two-branch-atlas") / "atlas"
-    result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
-                                       "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000"])
-    assert result.exit_code == 0, result.output
-    return path
+    def build(path: Path) -> None:
+        result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
+                                           "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000"])
+        assert result.exit_code == 0, result.output
+
+    return built_once(tmp_path_factory, "two-branch-atlas", build)
 
 
 @pytest.fixture(scope="session")
@@ -97,11 +128,12 @@ def two_k_atlas(tmp_path_factory):
 
     from atlas.cli.main import main
 
-    path = tmp_path_factory.mktemp("two-k-atlas") / "atlas"
-    result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
-                                       "--t", "1.0", "--branches", "cond", "--k", "2,4", "--sae-tokens", "5000"])
-    assert result.exit_code == 0, result.output
-    return path
+    def build(path: Path) -> None:
+        result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
+                                           "--t", "1.0", "--branches", "cond", "--k", "2,4", "--sae-tokens", "5000"])
+        assert result.exit_code == 0, result.output
+
+    return built_once(tmp_path_factory, "two-k-atlas", build)
 
 
 @pytest.fixture(scope="session")
@@ -113,11 +145,12 @@ def evolution_atlas(tmp_path_factory):
 
     from atlas.cli.main import main
 
-    path = tmp_path_factory.mktemp("evolution-atlas") / "atlas"
-    result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "up",
-                                       "--t", "1.0,0.5,0.0", "--branches", "cond", "--sae-tokens", "5000"])
-    assert result.exit_code == 0, result.output
-    return path
+    def build(path: Path) -> None:
+        result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "up",
+                                           "--t", "1.0,0.5,0.0", "--branches", "cond", "--sae-tokens", "5000"])
+        assert result.exit_code == 0, result.output
+
+    return built_once(tmp_path_factory, "evolution-atlas", build)
 
 
 @pytest.fixture(scope="session")
