@@ -35,8 +35,8 @@ def test_comparison_lines_up_blocks_and_times_and_counts_emergence():
 def _run(points: list[tuple[str, float, float]], held_out: list[tuple[str, float, float]]) -> dict:
     def point(window: str, strength: float, success: float) -> dict:
         return {"window": window, "strength": strength, "success": success, "pixel_change": strength / 100,
-                "resolved": 4, "change_in": 0.2, "change_out": strength / 1000, "others_stay": 0.75}
-    return {"points": [point(*p) for p in points], "held_out": [point(*p) for p in held_out]}
+                "resolved": 4, "n": 4, "change_in": 0.2, "change_out": strength / 1000, "others_stay": 0.75}
+    return {"points": [point(*p) for p in points], "held_out": [point(*p) for p in held_out], "baseline": 0.25}
 
 
 def test_edit_comparison_reports_held_out_success_and_the_smallest_strength_that_worked():
@@ -47,6 +47,8 @@ def test_edit_comparison_reports_held_out_success_and_the_smallest_strength_that
     assert "| spatial | early | unet | 1: 0.25, 4: 0.50, 16: 0.75 | 4 | 16 | 0.600 | 0.200 / 0.016 | 0.750 |" in lines
     assert "| spatial | early | dit | 1: 0.75, 4: 1.00, 16: 0.25 | 1 | 4 | 0.900 | 0.200 / 0.004 | 0.750 |" in lines
     assert not any("| style |" in line for line in lines)  # only one atlas has style runs: not compared
+    assert lines[-1].startswith("Reading it: spatial: held-out edits per cell unet 4, dit 4 (one edit = 0.25, "
+                                "unedited baseline 0.25). Strengths multiply")
     assert values == {"unet_spatial_early_success": 0.6, "unet_spatial_early_strength": 16.0,
                       "unet_spatial_early_change_out": 0.016, "dit_spatial_early_success": 0.9,
                       "dit_spatial_early_strength": 4.0, "dit_spatial_early_change_out": 0.004}

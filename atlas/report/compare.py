@@ -112,7 +112,28 @@ def edit_comparison(names: tuple[str, str], runs: tuple[dict, dict]) -> tuple[li
              f"succeeded in at least {WORKS:.0%} of the sweep's edits (needed), the strength chosen on the sweep and "
              "its success on held-out prompts, the mean pixel change inside / outside the edit's region there, and "
              "the share of edits whose other objects stayed:", ""]
-    return lines + markdown_table(rows, columns), values
+    return lines + markdown_table(rows, columns) + ["", reading(names, runs)], values
+
+
+def reading(names: tuple[str, str], runs: tuple[dict, dict]) -> str:
+    """What the edit table can carry: per kind the edits behind each cell and the unedited baseline, so a reader
+    sees which differences are a single edit, and what a side-by-side of two models cannot separate."""
+    parts = []
+    for kind in COMPARED_EDITS:
+        if not all(kind in r for r in runs):
+            continue
+        cells = [min((p.get("n", 0) for p in r[kind]["held_out"] or r[kind]["points"]), default=0) for r in runs]
+        if not min(cells):
+            continue
+        baseline = runs[0][kind].get("baseline")
+        where = "" if baseline is None else f", unedited baseline {baseline:.2f}"
+        one = f"one edit = {1 / min(cells):.2f}"
+        parts.append(f"{kind}: held-out edits per cell {', '.join(f'{n} {c}' for n, c in zip(names, cells))} "
+                     f"({one}{where})")
+    counted = "Reading it: " + "; ".join(parts) + ". " if parts else "Reading it: "
+    return (counted + "Strengths multiply each block's own update, whose size differs "
+            "between the models; and two models differ in more than their skip connections (widths, grids, "
+            "training), so this compares these two models, not two architectures in isolation.")
 
 
 def _primary(rows: list[dict], branch: str) -> list[dict]:
