@@ -207,3 +207,33 @@ def test_ray_capture_interrupted_and_resumed_writes_what_a_local_capture_writes(
     for image in (local.path / "images").glob("*.png"):
         assert image.read_bytes() == (remote.path / "images" / image.name).read_bytes()
     assert not list(remote.path.rglob("*.tmp"))
+
+
+def test_block_grids_cost_no_compute_and_fall_back_to_a_real_pass(model, monkeypatch):
+    """The planning pass runs on fake tensors (shapes only); a forward that needs values gets a real pass instead,
+    with the same grids."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from atlas.capture.plan import block_grids
+
+    fake: list[bool] = []
+
+    def first_tensor(_module, args, kwargs):
+        fake.append(isinstance(next(a for a in [*args, *kwargs.values()] if torch.is_tensor(a)), FakeTensor))
+
+    handle = model.denoiser.register_forward_pre_hook(first_tensor, with_kwargs=True)
+    try:
+        grids = block_grids(model, ["down", "mid", "up"])
+        assert fake == [True]
+        predict = model.predict
+
+        def reads_values(latents, *args, **kwargs):
+            float(latents.sum())  # a fake tensor has no value to give
+            return predict(latents, *args, **kwargs)
+
+        monkeypatch.setattr(model, "predict", reads_values)
+        assert block_grids(model, ["down", "mid", "up"]) == grids
+        assert fake[1:] == [False]  # the fake pass stopped at float(), before the denoiser; the real one ran it
+    finally:
+        handle.remove()
+    assert {block: grid[:2] for block, grid in grids.items()} == {"down": (8, 8), "mid": (4, 4), "up": (8, 8)}

@@ -6,8 +6,9 @@ before it writes anything.
     print(plan.format())
     plan.check()        # UnavailableError when the disk cannot hold it
 
-Each block's grid (h, w, d) comes from one forward pass of the denoiser at batch 1, hooked at the blocks (SD v1.4 in
-fp32 on a 2-core CPU: about 40 s), or, when a capture resumes, from a done marker.
+Each block's grid (h, w, d) comes from one forward pass of the denoiser at batch 1, hooked at the blocks, or, when a
+capture resumes, from a done marker. The pass runs on fake tensors (shapes only, no arithmetic), so planning costs no
+compute even for a 12B transformer on a CPU; a model whose forward needs real values gets a real pass instead.
 """
 
 from __future__ import annotations
@@ -145,9 +146,20 @@ def disk_free(where: Location) -> int | None:
     return shutil.disk_usage(path).free
 
 
-@torch.no_grad()
 def block_grids(model: TextToImageModel, blocks: list[str]) -> dict[str, tuple[int, int, int]]:
-    """Each block's (rows, cols, d), from one forward pass of the denoiser at batch 1 (a DiT's on its token grid)."""
+    """Each block's (rows, cols, d), from one forward pass of the denoiser at batch 1 (a DiT's on its token grid):
+    on fake tensors when the model's forward allows it (shapes without arithmetic), else a real one."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            return _forward_grids(model, blocks)
+    except Exception:  # an op without a shape rule, or one that needs values: measure on real tensors
+        return _forward_grids(model, blocks)
+
+
+@torch.no_grad()
+def _forward_grids(model: TextToImageModel, blocks: list[str]) -> dict[str, tuple[int, int, int]]:
     grids: dict[str, tuple[int, int, int]] = {}
 
     def note(block: str, _step: StepInfo, delta: torch.Tensor) -> None:
