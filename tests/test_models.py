@@ -150,3 +150,26 @@ def test_the_shipped_dit_is_a_model_name_and_its_variable_moves_it(tmp_path, mon
     monkeypatch.setenv("ATLAS_SHAPES_DIT_MODEL", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="shapes-dit model not found in .*atlas shapes train --backbone dit"):
         load_model("shapes-dit")
+
+
+def test_model_and_embedder_loads_wait_for_each_other(tiny_shapes_dir):
+    """transformers resolves classes lazily and two threads resolving at once can fail; every load holds one lock
+    (atlas.models.loading.LOADING), so a load started while another holds it waits for it."""
+    import threading
+
+    from atlas.models import load_model
+    from atlas.models.loading import LOADING
+    from atlas.models.text import TextEmbedder
+
+    done: list[str] = []
+    loads = [threading.Thread(target=lambda: (load_model(str(tiny_shapes_dir), device="cpu"), done.append("model"))),
+             threading.Thread(target=lambda: (TextEmbedder()._parts, done.append("embedder")))]
+    with LOADING:
+        for thread in loads:
+            thread.start()
+        for thread in loads:
+            thread.join(timeout=1.0)
+        assert done == []  # both wait for the lock this thread holds
+    for thread in loads:
+        thread.join(timeout=120)
+    assert sorted(done) == ["embedder", "model"]

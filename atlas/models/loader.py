@@ -15,6 +15,7 @@ from pathlib import Path
 from atlas.errors import UnavailableError
 from atlas.models.base import TextToImageModel, native_resolution
 from atlas.models.device import pick_device, pick_dtype
+from atlas.models.loading import LOADING
 from atlas.models.mmdit import COMPONENTS, TOKENIZERS, joint_spec, listed, pipeline_backbone
 from atlas.models.spec import DENOISERS, SD14_SPEC, SPEC_FILE, ModelSpec
 
@@ -186,7 +187,13 @@ def denoiser_class(backbone: str) -> type:
 
 def load_model(name_or_path: str = "shapes", device: str | None = None, dtype: str | None = None) -> TextToImageModel:
     """Load tokenizer, text encoder, denoiser (the UNet or the DiT its spec names), DDIM scheduler and (if present)
-    VAE, ready for sampling; SD3 and FLUX directories with their text encoders and flow-matching scheduler."""
+    VAE, ready for sampling; SD3 and FLUX directories with their text encoders and flow-matching scheduler. Loads in
+    one process run one at a time (`atlas.models.loading`)."""
+    with LOADING:
+        return _load_model(name_or_path, device, dtype)
+
+
+def _load_model(name_or_path: str, device: str | None, dtype: str | None) -> TextToImageModel:
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging

@@ -7,6 +7,7 @@ from functools import cached_property
 import numpy as np
 
 from atlas.errors import UnavailableError
+from atlas.models.loading import LOADING
 
 
 class TextEmbedder:
@@ -20,6 +21,10 @@ class TextEmbedder:
 
     @cached_property
     def _parts(self):
+        with LOADING:
+            return self._load()
+
+    def _load(self):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging
 
