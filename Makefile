@@ -29,13 +29,14 @@ serve: install
 
 # The whole suite (what CI runs), in TEST_WORKERS pytest-xdist processes of one thread each: much of the suite
 # waits on subprocesses, servers and a browser, so two workers keep both cores busy. Each test file runs in one
-# worker (tests/conftest.py groups them), the shared atlases are built once. test-fast is the unit tier for the
+# worker (--dist loadfile: its module fixtures are built once), the session atlases are built once under a lock
+# (tests/conftest.py), and the Ray files never run at the same time. test-fast is the unit tier for the
 # edit-test loop (about a minute): it leaves out tests marked slow and those that build or serve a real atlas
 # (marked integration in tests/conftest.py).
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check atlas cli tests bench
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/ruff check atlas cli tests bench

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,19 +18,27 @@ INTEGRATION_FIXTURES = {"shapes_atlas", "two_branch_atlas", "two_k_atlas", "evol
 """Fixtures that build a real atlas (about a minute): a test using one, directly or through another fixture, is
 marked `integration` and left out of `make test-fast`."""
 
-ONE_WORKER = {"test_capture_scale.py": "ray", "test_ray.py": "ray", "test_train_ray.py": "ray"}
-"""Test files that must not run beside each other (each starts a local Ray instance), by their xdist group."""
+RAY_FILES = {"test_capture_scale.py", "test_ray.py", "test_train_ray.py"}
+"""Test files that each start a local Ray instance: two at once on two cores starve each other."""
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks `integration`, and for `--dist loadgroup` puts each file's tests in one worker (its module fixtures
-    are built once) and the Ray files together."""
+    """Marks `integration`."""
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(ONE_WORKER.get(name, name)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_ray_at_a_time(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under xdist (`make test` runs each file in one worker: `--dist loadfile`), the Ray files hold one lock while
+    they run, so no two Ray instances share the cores."""
+    if WORKER is None or request.path.name not in RAY_FILES:
+        yield
+        return
+    with FileLock(tmp_path_factory.getbasetemp().parent / "ray.lock"):
+        yield
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
