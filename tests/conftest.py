@@ -57,6 +57,19 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     return root / "atlas"
 
 
+def built_by_cli(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
+    """`name`/atlas built once per test run (`built_once`) by `atlas build --atlas <path> ARGS`."""
+    from click.testing import CliRunner
+
+    from atlas.cli.main import main
+
+    def build(path: Path) -> None:
+        result = CliRunner().invoke(main, ["build", "--atlas", str(path), *args])
+        assert result.exit_code == 0, result.output
+
+    return built_once(tmp_path_factory, name, build)
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes_dir(tmp_path_factory):
     """A shapes-architecture model with random weights, saved exactly as `atlas shapes export` saves one."""
@@ -116,32 +129,16 @@ def shapes_atlas(tmp_path_factory):
 def two_branch_atlas(tmp_path_factory):
     """A tiny shapes atlas with an SAE per CFG branch (cond and uncond) of the mid block at t = 1.0, built by the
     `atlas build` command. Treat it as read-only."""
-    from click.testing import CliRunner
-
-    from atlas.cli.main import main
-
-    def build(path: Path) -> None:
-        result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
-                                           "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000"])
-        assert result.exit_code == 0, result.output
-
-    return built_once(tmp_path_factory, "two-branch-atlas", build)
+    return built_by_cli(tmp_path_factory, "two-branch-atlas", "--n-images", "32",
+                        "--blocks", "mid", "--t", "1.0", "--branches", "cond,uncond", "--sae-tokens", "5000")
 
 
 @pytest.fixture(scope="session")
 def two_k_atlas(tmp_path_factory):
     """A tiny shapes atlas with two SAEs of the mid block at t = 1.0 (cond): the primary at k = 2 and the variant
     "k4", built by the `atlas build --k 2,4` command. Treat it as read-only."""
-    from click.testing import CliRunner
-
-    from atlas.cli.main import main
-
-    def build(path: Path) -> None:
-        result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "mid",
-                                           "--t", "1.0", "--branches", "cond", "--k", "2,4", "--sae-tokens", "5000"])
-        assert result.exit_code == 0, result.output
-
-    return built_once(tmp_path_factory, "two-k-atlas", build)
+    return built_by_cli(tmp_path_factory, "two-k-atlas", "--n-images", "32",
+                        "--blocks", "mid", "--t", "1.0", "--branches", "cond", "--k", "2,4", "--sae-tokens", "5000")
 
 
 @pytest.fixture(scope="session")
@@ -149,16 +146,8 @@ def evolution_atlas(tmp_path_factory):
     """A tiny shapes atlas with SAEs of the up block at three timesteps (1.0, 0.5, 0.0; cond), so trajectories and
     lineage have neighbours, built by the `atlas build` command (its evolve stage included). Treat it as
     read-only."""
-    from click.testing import CliRunner
-
-    from atlas.cli.main import main
-
-    def build(path: Path) -> None:
-        result = CliRunner().invoke(main, ["build", "--atlas", str(path), "--n-images", "32", "--blocks", "up",
-                                           "--t", "1.0,0.5,0.0", "--branches", "cond", "--sae-tokens", "5000"])
-        assert result.exit_code == 0, result.output
-
-    return built_once(tmp_path_factory, "evolution-atlas", build)
+    return built_by_cli(tmp_path_factory, "evolution-atlas", "--n-images", "32",
+                        "--blocks", "up", "--t", "1.0,0.5,0.0", "--branches", "cond", "--sae-tokens", "5000")
 
 
 @pytest.fixture(scope="session")
