@@ -2,8 +2,9 @@
 
 transformers resolves its classes lazily on first use, and two threads resolving at once can fail with "cannot
 import name 'AutoModel' from 'transformers'" (seen in the web atlas: a search's first label embedding beside an
-image page's first load of the diffusion model). Every model load in atlas holds this lock, so loads in one process
-run one at a time; a process loads each model once, so the wait is rare.
+image page's first load of the diffusion model). The two loads the web atlas makes in its threads hold this lock,
+`load_model` and the label embedder, so they run one at a time; a process loads each once, so the wait is rare.
+Loads that only run in a command's single thread (annotators, the CLIP judge) do not take it.
 """
 
 from __future__ import annotations
